@@ -1,0 +1,232 @@
+"""Parallel acquisition on dask: one task per station, partial failure returned as data.
+
+:func:`acquire` validates the request, submits one ``pure=False`` task per station (named
+``acquire-<station>-<session>``) to a LocalCluster of threads or to a scheduler by address, and
+gathers a :class:`Session`: one Dataset of every capture that holds data plus a status per station.
+A station that is down, busy or sends garbage never costs the others their data, and what a
+failing station sent before failing is kept (status ``partial``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+import xarray as xr
+
+from . import model
+from .config import Settings
+from .errors import AcquisitionError, ConfigError, ReceiverError
+from .receivers import make_receiver
+from .receivers.kiwisdr import Capture, KiwiOptions
+from .stations import Catalog, Station
+
+log = logging.getLogger(__name__)
+
+MAX_FREQUENCY_HZ = 30_000_000.0  # KiwiSDR: HF, 0-30 MHz
+MAX_DURATION_S = 24 * 3600.0
+
+
+@dataclass
+class StationResult:
+    """What one acquisition task returns (picklable: it may cross processes)."""
+
+    station: str
+    status: str  # ok | partial | failed
+    capture: Capture | None
+    error_class: str | None = None
+    message: str | None = None
+    elapsed_s: float = 0.0
+
+    def as_status(self) -> model.StationStatus:
+        return model.StationStatus(self.station, self.status, self.error_class, self.message)
+
+
+@dataclass
+class Session:
+    """The result of one acquisition."""
+
+    session_id: str
+    frequency_hz: float
+    duration_s: float
+    results: dict[str, StationResult]
+    dataset: xr.Dataset | None
+    path: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> list[str]:
+        return [s for s, r in self.results.items() if r.status == "ok"]
+
+    @property
+    def failed(self) -> list[str]:
+        return [s for s, r in self.results.items() if r.status == "failed"]
+
+    def status(self) -> pd.DataFrame:
+        """Per-station table: status, samples, measured rate, UTC start, RSSI, gaps, error."""
+        rows = []
+        ds = self.dataset
+        for sid, r in self.results.items():
+            row: dict[str, Any] = {"station": sid, "status": r.status}
+            if ds is not None and sid in ds["station"].values:
+                s = ds.sel(station=sid)
+                row.update(
+                    samples=int(s["n_samples"]),
+                    sample_rate_hz=float(s["sample_rate"]),
+                    start_utc=pd.Timestamp(s["start_time"].values),
+                    rssi_dbm=float(s["rssi_dbm"]),
+                    seq_gaps=int(s["seq_gaps"]),
+                    segments=int((s["segment_start"] >= 0).sum()),
+                )
+            row["error"] = f"{r.error_class}: {r.message}" if r.error_class else ""
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("station")
+
+
+def validate_request(frequency_hz: float, duration_s: float) -> None:
+    if not isinstance(frequency_hz, (int, float)) or not math.isfinite(frequency_hz):
+        raise ConfigError(f"frequency must be a number of Hz, got {frequency_hz!r}")
+    if not 0.0 < frequency_hz <= MAX_FREQUENCY_HZ:
+        raise ConfigError(
+            f"frequency {frequency_hz:g} Hz is outside 0-30 MHz (KiwiSDR receivers cover HF only)"
+        )
+    if not isinstance(duration_s, (int, float)) or not math.isfinite(duration_s) or duration_s <= 0:
+        raise ConfigError(f"duration must be a positive number of seconds, got {duration_s!r}")
+    if duration_s > MAX_DURATION_S:
+        raise ConfigError(f"duration {duration_s:g} s exceeds the maximum of {MAX_DURATION_S:g} s")
+
+
+def new_session_id(now: datetime | None = None) -> str:
+    """Sortable by time: ``YYYYmmddTHHMMSSZ-xxxxxx``."""
+    now = now or datetime.now(timezone.utc)
+    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def capture_station(station: Station, frequency_hz: float, duration_s: float, options: KiwiOptions) -> StationResult:
+    """The dask task: capture one station; never raises for receiver trouble."""
+    import asyncio
+
+    t = time.perf_counter()
+    receiver = make_receiver(station, options)
+    try:
+        cap = asyncio.run(receiver.capture(frequency_hz, duration_s))
+        return StationResult(station.id, "ok", cap, elapsed_s=time.perf_counter() - t)
+    except ReceiverError as exc:
+        part = exc.partial if isinstance(exc.partial, Capture) and exc.partial.n_samples else None
+        log.warning("%s", exc)
+        return StationResult(
+            station.id, "partial" if part else "failed", part, type(exc).__name__, exc.detail,
+            time.perf_counter() - t,
+        )
+    except Exception as exc:  # a bug or an unexpected condition: report it, keep the others
+        log.exception("station %s: unexpected error", station.id)
+        return StationResult(station.id, "failed", None, type(exc).__name__, str(exc), time.perf_counter() - t)
+
+
+def _resolve(stations: Iterable[Station | str], catalog: Catalog | None, settings: Settings) -> list[Station]:
+    items = list(stations)
+    if not items:
+        raise ConfigError("no station given (name stations by id, or use all)")
+    ids = [s for s in items if isinstance(s, str)]
+    cat = catalog if catalog is not None or not ids else settings.catalog_obj()
+    chosen = {s.id: s for s in cat.select(ids)} if ids else {}
+    out = [s if isinstance(s, Station) else chosen[s] for s in items]
+    seen: set[str] = set()
+    for s in out:
+        if s.id in seen:
+            raise ConfigError(f"station {s.id} named twice")
+        seen.add(s.id)
+    return out
+
+
+def acquire(
+    stations: Sequence[Station | str],
+    frequency_hz: float,
+    duration_s: float,
+    *,
+    catalog: Catalog | None = None,
+    settings: Settings | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+    options: KiwiOptions | None = None,
+    progress: bool | None = None,
+) -> Session:
+    """Acquire ``duration_s`` of IQ at ``frequency_hz`` from every station, in parallel.
+
+    ``stations`` are ids from the catalogue (``catalog`` or the settings' one) or
+    :class:`~sdrlab.stations.Station` objects.  ``client`` reuses a distributed Client;
+    otherwise ``scheduler`` (or ``SDRLAB_SCHEDULER``) names a scheduler, else a LocalCluster runs.
+    """
+    settings = settings or Settings.from_env()
+    validate_request(frequency_hz, duration_s)
+    chosen = _resolve(stations, catalog, settings)
+    options = options or KiwiOptions(gps_utc_offset_s=settings.gps_utc_offset_s)
+    show = settings.progress if progress is None else progress
+    sid = new_session_id()
+    t0 = time.perf_counter()
+    if client is not None:
+        results = _run(client, chosen, frequency_hz, duration_s, options, sid, show)
+    else:
+        with settings.dask_client(scheduler, n_threads=len(chosen)) as c:
+            results = _run(c, chosen, frequency_hz, duration_s, options, sid, show)
+    t_acq = time.perf_counter() - t0
+    ordered = {s.id: results[s.id] for s in chosen}
+    caps = [r.capture for r in ordered.values() if r.capture is not None]
+    ds = None
+    if caps:
+        ds = model.build_dataset(
+            caps, {s.id: s for s in chosen}, statuses=[r.as_status() for r in ordered.values()],
+            session_id=sid,
+        )
+    return Session(sid, float(frequency_hz), float(duration_s), ordered, ds,
+                   timings={"acquire_s": t_acq, "build_s": time.perf_counter() - t0 - t_acq})
+
+
+def _run(
+    client: Any, chosen: list[Station], frequency_hz: float, duration_s: float,
+    options: KiwiOptions, sid: str, show: bool,
+) -> dict[str, StationResult]:
+    from distributed import as_completed
+
+    futures = {
+        client.submit(
+            capture_station, st, frequency_hz, duration_s, options,
+            key=f"acquire-{st.id}-{sid}", pure=False, retries=0,
+        ): st.id
+        for st in chosen
+    }
+    bar = None
+    if show:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(futures), desc="acquire", unit="station")
+    results: dict[str, StationResult] = {}
+    try:
+        for fut in as_completed(futures):
+            sid_ = futures[fut]
+            try:
+                res = fut.result()
+            except Exception as exc:  # the worker died or could not run the task
+                res = StationResult(sid_, "failed", None, type(exc).__name__, f"task failed: {exc}")
+            results[sid_] = res
+            if bar is not None:
+                bar.set_postfix_str(f"{sid_}: {res.status}")
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return results
+
+
+def require_success(session: Session) -> Session:
+    """Raise :class:`AcquisitionError` naming every failure when no station delivered data."""
+    if session.dataset is None:
+        why = "; ".join(f"{s}: {r.error_class}: {r.message}" for s, r in session.results.items())
+        raise AcquisitionError(f"no station delivered data ({why})")
+    return session

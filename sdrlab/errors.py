@@ -1,0 +1,97 @@
+"""One error hierarchy for sdrlab.
+
+Every error sdrlab raises on purpose derives from :class:`SdrlabError`.  Receiver errors carry the
+station they concern and, where data had already arrived, the partial capture (``partial``), so a
+caller never loses what was acquired before the failure.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SdrlabError(Exception):
+    """Base class of every sdrlab error."""
+
+
+class ConfigError(SdrlabError):
+    """A setting or parameter is invalid (bad URL, frequency out of range, negative duration...)."""
+
+
+class CatalogError(SdrlabError):
+    """The station catalogue is malformed or names an unknown station."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        self.problems = list(problems or [])
+        if self.problems:
+            message = message + "\n" + "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(message)
+
+
+class ReceiverError(SdrlabError):
+    """A receiver could not deliver (what it delivered before failing is in ``partial``)."""
+
+    #: retried by the client's policy (True) or fatal for that receiver (False)
+    retryable: bool = False
+
+    def __init__(self, message: str, *, station: str | None = None, partial: Any = None) -> None:
+        self.station = station
+        self.partial = partial
+        self.detail = message
+        prefix = f"{station}: " if station else ""
+        super().__init__(prefix + message)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keep keyword fields across pickling (dask)
+        return (_rebuild_receiver_error, (type(self), self.detail, self.station, self.partial))
+
+
+def _rebuild_receiver_error(
+    cls: type[ReceiverError], detail: str, station: str | None, partial: Any
+) -> ReceiverError:
+    return cls(detail, station=station, partial=partial)
+
+
+class ReceiverBusy(ReceiverError):
+    """All channels of the receiver are in use (``too_busy``), after the configured retries."""
+
+    retryable = True
+
+
+class ReceiverUnreachable(ReceiverError):
+    """TCP connect or WebSocket upgrade failed, after the configured retries."""
+
+    retryable = True
+
+
+class ReceiverProtocolError(ReceiverError):
+    """The receiver sent something that is not the KiwiSDR protocol (garbage, wrong sizes...)."""
+
+
+class ReceiverAuthError(ReceiverError):
+    """The receiver refused the login (``badp`` other than 0)."""
+
+
+class ReceiverDown(ReceiverError):
+    """The receiver is disabled, updating or in backup (``down``)."""
+
+
+class ReceiverLimitError(ReceiverError):
+    """The receiver's per-IP time limit was reached (``ip_limit``)."""
+
+
+class ReceiverStalled(ReceiverError):
+    """The receiver stopped sending and reconnecting did not help."""
+
+    retryable = True
+
+
+class AcquisitionError(SdrlabError):
+    """An acquisition as a whole failed (no station succeeded, bad parameters...)."""
+
+
+class StorageError(SdrlabError):
+    """The session store failed (unreachable, permission, corrupt session...)."""
+
+
+class IndexStoreError(SdrlabError):
+    """The metrics index failed (named so as not to shadow the builtin ``IndexError``)."""

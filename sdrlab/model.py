@@ -1,0 +1,310 @@
+"""The Dataset model: dims, coordinates, attributes and encoding of an sdrlab session, in one place.
+
+A session is one :class:`xarray.Dataset`::
+
+    iq                (station, sample, iq)   int16   raw I/Q as on the wire, lossless; 32768 = 0 dBFS
+    frame_*           (station, frame)                the per-frame record: seq, flags, RSSI,
+                                                      last_gps_solution, raw GPS stamp (ns), received
+    segment_*         (station, segment)              each reconnect segment: first sample, length,
+                                                      UTC start and sample rate from its GPS fit
+    coords per station: station (id), latitude, longitude, altitude, sample_rate (measured),
+                        start_time (UTC of sample 0, from GPS), n_samples, rssi_dbm, seq_gaps,
+                        time_fit_rms, gps_status, receiver_version, rx_chans, hw, status
+
+Samples of a station past ``n_samples`` are padding (zeros).  Times are never stored per sample:
+:func:`sample_times` derives them from each segment's fit (t = t0 + n / fs), and
+:func:`to_complex` gives complex64 in full-scale units.  Global attributes carry the centre
+frequency, passband, protocol, versions, the per-station status, and SigMF-mirroring ``core:`` keys.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from . import timing
+from ._version import __version__
+from .receivers.kiwisdr import Capture
+from .stations import Station
+
+FULL_SCALE = 32768.0
+SIGMF_VERSION = "1.2.0"
+DATATYPE = "ci16_le"
+#: zarr format written and read everywhere (decided here only)
+ZARR_FORMAT = 3
+#: target bytes per IQ chunk (8 MiB: the best S3 write size measured on this hardware)
+CHUNK_BYTES = 8 * 1024 * 1024
+
+# attribute keys
+K_FREQUENCY = "core:frequency"
+K_SAMPLE_RATE = "core:sample_rate"
+K_DATETIME = "core:datetime"
+K_GEOLOCATION = "core:geolocation"
+K_HW = "core:hw"
+
+
+@dataclass(frozen=True)
+class StationStatus:
+    """How one station of a session went: ``ok``, ``partial`` (data, then an error) or ``failed``."""
+
+    station: str
+    status: str
+    error_class: str | None = None
+    message: str | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"status": self.status, "error_class": self.error_class, "message": self.message}
+
+
+def _gps_status(capture: Capture) -> str:
+    fits = [s.fit for s in capture.segments]
+    if any(f.ok for f in fits):
+        return "ok"
+    return fits[0].status if fits else "no data"
+
+
+def build_dataset(
+    captures: Sequence[Capture],
+    stations: Mapping[str, Station],
+    *,
+    statuses: Sequence[StationStatus] = (),
+    session_id: str = "",
+    attrs: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
+    """One Dataset from the captures that hold data (station order as given)."""
+    caps = [c for c in captures if c.n_samples > 0]
+    if not caps:
+        raise ValueError("no capture with data")
+    ns = len(caps)
+    n_max = max(c.n_samples for c in caps)
+    f_max = max(sum(s.frame_seq.size for s in c.segments) for c in caps)
+    s_max = max(len(c.segments) for c in caps)
+
+    iq = np.zeros((ns, n_max, 2), dtype=np.int16)
+    fr = {
+        "frame_seq": np.zeros((ns, f_max), np.uint32),
+        "frame_flags": np.zeros((ns, f_max), np.uint8),
+        "frame_rssi_dbm": np.full((ns, f_max), np.nan, np.float32),
+        "frame_last_gps": np.full((ns, f_max), 255, np.uint8),
+        "frame_gps_ns": np.full((ns, f_max), -1, np.int64),
+        "frame_received": np.zeros((ns, f_max), bool),
+        "frame_sample": np.full((ns, f_max), -1, np.int64),
+        "frame_segment": np.full((ns, f_max), -1, np.int16),
+    }
+    sg = {
+        "segment_start": np.full((ns, s_max), -1, np.int64),
+        "segment_length": np.zeros((ns, s_max), np.int64),
+        "segment_t0": np.full((ns, s_max), np.datetime64("NaT", "ns")),
+        "segment_fs": np.full((ns, s_max), np.nan),
+        "segment_fit_rms": np.full((ns, s_max), np.nan),
+        "segment_end": np.full((ns, s_max), "", dtype=object),
+    }
+    per: dict[str, list[Any]] = {k: [] for k in (
+        "latitude", "longitude", "altitude", "sample_rate", "start_time", "n_samples", "rssi_dbm",
+        "seq_gaps", "time_fit_rms", "gps_status", "receiver_version", "rx_chans", "hw", "name",
+        "status", "position_source",
+    )}
+    status_by = {s.station: s for s in statuses}
+    for i, c in enumerate(caps):
+        st = stations.get(c.station)
+        pos = 0
+        fpos = 0
+        for j, seg in enumerate(c.segments):
+            n = seg.n_samples
+            iq[i, pos : pos + n] = seg.samples
+            k = seg.frame_seq.size
+            sl = slice(fpos, fpos + k)
+            fr["frame_seq"][i, sl] = seg.frame_seq
+            fr["frame_flags"][i, sl] = seg.frame_flags
+            fr["frame_rssi_dbm"][i, sl] = seg.frame_rssi_dbm
+            fr["frame_last_gps"][i, sl] = seg.frame_last_gps
+            fr["frame_gps_ns"][i, sl] = seg.frame_gps_ns
+            fr["frame_received"][i, sl] = seg.frame_received
+            fr["frame_sample"][i, sl] = pos + np.arange(k) * 512
+            fr["frame_segment"][i, sl] = j
+            sg["segment_start"][i, j] = pos
+            sg["segment_length"][i, j] = n
+            if seg.fit.ok:
+                sg["segment_t0"][i, j] = c.utc(seg.fit.t0_gps_ns)
+                sg["segment_fs"][i, j] = seg.fit.fs
+                sg["segment_fit_rms"][i, j] = seg.fit.residual_rms_s
+            sg["segment_end"][i, j] = seg.end_reason
+            pos += n
+            fpos += k
+        info = c.info
+        if info is not None and info.position is not None:
+            lat, lon = info.position
+            src = "receiver"
+        elif st is not None:
+            lat, lon = st.latitude, st.longitude
+            src = "catalogue"
+        else:
+            lat, lon, src = np.nan, np.nan, "unknown"
+        alt = info.altitude if info is not None and info.altitude is not None else (st.altitude if st else np.nan)
+        per["latitude"].append(lat)
+        per["longitude"].append(lon)
+        per["altitude"].append(alt)
+        per["position_source"].append(src)
+        per["sample_rate"].append(c.sample_rate)
+        first_fit = next((s for s in c.segments if s.fit.ok), None)
+        if c.segments and c.segments[0].fit.ok:
+            per["start_time"].append(c.utc(c.segments[0].fit.t0_gps_ns))
+        else:
+            per["start_time"].append(np.datetime64("NaT", "ns"))
+        per["n_samples"].append(c.n_samples)
+        rssi = np.concatenate([s.frame_rssi_dbm[s.frame_received] for s in c.segments])
+        per["rssi_dbm"].append(float(10 * np.log10(np.mean(10 ** (rssi / 10.0)))) if rssi.size else np.nan)
+        per["seq_gaps"].append(sum(s.missing_frames for s in c.segments))
+        per["time_fit_rms"].append(first_fit.fit.residual_rms_s if first_fit else np.nan)
+        per["gps_status"].append(_gps_status(c))
+        per["receiver_version"].append(info.version if info else "")
+        per["rx_chans"].append(info.rx_chans if info else 0)
+        per["hw"].append(f"KiwiSDR v{info.version} rx_chans={info.rx_chans}" if info else "KiwiSDR")
+        per["name"].append((info.name if info and info.name else (st.name if st else c.station)))
+        per["status"].append(status_by[c.station].status if c.station in status_by else "ok")
+
+    station_ids = [c.station for c in caps]
+    coords: dict[str, Any] = {
+        "station": ("station", np.array(station_ids, dtype=object)),
+        "iq": ("iq", np.array(["I", "Q"], dtype=object)),
+        "latitude": ("station", np.array(per["latitude"], float),
+                     {"units": "degrees_north", "standard_name": "latitude"}),
+        "longitude": ("station", np.array(per["longitude"], float),
+                      {"units": "degrees_east", "standard_name": "longitude"}),
+        "altitude": ("station", np.array(per["altitude"], float),
+                     {"units": "m", "standard_name": "altitude", "positive": "up"}),
+        "position_source": ("station", np.array(per["position_source"], dtype=object)),
+        "sample_rate": ("station", np.array(per["sample_rate"], float),
+                        {"units": "Hz", "long_name": "measured sample rate (GPS fit)"}),
+        "start_time": ("station", np.array(per["start_time"], dtype="datetime64[ns]"),
+                       {"long_name": "UTC of sample 0 (GPS fit)"}),
+        "n_samples": ("station", np.array(per["n_samples"], np.int64),
+                      {"long_name": "valid samples (the rest is padding)"}),
+        "rssi_dbm": ("station", np.array(per["rssi_dbm"], float),
+                     {"units": "dBm", "long_name": "mean S-meter RSSI (receiver calibration)"}),
+        "seq_gaps": ("station", np.array(per["seq_gaps"], np.int64),
+                     {"long_name": "frames missing from the seq sequence (zero-filled)"}),
+        "time_fit_rms": ("station", np.array(per["time_fit_rms"], float),
+                         {"units": "s", "long_name": "RMS residual of the GPS time fit"}),
+        "gps_status": ("station", np.array(per["gps_status"], dtype=object)),
+        "receiver_version": ("station", np.array(per["receiver_version"], dtype=object)),
+        "rx_chans": ("station", np.array(per["rx_chans"], np.int64)),
+        "hw": ("station", np.array(per["hw"], dtype=object)),
+        "name": ("station", np.array(per["name"], dtype=object)),
+        "status": ("station", np.array(per["status"], dtype=object)),
+    }
+    data_vars: dict[str, Any] = {
+        "iq": (("station", "sample", "iq"), iq,
+               {"long_name": "raw IQ samples", "units": "1", "full_scale": FULL_SCALE,
+                "comment": "int16 as on the wire; 32768 is 0 dBFS; samples past n_samples are padding"}),
+    }
+    frame_attrs = {
+        "frame_gps_ns": {"units": "ns since 1980-01-06T00:00:00 GPS", "long_name": "GPS time of the frame's first sample; -1 = none"},
+        "frame_rssi_dbm": {"units": "dBm"},
+        "frame_sample": {"long_name": "index of the frame's first sample on the sample axis; -1 = padding"},
+    }
+    for k, v in fr.items():
+        data_vars[k] = (("station", "frame"), v, frame_attrs.get(k, {}))
+    for k, v in sg.items():
+        data_vars[k] = (("station", "segment"), v)
+    data_vars["segment_fs"] = (("station", "segment"), sg["segment_fs"], {"units": "Hz"})
+    data_vars["segment_fit_rms"] = (("station", "segment"), sg["segment_fit_rms"], {"units": "s"})
+
+    c0 = caps[0]
+    all_status = {s.station: s.as_dict() for s in statuses} or {c.station: {"status": "ok"} for c in caps}
+    gattrs: dict[str, Any] = {
+        "title": f"sdrlab session {session_id}".strip(),
+        "Conventions": "CF-1.10",
+        "session_id": session_id,
+        "sdrlab_version": __version__,
+        "protocol": "kiwisdr",
+        "center_frequency_hz": float(c0.frequency_hz),
+        "passband_low_hz": float(c0.low_cut),
+        "passband_high_hz": float(c0.high_cut),
+        "requested_duration_s": float(c0.requested_s),
+        "gps_utc_offset_s": int(c0.gps_utc_offset_s),
+        "station_status": json.dumps(all_status, sort_keys=True),
+        "core:version": SIGMF_VERSION,
+        "core:datatype": DATATYPE,
+        "core:recorder": f"sdrlab {__version__}",
+        K_FREQUENCY: float(c0.frequency_hz),
+    }
+    gattrs.update(attrs or {})
+    return xr.Dataset(data_vars, coords=coords, attrs=gattrs)
+
+
+def station_status(ds: xr.Dataset) -> pd.DataFrame:
+    """The per-station status table stored with the session (includes failed stations)."""
+    table = json.loads(ds.attrs.get("station_status", "{}"))
+    return pd.DataFrame.from_dict(table, orient="index").rename_axis("station")
+
+
+def to_complex(ds: xr.Dataset | xr.DataArray) -> xr.DataArray:
+    """IQ as complex64 in full-scale units (|z| = 1 is 0 dBFS), dims (station, sample)."""
+    da = ds["iq"] if isinstance(ds, xr.Dataset) else ds
+    i = da.sel(iq="I").astype(np.float32)
+    q = da.sel(iq="Q").astype(np.float32)
+    z = (i + 1j * q) / np.float32(FULL_SCALE)
+    out = z.astype(np.complex64)
+    out.attrs = {"long_name": "complex baseband", "units": "1", "comment": "|z| = 1 is 0 dBFS"}
+    return out.drop_vars("iq", errors="ignore")
+
+
+def sample_times(ds: xr.Dataset, station: str | None = None) -> xr.DataArray:
+    """UTC time of every sample from each segment's GPS fit (NaT where no fit or padding)."""
+    ids = [station] if station is not None else list(ds["station"].values)
+    n = ds.sizes["sample"]
+    out = np.full((len(ids), n), np.datetime64("NaT", "ns"))
+    for i, sid in enumerate(ids):
+        s = ds.sel(station=sid)
+        for start, length, t0, fs in zip(
+            s["segment_start"].values, s["segment_length"].values,
+            s["segment_t0"].values, s["segment_fs"].values,
+        ):
+            if start < 0 or np.isnat(t0) or not np.isfinite(fs):
+                continue
+            k = np.arange(int(length), dtype=np.float64)
+            out[i, start : start + length] = t0 + np.rint(k * (1e9 / fs)).astype("timedelta64[ns]")
+    da = xr.DataArray(out, dims=("station", "sample"), coords={"station": ids}, name="time")
+    return da.isel(station=0, drop=True) if station is not None else da
+
+
+def sigmf_attrs(ds: xr.Dataset, station: str) -> dict[str, Any]:
+    """The SigMF keys of one station's capture (section 15 of the protocol reference)."""
+    s = ds.sel(station=station)
+    t0 = s["start_time"].values
+    dt = "" if np.isnat(t0) else str(np.datetime_as_string(t0, unit="ns")) + "Z"
+    out: dict[str, Any] = {
+        "core:datatype": ds.attrs.get("core:datatype", DATATYPE),
+        K_SAMPLE_RATE: float(s["sample_rate"]),
+        K_FREQUENCY: float(ds.attrs[K_FREQUENCY]),
+        K_HW: str(s["hw"].values),
+        K_GEOLOCATION: {
+            "type": "Point",
+            "coordinates": [float(s["longitude"]), float(s["latitude"]), float(s["altitude"])],
+        },
+    }
+    if dt:
+        out[K_DATETIME] = dt
+    return out
+
+
+def encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
+    """zarr encoding: one station per IQ chunk, ~8 MiB objects, Blosc lz4 + byte shuffle."""
+    from zarr.codecs import BloscCodec
+
+    n = ds.sizes["sample"]
+    per_sample = 4  # int16 I + Q
+    chunk = int(max(1, min(n, CHUNK_BYTES // per_sample)))
+    blosc = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=2)
+    enc: dict[str, dict[str, Any]] = {"iq": {"chunks": (1, chunk, 2), "compressors": (blosc,)}}
+    return enc
+
+
+def gps_utc(ds: xr.Dataset, gps_ns: int) -> np.datetime64:
+    return timing.gps_ns_to_utc(gps_ns, int(ds.attrs.get("gps_utc_offset_s", timing.DEFAULT_GPS_UTC_OFFSET_S)))

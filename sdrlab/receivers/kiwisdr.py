@@ -1,0 +1,703 @@
+"""KiwiSDR client: the SND stream in IQ mode (protocol reference sections 1-8 and 16).
+
+One :class:`KiwiReceiver` per station; :meth:`KiwiReceiver.capture` runs one asyncio task that
+connects, authenticates, tunes, receives frames until the requested number of samples is in, and
+applies the retry policy of section 8 (busy: back off; redirect: follow; close, stall or
+inactivity kick: reconnect as a new segment; bad password, down, ip limit: stop with a typed error).
+Whatever arrived before an error is kept: every :class:`~sdrlab.errors.ReceiverError` raised here
+carries the partial :class:`Capture` in ``partial``.
+
+The per-frame path only checks the frame and appends its header and sample bytes to two
+bytearrays; parsing, gap filling and the GPS time fit run once per segment, vectorised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import math
+import os
+import threading
+import time
+import urllib.parse
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+import numpy as np
+import numpy.typing as npt
+
+from .. import timing
+from ..errors import (
+    ReceiverAuthError,
+    ReceiverBusy,
+    ReceiverDown,
+    ReceiverError,
+    ReceiverLimitError,
+    ReceiverProtocolError,
+    ReceiverStalled,
+    ReceiverUnreachable,
+)
+from . import kiwiwire as kw
+from ._ws import OP_BINARY, HandshakeError, WebSocketClient
+
+log = logging.getLogger(__name__)
+
+#: 20-byte SND IQ header as a numpy record, for vectorised parsing of a whole segment
+HEADER_DTYPE = np.dtype(
+    [
+        ("tag", "S3"),
+        ("flags", "u1"),
+        ("seq", "<u4"),
+        ("smeter", ">u2"),
+        ("last_gps", "u1"),
+        ("dummy", "u1"),
+        ("gpssec", "<u4"),
+        ("gpsnsec", "<u4"),
+    ]
+)
+assert HEADER_DTYPE.itemsize == kw.HEADER_SIZE
+
+_BADP = {
+    1: "bad password, or all password-free channels are busy",
+    2: "receiver still determining its local IP",
+    3: "admin not allowed from this IP",
+    4: "no admin password set",
+    5: "no multiple connections from the same IP allowed",
+    6: "database update in progress",
+    7: "another admin connection is already open",
+}
+
+_ts_lock = threading.Lock()
+_ts_counter = itertools.count((int(time.time()) + os.getpid()) & 0xFFFFFFFF)
+
+
+def next_ts() -> int:
+    """A socket id (``<ts>`` in ``/<ts>/SND``) unique within this process."""
+    with _ts_lock:
+        return next(_ts_counter) & 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class KiwiOptions:
+    """Client settings.  Secrets are excluded from repr."""
+
+    password: str = field(default="", repr=False)
+    tlimit_password: str = field(default="", repr=False)
+    user: str = "sdrlab"
+    low_cut: float = -5000.0
+    high_cut: float = 5000.0
+    #: agc, hang, thresh, slope, decay, manGain.  AGC off by default so that power is comparable
+    #: across time and receivers (measurements, not listening).
+    agc: tuple[int, int, int, int, int, int] = (0, 0, -100, 6, 1000, 50)
+    little_endian: bool = False
+    connect_timeout: float = 15.0
+    #: from TCP connect to the first SND frame
+    handshake_timeout: float = 20.0
+    #: no frame for this long while streaming = stall
+    read_timeout: float = 10.0
+    keepalive_interval: float = 1.0
+    connect_retries: int = 3
+    connect_delay: float = 2.0
+    busy_retries: int = 3
+    busy_delay: float = 15.0
+    reconnect_retries: int = 5
+    reconnect_delay: float = 2.0
+    max_redirects: int = 3
+    #: bad frames tolerated per connection before the receiver is declared broken
+    max_bad_frames: int = 5
+    #: a sequence gap longer than this (frames) starts a new segment instead of being zero-filled
+    max_gap_frames: int = 2400
+    gps_utc_offset_s: int = timing.DEFAULT_GPS_UTC_OFFSET_S
+
+    def backoff(self, base: float, attempt: int) -> float:
+        return float(min(base * (2 ** max(attempt - 1, 0)), 8 * base))
+
+
+@dataclass
+class ReceiverInfo:
+    """What the receiver said about itself."""
+
+    host: str
+    port: int
+    version: str = ""
+    rx_chans: int = 0
+    audio_rate: int = 0
+    sample_rate: float = 0.0
+    freq_offset_khz: float = 0.0
+    name: str = ""
+    antenna: str = ""
+    position: tuple[float, float] | None = None
+    altitude: float | None = None
+
+
+@dataclass
+class Segment:
+    """One uninterrupted stretch of samples (a connection, or part of one after a long gap).
+
+    Frames missing from the ``seq`` sequence are zero-filled so that sample index stays linear in
+    time; ``frame_received`` tells which frames really arrived.
+    """
+
+    samples: npt.NDArray[np.int16]  # (n, 2) I, Q
+    frame_seq: npt.NDArray[np.uint32]
+    frame_flags: npt.NDArray[np.uint8]
+    frame_rssi_dbm: npt.NDArray[np.float32]
+    frame_last_gps: npt.NDArray[np.uint8]
+    frame_gps_ns: npt.NDArray[np.int64]  # GPS ns of each frame's first sample; -1 = no stamp
+    frame_received: npt.NDArray[np.bool_]
+    fit: timing.TimeFit
+    end_reason: str
+    seq_gaps: int
+    missing_frames: int
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.samples.shape[0])
+
+
+@dataclass
+class Capture:
+    """Everything one receiver delivered for one request."""
+
+    station: str
+    frequency_hz: float
+    low_cut: float
+    high_cut: float
+    requested_s: float
+    gps_utc_offset_s: int = timing.DEFAULT_GPS_UTC_OFFSET_S
+    info: ReceiverInfo | None = None
+    segments: list[Segment] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+    bad_frames: int = 0
+
+    @property
+    def n_samples(self) -> int:
+        return sum(s.n_samples for s in self.segments)
+
+    @property
+    def sample_rate(self) -> float:
+        """The measured rate of the first segment with a GPS fit, else the announced rate."""
+        for s in self.segments:
+            if s.fit.ok:
+                return s.fit.fs
+        return self.info.sample_rate if self.info else float("nan")
+
+    def utc(self, gps_ns: int) -> np.datetime64:
+        return timing.gps_ns_to_utc(gps_ns, self.gps_utc_offset_s)
+
+
+# ---- outcomes of one connection (internal) ---------------------------------------------------
+class _Redirect(Exception):
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.url = url
+
+
+class _ConnectFailed(Exception):
+    pass
+
+
+class _SegmentEnded(Exception):
+    """The server closed, kicked or stalled after frames had arrived: reconnect, new segment."""
+
+
+class _Complete(Exception):
+    pass
+
+
+# ---- channel accounting: never more connections to one receiver than it has channels -------
+class _ChannelGate:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._used: dict[tuple[str, int], int] = {}
+
+    def try_acquire(self, key: tuple[str, int], limit: int) -> bool:
+        with self._lock:
+            if self._used.get(key, 0) >= limit:
+                return False
+            self._used[key] = self._used.get(key, 0) + 1
+            return True
+
+    def release(self, key: tuple[str, int]) -> None:
+        with self._lock:
+            self._used[key] -= 1
+            if not self._used[key]:
+                del self._used[key]
+
+    def in_use(self, key: tuple[str, int]) -> int:
+        with self._lock:
+            return self._used.get(key, 0)
+
+    @asynccontextmanager
+    async def hold(self, host: str, port: int, limit: int) -> AsyncIterator[None]:
+        key = (host, port)
+        while not self.try_acquire(key, limit):
+            await asyncio.sleep(0.05)
+        try:
+            yield
+        finally:
+            self.release(key)
+
+
+CHANNELS = _ChannelGate()
+
+
+# ---- the connection --------------------------------------------------------------------------
+class _Connection:
+    """One WebSocket to ``/<ts>/SND``: protocol state, frame accumulation, outcome."""
+
+    def __init__(self, rx: KiwiReceiver, cap: Capture, host: str, port: int, want_samples: int | None) -> None:
+        self.rx = rx
+        self.opt = rx.options
+        self.cap = cap
+        self.host, self.port = host, port
+        self.loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[None] = self.loop.create_future()
+        self.ws: WebSocketClient | None = None
+        info = cap.info or ReceiverInfo(host, port)
+        info.host, info.port = host, port
+        self.info = info
+        self._want = want_samples  # samples still needed (None until the rate is known)
+        self._audio_rate = 0
+        self._sample_rate = 0.0
+        self._setup_sent = False
+        self._authed = False
+        self._hdrs = bytearray()
+        self._data = bytearray()
+        self._first_seq = -1
+        self._last_seq = -1
+        self._frames = 0
+        self._bad = 0
+        self._last_frame_t = 0.0
+        self._last_ka = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._started = self.loop.time()
+        self._disabled_reason = ""
+
+    # -- lifecycle --
+    async def run(self) -> None:
+        ts = next_ts()
+        path = f"/{ts}/SND"
+        try:
+            _t, proto = await asyncio.wait_for(
+                self.loop.create_connection(
+                    lambda: WebSocketClient(self.host, self.port, path, self._on_message, self._on_close,
+                                            user_agent=f"sdrlab/{self.rx.version}"),
+                    self.host,
+                    self.port,
+                ),
+                self.opt.connect_timeout,
+            )
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise _ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc or 'timeout'}") from None
+        self.ws = proto
+        try:
+            await asyncio.wait_for(asyncio.shield(proto.opened), self.opt.connect_timeout)
+        except HandshakeError as exc:
+            proto.abort()
+            if exc.location and 300 <= exc.status < 400:
+                raise _Redirect(exc.location) from None
+            raise _ConnectFailed(f"WebSocket upgrade to {self.host}:{self.port} failed: {exc}") from None
+        except asyncio.TimeoutError:
+            proto.abort()
+            raise _ConnectFailed(f"WebSocket upgrade to {self.host}:{self.port} timed out") from None
+        # auth first: only keepalive/options may precede it (reference section 2, step 3)
+        if self.opt.tlimit_password:
+            pw = self.opt.password or "#"
+            self._send(f"SET auth t=kiwi p={pw} ipl={self.opt.tlimit_password}")
+        else:
+            self._send(f"SET auth t=kiwi p={self.opt.password}")
+        self._send(f"SET ident_user={self.opt.user}")
+        self._schedule_tick()
+        try:
+            await self.done
+        finally:
+            if self._timer:
+                self._timer.cancel()
+            if not proto.closing:
+                proto.close()
+            self._finish_segment()
+
+    def _finish(self, exc: BaseException | None = None) -> None:
+        if self.done.done():
+            return
+        if exc is None:
+            self.done.set_result(None)
+        else:
+            self.done.set_exception(exc)
+        if self.ws is not None and not self.ws.closing:
+            if isinstance(exc, _SegmentEnded) and "stalled" in str(exc):
+                self.ws.abort()
+            else:
+                self.ws.close()
+
+    def _send(self, text: str) -> None:
+        if self.ws is not None:
+            self.ws.send_text(text)
+
+    # -- timers: keepalive about every second, stall and handshake watchdogs --
+    def _schedule_tick(self) -> None:
+        self._timer = self.loop.call_later(min(self.opt.keepalive_interval, 0.5), self._tick)
+
+    def _tick(self) -> None:
+        if self.done.done():
+            return
+        now = self.loop.time()
+        if self._setup_sent and now - self._last_ka >= self.opt.keepalive_interval:
+            self._send("SET keepalive")
+            self._last_ka = now
+        if self._frames:
+            if now - self._last_frame_t > self.opt.read_timeout:
+                self._finish(_SegmentEnded(f"stalled: no frame for {self.opt.read_timeout:g} s"))
+                return
+        elif now - self._started > self.opt.handshake_timeout:
+            self._finish(_ConnectFailed(
+                f"no IQ data from {self.host}:{self.port} within {self.opt.handshake_timeout:g} s"
+            ))
+            return
+        self._schedule_tick()
+
+    # -- messages --
+    def _on_close(self, code: int | None, reason: str, exc: BaseException | None) -> None:
+        what = f"closed by the receiver (code {code})" if code else "connection lost"
+        if exc is not None and not isinstance(exc, (ConnectionError, OSError)):
+            what = f"{what}: {exc}"
+        if self._frames:
+            self._finish(_SegmentEnded(what))
+        else:
+            self._finish(_ConnectFailed(f"{self.host}:{self.port} {what} before any IQ data"))
+
+    def _on_message(self, op: int, msg: memoryview) -> None:
+        if self.done.done():
+            return
+        if op != OP_BINARY:
+            self._bad_frame(f"text frame from the receiver ({len(msg)} bytes); KiwiSDR sends binary only")
+            return
+        tag = msg[:3]
+        if tag == b"SND":
+            self._on_snd(msg)
+        elif tag == b"MSG":
+            try:
+                self._on_msg(kw.parse_msg(msg[3:]))
+            except ReceiverError as exc:
+                self._finish(exc)
+            except (_Redirect, _SegmentEnded) as exc:
+                self._finish(exc)
+        elif tag in (b"W/F", b"EXT", b"DAT"):
+            pass
+        else:
+            self._bad_frame(f"frame with unknown tag {bytes(tag)!r}")
+
+    def _on_snd(self, msg: memoryview) -> None:
+        if len(msg) != kw.IQ_FRAME_SIZE:
+            self._bad_frame(f"SND frame of {len(msg)} bytes, expected {kw.IQ_FRAME_SIZE} (IQ mode)")
+            return
+        flags = msg[3]
+        if flags & kw.FLAG_COMPRESSED:
+            self._bad_frame("ADPCM-compressed SND frame (flag 0x10) in IQ mode")
+            return
+        seq = int.from_bytes(msg[4:8], "little")
+        now = self.loop.time()
+        if self._first_seq < 0:
+            self._first_seq = seq
+        elif seq <= self._last_seq:
+            self.cap.events.append(f"duplicate or out-of-order frame seq {seq} dropped")
+            return
+        elif seq - self._last_seq - 1 > self.opt.max_gap_frames:
+            self._finish_segment()
+            self.cap.events.append(f"gap of {seq - self._last_seq - 1} frames: new segment")
+            self._first_seq = seq
+        self._last_seq = seq
+        self._hdrs += msg[: kw.HEADER_SIZE]
+        self._data += msg[kw.HEADER_SIZE :]
+        self._frames += 1
+        self._last_frame_t = now
+        if now - self._last_ka >= self.opt.keepalive_interval:
+            self._send("SET keepalive")
+            self._last_ka = now
+        if self._want is not None and (seq - self._first_seq + 1) * kw.SAMPLES_PER_FRAME >= self._want:
+            self._finish()
+
+    def _bad_frame(self, what: str) -> None:
+        self._bad += 1
+        self.cap.bad_frames += 1
+        log.debug("%s: %s", self.cap.station, what)
+        if self._bad >= self.opt.max_bad_frames:
+            self._finish(ReceiverProtocolError(f"receiver sends garbage: {what} ({self._bad} bad frames)"))
+
+    def _on_msg(self, pairs: list[tuple[str, str | None]]) -> None:
+        info = self.info
+        for key, val in pairs:
+            if key == "reason_disabled":
+                self._disabled_reason = val or ""
+        for key, val in pairs:
+            if key == "too_busy":
+                raise ReceiverBusy(f"all {val} channels busy at {self.host}:{self.port}")
+            if key == "redirect":
+                raise _Redirect(val or "")
+            if key == "badp":
+                code = int(val or 0)
+                if code:
+                    raise ReceiverAuthError(f"login refused (badp={code}: {_BADP.get(code, 'unknown')})")
+                self._authed = True
+            elif key == "down":
+                raise ReceiverDown(f"receiver is down (down={val}: {self._down_reason(val)})")
+            elif key == "ip_limit":
+                raise ReceiverLimitError(f"24 h per-IP time limit reached (ip_limit={val})")
+            elif key == "inactivity_timeout":
+                raise _SegmentEnded(f"inactivity timeout ({val} min)")
+            elif key == "password_timeout":
+                raise _SegmentEnded("password timeout (the receiver did not see our auth)")
+            elif key == "exclusive_use":
+                raise ReceiverBusy("receiver is in exclusive use")
+            elif key == "wb_only":
+                raise ReceiverProtocolError("receiver serves wideband clients only (out of scope)")
+            elif key == "camp_disconnect":
+                raise _SegmentEnded("camp disconnected")
+            elif key == "audio_rate" and val:
+                self._audio_rate = int(float(val))
+                info.audio_rate = self._audio_rate
+                self._send(f"SET AR OK in={self._audio_rate} out=44100")
+            elif key == "sample_rate" and val:
+                self._sample_rate = float(val)
+                info.sample_rate = self._sample_rate
+            elif key == "rx_chans" and val:
+                info.rx_chans = int(val)
+            elif key == "version_maj" and val:
+                info.version = f"{val}.{info.version.split('.')[1] if '.' in info.version else ''}"
+            elif key == "version_min" and val:
+                info.version = f"{info.version.split('.')[0] if info.version else ''}.{val}"
+            elif key == "freq_offset" and val:
+                try:
+                    info.freq_offset_khz = float(val)
+                except ValueError:
+                    pass
+            elif key == "load_cfg" and val:
+                self._on_cfg(val)
+        if self._sample_rate and self._audio_rate and not self._setup_sent:
+            self._setup()
+
+    def _down_reason(self, val: str | None) -> str:
+        kind = {"0": "disabled by its admin", "1": "update in progress", "2": "backup in progress"}
+        reason = self._disabled_reason
+        return kind.get(val or "", "unknown") + (f", {reason!r}" if reason else "")
+
+    def _on_cfg(self, text: str) -> None:
+        try:
+            cfg = json.loads(text)
+        except ValueError:
+            log.debug("%s: undecodable load_cfg ignored", self.cap.station)
+            return
+        if not isinstance(cfg, dict):
+            return
+        pos = kw.parse_rx_gps(cfg)
+        if pos is not None:
+            self.info.position = pos
+        for key, attr in (("rx_name", "name"), ("rx_antenna", "antenna")):
+            if isinstance(cfg.get(key), str):
+                setattr(self.info, attr, urllib.parse.unquote(cfg[key]))
+        asl = cfg.get("rx_asl")
+        if isinstance(asl, (int, float)) and not isinstance(asl, bool):
+            self.info.altitude = float(asl)
+
+    def _setup(self) -> None:
+        """The command set once both rates are known (freq_offset has arrived by then)."""
+        opt = self.opt
+        freq_khz = self.cap.frequency_hz / 1000.0 - self.info.freq_offset_khz
+        self._send("SET squelch=0 max=0")
+        self._send("SET genattn=0")
+        self._send("SET gen=0 mix=-1")
+        self._send(f"SET mod=iq low_cut={opt.low_cut:.0f} high_cut={opt.high_cut:.0f} freq={freq_khz:.3f}")
+        a = opt.agc
+        self._send(f"SET agc={a[0]} hang={a[1]} thresh={a[2]} slope={a[3]} decay={a[4]} manGain={a[5]}")
+        self._send("SET compression=0")
+        if opt.little_endian:
+            self._send("SET little-endian")
+        self._send("SET keepalive")
+        self._last_ka = self.loop.time()
+        self._setup_sent = True
+        if self._want is None:
+            self._want = max(1, math.ceil(self.cap.requested_s * self._sample_rate))
+        self.cap.info = self.info
+
+    # -- segment assembly --
+    def _finish_segment(self) -> None:
+        if not self._hdrs:
+            return
+        reason = "complete"
+        if self.done.done() and self.done.exception() is not None:
+            reason = str(self.done.exception())
+        seg = build_segment(
+            bytes(self._hdrs), bytes(self._data), nominal_fs=self._sample_rate or 12000.0,
+            gps_utc_offset_s=self.opt.gps_utc_offset_s, end_reason=reason,
+        )
+        self._hdrs.clear()
+        self._data.clear()
+        self.cap.segments.append(seg)
+        if self._want is not None:
+            self._want = max(0, self._want - seg.n_samples)
+
+
+def build_segment(
+    headers: bytes,
+    data: bytes,
+    *,
+    nominal_fs: float,
+    gps_utc_offset_s: int = timing.DEFAULT_GPS_UTC_OFFSET_S,
+    end_reason: str = "complete",
+    host_gps_ns: int | None = None,
+) -> Segment:
+    """Turn raw frame headers and sample bytes (as received, in order, seq strictly increasing)
+    into a :class:`Segment`: byte order per frame, zero-filled gaps, GPS stamps and time fit."""
+    h = np.frombuffer(headers, dtype=HEADER_DTYPE)
+    nf = h.shape[0]
+    raw = np.frombuffer(data, dtype=np.uint8).reshape(nf, kw.SAMPLES_PER_FRAME * 4)
+    le = (h["flags"] & kw.FLAG_LITTLE_ENDIAN).astype(bool)
+    rows = np.empty((nf, kw.SAMPLES_PER_FRAME * 2), dtype=np.int16)
+    if le.any():
+        rows[le] = raw[le].view("<i2")
+    if (~le).any():
+        rows[~le] = raw[~le].view(">i2")
+    seq = h["seq"].astype(np.int64)
+    slot = seq - seq[0]
+    total = int(slot[-1]) + 1
+    full = np.zeros((total, kw.SAMPLES_PER_FRAME * 2), dtype=np.int16)
+    full[slot] = rows
+    received = np.zeros(total, dtype=bool)
+    received[slot] = True
+
+    def spread(values: npt.NDArray[np.generic], fill: object, dtype: npt.DTypeLike) -> npt.NDArray[np.generic]:
+        out = np.full(total, fill, dtype=dtype)
+        out[slot] = values
+        return out
+
+    frame_seq = (seq[0] + np.arange(total)).astype(np.uint32)
+    flags = spread(h["flags"], 0, np.uint8)
+    rssi = spread(np.clip(0.1 * h["smeter"].astype(np.float32) - 127.0, -127.0, 3.4), np.nan, np.float32)
+    last = spread(h["last_gps"], kw.GPS_NO_CLOCK, np.uint8)
+
+    # GPS stamps -> ns since the GPS epoch (week from the host clock, section 7)
+    host = timing.gps_now_ns(gps_utc_offset_s) if host_gps_ns is None else host_gps_ns
+    gsec = h["gpssec"].astype(np.int64)
+    gnsec = h["gpsnsec"].astype(np.int64)
+    has = ((gsec != 0) | (gnsec != 0)) & (gsec < timing.WEEK_S) & (gnsec < timing.NS) & (h["last_gps"] <= kw.GPS_LAST_CAP)
+    gps_ns = np.full(nf, -1, dtype=np.int64)
+    if has.any():
+        first = int(np.argmax(has))
+        week = timing.gps_week_for(float(gsec[first]), host)
+        wk = np.full(nf, week, dtype=np.int64)
+        wk[gsec < gsec[first] - timing.WEEK_S // 2] += 1  # rollover inside the segment
+        gps_ns[has] = (wk[has] * timing.WEEK_S + gsec[has]) * timing.NS + gnsec[has]
+    frame_gps = spread(gps_ns, -1, np.int64)
+
+    # fresh stamps: last_gps_solution at 0 or dropping (a new fix arrived)
+    lg = h["last_gps"].astype(np.int16)
+    drop = np.r_[False, np.diff(lg) < 0]
+    fresh = has & ((lg == 0) | drop)
+    use = fresh if fresh.sum() >= 2 else has
+    if not has.any():
+        status = "no GPS clock (last_gps_solution 255)" if (h["last_gps"] == kw.GPS_NO_CLOCK).all() else "no GPS timestamps"
+        fit = timing.TimeFit(-1, float(nominal_fs), float("nan"), 0, 0, status)
+    else:
+        fit = timing.fit_time(slot[use] * kw.SAMPLES_PER_FRAME, gps_ns[use], nominal_fs=nominal_fs)
+    missing = total - nf
+    gaps = int(np.count_nonzero(np.diff(slot) > 1)) if nf > 1 else 0
+    return Segment(
+        samples=full.reshape(total * kw.SAMPLES_PER_FRAME, 2),
+        frame_seq=frame_seq,
+        frame_flags=flags,  # type: ignore[arg-type]
+        frame_rssi_dbm=rssi,  # type: ignore[arg-type]
+        frame_last_gps=last,  # type: ignore[arg-type]
+        frame_gps_ns=frame_gps,  # type: ignore[arg-type]
+        frame_received=received,
+        fit=fit,
+        end_reason=end_reason,
+        seq_gaps=gaps,
+        missing_frames=missing,
+    )
+
+
+class KiwiReceiver:
+    """A KiwiSDR at ``host:port`` with ``channels`` receiver channels."""
+
+    protocol = "kiwisdr"
+
+    def __init__(
+        self,
+        station: str,
+        host: str,
+        port: int,
+        *,
+        channels: int = 4,
+        options: KiwiOptions | None = None,
+    ) -> None:
+        self.station = station
+        self.host = host
+        self.port = port
+        self.channels = channels
+        self.options = options or KiwiOptions()
+        from .._version import __version__
+
+        self.version = __version__
+
+    def __repr__(self) -> str:
+        return f"KiwiReceiver({self.station!r}, {self.host}:{self.port}, channels={self.channels})"
+
+    async def capture(self, frequency_hz: float, duration_s: float) -> Capture:
+        """Receive ``duration_s`` seconds of IQ at ``frequency_hz`` (retry policy of section 8)."""
+        opt = self.options
+        cap = Capture(self.station, frequency_hz, opt.low_cut, opt.high_cut, duration_s, opt.gps_utc_offset_s)
+        host, port = self.host, self.port
+        busy = connect = reconnect = redirects = 0
+        want: int | None = None
+        while True:
+            conn: _Connection | None = None
+            try:
+                async with CHANNELS.hold(host, port, self.channels):
+                    conn = _Connection(self, cap, host, port, want)
+                    await conn.run()
+                return cap
+            except _Redirect as r:
+                redirects += 1
+                target = urllib.parse.urlsplit(r.url if "//" in r.url else f"http://{r.url}")
+                cap.events.append(f"redirected to {target.hostname}:{target.port}")
+                if redirects > opt.max_redirects or not target.hostname:
+                    raise self._err(ReceiverProtocolError, f"too many or bad redirects (last: {r.url})", cap)
+                host, port = target.hostname, target.port or 8073
+            except ReceiverBusy as exc:
+                busy += 1
+                cap.events.append(f"busy ({exc.detail}), attempt {busy}")
+                if busy > opt.busy_retries:
+                    raise self._err(ReceiverBusy, f"{exc.detail}; gave up after {busy} attempts", cap) from None
+                await asyncio.sleep(opt.backoff(opt.busy_delay, busy))
+            except _ConnectFailed as exc:
+                connect += 1
+                cap.events.append(f"{exc}, attempt {connect}")
+                if connect > opt.connect_retries:
+                    raise self._err(ReceiverUnreachable, f"{exc} (gave up after {connect} attempts)", cap) from None
+                await asyncio.sleep(opt.backoff(opt.connect_delay, connect))
+            except _SegmentEnded as exc:
+                reconnect += 1
+                busy = connect = 0
+                cap.events.append(f"segment {len(cap.segments)} ended: {exc}; reconnecting")
+                if reconnect > opt.reconnect_retries:
+                    raise self._err(ReceiverStalled, f"{exc}; gave up after {reconnect - 1} reconnects", cap) from None
+                await asyncio.sleep(opt.reconnect_delay)
+            except ReceiverError as exc:
+                raise self._err(type(exc), exc.detail, cap) from None
+            finally:
+                if conn is not None and conn._want is not None:
+                    want = conn._want
+            if want == 0:
+                return cap
+
+    def _err(self, cls: type[ReceiverError], message: str, cap: Capture) -> ReceiverError:
+        return cls(message, station=self.station, partial=cap)
+
+
+def capture_sync(receiver: KiwiReceiver, frequency_hz: float, duration_s: float) -> Capture:
+    """Run :meth:`KiwiReceiver.capture` on a fresh event loop (for worker threads)."""
+    return asyncio.run(receiver.capture(frequency_hz, duration_s))

@@ -1,0 +1,53 @@
+"""Built-in simulated networks.  ``demo7``: seven receivers over western Europe (the demo7 stations
+of the built-in catalogue, spread over about 900 km) and one AM transmitter inside their hull."""
+
+from __future__ import annotations
+
+from ..errors import ConfigError
+from ..stations import load_catalog
+from .scene import Scene, SimReceiver, Transmitter
+
+# per-receiver real sample rates (each Kiwi's ADC clock differs a little) and noise levels
+_DEMO7_RATES = (12001.135, 12001.150, 12001.188, 12001.162, 12001.121, 12001.174, 12001.143)
+_DEMO7_NOISE = (-76.0, -74.0, -78.0, -73.0, -75.0, -77.0, -72.0)
+
+DEMO7_TX = Transmitter(
+    id="tx-hesse",
+    latitude=50.42,
+    longitude=8.93,
+    frequency_hz=9_750_000.0,
+    power_dbm=40.0,
+    modulation="am",
+)
+#: the frequency the demo tunes to: the carrier sits 1 kHz above the centre
+DEMO7_TUNE_HZ = 9_749_000.0
+
+
+def demo7(seed: int = 0) -> Scene:
+    stations = load_catalog().network("demo7")
+    receivers = tuple(
+        SimReceiver(
+            id=s.id,
+            name=s.name,
+            latitude=s.latitude,
+            longitude=s.longitude,
+            altitude_m=s.altitude,
+            rx_chans=s.channels,
+            sample_rate=_DEMO7_RATES[i % len(_DEMO7_RATES)],
+            noise_dbfs=_DEMO7_NOISE[i % len(_DEMO7_NOISE)],
+            gps_fix_interval_s=2.0 + (i % 3),
+        )
+        for i, s in enumerate(stations)
+    )
+    return Scene(transmitters=(DEMO7_TX,), receivers=receivers, seed=seed, name="demo7")
+
+
+NETWORKS = {"demo7": demo7}
+
+
+def network(name: str, seed: int = 0) -> Scene:
+    try:
+        factory = NETWORKS[name]
+    except KeyError:
+        raise ConfigError(f"unknown simulated network {name!r} (known: {', '.join(NETWORKS)})") from None
+    return factory(seed)
