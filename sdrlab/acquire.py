@@ -208,16 +208,17 @@ def _run(
         bar = tqdm(total=len(futures), desc="acquire", unit="station")
     results: dict[str, StationResult] = {}
     try:
-        for fut in as_completed(futures):
-            sid_ = futures[fut]
-            try:
-                res = fut.result()
-            except Exception as exc:  # the worker died or could not run the task
-                res = StationResult(sid_, "failed", None, type(exc).__name__, f"task failed: {exc}")
-            results[sid_] = res
-            if bar is not None:
-                bar.set_postfix_str(f"{sid_}: {res.status}")
-                bar.update(1)
+        with client.as_current():
+            for fut in as_completed(futures):
+                sid_ = futures[fut]
+                try:
+                    res = fut.result()
+                except Exception as exc:  # the worker died or could not run the task
+                    res = StationResult(sid_, "failed", None, type(exc).__name__, f"task failed: {exc}")
+                results[sid_] = res
+                if bar is not None:
+                    bar.set_postfix_str(f"{sid_}: {res.status}")
+                    bar.update(1)
     finally:
         if bar is not None:
             bar.close()

@@ -2,7 +2,7 @@
 
 A session is one :class:`xarray.Dataset`::
 
-    iq                (station, sample, iq)   int16   raw I/Q as on the wire, lossless; 32768 = 0 dBFS
+    iq                (station, sample, component) int16   raw I/Q as on the wire, lossless; 32768 = 0 dBFS
     frame_*           (station, frame)                the per-frame record: seq, flags, RSSI,
                                                       last_gps_solution, raw GPS stamp (ns), received
     segment_*         (station, segment)              each reconnect segment: first sample, length,
@@ -171,7 +171,7 @@ def build_dataset(
     station_ids = [c.station for c in caps]
     coords: dict[str, Any] = {
         "station": ("station", np.array(station_ids, dtype=object)),
-        "iq": ("iq", np.array(["I", "Q"], dtype=object)),
+        "component": ("component", np.array(["I", "Q"], dtype=object)),
         "latitude": ("station", np.array(per["latitude"], float),
                      {"units": "degrees_north", "standard_name": "latitude"}),
         "longitude": ("station", np.array(per["longitude"], float),
@@ -199,12 +199,17 @@ def build_dataset(
         "status": ("station", np.array(per["status"], dtype=object)),
     }
     data_vars: dict[str, Any] = {
-        "iq": (("station", "sample", "iq"), iq,
+        "iq": (("station", "sample", "component"), iq,
                {"long_name": "raw IQ samples", "units": "1", "full_scale": FULL_SCALE,
                 "comment": "int16 as on the wire; 32768 is 0 dBFS; samples past n_samples are padding"}),
     }
     frame_attrs = {
-        "frame_gps_ns": {"units": "ns since 1980-01-06T00:00:00 GPS", "long_name": "GPS time of the frame's first sample; -1 = none"},
+        "frame_gps_ns": {
+            "units": "ns",
+            "long_name": "raw GPS stamp of the frame's first sample",
+            "comment": "ns since the GPS epoch 1980-01-06T00:00:00 on the GPS time scale (no leap "
+                       "seconds); -1 = no stamp",
+        },
         "frame_rssi_dbm": {"units": "dBm"},
         "frame_sample": {"long_name": "index of the frame's first sample on the sample axis; -1 = padding"},
     }
@@ -247,12 +252,12 @@ def station_status(ds: xr.Dataset) -> pd.DataFrame:
 def to_complex(ds: xr.Dataset | xr.DataArray) -> xr.DataArray:
     """IQ as complex64 in full-scale units (|z| = 1 is 0 dBFS), dims (station, sample)."""
     da = ds["iq"] if isinstance(ds, xr.Dataset) else ds
-    i = da.sel(iq="I").astype(np.float32)
-    q = da.sel(iq="Q").astype(np.float32)
+    i = da.sel(component="I", drop=True).astype(np.float32)
+    q = da.sel(component="Q", drop=True).astype(np.float32)
     z = (i + 1j * q) / np.float32(FULL_SCALE)
     out = z.astype(np.complex64)
     out.attrs = {"long_name": "complex baseband", "units": "1", "comment": "|z| = 1 is 0 dBFS"}
-    return out.drop_vars("iq", errors="ignore")
+    return out
 
 
 def sample_times(ds: xr.Dataset, station: str | None = None) -> xr.DataArray:

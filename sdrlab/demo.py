@@ -1,0 +1,38 @@
+"""``sdrlab demo``: the demo7 simulator in-process, all seven acquired, the session stored."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from .acquire import Session, acquire
+from .config import Settings
+from .sim.networks import DEMO7_TUNE_HZ, demo7
+from .sim.server import SimServer
+from .stations import Station, load_catalog
+from .store import write_session
+
+
+def demo7_stations(ports: dict[str, int], host: str = "127.0.0.1") -> list[Station]:
+    """The catalogue's demo7 stations, pointed at a running simulator's ports."""
+    return [replace(s, host=host, port=ports[s.id]) for s in load_catalog().network("demo7")]
+
+
+def run_demo(
+    *,
+    duration_s: float = 5.0,
+    out: Path | None = None,
+    speed: float = 1.0,
+    progress: bool = True,
+    seed: int = 0,
+) -> Session:
+    """Simulate demo7 on ephemeral loopback ports (so a running ``sdrlab sim serve`` does not
+    clash), acquire every station at the demo frequency, write the session under ``out``."""
+    settings = Settings.from_env()
+    root = out if out is not None else settings.store_path()
+    with SimServer(demo7(seed), base_port=0, speed=speed) as sim:
+        session = acquire(demo7_stations(sim.ports), DEMO7_TUNE_HZ, duration_s, settings=settings,
+                          progress=progress)
+    if session.dataset is not None:
+        session.path = str(write_session(session.dataset, root))
+    return session

@@ -1,0 +1,65 @@
+"""Shared fixtures: the simulator on ephemeral loopback ports, fast client options."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any, Iterator
+
+import pytest
+
+from sdrlab.receivers.kiwisdr import KiwiOptions, KiwiReceiver
+from sdrlab.sim.networks import demo7
+from sdrlab.sim.scene import Scene
+from sdrlab.stations import Station
+
+
+@pytest.fixture
+def scene() -> Scene:
+    return demo7(seed=1)
+
+
+@pytest.fixture
+def fast_options() -> KiwiOptions:
+    """Retry delays and watchdogs scaled down so fault tests take a fraction of a second."""
+    return KiwiOptions(
+        connect_delay=0.05, busy_delay=0.05, reconnect_delay=0.05, read_timeout=0.6,
+        handshake_timeout=5.0, connect_timeout=5.0, busy_retries=3, connect_retries=2,
+    )
+
+
+@pytest.fixture
+def run_sim() -> Iterator[Any]:
+    """``with run_sim(scene, speed=..., **kw) as sim``: a simulator in a thread, stopped after."""
+    from sdrlab.sim.server import SimServer
+
+    started: list[Any] = []
+
+    @contextmanager
+    def _run(scene: Scene, **kw: Any) -> Iterator[Any]:
+        kw.setdefault("base_port", 0)
+        kw.setdefault("speed", 10.0)
+        sim = SimServer(scene, **kw).start_in_thread()
+        started.append(sim)
+        try:
+            yield sim
+        finally:
+            sim.stop_thread()
+            started.remove(sim)
+
+    yield _run
+    for sim in started:
+        sim.stop_thread()
+
+
+def station_for(sim: Any, scene: Scene, rx_id: str) -> Station:
+    rx = scene.receiver(rx_id)
+    return Station(
+        id=rx.id, name=rx.name, host="127.0.0.1", port=sim.ports[rx.id], latitude=rx.latitude,
+        longitude=rx.longitude, altitude=rx.altitude_m, channels=rx.rx_chans, network="test",
+    )
+
+
+def receiver_for(sim: Any, scene: Scene, rx_id: str, options: KiwiOptions, **changes: Any) -> KiwiReceiver:
+    st = station_for(sim, scene, rx_id)
+    return KiwiReceiver(st.id, st.host, st.port, channels=st.channels, options=replace(options, **changes))

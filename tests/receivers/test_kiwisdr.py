@@ -1,0 +1,308 @@
+"""The real KiwiSDR client against the simulator over real sockets, measured against the scene."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from sdrlab import timing
+from sdrlab.errors import (
+    ReceiverAuthError,
+    ReceiverBusy,
+    ReceiverDown,
+    ReceiverLimitError,
+    ReceiverProtocolError,
+    ReceiverUnreachable,
+)
+from sdrlab.receivers import kiwiwire as kw
+from sdrlab.receivers.kiwisdr import KiwiReceiver, next_ts
+from sdrlab.sim.networks import DEMO7_TUNE_HZ
+from sdrlab.sim.scene import Faults
+from tests.conftest import receiver_for
+
+RX = "demo-berlin"
+
+
+def capture(rx: KiwiReceiver, duration: float = 1.0, freq: float = DEMO7_TUNE_HZ):  # type: ignore[no-untyped-def]
+    return asyncio.run(rx.capture(freq, duration))
+
+
+def wire_samples(frames: list[bytes]) -> np.ndarray:
+    """Samples of recorded frames decoded independently of the client, per the flag 0x80."""
+    out = []
+    for f in frames:
+        dt = "<i2" if f[3] & 0x80 else ">i2"
+        out.append(np.frombuffer(f, dtype=dt, offset=20).astype(np.int16).reshape(-1, 2))
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("little_endian", [False, True], ids=["big-endian", "little-endian"])
+def test_frames_byte_exact(run_sim, scene, fast_options, little_endian):
+    with run_sim(scene, speed=20, record_frames=True) as sim:
+        cap = capture(receiver_for(sim, scene, RX, fast_options, little_endian=little_endian), 1.0)
+        rec = sim.streams[-1]
+    assert len(cap.segments) == 1
+    seg = cap.segments[0]
+    n_frames = seg.frame_seq.size
+    assert rec.little_endian is little_endian
+    assert all(bool(f[3] & 0x80) is little_endian for f in rec.frames)
+    assert len(rec.frames) >= n_frames
+    sent = rec.frames[:n_frames]
+    # every header field and every sample, exactly as sent
+    assert np.array_equal(seg.samples, wire_samples(sent))
+    assert [int.from_bytes(f[4:8], "little") for f in sent] == seg.frame_seq.tolist()
+    assert seg.frame_seq[0] == 1
+    assert [f[3] for f in sent] == seg.frame_flags.tolist()
+    assert np.allclose(seg.frame_rssi_dbm, [kw.smeter_to_dbm(int.from_bytes(f[8:10], "big")) for f in sent])
+    assert seg.frame_gps_ns[0] == -1  # the first frame carries zero stamps
+    # samples are what the scene synthesises for this stream
+    src = scene.stream(RX, tuned_hz=rec.tuned_hz, t0_gps_ns=rec.t0_gps_ns, t_ref_gps_ns=sim.t_ref_gps_ns,
+                       low_cut=rec.low_cut, high_cut=rec.high_cut, stream_seed=rec.stream_seed)
+    expect = np.concatenate([src.frame(k) for k in range(n_frames)])
+    assert np.array_equal(seg.samples, expect)
+
+
+def test_time_fit_matches_scene(run_sim, scene, fast_options):
+    with run_sim(scene, speed=20) as sim:
+        cap = capture(receiver_for(sim, scene, RX, fast_options), 6.0)
+        rec = sim.streams[-1]
+    seg = cap.segments[0]
+    assert seg.fit.ok, seg.fit
+    duration = seg.n_samples / seg.fit.fs
+    truth_fs = scene.receiver(RX).sample_rate
+    # rate good enough that the time error over the whole capture stays under 1 us
+    assert abs(seg.fit.fs - truth_fs) / truth_fs * duration < 1e-6
+    assert abs(seg.fit.t0_gps_ns - rec.t0_gps_ns) < 1_000
+    assert seg.fit.residual_rms_s < 1e-6
+    # UTC of sample 0 per section 7 (GPS - 18 s)
+    want = timing.gps_ns_to_utc(rec.t0_gps_ns, 18)
+    assert abs(int((cap.utc(seg.fit.t0_gps_ns) - want) / np.timedelta64(1, "ns"))) < 1_000
+    assert cap.sample_rate == seg.fit.fs
+    assert cap.info is not None and cap.info.version == "1.711"
+    assert cap.info.rx_chans == scene.receiver(RX).rx_chans
+    rxs = scene.receiver(RX)
+    assert cap.info.position == pytest.approx((rxs.latitude, rxs.longitude), abs=1e-4)
+
+
+def test_gps_utc_offset_is_configurable(run_sim, scene, fast_options):
+    with run_sim(scene, speed=20) as sim:
+        cap = capture(receiver_for(sim, scene, RX, fast_options, gps_utc_offset_s=17), 1.0)
+        rec = sim.streams[-1]
+    got = cap.utc(cap.segments[0].fit.t0_gps_ns)
+    assert abs(int((got - timing.gps_ns_to_utc(rec.t0_gps_ns, 17)) / np.timedelta64(1, "ns"))) < 1_000
+
+
+def test_keepalive_keeps_connection_open(run_sim, scene, fast_options):
+    """Keepalives about every interval: with a 0.6 s server keepalive watchdog and a client
+    interval of 0.15 s, a 3 s (wall) capture is never kicked."""
+    from sdrlab.sim.server import Watchdogs
+
+    with run_sim(scene, speed=1.0, watchdogs=Watchdogs(keepalive_timeout_s=0.6)) as sim:
+        cap = capture(receiver_for(sim, scene, RX, fast_options, keepalive_interval=0.15), 3.0)
+    assert len(cap.segments) == 1
+    assert cap.n_samples >= 3.0 * scene.receiver(RX).sample_rate
+
+
+def test_busy_then_free_retries(run_sim, scene, fast_options):
+    sc = scene.with_faults(demo_berlin=Faults(busy=2))
+    with run_sim(sc) as sim:
+        cap = capture(receiver_for(sim, sc, RX, fast_options), 0.5)
+    assert sum("busy" in e for e in cap.events) == 2
+    assert cap.n_samples >= 0.5 * 12001
+
+
+def test_always_busy_gives_up_with_typed_error(run_sim, scene, fast_options):
+    sc = scene.with_faults(demo_berlin=Faults(busy=-1))
+    with run_sim(sc) as sim:
+        with pytest.raises(ReceiverBusy, match="busy") as ei:
+            capture(receiver_for(sim, sc, RX, fast_options, busy_retries=2), 0.5)
+    assert ei.value.station == RX
+    assert ei.value.partial is not None and ei.value.partial.n_samples == 0
+
+
+@pytest.mark.parametrize("kind", ["msg", "http"])
+def test_redirect_is_followed(run_sim, scene, fast_options, kind):
+    with run_sim(scene) as sim:
+        target = sim.ports["demo-paris"]
+        f = Faults(redirect_to_port=target) if kind == "msg" else Faults(http_redirect_to_port=target)
+        sim.set_faults(RX, f)
+        cap = capture(receiver_for(sim, scene, RX, fast_options), 0.5)
+        rec = sim.streams[-1]
+    assert cap.info is not None and cap.info.port == target
+    assert rec.receiver_id == "demo-paris"
+    assert any("redirected" in e for e in cap.events)
+
+
+@pytest.mark.parametrize(
+    ("faults", "error", "pattern"),
+    [
+        (Faults(badp=1), ReceiverAuthError, "badp=1"),
+        (Faults(badp=5), ReceiverAuthError, "badp=5"),
+        (Faults(down=True), ReceiverDown, "down"),
+        (Faults(ip_limit_after_s=0), ReceiverLimitError, "ip_limit"),
+    ],
+    ids=["badp1", "badp5", "down", "ip_limit-at-auth"],
+)
+def test_fatal_conditions_stop_without_retry(run_sim, scene, fast_options, faults, error, pattern):
+    sc = scene.with_faults(demo_berlin=faults)
+    with run_sim(sc) as sim:
+        with pytest.raises(error, match=pattern) as ei:
+            capture(receiver_for(sim, sc, RX, fast_options), 0.5)
+        assert sim.connection_count(RX) == 1  # no retry
+    assert RX in str(ei.value)
+
+
+def test_wrong_password_is_auth_error_and_right_one_works(run_sim, scene, fast_options):
+    sc = scene.replace_receiver(RX, password="s3cret-pw")
+    with run_sim(sc) as sim:
+        with pytest.raises(ReceiverAuthError) as ei:
+            capture(receiver_for(sim, sc, RX, fast_options, password="wrong"), 0.5)
+        assert "s3cret-pw" not in str(ei.value) and "wrong" not in str(ei.value)
+        cap = capture(receiver_for(sim, sc, RX, fast_options, password="s3cret-pw"), 0.5)
+    assert cap.n_samples > 0
+    assert "s3cret-pw" not in repr(fast_options.__class__(password="s3cret-pw"))
+
+
+def test_ip_limit_midstream_keeps_what_arrived(run_sim, scene, fast_options):
+    sc = scene.with_faults(demo_berlin=Faults(ip_limit_after_s=0.5))
+    with run_sim(sc, speed=5) as sim:
+        with pytest.raises(ReceiverLimitError) as ei:
+            capture(receiver_for(sim, sc, RX, fast_options), 3.0)
+        sent = sim.streams[-1].frames_sent
+    part = ei.value.partial
+    assert part is not None and part.n_samples > 0
+    assert part.segments[0].frame_received.sum() == sent  # nothing received is lost
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [Faults(close_after_s=0.5), Faults(stall_after_s=0.5), Faults(inactivity_after_s=0.5)],
+    ids=["abrupt-close", "stall", "inactivity"],
+)
+def test_interruptions_reconnect_as_new_segment(run_sim, scene, fast_options, faults):
+    sc = scene.with_faults(demo_berlin=faults)
+    with run_sim(sc, speed=5) as sim:
+        cap = capture(receiver_for(sim, sc, RX, fast_options), 2.0)
+        recs = [r for r in sim.streams if r.receiver_id == RX]
+    assert len(cap.segments) == 2
+    assert len(recs) == 2
+    first = cap.segments[0]
+    # everything the simulator sent before the interruption arrived and was kept
+    assert first.frame_received.sum() == recs[0].frames_sent
+    assert cap.n_samples >= 2.0 * scene.receiver(RX).sample_rate
+    for seg, rec in zip(cap.segments, recs):
+        assert seg.fit.ok
+        assert abs(seg.fit.t0_gps_ns - rec.t0_gps_ns) < 1_000
+    assert any("reconnect" in e for e in cap.events)
+
+
+def test_inactivity_exemption_with_time_limit_password(run_sim, scene, fast_options):
+    sc = scene.replace_receiver(RX, tlimit_password="tl-pw", faults=Faults(inactivity_after_s=0.3))
+    with run_sim(sc, speed=5) as sim:
+        cap = capture(receiver_for(sim, sc, RX, fast_options, tlimit_password="tl-pw"), 1.5)
+    assert len(cap.segments) == 1
+
+
+def test_seq_gaps_are_tracked_and_zero_filled(run_sim, scene, fast_options):
+    sc = scene.with_faults(demo_berlin=Faults(seq_gap_every=10))
+    with run_sim(sc, speed=20) as sim:
+        cap = capture(receiver_for(sim, sc, RX, fast_options), 2.0)
+        rec = sim.streams[-1]
+    seg = cap.segments[0]
+    skipped = [s for s in rec.seqs_skipped if s <= int(seg.frame_seq[-1])]
+    assert skipped
+    assert seg.missing_frames == len(skipped)
+    missing_seqs = seg.frame_seq[~seg.frame_received].tolist()
+    assert missing_seqs == skipped
+    for s in skipped:
+        k = s - int(seg.frame_seq[0])
+        assert not seg.samples[k * 512 : (k + 1) * 512].any()
+    assert seg.fit.ok and abs(seg.fit.t0_gps_ns - rec.t0_gps_ns) < 1_000
+
+
+@pytest.mark.parametrize(("mode", "status"), [("disabled", "no GPS timestamps"), ("no_fix", "no GPS clock")])
+def test_without_gps_time_no_fit_is_claimed(run_sim, scene, fast_options, mode, status):
+    sc = scene.with_faults(demo_berlin=Faults(gps=mode))  # type: ignore[arg-type]
+    with run_sim(sc, speed=20) as sim:
+        cap = capture(receiver_for(sim, sc, RX, fast_options), 1.0)
+    seg = cap.segments[0]
+    assert not seg.fit.ok and status in seg.fit.status
+    assert (seg.frame_gps_ns == -1).all()
+    # the announced rate stands in for the unmeasured one
+    assert cap.sample_rate == pytest.approx(scene.receiver(RX).sample_rate, abs=1e-6)
+
+
+def test_legacy_combined_message(run_sim, scene, fast_options):
+    sc = scene.with_faults(demo_berlin=Faults(legacy_msgs=True))
+    with run_sim(sc, speed=20) as sim:
+        cap = capture(receiver_for(sim, sc, RX, fast_options), 1.0)
+    assert cap.info is not None and cap.info.audio_rate == 12000
+    assert cap.segments[0].fit.ok
+    assert cap.n_samples >= 12001
+
+
+def test_wide_20250_mode(run_sim, scene, fast_options):
+    sc = scene.replace_receiver(RX, audio_rate=20250, sample_rate=20251.094, rx_chans=3)
+    with run_sim(sc, speed=20) as sim:
+        cap = capture(receiver_for(sim, sc, RX, fast_options), 1.0)
+    assert cap.info is not None and cap.info.audio_rate == 20250
+    assert cap.sample_rate == pytest.approx(20251.094, abs=1e-3)
+    assert cap.n_samples >= 20251
+
+
+def test_garbage_is_a_protocol_error_keeping_good_data(run_sim, scene, fast_options):
+    sc = scene.with_faults(demo_berlin=Faults(garbage_after_s=0.5))
+    with run_sim(sc, speed=5) as sim:
+        with pytest.raises(ReceiverProtocolError, match="garbage") as ei:
+            capture(receiver_for(sim, sc, RX, fast_options), 5.0)
+    part = ei.value.partial
+    assert part is not None and part.n_samples > 0 and part.segments[0].fit.ok
+
+
+def test_unreachable_receiver(fast_options):
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens here now
+    rx = KiwiReceiver("nowhere", "127.0.0.1", port, options=replace(fast_options, connect_retries=1))
+    with pytest.raises(ReceiverUnreachable, match=f"127.0.0.1:{port}"):
+        capture(rx, 0.5)
+
+
+def test_never_more_connections_than_channels(run_sim, scene, fast_options):
+    """Two captures from one receiver with a single channel: the client queues the second, so
+    the simulator never answers too_busy."""
+    sc = scene.replace_receiver(RX, rx_chans=1)
+    results = []
+    with run_sim(sc, speed=10) as sim:
+        def one() -> None:
+            results.append(capture(receiver_for(sim, sc, RX, fast_options, busy_retries=0), 0.5))
+
+        threads = [threading.Thread(target=one) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sim.max_connections(RX) == 1
+    assert len(results) == 2
+    assert not any("busy" in e for c in results for e in c.events)
+
+
+def test_ts_unique_across_threads():
+    seen: list[int] = []
+
+    def grab() -> None:
+        seen.extend(next_ts() for _ in range(1000))
+
+    threads = [threading.Thread(target=grab) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(seen)) == 4000

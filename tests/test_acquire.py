@@ -1,0 +1,242 @@
+"""Parallel acquisition on dask against the demo7 simulator."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from sdrlab import model
+from sdrlab.acquire import acquire, validate_request
+from sdrlab.config import Settings
+from sdrlab.demo import demo7_stations
+from sdrlab.errors import CatalogError, ConfigError
+from sdrlab.sim.networks import DEMO7_TUNE_HZ
+from sdrlab.sim.scene import Faults
+from sdrlab.stations import load_catalog
+
+SETTINGS = Settings(progress=False)
+
+
+def envelope_lag_s(a: np.ndarray, b: np.ndarray, fs: float, center: int, max_lag: int) -> float:
+    """Lag k/fs where b[n + k] matches a[n], from the cross-correlation of the AM envelopes,
+    searched within center +- max_lag samples, with a parabolic sub-sample peak fit."""
+    ea = np.abs(a) - np.abs(a).mean()
+    eb = np.abs(b) - np.abs(b).mean()
+    n = 1 << int(np.ceil(np.log2(len(ea) + len(eb))))
+    xc = np.fft.irfft(np.fft.rfft(eb, n) * np.conj(np.fft.rfft(ea, n)), n)
+    lags = np.arange(center - max_lag, center + max_lag + 1)
+    k = int(lags[np.argmax(xc[lags % n])])
+    y0, y1, y2 = (xc[(k + d) % n] for d in (-1, 0, 1))
+    frac = 0.5 * (y0 - y2) / (y0 - 2 * y1 + y2)
+    return (k + frac) / fs
+
+
+@pytest.fixture(scope="module")
+def demo_session():
+    from sdrlab.sim.networks import demo7
+    from sdrlab.sim.server import SimServer
+
+    scene = demo7(seed=3)
+    with SimServer(scene, base_port=0, speed=10) as sim:
+        session = acquire(demo7_stations(sim.ports), DEMO7_TUNE_HZ, 4.0, settings=SETTINGS)
+        streams = {r.receiver_id: r for r in sim.streams}
+    return scene, session, streams
+
+
+def test_all_seven_captured_with_gps_times(demo_session):
+    scene, session, streams = demo_session
+    ds = session.dataset
+    assert session.ok == [rx.id for rx in scene.receivers]
+    assert ds.sizes["station"] == 7
+    for rx in scene.receivers:
+        s = ds.sel(station=rx.id)
+        assert int(s["n_samples"]) >= 4.0 * rx.sample_rate
+        assert float(s["sample_rate"]) == pytest.approx(rx.sample_rate, abs=1e-3)
+        t0 = np.datetime64(timing_utc(streams[rx.id].t0_gps_ns))
+        assert abs((s["start_time"].values - t0) / np.timedelta64(1, "ns")) < 1_000
+        assert s["gps_status"].item() == "ok"
+        assert float(s["latitude"]) == pytest.approx(rx.latitude, abs=1e-4)
+
+
+def timing_utc(gps_ns: int) -> np.datetime64:
+    from sdrlab import timing
+
+    return timing.gps_ns_to_utc(gps_ns, 18)
+
+
+def test_propagation_delay_differences_recovered(demo_session):
+    """Align every pair on the GPS time base and cross-correlate: the lag is the scene's delay
+    difference, within one sample."""
+    scene, session, _ = demo_session
+    ds = session.dataset
+    z = model.to_complex(ds)
+    tx = scene.transmitters[0]
+    t0 = {sid: ds["start_time"].sel(station=sid).values for sid in ds["station"].values}
+    checked = 0
+    for a, b in itertools.combinations(ds["station"].values, 2):
+        fs = float(ds["sample_rate"].sel(station=a))
+        n = int(min(ds["n_samples"].sel(station=[a, b]))) - 2048
+        za = z.sel(station=a).values[:n]
+        zb = z.sel(station=b).values[:n]
+        dt0 = (t0[b] - t0[a]) / np.timedelta64(1, "s")
+        # GPS times say where to look; the baseline (< 900 km = 36 samples) bounds the search
+        lag = envelope_lag_s(za, zb, fs, center=int(round(-dt0 * fs)), max_lag=60)
+        measured = lag + dt0  # (t_b - d_b = t_a - d_a)  ->  d_b - d_a
+        truth = scene.delay_s(scene.receiver(b), tx) - scene.delay_s(scene.receiver(a), tx)
+        assert abs(measured - truth) < 1.0 / fs, (a, b, measured, truth)
+        checked += 1
+    assert checked == 21
+
+
+def test_two_faulty_stations_give_five_captures_and_two_clear_failures():
+    from sdrlab.sim.networks import demo7
+    from sdrlab.sim.server import SimServer
+
+    scene = demo7(seed=4).with_faults(demo_paris=Faults(down=True), demo_munich=Faults(badp=1))
+    with SimServer(scene, base_port=0, speed=10) as sim:
+        session = acquire(demo7_stations(sim.ports), DEMO7_TUNE_HZ, 1.0, settings=SETTINGS)
+    assert sorted(session.failed) == ["demo-munich", "demo-paris"]
+    assert len(session.ok) == 5
+    ds = session.dataset
+    assert set(ds["station"].values) == set(session.ok)
+    table = session.status()
+    assert table.loc["demo-paris", "error"].startswith("ReceiverDown")
+    assert "badp=1" in table.loc["demo-munich", "error"]
+    stored = json.loads(ds.attrs["station_status"])
+    assert stored["demo-paris"]["status"] == "failed"
+    assert stored["demo-munich"]["error_class"] == "ReceiverAuthError"
+    assert model.station_status(ds).loc["demo-paris", "status"] == "failed"
+
+
+def test_partial_station_keeps_its_data():
+    from sdrlab.sim.networks import demo7
+    from sdrlab.sim.server import SimServer
+
+    scene = demo7(seed=5).with_faults(demo_zurich=Faults(garbage_after_s=0.4))
+    with SimServer(scene, base_port=0, speed=5) as sim:
+        session = acquire(demo7_stations(sim.ports)[:5], DEMO7_TUNE_HZ, 2.0, settings=SETTINGS)
+    r = session.results["demo-zurich"]
+    assert r.status == "partial" and r.error_class == "ReceiverProtocolError"
+    ds = session.dataset
+    assert ds["status"].sel(station="demo-zurich").item() == "partial"
+    assert 0 < int(ds["n_samples"].sel(station="demo-zurich")) < 2.0 * 12001
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def dask_processes(tmp_path):
+    """A `dask scheduler` and a `dask worker`, separate processes on loopback."""
+    port = _free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    bindir = Path(sys.executable).parent
+    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    sched = subprocess.Popen(
+        [str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+         "--no-dashboard", "--no-show"],
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "scheduler.log", "w"), env=env, cwd=tmp_path,
+    )
+    worker = subprocess.Popen(
+        [str(bindir / "dask"), "worker", addr, "--nthreads", "8", "--no-nanny", "--no-dashboard",
+         "--host", "127.0.0.1", "--local-directory", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "worker.log", "w"), env=env, cwd=tmp_path,
+    )
+    try:
+        from distributed import Client
+
+        deadline = time.time() + 60
+        while True:
+            try:
+                with Client(addr, timeout="2s") as c:
+                    if c.scheduler_info()["workers"]:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError("dask scheduler/worker did not come up:\n" + (tmp_path / "worker.log").read_text())
+            time.sleep(0.3)
+        yield addr
+    finally:
+        for p in (worker, sched):
+            p.terminate()
+        for p in (worker, sched):
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def test_scheduler_address_gives_the_same_dataset(dask_processes):
+    from sdrlab.sim.networks import demo7
+    from sdrlab.sim.server import SimServer
+
+    scene = demo7(seed=6)
+    with SimServer(scene, base_port=0, speed=10) as sim:
+        stations = demo7_stations(sim.ports)
+        local = acquire(stations, DEMO7_TUNE_HZ, 1.0, settings=SETTINGS).dataset
+        remote = acquire(stations, DEMO7_TUNE_HZ, 1.0, settings=SETTINGS, scheduler=dask_processes).dataset
+    assert local is not None and remote is not None
+    assert list(local["station"].values) == list(remote["station"].values)
+    assert dict(local.sizes) == dict(remote.sizes)
+    assert {k: v.dtype for k, v in local.variables.items()} == {k: v.dtype for k, v in remote.variables.items()}
+    for name in ("n_samples", "seq_gaps", "gps_status", "latitude", "longitude", "rx_chans", "hw", "status"):
+        assert (local[name].values == remote[name].values).all(), name
+    np.testing.assert_allclose(local["sample_rate"], remote["sample_rate"], atol=1e-4)
+    time_keys = {"session_id", "title", "station_status"}
+    assert {k: v for k, v in local.attrs.items() if k not in time_keys} == {
+        k: v for k, v in remote.attrs.items() if k not in time_keys
+    }
+    # the same signal at every station: power within 0.2 dB (noise differs between streams)
+    p = lambda ds: 10 * np.log10((np.abs(model.to_complex(ds)) ** 2).mean("sample"))  # noqa: E731
+    np.testing.assert_allclose(p(local), p(remote), atol=0.2)
+
+
+@pytest.mark.parametrize(
+    ("freq", "dur", "pattern"),
+    [
+        (0.0, 1.0, "outside 0-30 MHz"),
+        (-5.0, 1.0, "outside 0-30 MHz"),
+        (31e6, 1.0, "outside 0-30 MHz"),
+        (float("nan"), 1.0, "frequency"),
+        (10e6, -1.0, "duration must be a positive"),
+        (10e6, 0.0, "duration must be a positive"),
+        (10e6, float("inf"), "duration"),
+    ],
+)
+def test_bad_parameters_are_named(freq, dur, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        validate_request(freq, dur)
+    with pytest.raises(ConfigError, match=pattern):
+        acquire(["demo-berlin"], freq, dur, settings=SETTINGS)
+
+
+def test_unknown_station_is_named():
+    with pytest.raises(CatalogError, match="'demo-atlantis'"):
+        acquire(["demo-berlin", "demo-atlantis"], 10e6, 1.0, settings=SETTINGS)
+
+
+def test_session_writes_and_reopens_as_zarr(demo_session, tmp_path):
+    from sdrlab.store import open_session, write_session
+
+    _, session, _ = demo_session
+    path = write_session(session.dataset, tmp_path)
+    assert path.parent.name == "sessions" and path.name == session.session_id
+    ds = open_session(path)
+    assert ds["iq"].dtype == np.int16
+    assert ds["iq"].chunks is not None  # lazy, dask-backed
+    xr.testing.assert_equal(ds.load(), session.dataset)
+    assert load_catalog()  # catalogue untouched

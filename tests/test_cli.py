@@ -1,0 +1,127 @@
+"""The command line: real subprocesses and in-process ``main`` against the simulator."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sdrlab._version import __version__
+from sdrlab.cli import main
+from sdrlab.sim.networks import DEMO7_TUNE_HZ, demo7
+from sdrlab.store import open_session
+
+SDRLAB = str(Path(sys.executable).parent / "sdrlab")
+ENV = {**os.environ, "SDRLAB_PROGRESS": "0"}
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as ei:
+        main(["--version"])
+    assert ei.value.code == 0
+    assert __version__ in capsys.readouterr().out
+
+
+def test_sim_serve_prints_receivers_and_stops_on_sigint():
+    p = subprocess.Popen([SDRLAB, "sim", "serve", "--port", "0", "--speed", "2"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True)
+    try:
+        lines = [p.stdout.readline().strip() for _ in range(7)]  # type: ignore[union-attr]
+        scene = demo7()
+        for line, rx in zip(lines, scene.receivers):
+            sid, hostport, lat, lon = line.split()
+            assert sid == rx.id
+            host, port = hostport.rsplit(":", 1)
+            assert host == "127.0.0.1" and int(port) > 0
+            assert float(lat) == pytest.approx(rx.latitude, abs=1e-4)
+            assert float(lon) == pytest.approx(rx.longitude, abs=1e-4)
+        p.send_signal(signal.SIGINT)
+        assert p.wait(15) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+
+
+def _catalog(tmp_path: Path, ports: dict[str, int]) -> Path:
+    lines = []
+    for rx in demo7().receivers:
+        lines += ["[[station]]", f'id = "{rx.id}"', 'host = "127.0.0.1"', f"port = {ports[rx.id]}",
+                  f"latitude = {rx.latitude}", f"longitude = {rx.longitude}", "channels = 4", ""]
+    p = tmp_path / "stations.toml"
+    p.write_text("\n".join(lines))
+    return p
+
+
+def test_acquire_writes_session_and_prints_table(tmp_path, run_sim, capsys, monkeypatch):
+    monkeypatch.setenv("SDRLAB_PROGRESS", "0")
+    scene = demo7().with_faults(demo_paris=__import__("sdrlab.sim.scene", fromlist=["Faults"]).Faults(down=True))
+    with run_sim(scene, speed=10) as sim:
+        cat = _catalog(tmp_path, sim.ports)
+        rc = main(["acquire", "--station", "demo-berlin", "--station", "demo-paris", "--frequency",
+                   str(DEMO7_TUNE_HZ), "--duration", "1", "--out", str(tmp_path / "store"), "--catalog", str(cat)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "demo-berlin" in out and "ok" in out
+    assert "ReceiverDown" in out
+    [path] = (tmp_path / "store" / "sessions").iterdir()
+    ds = open_session(path)
+    assert list(ds["station"].values) == ["demo-berlin"]
+    assert int(ds["n_samples"].sel(station="demo-berlin")) >= 12001
+    assert str(path) in out
+
+
+def test_acquire_exits_nonzero_when_no_station_succeeds(tmp_path, run_sim, capsys, monkeypatch):
+    monkeypatch.setenv("SDRLAB_PROGRESS", "0")
+    from sdrlab.sim.scene import Faults
+
+    scene = demo7().with_faults(demo_berlin=Faults(badp=1))
+    with run_sim(scene) as sim:
+        cat = _catalog(tmp_path, sim.ports)
+        rc = main(["acquire", "--station", "demo-berlin", "--frequency", "9749000", "--duration", "1",
+                   "--out", str(tmp_path / "store"), "--catalog", str(cat)])
+    assert rc == 1
+    assert "ReceiverAuthError" in capsys.readouterr().out
+    assert not (tmp_path / "store" / "sessions").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "pattern"),
+    [
+        (["--station", "demo-atlantis", "--frequency", "9e6", "--duration", "1"], "unknown station"),
+        (["--station", "demo-berlin", "--frequency", "45e6", "--duration", "1"], "outside 0-30 MHz"),
+        (["--station", "demo-berlin", "--frequency", "9e6", "--duration", "-2"], "duration must be a positive"),
+    ],
+)
+def test_bad_input_exit_2_with_clear_message(args, pattern, capsys):
+    assert main(["acquire", *args]) == 2
+    assert pattern in capsys.readouterr().err
+
+
+def test_malformed_catalogue_names_every_problem(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[station]]\nid = "Bad Id"\nhost = "h"\nport = 70000\nlatitude = 95\nlongitude = 0\n'
+                   '[[station]]\nid = "ok-one"\nhost = "127.0.0.1"\nport = 8073\nlatitude = 1\nlongitude = 2\n'
+                   'protocol = "websdr"\n')
+    assert main(["acquire", "--all", "--frequency", "9e6", "--duration", "1", "--catalog", str(bad)]) == 2
+    err = capsys.readouterr().err
+    for piece in ("id must be a slug", "port must be an integer", "latitude 95", "protocol 'websdr'"):
+        assert piece in err
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    r = subprocess.run([SDRLAB, "demo", "--duration", "1", "--speed", "5", "--out", str(tmp_path), "--no-progress"],
+                       capture_output=True, text=True, env=ENV, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for rx in demo7().receivers:
+        assert rx.id in r.stdout
+    assert "7 ok" in r.stdout
+    [path] = (tmp_path / "sessions").iterdir()
+    ds = open_session(path)
+    assert ds.sizes["station"] == 7
+    assert np.isfinite(ds["sample_rate"].values).all()
