@@ -82,19 +82,12 @@ class Result:
 
 async def run_sdrlab(endpoints: list[tuple[str, int]], duration: float) -> Result:
     opt = KiwiOptions(connect_delay=0.5, busy_delay=0.5)
-    t_first: dict[int, float] = {}
-
     async def one(i: int, host: str, port: int) -> tuple[float, int, float]:
         rx = KiwiReceiver(f"s{i}", host, port, channels=CHANS, options=opt)
-        t = time.monotonic()
         cap = await rx.capture(FREQ, duration)
-        done = time.monotonic()
         seg = cap.segments[0]
-        # samples arrive at real rate after the handshake: the stream's last sample is due
-        # (n / fs) after its first frame; we do not have the first-frame time here, so use the
-        # connect time plus the handshake allowance measured on an idle stream (< 0.1 s)
-        due = t + seg.n_samples / cap.info.sample_rate  # type: ignore[union-attr]
-        return done - due, seg.missing_frames + cap.bad_frames, t
+        # lag: last frame's arrival vs real-rate arrival from the first frame on
+        return seg.lag_s, seg.missing_frames + cap.bad_frames + len(cap.segments) - 1, 0.0
 
     c0, w0 = cpu_s(), time.monotonic()
     res = await asyncio.gather(*(one(i, h, p) for i, (h, p) in enumerate(endpoints)), return_exceptions=True)
@@ -104,7 +97,6 @@ async def run_sdrlab(endpoints: list[tuple[str, int]], duration: float) -> Resul
     for r in res:
         if isinstance(r, BaseException):
             print("  error:", r, file=sys.stderr)
-    del t_first
     return Result("sdrlab", len(endpoints), duration, c1 - c0, w1 - w0, len(ok),
                   int(sum(r[1] for r in ok)), float(np.median(lags)), float(np.max(lags)))
 
@@ -116,7 +108,6 @@ async def run_baseline(endpoints: list[tuple[str, int]], duration: float) -> Res
     hdr = struct.Struct("<3sBI")
 
     async def one(i: int, host: str, port: int) -> tuple[float, int]:
-        t = time.monotonic()
         async with connect(f"ws://{host}:{port}/{next_ts()}/SND", compression=None, ping_interval=None,
                            max_size=None) as ws:
             await ws.send("SET auth t=kiwi p=")
@@ -128,6 +119,9 @@ async def run_baseline(endpoints: list[tuple[str, int]], duration: float) -> Res
             lost = 0
             got = 0
             last_ka = time.monotonic()
+            min_behind = float("inf")
+            behind = 0.0
+            n_frames = 0
             ar = sr = False
             async for msg in ws:
                 if msg[:3] == b"MSG":
@@ -157,13 +151,15 @@ async def run_baseline(endpoints: list[tuple[str, int]], duration: float) -> Res
                 samples.append(np.frombuffer(msg, dtype=">i2", offset=20).astype(np.int16))
                 got += 512
                 now = time.monotonic()
+                behind = now - n_frames * 512 / rate
+                min_behind = min(min_behind, behind)
+                n_frames += 1
                 if now - last_ka >= 1.0:
                     await ws.send("SET keepalive")
                     last_ka = now
                 if got >= want:
                     break
-        done = time.monotonic()
-        return done - (t + got / rate), lost
+        return behind - min_behind, lost
 
     c0, w0 = cpu_s(), time.monotonic()
     res = await asyncio.gather(*(one(i, h, p) for i, (h, p) in enumerate(endpoints)), return_exceptions=True)

@@ -134,8 +134,10 @@ def _resolve(stations: Iterable[Station | str], catalog: Catalog | None, setting
     if not items:
         raise ConfigError("no station given (name stations by id, or use all)")
     ids = [s for s in items if isinstance(s, str)]
-    cat = catalog if catalog is not None or not ids else settings.catalog_obj()
-    chosen = {s.id: s for s in cat.select(ids)} if ids else {}
+    chosen: dict[str, Station] = {}
+    if ids:
+        cat: Catalog = catalog if catalog is not None else settings.catalog_obj()
+        chosen = {s.id: s for s in cat.select(ids)}
     out = [s if isinstance(s, Station) else chosen[s] for s in items]
     seen: set[str] = set()
     for s in out:

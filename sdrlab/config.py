@@ -13,11 +13,14 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 from urllib.parse import urlsplit
 
 from . import timing
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .stations import Catalog
 
 ENV_PREFIX = "SDRLAB_"
 DEFAULT_STORE = "file://./sdrlab-data"
@@ -84,7 +87,7 @@ class Settings:
                 except ValueError:
                     raise ConfigError(f"SDRLAB_GPS_UTC_OFFSET_S must be an integer, got {raw!r}") from None
             else:
-                kw[f.name] = raw or None if f.name in ("scheduler", "catalog") else raw
+                kw[f.name] = (raw or None) if f.name in ("scheduler", "catalog") else raw
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kw)
 
@@ -96,7 +99,7 @@ class Settings:
             raise ConfigError("this operation needs a file:// store")
         return Path((parts.netloc + parts.path) or ".").expanduser()
 
-    def catalog_obj(self) -> Any:
+    def catalog_obj(self) -> Catalog:
         from .stations import load_catalog
 
         return load_catalog(self.catalog)

@@ -86,7 +86,7 @@ def build_dataset(
     s_max = max(len(c.segments) for c in caps)
 
     iq = np.zeros((ns, n_max, 2), dtype=np.int16)
-    fr = {
+    fr: dict[str, np.ndarray[Any, Any]] = {
         "frame_seq": np.zeros((ns, f_max), np.uint32),
         "frame_flags": np.zeros((ns, f_max), np.uint8),
         "frame_rssi_dbm": np.full((ns, f_max), np.nan, np.float32),
@@ -96,7 +96,7 @@ def build_dataset(
         "frame_sample": np.full((ns, f_max), -1, np.int64),
         "frame_segment": np.full((ns, f_max), -1, np.int16),
     }
-    sg = {
+    sg: dict[str, np.ndarray[Any, Any]] = {
         "segment_start": np.full((ns, s_max), -1, np.int64),
         "segment_length": np.zeros((ns, s_max), np.int64),
         "segment_t0": np.full((ns, s_max), np.datetime64("NaT", "ns")),
@@ -213,10 +213,10 @@ def build_dataset(
         "frame_rssi_dbm": {"units": "dBm"},
         "frame_sample": {"long_name": "index of the frame's first sample on the sample axis; -1 = padding"},
     }
-    for k, v in fr.items():
-        data_vars[k] = (("station", "frame"), v, frame_attrs.get(k, {}))
-    for k, v in sg.items():
-        data_vars[k] = (("station", "segment"), v)
+    for name, values in fr.items():
+        data_vars[name] = (("station", "frame"), values, frame_attrs.get(name, {}))
+    for name, values in sg.items():
+        data_vars[name] = (("station", "segment"), values)
     data_vars["segment_fs"] = (("station", "segment"), sg["segment_fs"], {"units": "Hz"})
     data_vars["segment_fit_rms"] = (("station", "segment"), sg["segment_fit_rms"], {"units": "s"})
 

@@ -49,4 +49,5 @@ def open_session(path: str | Path) -> xr.Dataset:
     p = Path(path)
     if not p.exists():
         raise StorageError(f"no session at {p}")
-    return xr.open_zarr(p, consolidated=False, zarr_format=model.ZARR_FORMAT)
+    ds: xr.Dataset = xr.open_zarr(p, consolidated=False, zarr_format=model.ZARR_FORMAT)
+    return ds

@@ -44,11 +44,11 @@ def tow_to_gps_ns(gpssec: int, gpsnsec: int, week: int) -> int:
 def gps_ns_to_utc(gps_ns: int, gps_utc_offset_s: int = DEFAULT_GPS_UTC_OFFSET_S) -> np.datetime64:
     """UTC as datetime64[ns] from nanoseconds since the GPS epoch."""
     unix_ns = gps_ns + GPS_EPOCH_UNIX_S * NS - gps_utc_offset_s * NS
-    return np.datetime64(unix_ns, "ns")
+    return np.datetime64(int(unix_ns), "ns")
 
 
 def utc_to_gps_ns(utc: np.datetime64, gps_utc_offset_s: int = DEFAULT_GPS_UTC_OFFSET_S) -> int:
-    unix_ns = int(np.datetime64(utc, "ns").astype(np.int64))
+    unix_ns = int(np.asarray(utc, dtype="datetime64[ns]").astype(np.int64))
     return unix_ns - GPS_EPOCH_UNIX_S * NS + gps_utc_offset_s * NS
 
 

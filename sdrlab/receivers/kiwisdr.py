@@ -152,6 +152,10 @@ class Segment:
     end_reason: str
     seq_gaps: int
     missing_frames: int
+    #: how much later than real-rate streaming the last frame arrived, relative to the most
+    #: punctual frame of the segment (wall clock; diagnostics only, never used for time).  A
+    #: client or link that cannot keep up shows a lag that grows with the capture length.
+    lag_s: float = float("nan")
 
     @property
     def n_samples(self) -> int:
@@ -276,6 +280,9 @@ class _Connection:
         self._timer: asyncio.TimerHandle | None = None
         self._started = self.loop.time()
         self._disabled_reason = ""
+        self._min_behind = 0.0  # min over frames of arrival - (seq - first_seq) * frame period
+        self._behind = 0.0
+        self._frame_period = 0.0
 
     # -- lifecycle --
     async def run(self) -> None:
@@ -376,7 +383,7 @@ class _Connection:
         if op != OP_BINARY:
             self._bad_frame(f"text frame from the receiver ({len(msg)} bytes); KiwiSDR sends binary only")
             return
-        tag = msg[:3]
+        tag = bytes(msg[:3])
         if tag == b"SND":
             self._on_snd(msg)
         elif tag == b"MSG":
@@ -403,6 +410,7 @@ class _Connection:
         now = self.loop.time()
         if self._first_seq < 0:
             self._first_seq = seq
+            self._min_behind = now
         elif seq <= self._last_seq:
             self.cap.events.append(f"duplicate or out-of-order frame seq {seq} dropped")
             return
@@ -410,7 +418,12 @@ class _Connection:
             self._finish_segment()
             self.cap.events.append(f"gap of {seq - self._last_seq - 1} frames: new segment")
             self._first_seq = seq
+            self._min_behind = now
         self._last_seq = seq
+        behind = now - (seq - self._first_seq) * self._frame_period
+        if behind < self._min_behind:
+            self._min_behind = behind
+        self._behind = behind
         self._hdrs += msg[: kw.HEADER_SIZE]
         self._data += msg[kw.HEADER_SIZE :]
         self._frames += 1
@@ -519,6 +532,7 @@ class _Connection:
         self._send("SET keepalive")
         self._last_ka = self.loop.time()
         self._setup_sent = True
+        self._frame_period = kw.SAMPLES_PER_FRAME / self._sample_rate
         if self._want is None:
             self._want = max(1, math.ceil(self.cap.requested_s * self._sample_rate))
         self.cap.info = self.info
@@ -534,6 +548,7 @@ class _Connection:
             bytes(self._hdrs), bytes(self._data), nominal_fs=self._sample_rate or 12000.0,
             gps_utc_offset_s=self.opt.gps_utc_offset_s, end_reason=reason,
         )
+        seg.lag_s = self._behind - self._min_behind
         self._hdrs.clear()
         self._data.clear()
         self.cap.segments.append(seg)
