@@ -108,14 +108,28 @@ def new_session_id(now: datetime | None = None) -> str:
     return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
-def capture_station(station: Station, frequency_hz: float, duration_s: float, options: KiwiOptions) -> StationResult:
-    """The dask task: capture one station; never raises for receiver trouble."""
+def capture_station(
+    station: Station, frequency_hz: float, duration_s: float, options: KiwiOptions, shared_endpoint: bool = False
+) -> StationResult:
+    """The dask task: capture one station; never raises for receiver trouble.
+
+    With ``shared_endpoint`` (several stations of one acquisition on the same host:port, e.g.
+    multi-channel capture from one Kiwi), a cluster-wide semaphore keeps the connections to that
+    receiver within its channels even when the tasks run in different worker processes.
+    """
     import asyncio
 
     t = time.perf_counter()
     receiver = make_receiver(station, options)
     try:
-        cap = asyncio.run(receiver.capture(frequency_hz, duration_s))
+        if shared_endpoint:
+            from distributed import Semaphore
+
+            sem = Semaphore(max_leases=station.channels, name=f"sdrlab-channels-{station.host}:{station.port}")
+            with sem:
+                cap = asyncio.run(receiver.capture(frequency_hz, duration_s))
+        else:
+            cap = asyncio.run(receiver.capture(frequency_hz, duration_s))
         return StationResult(station.id, "ok", cap, elapsed_s=time.perf_counter() - t)
     except ReceiverError as exc:
         part = exc.partial if isinstance(exc.partial, Capture) and exc.partial.n_samples else None
@@ -196,9 +210,12 @@ def _run(
 ) -> dict[str, StationResult]:
     from distributed import as_completed
 
+    per_endpoint: dict[tuple[str, int], int] = {}
+    for st in chosen:
+        per_endpoint[(st.host, st.port)] = per_endpoint.get((st.host, st.port), 0) + 1
     futures = {
         client.submit(
-            capture_station, st, frequency_hz, duration_s, options,
+            capture_station, st, frequency_hz, duration_s, options, per_endpoint[(st.host, st.port)] > 1,
             key=f"acquire-{st.id}-{sid}", pure=False, retries=0,
         ): st.id
         for st in chosen

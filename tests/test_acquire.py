@@ -240,3 +240,21 @@ def test_session_writes_and_reopens_as_zarr(demo_session, tmp_path):
     assert ds["iq"].chunks is not None  # lazy, dask-backed
     xr.testing.assert_equal(ds.load(), session.dataset)
     assert load_catalog()  # catalogue untouched
+
+
+def test_shared_receiver_never_gets_more_connections_than_channels():
+    """Three catalogue stations on one single-channel receiver: captured one after another
+    (never a too_busy), all three succeed."""
+    from dataclasses import replace as dc_replace
+
+    from sdrlab.sim.networks import demo7
+    from sdrlab.sim.server import SimServer
+
+    scene = demo7(seed=7).replace_receiver("demo-berlin", rx_chans=1)
+    with SimServer(scene, base_port=0, speed=10) as sim:
+        base = [s for s in demo7_stations(sim.ports) if s.id == "demo-berlin"][0]
+        stations = [dc_replace(base, id=f"berlin-ch{i}", channels=1) for i in range(3)]
+        session = acquire(stations, DEMO7_TUNE_HZ, 0.5, settings=SETTINGS)
+        assert sim.max_connections("demo-berlin") == 1
+    assert session.ok == ["berlin-ch0", "berlin-ch1", "berlin-ch2"]
+    assert not any("busy" in e for r in session.results.values() for e in r.capture.events)

@@ -219,9 +219,16 @@ class WebSocketClient(asyncio.Protocol):
                 else:
                     raise WSProtocolError(f"unknown opcode {op:#x}")
         finally:
-            mv.release()
             if pos:
-                del buf[:pos]
+                try:
+                    mv.release()
+                    del buf[:pos]
+                except BufferError:
+                    # a consumer kept a view (e.g. through an exception's traceback): leave the
+                    # old buffer to it and carry on with a copy of the unparsed rest
+                    self._buf = bytearray(buf[pos:])
+            else:
+                mv.release()
 
     def _send_frame(self, op: int, payload: bytes) -> None:
         t = self._transport

@@ -389,10 +389,9 @@ class _Connection:
         elif tag == b"MSG":
             try:
                 self._on_msg(kw.parse_msg(msg[3:]))
-            except ReceiverError as exc:
-                self._finish(exc)
-            except (_Redirect, _SegmentEnded) as exc:
-                self._finish(exc)
+            except (ReceiverError, _Redirect, _SegmentEnded) as exc:
+                # no traceback: it would pin this frame's view of the receive buffer
+                self._finish(exc.with_traceback(None))
         elif tag in (b"W/F", b"EXT", b"DAT"):
             pass
         else:
@@ -614,7 +613,7 @@ def build_segment(
     fresh = has & ((lg == 0) | drop)
     use = fresh if fresh.sum() >= 2 else has
     if not has.any():
-        status = "no GPS clock (last_gps_solution 255)" if (h["last_gps"] == kw.GPS_NO_CLOCK).all() else "no GPS timestamps"
+        status = "no GPS clock (last_gps_solution 255)" if (h["last_gps"] == kw.GPS_NO_CLOCK).any() else "no GPS timestamps"
         fit = timing.TimeFit(-1, float(nominal_fs), float("nan"), 0, 0, status)
     else:
         fit = timing.fit_time(slot[use] * kw.SAMPLES_PER_FRAME, gps_ns[use], nominal_fs=nominal_fs)

@@ -62,6 +62,38 @@ class Faults:
 
     Counters (``busy``, ``close_times``, ``stall_times``) count connections to this receiver: the
     first N connections get the fault, later ones are served normally; -1 means always.
+
+    How the simulator (:mod:`sdrlab.sim.server`) applies them:
+
+    * ``busy``: ``MSG too_busy=<rx_chans>`` then close, for the first ``busy`` SND connections
+      (counted among connections that reach channel allocation).
+    * ``redirect_to_port``: every SND connection gets ``MSG redirect=<urlenc http://127.0.0.1:PORT>``
+      and is closed.  ``http_redirect_to_port``: the WebSocket upgrade of SND and W/F paths is
+      answered with HTTP 307 and ``Location: http://127.0.0.1:PORT<same path>``.
+    * ``badp`` (1...7, 0 = off): the auth reply carries ``badp=<code>``, then the socket closes.
+    * ``down``: ``MSG reason_disabled=<urlenc text> down=0`` then close, on SND and W/F.
+    * Durations below are **stream seconds**: time measured by the stream's own sample clock,
+      ``512*k/sample_rate`` at frame k, counted from the start of streaming (CMD_ALL).  At server
+      speed s they pass s times faster than wall seconds.
+
+      - ``close_after_s``: the first ``close_times`` streams are dropped abruptly (TCP abort, no
+        close frame) at that stream time;
+      - ``stall_after_s``: the first ``stall_times`` streams stop sending frames at that stream
+        time; the socket stays open and commands are still read (watchdogs still apply);
+      - ``inactivity_after_s``: that long without a change of frequency or mode ->
+        ``MSG inactivity_timeout=<ceil(s/60) mins>`` and close;
+      - ``ip_limit_after_s``: 0 -> ``MSG ip_limit=<mins>,<ip>`` at auth (before any other reply)
+        and close; > 0 -> the same message and close after that long streaming;
+      - ``garbage_after_s``: from then on, instead of frames, malformed output alternates between
+        SND frames of the wrong length and random bytes under an unknown tag.
+
+      A time-limit exemption (``SET auth ... ipl=`` matching ``SimReceiver.tlimit_password``)
+      exempts from ``inactivity_after_s`` and ``ip_limit_after_s``, as on the real server.
+    * ``seq_gap_every=N``: every frame whose seq is a multiple of N is generated but not sent.
+    * ``gps``: ``"disabled"`` zeroes last_gps_solution, gpssec and gpsnsec in every frame;
+      ``"no_fix"`` sends last_gps_solution 255 (after the first frame, which is all zero).
+    * ``legacy_msgs``: no ``sample_rate`` before auth; after auth one combined
+      ``MSG audio_init=0 audio_rate=<n> sample_rate=<real, %.3f>``.
     """
 
     busy: int = 0
@@ -95,6 +127,10 @@ class SimReceiver:
     #: total noise power per complex sample, dBFS, over the full sample bandwidth
     noise_dbfs: float = -75.0
     password: str = ""
+    #: the admin's time-limit exemption password (``tlimit_exempt_pwd``): a client whose
+    #: ``SET auth ... ipl=`` matches it (case-insensitively) is exempt from the inactivity and
+    #: per-IP time limits; empty means no exemption password is configured
+    tlimit_password: str = ""
     #: seconds between GPS fixes (last_gps_solution resets to 0)
     gps_fix_interval_s: float = 4.0
     version: tuple[int, int] = (1, 711)
