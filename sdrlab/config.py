@@ -124,7 +124,8 @@ class Settings:
         scratch = tempfile.mkdtemp(prefix="sdrlab-dask-")
         cluster = LocalCluster(
             processes=False, n_workers=1, threads_per_worker=max(1, n_threads),
-            dashboard_address=None, local_directory=scratch,
+            # its HTTP endpoint on loopback and a free port: never 0.0.0.0, never a clash on 8787
+            dashboard_address="127.0.0.1:0", local_directory=scratch,
         )
         client = Client(cluster, set_as_default=False)
         try:

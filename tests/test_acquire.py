@@ -147,11 +147,12 @@ def dask_processes(tmp_path):
     env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
     sched = subprocess.Popen(
         [str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-         "--no-dashboard", "--no-show"],
+         "--dashboard-address", "127.0.0.1:0", "--no-show"],
         stdout=subprocess.DEVNULL, stderr=open(tmp_path / "scheduler.log", "w"), env=env, cwd=tmp_path,
     )
     worker = subprocess.Popen(
-        [str(bindir / "dask"), "worker", addr, "--nthreads", "8", "--no-nanny", "--no-dashboard",
+        [str(bindir / "dask"), "worker", addr, "--nthreads", "8", "--no-nanny",
+         "--dashboard-address", "127.0.0.1:0",
          "--host", "127.0.0.1", "--local-directory", str(tmp_path)],
         stdout=subprocess.DEVNULL, stderr=open(tmp_path / "worker.log", "w"), env=env, cwd=tmp_path,
     )
