@@ -113,7 +113,7 @@ def _cmd_acquire(a: argparse.Namespace) -> int:
     if session.dataset is not None:
         session.path = str(write_session(session.dataset, _store_root(a.out)))
     print_session(session)
-    return 0 if session.dataset is not None and (session.ok or session.dataset is not None) else 1
+    return 0 if session.dataset is not None else 1  # non-zero only if no station delivered data
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:

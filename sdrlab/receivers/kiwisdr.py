@@ -103,8 +103,11 @@ class KiwiOptions:
     connect_delay: float = 2.0
     busy_retries: int = 3
     busy_delay: float = 15.0
+    #: consecutive reconnects whose segment was short (< ``long_segment_s``) before giving up;
+    #: a long segment resets the count, so periodic inactivity kicks never end a long capture
     reconnect_retries: int = 5
     reconnect_delay: float = 2.0
+    long_segment_s: float = 5.0
     max_redirects: int = 3
     #: bad frames tolerated per connection before the receiver is declared broken
     max_bad_frames: int = 5
@@ -694,11 +697,15 @@ class KiwiReceiver:
                     raise self._err(ReceiverUnreachable, f"{exc} (gave up after {connect} attempts)", cap) from None
                 await asyncio.sleep(opt.backoff(opt.connect_delay, connect))
             except _SegmentEnded as exc:
-                reconnect += 1
+                last = cap.segments[-1] if cap.segments else None
+                long_one = last is not None and last.n_samples >= opt.long_segment_s * (cap.info.sample_rate if cap.info else 12000.0)
+                reconnect = 1 if long_one else reconnect + 1
                 busy = connect = 0
                 cap.events.append(f"segment {len(cap.segments)} ended: {exc}; reconnecting")
                 if reconnect > opt.reconnect_retries:
-                    raise self._err(ReceiverStalled, f"{exc}; gave up after {reconnect - 1} reconnects", cap) from None
+                    raise self._err(
+                        ReceiverStalled, f"{exc}; gave up after {reconnect - 1} reconnects in a row", cap
+                    ) from None
                 await asyncio.sleep(opt.reconnect_delay)
             except ReceiverError as exc:
                 raise self._err(type(exc), exc.detail, cap) from None

@@ -307,3 +307,18 @@ def test_ts_unique_across_threads():
     for t in threads:
         t.join()
     assert len(set(seen)) == 4000
+
+
+def test_repeated_short_segments_give_up_but_long_ones_never_do(run_sim, scene, fast_options):
+    """Inactivity kicks every 0.5 s of stream: with long_segment_s=0.4 each segment counts as
+    progress and the capture completes; with long_segment_s=10 they are short and, after
+    reconnect_retries in a row, the client stops with ReceiverStalled keeping every segment."""
+    from sdrlab.errors import ReceiverStalled
+
+    sc = scene.with_faults(demo_berlin=Faults(inactivity_after_s=0.5))
+    with run_sim(sc, speed=10) as sim:
+        ok = capture(receiver_for(sim, sc, RX, fast_options, reconnect_retries=2, long_segment_s=0.4), 3.0)
+        assert len(ok.segments) == 6
+        with pytest.raises(ReceiverStalled, match="in a row") as ei:
+            capture(receiver_for(sim, sc, RX, fast_options, reconnect_retries=2, long_segment_s=10), 3.0)
+    assert len(ei.value.partial.segments) == 3
