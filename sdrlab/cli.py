@@ -88,9 +88,15 @@ def _cmd_sim_serve(a: argparse.Namespace) -> int:
 
     if a.speed <= 0:
         raise ConfigError(f"--speed must be positive, got {a.speed}")
-    if not 0 <= a.port <= 65535:
-        raise ConfigError(f"--port must be 0-65535, got {a.port}")
-    run_forever(network(a.network, a.seed), host=a.host, base_port=a.port, speed=a.speed)
+    scene = network(a.network, a.seed)
+    last = a.port + len(scene.receivers) - 1
+    if a.port < 0 or (a.port and last > 65535):
+        raise ConfigError(f"--port {a.port}: the {len(scene.receivers)} receivers need ports {a.port}-{last}, "
+                          "beyond 65535 (use a lower port, or 0 for free ports)")
+    try:
+        run_forever(scene, host=a.host, base_port=a.port, speed=a.speed)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve on {a.host} from port {a.port}: {exc.strerror or exc}") from None
     return 0
 
 
@@ -103,17 +109,32 @@ def _store_root(out: str | None) -> Path:
 def _cmd_acquire(a: argparse.Namespace) -> int:
     from .acquire import acquire
     from .config import Settings
-    from .store import write_session
 
     settings = Settings.from_env(catalog=a.catalog, scheduler=a.scheduler)
+    root = _store_root(a.out)  # a bad store is named before anything is acquired
     catalog = settings.catalog_obj()
     ids = catalog.ids if a.all else a.station
     session = acquire(ids, a.frequency, a.duration, catalog=catalog, settings=settings,
                       progress=not a.no_progress and settings.progress)
+    rc = 0 if session.dataset is not None else 1  # non-zero only if no station delivered data
     if session.dataset is not None:
-        session.path = str(write_session(session.dataset, _store_root(a.out)))
+        session.path, rc = _store_or_rescue(session.dataset, root)
     print_session(session)
-    return 0 if session.dataset is not None else 1  # non-zero only if no station delivered data
+    return rc
+
+
+def _store_or_rescue(ds: object, root: Path) -> tuple[str, int]:
+    """Write the session; if the store fails, keep the data in a local rescue directory."""
+    from .errors import StorageError
+    from .store import write_session
+
+    try:
+        return str(write_session(ds, root)), 0  # type: ignore[arg-type]
+    except StorageError as exc:
+        rescue = Path("sdrlab-rescue")
+        path = write_session(ds, rescue)  # type: ignore[arg-type]
+        print(f"sdrlab: {exc}; the session was kept in {path}", file=sys.stderr)
+        return str(path), 1
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:

@@ -30,8 +30,13 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 
 def mask_url(url: str) -> str:
-    """``scheme://user:***@host/...``: never show a password."""
-    return re.sub(r"(//[^/:@]+):[^@/]*@", r"\1:***@", url)
+    """``scheme://user:***@host/...``: never show a password (even one holding ``@`` or ``/``)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, hostpart = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{hostpart}" if ":" in creds else url
 
 
 @dataclass(frozen=True)
@@ -113,26 +118,30 @@ class Settings:
         address = scheduler or self.scheduler
         if address:
             try:
-                client = Client(address, timeout="10s", set_as_default=False)
+                remote = Client(address, timeout="10s", set_as_default=False)
             except (OSError, TimeoutError) as exc:
                 raise ConfigError(f"cannot reach the dask scheduler at {address}: {exc}") from None
             try:
-                yield client
+                yield remote
             finally:
-                client.close()
+                remote.close()
             return
         scratch = tempfile.mkdtemp(prefix="sdrlab-dask-")
-        cluster = LocalCluster(
-            processes=False, n_workers=1, threads_per_worker=max(1, n_threads),
-            # its HTTP endpoint on loopback and a free port: never 0.0.0.0, never a clash on 8787
-            dashboard_address="127.0.0.1:0", local_directory=scratch,
-        )
-        client = Client(cluster, set_as_default=False)
+        import shutil
+
+        cluster: Any = None
+        client: Any = None
         try:
+            cluster = LocalCluster(
+                processes=False, n_workers=1, threads_per_worker=max(1, n_threads),
+                # its HTTP endpoint on loopback and a free port: never 0.0.0.0, never a clash on 8787
+                dashboard_address="127.0.0.1:0", local_directory=scratch,
+            )
+            client = Client(cluster, set_as_default=False)
             yield client
         finally:
-            client.close()
-            cluster.close()
-            import shutil
-
+            if client is not None:
+                client.close()
+            if cluster is not None:
+                cluster.close()
             shutil.rmtree(scratch, ignore_errors=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .acquire import Session, acquire
 from .config import Settings
+from .errors import ConfigError
 from .sim.networks import DEMO7_TUNE_HZ, demo7
 from .sim.server import SimServer
 from .stations import Station, load_catalog
@@ -28,6 +29,8 @@ def run_demo(
 ) -> Session:
     """Simulate demo7 on ephemeral loopback ports (so a running ``sdrlab sim serve`` does not
     clash), acquire every station at the demo frequency, write the session under ``out``."""
+    if not speed > 0:
+        raise ConfigError(f"speed must be positive, got {speed}")
     settings = Settings.from_env()
     root = out if out is not None else settings.store_path()
     with SimServer(demo7(seed), base_port=0, speed=speed) as sim:

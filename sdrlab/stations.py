@@ -188,9 +188,17 @@ def parse_catalog(text: str, source: str = "<string>") -> Catalog:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise CatalogError(f"station catalogue {source} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - {"station"})
+    if unknown:
+        raise CatalogError(
+            f"station catalogue {source}: unknown top-level key(s) {', '.join(map(repr, unknown))} "
+            "(stations are [[station]] tables)"
+        )
     entries = data.get("station", [])
     if not isinstance(entries, list):
         raise CatalogError(f"station catalogue {source}: 'station' must be an array of tables ([[station]])")
+    if not entries:
+        raise CatalogError(f"station catalogue {source} has no [[station]] entries")
     return Catalog(validate_entries(entries, source), source)
 
 

@@ -125,3 +125,44 @@ def test_demo_runs_end_to_end(tmp_path):
     ds = open_session(path)
     assert ds.sizes["station"] == 7
     assert np.isfinite(ds["sample_rate"].values).all()
+
+
+def test_unusable_store_is_named_before_acquiring(capsys, monkeypatch):
+    monkeypatch.setenv("SDRLAB_STORE", "s3://bucket/prefix")
+    t = time.monotonic()
+    # nothing listens for demo-berlin here: had it tried to acquire, it would retry for seconds
+    assert main(["acquire", "--station", "demo-berlin", "--frequency", "9e6", "--duration", "1"]) == 2
+    assert time.monotonic() - t < 5
+    assert "file://" in capsys.readouterr().err
+
+
+def test_store_failure_keeps_the_session_in_a_rescue_directory(tmp_path, run_sim, capsys, monkeypatch):
+    monkeypatch.setenv("SDRLAB_PROGRESS", "0")
+    monkeypatch.chdir(tmp_path)
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the store directory should be")
+    with run_sim(demo7(), speed=10) as sim:
+        cat = _catalog(tmp_path, sim.ports)
+        rc = main(["acquire", "--station", "demo-berlin", "--frequency", "9749000", "--duration", "1",
+                   "--out", str(blocker), "--catalog", str(cat)])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "sdrlab-rescue" in err
+    [path] = (tmp_path / "sdrlab-rescue" / "sessions").iterdir()
+    assert int(open_session(path)["n_samples"].sel(station="demo-berlin")) >= 12001
+
+
+@pytest.mark.parametrize(
+    ("args", "pattern"),
+    [
+        (["sim", "serve", "--port", "65533"], "beyond 65535"),
+        (["sim", "serve", "--port", "0", "--host", "256.1.1.1"], "cannot serve on 256.1.1.1"),
+        (["sim", "serve", "--speed", "0"], "--speed must be positive"),
+        (["demo", "--speed", "0"], "speed must be positive"),
+        (["demo", "--duration", "-1"], "duration must be a positive"),
+    ],
+)
+def test_bad_simulator_and_demo_options(args, pattern, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    assert pattern in capsys.readouterr().err

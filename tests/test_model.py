@@ -57,18 +57,31 @@ def test_segment_gap_fill_and_endianness():
     assert seg.frame_rssi_dbm[0] == pytest.approx(-80.0)
 
 
-def test_fit_uses_fresh_stamps_and_ignores_a_jump():
-    seqs = list(range(1, 200))
-    last = [(k // 47) * 0 + (k % 47) // 24 for k in range(len(seqs))]  # resets every 47 frames
+def test_fit_uses_fresh_stamps_only():
+    """Between fixes a receiver's stamps drift (here 40 ppm of the time since the fix); only the
+    frames right after a fix (last_gps_solution back to 0) are exact.  Fitting every stamp would be
+    off by tens of microseconds; the fit over fresh stamps is exact."""
+    per_fix = 47  # frames between GPS fixes (~2 s)
+    seqs = list(range(1, 400))
+    since = [(k % per_fix) * 512 / FS for k in range(len(seqs))]
+    last = [int(x) for x in since]
     h, d = frames(seqs, T0, last=last)
     arr = bytearray(h)
-    # make one non-fresh stamp jump by 0.3 s: it must not bend the fit
-    off = 20 * 30 + 12
-    bad = int.from_bytes(arr[off : off + 4], "little") + 0
-    arr[off + 4 : off + 8] = ((int.from_bytes(arr[off + 4 : off + 8], "little") + 300_000_000) % 10**9).to_bytes(4, "little")
-    assert bad
+    for i, x in enumerate(since):
+        if i == 0 or i % per_fix == 0:
+            continue  # frame 0 has no stamp; fresh frames are exact
+        off = 20 * i
+        ns = int.from_bytes(arr[off + 16 : off + 20], "little") + round(x * 40e-6 * 1e9)
+        sec = int.from_bytes(arr[off + 12 : off + 16], "little") + ns // 10**9
+        arr[off + 12 : off + 16] = sec.to_bytes(4, "little")
+        arr[off + 16 : off + 20] = (ns % 10**9).to_bytes(4, "little")
     seg = build_segment(bytes(arr), d, nominal_fs=12001.0, host_gps_ns=HOST)
-    assert seg.fit.ok and abs(seg.fit.t0_gps_ns - T0) < 5
+    assert seg.fit.ok and seg.fit.n_stamps == (len(seqs) - 1) // per_fix  # the frames right after a fix
+    assert abs(seg.fit.t0_gps_ns - T0) < 5
+    assert seg.fit.fs == pytest.approx(FS, abs=1e-4)
+    # what fitting every stamp would have given: clearly worse
+    allfit = timing.fit_time((np.arange(1, len(seqs)) * 512), seg.frame_gps_ns[1:], nominal_fs=12001.0)
+    assert abs(allfit.t0_gps_ns - T0) > 5_000
 
 
 def test_week_rollover_inside_a_segment():

@@ -207,7 +207,9 @@ def test_station_entries_that_are_not_tables() -> None:
 
 
 def test_empty_catalogue() -> None:
-    assert len(parse_catalog("")) == 0
+    """An empty catalogue is a mistake (a typo'd table name, a wrong file), not zero stations."""
+    with pytest.raises(CatalogError, match="no \\[\\[station\\]\\] entries"):
+        parse_catalog("")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -270,3 +272,17 @@ def test_password_from_catalogue_not_in_repr_or_errors(tmp_path: Path) -> None:
         parse_catalog(_entry("pw-kiwi", password=SECRET, port=70000))
     assert SECRET not in str(ei.value)
     assert SECRET not in repr(ei.value)
+
+
+def test_misspelt_table_and_empty_catalogue_are_errors(tmp_path):
+    from sdrlab.errors import CatalogError
+    from sdrlab.stations import load_catalog
+
+    typo = tmp_path / "typo.toml"
+    typo.write_text('[[stations]]\nid = "x"\nhost = "h"\nport = 1\nlatitude = 0\nlongitude = 0\n')
+    with pytest.raises(CatalogError, match="unknown top-level key.*'stations'"):
+        load_catalog(typo)
+    empty = tmp_path / "empty.toml"
+    empty.write_text("# nothing yet\n")
+    with pytest.raises(CatalogError, match="no \\[\\[station\\]\\] entries"):
+        load_catalog(empty)

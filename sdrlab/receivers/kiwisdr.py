@@ -14,17 +14,18 @@ bytearrays; parsing, gap filling and the GPS time fit run once per segment, vect
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import logging
 import math
 import os
+import secrets
 import threading
-import time
 import urllib.parse
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import numpy as np
 import numpy.typing as npt
@@ -71,7 +72,8 @@ _BADP = {
 }
 
 _ts_lock = threading.Lock()
-_ts_counter = itertools.count((int(time.time()) + os.getpid()) & 0xFFFFFFFF)
+# a random start per process: worker processes with neighbouring pids never share ts values
+_ts_counter = itertools.count(secrets.randbits(32) ^ os.getpid())
 
 
 def next_ts() -> int:
@@ -263,6 +265,7 @@ class _Connection:
         self.host, self.port = host, port
         self.loop = asyncio.get_running_loop()
         self.done: asyncio.Future[None] = self.loop.create_future()
+        self._lost: asyncio.Future[None] = self.loop.create_future()
         self.ws: WebSocketClient | None = None
         info = cap.info or ReceiverInfo(host, port)
         info.host, info.port = host, port
@@ -315,11 +318,12 @@ class _Connection:
             proto.abort()
             raise _ConnectFailed(f"WebSocket upgrade to {self.host}:{self.port} timed out") from None
         # auth first: only keepalive/options may precede it (reference section 2, step 3)
+        enc = functools.partial(urllib.parse.quote, safe="")
         if self.opt.tlimit_password:
-            pw = self.opt.password or "#"
-            self._send(f"SET auth t=kiwi p={pw} ipl={self.opt.tlimit_password}")
+            pw = enc(self.opt.password) if self.opt.password else "#"
+            self._send(f"SET auth t=kiwi p={pw} ipl={enc(self.opt.tlimit_password)}")
         else:
-            self._send(f"SET auth t=kiwi p={self.opt.password}")
+            self._send(f"SET auth t=kiwi p={enc(self.opt.password)}")
         self._send(f"SET ident_user={self.opt.user}")
         self._schedule_tick()
         try:
@@ -330,6 +334,11 @@ class _Connection:
             if not proto.closing:
                 proto.close()
             self._finish_segment()
+            # hold the channel until the receiver has seen the socket go (bounded wait)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._lost), 2.0)
+            except asyncio.TimeoutError:
+                proto.abort()
 
     def _finish(self, exc: BaseException | None = None) -> None:
         if self.done.done():
@@ -372,6 +381,8 @@ class _Connection:
 
     # -- messages --
     def _on_close(self, code: int | None, reason: str, exc: BaseException | None) -> None:
+        if not self._lost.done():
+            self._lost.set_result(None)
         what = f"closed by the receiver (code {code})" if code else "connection lost"
         if exc is not None and not isinstance(exc, (ConnectionError, OSError)):
             what = f"{what}: {exc}"
@@ -392,6 +403,8 @@ class _Connection:
         elif tag == b"MSG":
             try:
                 self._on_msg(kw.parse_msg(msg[3:]))
+            except ValueError as exc:
+                self._finish(ReceiverProtocolError(f"malformed MSG from the receiver: {exc}"))
             except (ReceiverError, _Redirect, _SegmentEnded) as exc:
                 # no traceback: it would pin this frame's view of the receive buffer
                 self._finish(exc.with_traceback(None))
@@ -443,8 +456,20 @@ class _Connection:
         if self._bad >= self.opt.max_bad_frames:
             self._finish(ReceiverProtocolError(f"receiver sends garbage: {what} ({self._bad} bad frames)"))
 
+    @staticmethod
+    def _number(key: str, val: str | None, kind: type = float, positive: bool = False) -> Any:
+        """A numeric MSG value, or ValueError naming the key (finite; > 0 when ``positive``)."""
+        try:
+            x = kind(val)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key}={val!r} is not a number") from None
+        if isinstance(x, float) and not math.isfinite(x) or positive and x <= 0:
+            raise ValueError(f"{key}={val!r} is out of range")
+        return x
+
     def _on_msg(self, pairs: list[tuple[str, str | None]]) -> None:
         info = self.info
+        num = self._number
         for key, val in pairs:
             if key == "reason_disabled":
                 self._disabled_reason = val or ""
@@ -454,7 +479,7 @@ class _Connection:
             if key == "redirect":
                 raise _Redirect(val or "")
             if key == "badp":
-                code = int(val or 0)
+                code = num(key, val, int)
                 if code:
                     raise ReceiverAuthError(f"login refused (badp={code}: {_BADP.get(code, 'unknown')})")
                 self._authed = True
@@ -472,24 +497,21 @@ class _Connection:
                 raise ReceiverProtocolError("receiver serves wideband clients only (out of scope)")
             elif key == "camp_disconnect":
                 raise _SegmentEnded("camp disconnected")
-            elif key == "audio_rate" and val:
-                self._audio_rate = int(float(val))
+            elif key == "audio_rate":
+                self._audio_rate = int(num(key, val, float, positive=True))
                 info.audio_rate = self._audio_rate
                 self._send(f"SET AR OK in={self._audio_rate} out=44100")
-            elif key == "sample_rate" and val:
-                self._sample_rate = float(val)
+            elif key == "sample_rate":
+                self._sample_rate = num(key, val, float, positive=True)
                 info.sample_rate = self._sample_rate
-            elif key == "rx_chans" and val:
-                info.rx_chans = int(val)
+            elif key == "rx_chans":
+                info.rx_chans = num(key, val, int)
             elif key == "version_maj" and val:
                 info.version = f"{val}.{info.version.split('.')[1] if '.' in info.version else ''}"
             elif key == "version_min" and val:
                 info.version = f"{info.version.split('.')[0] if info.version else ''}.{val}"
-            elif key == "freq_offset" and val:
-                try:
-                    info.freq_offset_khz = float(val)
-                except ValueError:
-                    pass
+            elif key == "freq_offset":
+                info.freq_offset_khz = num(key, val, float)
             elif key == "load_cfg" and val:
                 self._on_cfg(val)
         if self._sample_rate and self._audio_rate and not self._setup_sent:
@@ -610,11 +632,13 @@ def build_segment(
         gps_ns[has] = (wk[has] * timing.WEEK_S + gsec[has]) * timing.NS + gnsec[has]
     frame_gps = spread(gps_ns, -1, np.int64)
 
-    # fresh stamps: last_gps_solution at 0 or dropping (a new fix arrived)
+    # fresh stamps: the frame where last_gps_solution drops (a new fix arrived; TDoA's
+    # proc_kiwi_iq_wav.m uses diff(gpslast) < 0).  Stamps later in a fix interval may drift.
+    # Fewer than two fixes in the segment: frames at 0 s since a fix, then every valid stamp.
     lg = h["last_gps"].astype(np.int16)
-    drop = np.r_[False, np.diff(lg) < 0]
-    fresh = has & ((lg == 0) | drop)
-    use = fresh if fresh.sum() >= 2 else has
+    drop = has & np.r_[False, np.diff(lg) < 0]
+    zero = has & (lg == 0)
+    use = drop if drop.sum() >= 2 else zero if zero.sum() >= 2 else has
     if not has.any():
         status = "no GPS clock (last_gps_solution 255)" if (h["last_gps"] == kw.GPS_NO_CLOCK).any() else "no GPS timestamps"
         fit = timing.TimeFit(-1, float(nominal_fs), float("nan"), 0, 0, status)
@@ -672,6 +696,7 @@ class KiwiReceiver:
         want: int | None = None
         while True:
             conn: _Connection | None = None
+            n_segments = len(cap.segments)
             try:
                 async with CHANNELS.hold(host, port, self.channels):
                     conn = _Connection(self, cap, host, port, want)
@@ -697,8 +722,9 @@ class KiwiReceiver:
                     raise self._err(ReceiverUnreachable, f"{exc} (gave up after {connect} attempts)", cap) from None
                 await asyncio.sleep(opt.backoff(opt.connect_delay, connect))
             except _SegmentEnded as exc:
-                last = cap.segments[-1] if cap.segments else None
-                long_one = last is not None and last.n_samples >= opt.long_segment_s * (cap.info.sample_rate if cap.info else 12000.0)
+                added = cap.segments[n_segments:]
+                rate = cap.info.sample_rate if cap.info and cap.info.sample_rate else 12000.0
+                long_one = any(s.n_samples >= opt.long_segment_s * rate for s in added)
                 reconnect = 1 if long_one else reconnect + 1
                 busy = connect = 0
                 cap.events.append(f"segment {len(cap.segments)} ended: {exc}; reconnecting")

@@ -10,6 +10,7 @@ from .scene import Scene, SimReceiver, Transmitter
 # per-receiver real sample rates (each Kiwi's ADC clock differs a little) and noise levels
 _DEMO7_RATES = (12001.135, 12001.150, 12001.188, 12001.162, 12001.121, 12001.174, 12001.143)
 _DEMO7_NOISE = (-76.0, -74.0, -78.0, -73.0, -75.0, -77.0, -72.0)
+_DEMO7_ANNOUNCE_PPM = (1.5, -2.0, 0.8, -1.2, 2.5, -0.6, 1.1)
 
 DEMO7_TX = Transmitter(
     id="tx-hesse",
@@ -35,6 +36,7 @@ def demo7(seed: int = 0) -> Scene:
             rx_chans=s.channels,
             sample_rate=_DEMO7_RATES[i % len(_DEMO7_RATES)],
             noise_dbfs=_DEMO7_NOISE[i % len(_DEMO7_NOISE)],
+            announced_rate_error_ppm=_DEMO7_ANNOUNCE_PPM[i % len(_DEMO7_ANNOUNCE_PPM)],
             gps_fix_interval_s=2.0 + (i % 3),
         )
         for i, s in enumerate(stations)

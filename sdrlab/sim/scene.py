@@ -110,6 +110,9 @@ class Faults:
     seq_gap_every: int | None = None
     gps: Literal["ok", "disabled", "no_fix"] = "ok"
     legacy_msgs: bool = False
+    #: send ``sample_rate`` only after the client's ``SET AR OK`` (the order of kiwiclient's test
+    #: server and of some older firmware) instead of right at connect
+    sample_rate_after_ar: bool = False
     garbage_after_s: float | None = None
 
 
@@ -123,6 +126,9 @@ class SimReceiver:
     #: the real (GPS-corrected) sample rate; the nominal rate is ``audio_rate``
     sample_rate: float = 12001.188
     audio_rate: int = 12000
+    #: the rate the receiver *announces* (``MSG sample_rate``) differs from the true one by this
+    #: much, as a real Kiwi's running clock estimate does; only the GPS fit finds the true rate
+    announced_rate_error_ppm: float = 0.0
     rx_chans: int = 4
     #: total noise power per complex sample, dBFS, over the full sample bandwidth
     noise_dbfs: float = -75.0
@@ -136,6 +142,10 @@ class SimReceiver:
     version: tuple[int, int] = (1, 711)
     antenna: str = "simulated active loop"
     faults: Faults = field(default_factory=Faults)
+
+    @property
+    def announced_sample_rate(self) -> float:
+        return self.sample_rate * (1.0 + self.announced_rate_error_ppm * 1e-6)
 
     @property
     def wide(self) -> bool:

@@ -383,7 +383,7 @@ class Session:
         if pwd == "#":
             pwd = None
         if kind not in ("kiwi", "prot", "admin"):
-            self.close("badp", ("badp", 1))
+            self.send_msg(("badp", 1))  # the socket stays open for another SET auth
             return
         pwd = urllib.parse.unquote(pwd) if pwd is not None else None
         ipl = urllib.parse.unquote(ipl) if ipl is not None else None
@@ -417,8 +417,11 @@ class Session:
         if badp == 0 and snd:
             self.send_msg(("is_local", f"{self.channel},0,{int(self.tlimit_exempt)}"))
         self.send_msg(("max_camp", status.MAX_CAMP))
-        if badp != 0:
+        if badp == 5:  # v1.711 kicks only this one (rx_cmd.cpp: badp == 5 -> conn->kick)
             self.close("badp", ("badp", badp))
+            return
+        if badp != 0:  # "try again": the socket stays open until password_timeout
+            self.send_msg(("badp", badp))
             return
         self.send_msg(("badp", 0))
         if not self.auth:

@@ -68,6 +68,8 @@ STEREO_MODES = frozenset({"iq", "drm", "sas", "qam"})
 #: at most this many frames per stream in one pacing tick (a client far behind catches up over
 #: several ticks, so one slow stream cannot starve the others)
 MAX_BURST = 256
+#: the server's empirical processing delay between a sample and its frame (gps_delay, rx_sound.cpp)
+PIPELINE_DELAY_NS = 28_926_838
 
 _TAG_FLAGS_SEQ = struct.Struct("<3sBI")
 _SMETER = struct.Struct(">H")
@@ -131,15 +133,16 @@ class SndSession(Session):
 
     # ---- lifecycle ------------------------------------------------------------------------
     def on_open(self) -> None:
-        if not self.rx.faults.legacy_msgs:
-            self.send_msg(("sample_rate", f"{self.fs:.6f}"))
+        f = self.rx.faults
+        if not f.legacy_msgs and not f.sample_rate_after_ar:
+            self.send_msg(("sample_rate", f"{self.rx.announced_sample_rate:.6f}"))
 
     def on_authenticated(self) -> None:
         self.send(encode_msg([("center_freq", status.CENTER_FREQ_HZ), ("bandwidth", status.BANDWIDTH_HZ),
                               ("adc_clk_nom", status.ADC_CLK_NOM)]))
         if self.rx.faults.legacy_msgs:
             self.send(encode_msg([("audio_init", 0), ("audio_rate", self.rx.audio_rate),
-                                  ("sample_rate", f"{self.fs:.3f}")]))
+                                  ("sample_rate", f"{self.rx.announced_sample_rate:.3f}")]))
         else:
             self.send(encode_msg([("audio_init", 0), ("audio_rate", self.rx.audio_rate)]))
 
@@ -168,6 +171,8 @@ class SndSession(Session):
         elif cmd.startswith("SET AR OK"):
             vals = scanf("SET AR OK in=%d out=%d", cmd)
             if len(vals) == 2 and vals[1] != 0:
+                if not self.cmd_recv & CMD_AR_OK and self.rx.faults.sample_rate_after_ar:
+                    self.send_msg(("sample_rate", f"{self.rx.announced_sample_rate:.6f}"))
                 self.cmd_recv |= CMD_AR_OK
         elif cmd.startswith("SET compression="):
             vals = scanf("SET compression=%d", cmd)
@@ -240,7 +245,9 @@ class SndSession(Session):
     def _start(self) -> None:
         rx, hub, core = self.rx, self.hub, self.core
         faults = rx.faults
-        self.t0_gps_ns = gps_now_ns()
+        # frame k is sent at wall0 + k frames; its first sample was taken one frame plus the
+        # receiver's processing delay (gps_delay, rx_sound.cpp) before that, as on a real Kiwi
+        self.t0_gps_ns = gps_now_ns() - round(self.frame_s * NS) - PIPELINE_DELAY_NS
         self.wall0 = self.next_due = self.loop.time()
         self.k = 0
         self.activity_s = 0.0
@@ -373,9 +380,12 @@ class SndSession(Session):
         gnsec = stamp % NS
         if mode == "no_fix":
             return GPS_NO_CLOCK, gsec, gnsec
-        t = k * self.frame_s
         interval = self.rx.gps_fix_interval_s
-        since = math.fmod(t, interval) if interval > 0 else t
+        if interval <= 0:
+            return min(GPS_LAST_CAP, int(k * self.frame_s)), gsec, gnsec
+        # fixes happen at GPS times n * interval + a per-receiver phase, whoever is connected
+        phase = (self.hub.index * 0.37) % interval
+        since = math.fmod(stamp / NS - phase, interval)
         return min(GPS_LAST_CAP, int(since)), gsec, gnsec
 
     def _send_garbage(self, seq: int) -> None:

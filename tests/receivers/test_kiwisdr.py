@@ -59,6 +59,10 @@ def test_frames_byte_exact(run_sim, scene, fast_options, little_endian):
     assert [f[3] for f in sent] == seg.frame_flags.tolist()
     assert np.allclose(seg.frame_rssi_dbm, [kw.smeter_to_dbm(int.from_bytes(f[8:10], "big")) for f in sent])
     assert seg.frame_gps_ns[0] == -1  # the first frame carries zero stamps
+    assert [f[10] for f in sent] == seg.frame_last_gps.tolist()
+    tow = [(int.from_bytes(f[12:16], "little"), int.from_bytes(f[16:20], "little")) for f in sent]
+    got = [(int(g // 10**9) % 604800, int(g % 10**9)) if g >= 0 else (0, 0) for g in seg.frame_gps_ns]
+    assert got == tow
     # samples are what the scene synthesises for this stream
     src = scene.stream(RX, tuned_hz=rec.tuned_hz, t0_gps_ns=rec.t0_gps_ns, t_ref_gps_ns=sim.t_ref_gps_ns,
                        low_cut=rec.low_cut, high_cut=rec.high_cut, stream_seed=rec.stream_seed)
@@ -234,7 +238,7 @@ def test_without_gps_time_no_fit_is_claimed(run_sim, scene, fast_options, mode, 
     assert not seg.fit.ok and status in seg.fit.status
     assert (seg.frame_gps_ns == -1).all()
     # the announced rate stands in for the unmeasured one
-    assert cap.sample_rate == pytest.approx(scene.receiver(RX).sample_rate, abs=1e-6)
+    assert cap.sample_rate == pytest.approx(scene.receiver(RX).announced_sample_rate, abs=1e-6)
 
 
 def test_legacy_combined_message(run_sim, scene, fast_options):
@@ -322,3 +326,74 @@ def test_repeated_short_segments_give_up_but_long_ones_never_do(run_sim, scene, 
         with pytest.raises(ReceiverStalled, match="in a row") as ei:
             capture(receiver_for(sim, sc, RX, fast_options, reconnect_retries=2, long_segment_s=10), 3.0)
     assert len(ei.value.partial.segments) == 3
+
+
+def test_reconnects_without_data_are_bounded_after_a_long_segment(run_sim, scene, fast_options):
+    """A long first segment, then a receiver that kicks every connection before any frame: the
+    budget of reconnects in a row still runs out (the review's endless-loop case)."""
+    from sdrlab.errors import ReceiverStalled
+
+    sc = scene.with_faults(demo_berlin=Faults(close_after_s=1.0, close_times=1))
+    with run_sim(sc, speed=5) as sim:
+        def switch() -> None:
+            while not sim.streams:
+                threading.Event().wait(0.01)
+            sim.set_faults(RX, Faults(inactivity_after_s=0))
+
+        t = threading.Thread(target=switch)
+        t.start()
+        with pytest.raises(ReceiverStalled, match="in a row") as ei:
+            capture(receiver_for(sim, sc, RX, fast_options, reconnect_retries=3, long_segment_s=0.5), 10.0)
+        t.join()
+        assert sim.connection_count(RX) <= 5
+    part = ei.value.partial
+    assert part.segments and part.segments[0].n_samples >= 0.9 * scene.receiver(RX).sample_rate
+
+
+def test_sample_rate_after_ar_ok_order(run_sim, scene, fast_options):
+    """kiwiclient's test-server order: sample_rate arrives in its own frame only after SET AR OK."""
+    sc = scene.with_faults(demo_berlin=Faults(sample_rate_after_ar=True))
+    with run_sim(sc, speed=20) as sim:
+        cap = capture(receiver_for(sim, sc, RX, fast_options), 1.0)
+    assert cap.segments[0].fit.ok and cap.n_samples >= 12001
+
+
+def test_measured_rate_is_the_true_rate_not_the_announced_one(run_sim, scene, fast_options):
+    rx = scene.receiver(RX)
+    assert abs(rx.announced_sample_rate - rx.sample_rate) > 0.005  # the scene makes them differ
+    with run_sim(scene, speed=20) as sim:
+        cap = capture(receiver_for(sim, scene, RX, fast_options), 3.0)
+    assert cap.info is not None and cap.info.sample_rate == pytest.approx(rx.announced_sample_rate, abs=1e-6)
+    assert cap.sample_rate == pytest.approx(rx.sample_rate, abs=1e-4)
+
+
+def test_passwords_with_spaces_and_percent_are_encoded(run_sim, scene, fast_options):
+    pw, tl = "two words 100%41", "t l%"
+    sc = scene.replace_receiver(RX, password=pw, tlimit_password=tl)
+    with run_sim(sc, speed=20) as sim:
+        cap = capture(receiver_for(sim, sc, RX, fast_options, password=pw, tlimit_password=tl), 0.5)
+    assert cap.n_samples > 0
+
+
+@pytest.mark.parametrize(
+    ("msg", "pattern"),
+    [("sample_rate=nan", "sample_rate"), ("sample_rate=-5", "sample_rate"), ("badp=x", "badp"),
+     ("rx_chans=four", "rx_chans")],
+)
+def test_malformed_msg_values_are_protocol_errors(fast_options, msg, pattern):
+    """A fake receiver (the websockets library) that answers the auth with a malformed value."""
+    import websockets.asyncio.server as wss
+
+    async def handler(ws):  # type: ignore[no-untyped-def]
+        await ws.recv()
+        await ws.send(b"MSG audio_init=0 audio_rate=12000 " + msg.encode())
+        await asyncio.sleep(2)
+
+    async def main():  # type: ignore[no-untyped-def]
+        async with wss.serve(handler, "127.0.0.1", 0, compression=None) as server:
+            port = server.sockets[0].getsockname()[1]
+            rx = KiwiReceiver("fake", "127.0.0.1", port, options=fast_options)
+            return await rx.capture(DEMO7_TUNE_HZ, 0.5)
+
+    with pytest.raises(ReceiverProtocolError, match=pattern):
+        asyncio.run(main())

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import urllib.parse
 
+from sdrlab.sim.server import Watchdogs
+
 from .kiwi_helpers import (
     NS,
     Kiwi,
@@ -93,16 +95,23 @@ def test_busy_fault_counts_connections() -> None:
 
 
 def test_badp_fault() -> None:
+    """v1.711 kicks only on badp=5; badp=1 ("try again") leaves the socket open for another
+    SET auth until the password watchdog closes it."""
     for code in (1, 5):
         scene = with_faults(small_scene(), badp=code)
 
         async def body() -> None:
-            async with running(scene) as srv:
+            async with running(scene, watchdogs=Watchdogs(auth_timeout_s=1.0)) as srv:
                 k = await Kiwi.open(srv.ports["rx-a"], 23)
                 await k.auth()
-                assert await k.wait_closed()
+                if code == 5:
+                    assert await k.wait_closed()
+                else:
+                    assert await k.wait_msg("badp") == "1"
+                    assert not await k.wait_closed(timeout=0.5)  # still open: may retry auth
+                    assert await k.wait_closed(timeout=3.0)  # then password_timeout
+                    assert "password_timeout" in k.keys()
                 assert k.value("badp") == str(code)
-                assert k.keys()[-2:] == ["max_camp", "badp"]
                 assert "version_maj" not in k.keys()
 
         run(body())

@@ -132,8 +132,11 @@ def test_password_and_badp() -> None:
             wrong = await Kiwi.open(port, 1)
             await wrong.auth("nope")
             assert await wrong.wait_msg("badp") == "1"
-            assert await wrong.wait_closed()
             assert "is_local" not in wrong.keys() and "version_maj" not in wrong.keys()
+            # badp=1 means "try again": the same socket takes a second SET auth
+            await wrong.auth("secret")
+            assert await wrong.wait_msg("version_maj") == "1"
+            await wrong.close()
             none = await Kiwi.open(port, 2)
             await none.auth("#", ipl="x")
             assert await none.wait_msg("badp") == "1"
