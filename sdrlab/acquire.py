@@ -30,6 +30,8 @@ from .stations import Catalog, Station
 log = logging.getLogger(__name__)
 
 MAX_FREQUENCY_HZ = 30_000_000.0  # KiwiSDR: HF, 0-30 MHz
+#: the metrics shown in the per-station table (all of them are stored in the Dataset)
+TABLE_METRICS = ("snr_db", "signal_power_dbfs", "noise_floor_dbfs_hz", "frequency_offset_hz")
 MAX_DURATION_S = 24 * 3600.0
 
 
@@ -43,6 +45,8 @@ class StationResult:
     error_class: str | None = None
     message: str | None = None
     elapsed_s: float = 0.0
+    #: the capture's signal metrics (name -> value, units in the name), computed in the task
+    metrics: dict[str, float] = field(default_factory=dict)
 
     def as_status(self) -> model.StationStatus:
         return model.StationStatus(self.station, self.status, self.error_class, self.message)
@@ -84,9 +88,23 @@ class Session:
                     seq_gaps=int(s["seq_gaps"]),
                     segments=int((s["segment_start"] >= 0).sum()),
                 )
+                row.update({k: float(s[k]) for k in TABLE_METRICS if k in s.variables})
             row["error"] = f"{r.error_class}: {r.message}" if r.error_class else ""
             rows.append(row)
         return pd.DataFrame(rows).set_index("station")
+
+
+def attach_metrics(ds: xr.Dataset, results: Sequence[StationResult]) -> xr.Dataset:
+    """The per-capture metrics as (station,) variables with units, so they travel with the session."""
+    from .metrics import LONG_NAMES, UNITS
+
+    names = [n for n in UNITS if any(n in r.metrics for r in results)]
+    by_station = {r.station: r.metrics for r in results}
+    ids = [str(s) for s in ds["station"].values]
+    for name in names:
+        values = [by_station.get(i, {}).get(name, float("nan")) for i in ids]
+        ds[name] = ("station", values, {"units": UNITS[name], "long_name": LONG_NAMES.get(name, name)})
+    return ds
 
 
 def validate_request(frequency_hz: float, duration_s: float) -> None:
@@ -117,10 +135,32 @@ def capture_station(
     multi-channel capture from one Kiwi), a cluster-wide semaphore keeps the connections to that
     receiver within its channels even when the tasks run in different worker processes.
     """
-    import asyncio
-
     t = time.perf_counter()
     receiver = make_receiver(station, options)
+    result = _capture(receiver, station, frequency_hz, duration_s, shared_endpoint, t)
+    if result.capture is not None:
+        try:
+            result.metrics = capture_metrics(result.capture, station)
+        except Exception as exc:  # metrics must never cost the capture
+            log.exception("station %s: metrics failed", station.id)
+            result.message = (result.message or "") + f" (metrics failed: {exc})"
+    return result
+
+
+def capture_metrics(capture: Capture, station: Station) -> dict[str, float]:
+    """Every metric of one capture (see :mod:`sdrlab.metrics`), as plain floats."""
+    from .metrics import metrics
+
+    one = model.build_dataset([capture], {station.id: station})
+    m = metrics(one).compute()
+    return {str(k): float(v.values[0]) for k, v in m.data_vars.items()}
+
+
+def _capture(
+    receiver: Any, station: Station, frequency_hz: float, duration_s: float, shared_endpoint: bool, t: float
+) -> StationResult:
+    import asyncio
+
     try:
         if shared_endpoint:
             from distributed import Semaphore
@@ -200,6 +240,7 @@ def acquire(
             caps, {s.id: s for s in chosen}, statuses=[r.as_status() for r in ordered.values()],
             session_id=sid,
         )
+        ds = attach_metrics(ds, [r for r in ordered.values() if r.capture is not None])
     return Session(sid, float(frequency_hz), float(duration_s), ordered, ds,
                    timings={"acquire_s": t_acq, "build_s": time.perf_counter() - t0 - t_acq})
 

@@ -33,9 +33,16 @@ def run_demo(
         raise ConfigError(f"speed must be positive, got {speed}")
     settings = Settings.from_env()
     root = out if out is not None else settings.store_path()
-    with SimServer(demo7(seed), base_port=0, speed=speed) as sim:
+    scene = demo7(seed)
+    with SimServer(scene, base_port=0, speed=speed) as sim:
         session = acquire(demo7_stations(sim.ports), DEMO7_TUNE_HZ, duration_s, settings=settings,
                           progress=progress)
     if session.dataset is not None:
+        tx = scene.transmitters[0]
+        # the simulated scene's truth travels with the session (maps show the transmitter)
+        session.dataset.attrs.update(
+            simulated_scene=scene.name, transmitter_latitude=tx.latitude, transmitter_longitude=tx.longitude,
+            transmitter_frequency_hz=tx.frequency_hz,
+        )
         session.path = str(write_session(session.dataset, root))
     return session

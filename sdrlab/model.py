@@ -257,6 +257,8 @@ def to_complex(ds: xr.Dataset | xr.DataArray) -> xr.DataArray:
     z = (i + 1j * q) / np.float32(FULL_SCALE)
     out = z.astype(np.complex64)
     out.attrs = {"long_name": "complex baseband", "units": "1", "comment": "|z| = 1 is 0 dBFS"}
+    if isinstance(ds, xr.Dataset) and "center_frequency_hz" in ds.attrs:
+        out.attrs["center_frequency_hz"] = ds.attrs["center_frequency_hz"]
     return out
 
 

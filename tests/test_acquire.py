@@ -259,3 +259,22 @@ def test_shared_receiver_never_gets_more_connections_than_channels():
         assert sim.max_connections("demo-berlin") == 1
     assert session.ok == ["berlin-ch0", "berlin-ch1", "berlin-ch2"]
     assert not any("busy" in e for r in session.results.values() for e in r.capture.events)
+
+
+def test_capture_metrics_travel_with_the_session_and_match_the_scene(demo_session):
+    """Every capture's metrics are computed in its task, stored as (station,) variables with
+    units, and agree with the scene's truth."""
+    scene, session, _ = demo_session
+    ds = session.dataset
+    for name, units in (("snr_db", "dB"), ("noise_floor_dbfs_hz", "dBFS/Hz"), ("frequency_offset_hz", "Hz"),
+                        ("signal_power_dbfs", "dBFS"), ("rssi_mean_dbm", "dBm")):
+        assert ds[name].dims == ("station",) and ds[name].attrs["units"] == units
+    for rx in scene.receivers:
+        truth = scene.truth(rx.id, DEMO7_TUNE_HZ)
+        s = ds.sel(station=rx.id)
+        assert float(s["frequency_offset_hz"]) == pytest.approx(truth["frequency_offset_hz"], abs=1.0)
+        assert float(s["noise_floor_dbfs_hz"]) == pytest.approx(truth["noise_density_dbfs_hz"], abs=0.5)
+        assert float(s["signal_power_dbfs"]) == pytest.approx(truth["signal_power_dbfs"], abs=0.5)
+        assert float(s["snr_db"]) == pytest.approx(truth["snr_db"], abs=0.5)
+    table = session.status()
+    assert {"snr_db", "noise_floor_dbfs_hz", "frequency_offset_hz"} <= set(table.columns)

@@ -1,0 +1,126 @@
+"""``ds.sdr`` / ``da.sdr``: the session's analysis verbs, each handing the object to a plain
+function of :mod:`sdrlab.model`, :mod:`sdrlab.metrics`, :mod:`sdrlab.spectrogram` or
+:mod:`sdrlab.plots` (no logic lives here).
+
+    ds.sdr.iq()              complex64 (station, sample), full-scale units
+    ds.sdr.time()            UTC per sample from the GPS fits
+    ds.sdr.psd()             Welch PSD (station, frequency), FS^2/Hz
+    ds.sdr.spectrogram()     (station, time, frequency), FS^2/Hz
+    ds.sdr.metrics()         per-station metrics as a Dataset (lazy on dask)
+    ds.sdr.metrics_table()   the same as a tidy pandas DataFrame
+    ds.sdr.plot_psd() / plot_spectrogram() / plot_map() / plot_metrics()   matplotlib Figures
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import xarray as xr
+
+from . import model
+
+if TYPE_CHECKING:  # matplotlib, scipy and the metrics machinery load on first use only
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+
+def transmitter_position(ds: xr.Dataset) -> tuple[float, float] | None:
+    """The transmitter's position when the session knows it (simulated scenes record it)."""
+    lat, lon = ds.attrs.get("transmitter_latitude"), ds.attrs.get("transmitter_longitude")
+    if lat is None or lon is None:
+        return None
+    return float(lat), float(lon)
+
+
+@xr.register_dataset_accessor("sdr")
+class SdrDatasetAccessor:
+    def __init__(self, ds: xr.Dataset) -> None:
+        self._ds = ds
+
+    def iq(self) -> xr.DataArray:
+        return model.to_complex(self._ds)
+
+    def time(self, station: str | None = None) -> xr.DataArray:
+        return model.sample_times(self._ds, station)
+
+    def psd(self, **kw: Any) -> xr.DataArray:
+        from .metrics import psd
+
+        return psd(self._ds, **kw)
+
+    def spectrogram(self, **kw: Any) -> xr.DataArray:
+        from .spectrogram import spectrogram
+
+        return spectrogram(self._ds, **kw)
+
+    def metrics(self, **kw: Any) -> xr.Dataset:
+        from .metrics import metrics
+
+        return metrics(self._ds, **kw)
+
+    def metrics_table(self, **kw: Any) -> pd.DataFrame:
+        from .metrics import metrics_table
+
+        return metrics_table(self._ds, **kw)
+
+    def sigmf(self, station: str) -> dict[str, Any]:
+        return model.sigmf_attrs(self._ds, station)
+
+    # ---- plots ---------------------------------------------------------------------------
+    def plot_psd(self, *, absolute: bool = False, **kw: Any) -> Figure:
+        """PSD overlay; ``nperseg`` defaults to 2048 here (a smoother picture than the metrics' 8192)."""
+        from . import plots
+
+        kw.setdefault("nperseg", 2048)
+        return plots.plot_psd(self.psd(**kw).compute(), absolute=absolute)
+
+    def plot_spectrogram(self, **kw: Any) -> Figure:
+        from . import plots
+
+        return plots.plot_spectrogram(self.spectrogram(**kw))
+
+    def plot_map(self, *, value: str = "snr_db", **kw: Any) -> Figure:
+        from . import plots
+
+        ds = self._ds
+        vals = None
+        if value:
+            m = ds if value in ds.variables else self.metrics(**kw).compute()
+            vals = m[value].values
+        return plots.plot_map(
+            ds["latitude"].values, ds["longitude"].values, [str(s) for s in ds["station"].values],
+            values=vals, value_label=plots.metric_label(value),
+            transmitter=transmitter_position(ds),
+        )
+
+    def plot_metrics(self, **kw: Any) -> Figure:
+        from . import plots
+
+        return plots.plot_metrics(self.metrics(**kw).compute())
+
+
+@xr.register_dataarray_accessor("sdr")
+class SdrDataArrayAccessor:
+    """On a complex (station, sample) DataArray with a ``sample_rate`` coordinate (for example
+    ``ds.sdr.iq()``), or on the int16 ``iq`` variable of a session."""
+
+    def __init__(self, da: xr.DataArray) -> None:
+        self._da = da
+
+    def iq(self) -> xr.DataArray:
+        return model.to_complex(self._da) if "component" in self._da.dims else self._da
+
+    def psd(self, **kw: Any) -> xr.DataArray:
+        from .metrics import psd
+
+        return psd(self.iq(), **kw)
+
+    def metrics(self, **kw: Any) -> xr.Dataset:
+        from .metrics import metrics
+
+        return metrics(self.iq(), **kw)
+
+    def plot_psd(self, **kw: Any) -> Figure:
+        from . import plots
+
+        return plots.plot_psd(self.psd(**kw).compute())
