@@ -61,7 +61,9 @@ class Session:
     duration_s: float
     results: dict[str, StationResult]
     dataset: xr.Dataset | None
+    #: where the session was stored (None: not written, see ``store_error``)
     path: str | None = None
+    store_error: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -212,16 +214,24 @@ def acquire(
     client: Any = None,
     options: KiwiOptions | None = None,
     progress: bool | None = None,
+    store: Any = None,
+    write: bool = True,
 ) -> Session:
-    """Acquire ``duration_s`` of IQ at ``frequency_hz`` from every station, in parallel.
+    """Acquire ``duration_s`` of IQ at ``frequency_hz`` from every station, in parallel, and
+    write the session to the store as soon as it is complete.
 
     ``stations`` are ids from the catalogue (``catalog`` or the settings' one) or
     :class:`~sdrlab.stations.Station` objects.  ``client`` reuses a distributed Client;
     otherwise ``scheduler`` (or ``SDRLAB_SCHEDULER``) names a scheduler, else a LocalCluster runs.
+    ``store`` is a :class:`~sdrlab.store.Store` (default: the settings' one); ``write=False``
+    keeps the session in memory only.  If the store fails the session is still returned, with
+    ``store_error`` saying why: acquired data is never dropped.
     """
     settings = settings or Settings.from_env()
     validate_request(frequency_hz, duration_s)
     chosen = _resolve(stations, catalog, settings)
+    if write and store is None:
+        store = settings.store_obj()
     options = options or KiwiOptions(gps_utc_offset_s=settings.gps_utc_offset_s)
     show = settings.progress if progress is None else progress
     sid = new_session_id()
@@ -241,8 +251,29 @@ def acquire(
             session_id=sid,
         )
         ds = attach_metrics(ds, [r for r in ordered.values() if r.capture is not None])
-    return Session(sid, float(frequency_hz), float(duration_s), ordered, ds,
-                   timings={"acquire_s": t_acq, "build_s": time.perf_counter() - t0 - t_acq})
+    session = Session(sid, float(frequency_hz), float(duration_s), ordered, ds,
+                      timings={"acquire_s": t_acq, "build_s": time.perf_counter() - t0 - t_acq})
+    if write and ds is not None:
+        save(session, store)
+    return session
+
+
+def save(session: Session, store: Any) -> Session:
+    """Write the session to ``store``; a failure is recorded in ``store_error``, never raised
+    (the data stays in ``session.dataset``)."""
+    from .errors import StorageError
+
+    if session.dataset is None:
+        return session
+    t = time.perf_counter()
+    try:
+        ref = store.write(session.dataset)
+        session.path, session.store_error = ref.url, None
+    except StorageError as exc:
+        log.error("session %s not stored: %s", session.session_id, exc)
+        session.store_error = str(exc)
+    session.timings["store_s"] = time.perf_counter() - t
+    return session
 
 
 def _run(

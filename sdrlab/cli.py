@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ._version import __version__
 from .errors import AcquisitionError, CatalogError, ConfigError, SdrlabError
@@ -48,6 +48,42 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", metavar="PATH", help="store directory (default: ./sdrlab-data)")
     demo.add_argument("--speed", type=float, default=1.0, help="simulator speed-up (1.0 = real rate)")
     demo.add_argument("--no-progress", action="store_true")
+
+    ses = sub.add_parser("sessions", help="stored sessions")
+    sessub = ses.add_subparsers(dest="sessions_command", required=True)
+    sl = sessub.add_parser("list", help="committed sessions with their summary")
+    ssh = sessub.add_parser("show", help="one session: summary and per-station captures")
+    ssh.add_argument("session")
+    sdl = sessub.add_parser("delete", help="delete a session and all its objects")
+    sdl.add_argument("session")
+    for q in (sl, ssh, sdl):
+        q.add_argument("--store", metavar="URL", help="store URL (default: SDRLAB_STORE)")
+
+    sto = sub.add_parser("store", help="store maintenance")
+    stosub = sto.add_subparsers(dest="store_command", required=True)
+    fsck = stosub.add_parser("fsck", help="find uncommitted leftovers (interrupted writes)")
+    fsck.add_argument("--remove", action="store_true", help="delete what was found")
+    health = stosub.add_parser("health", help="write, read and delete a probe object; print latencies")
+    for q in (fsck, health):
+        q.add_argument("--store", metavar="URL")
+
+    exp = sub.add_parser("export", help="export a session")
+    expsub = exp.add_subparsers(dest="export_command", required=True)
+    es = expsub.add_parser("sigmf", help="one SigMF recording per station")
+    es.add_argument("session")
+    es.add_argument("directory")
+    es.add_argument("--archive", action="store_true", help="write .sigmf archives")
+    es.add_argument("--store", metavar="URL")
+
+    imp = sub.add_parser("import", help="import recordings into a new session")
+    impsub = imp.add_subparsers(dest="import_command", required=True)
+    isg = impsub.add_parser("sigmf", help="SigMF recordings (.sigmf-meta/.sigmf-data or .sigmf)")
+    isg.add_argument("paths", nargs="+")
+    ikw = impsub.add_parser("kiwi-wav", help="kiwirecorder --kiwi-wav IQ files, one per station")
+    ikw.add_argument("paths", nargs="+")
+    ikw.add_argument("--positions", metavar="DIR", help="gnss_pos directory (default: gnss_pos/ beside the files)")
+    for q in (isg, ikw):
+        q.add_argument("--store", metavar="URL")
 
     st = sub.add_parser("stations", help="the station catalogue")
     stsub = st.add_subparsers(dest="stations_command", required=True)
@@ -100,10 +136,32 @@ def _cmd_sim_serve(a: argparse.Namespace) -> int:
     return 0
 
 
-def _store_root(out: str | None) -> Path:
+def _store(url: str | None = None, out: str | None = None) -> Any:
+    """The store: ``--out DIR`` (a local directory), ``--store URL``, or SDRLAB_STORE."""
     from .config import Settings
+    from .store import Store
 
-    return Path(out) if out else Settings.from_env().store_path()
+    if out:
+        return Store(f"file://{Path(out).expanduser().resolve()}")
+    settings = Settings.from_env()
+    return Store(url, settings.storage_options() if url and url.startswith("s3://") else {}) if url \
+        else settings.store_obj()
+
+
+def _save_or_rescue(session: Any) -> int:
+    """After acquire/save: if the store failed, keep the session in a local rescue directory."""
+    from .store import Store
+
+    if session.dataset is None:
+        return 1
+    if session.store_error is None:
+        return 0
+    rescue = Store(f"file://{Path('sdrlab-rescue').resolve()}")
+    ref = rescue.write(session.dataset)
+    print(f"sdrlab: the session could not be stored ({session.store_error}); it was kept in {ref.url}",
+          file=sys.stderr)
+    session.path = ref.url
+    return 1
 
 
 def _cmd_acquire(a: argparse.Namespace) -> int:
@@ -111,39 +169,91 @@ def _cmd_acquire(a: argparse.Namespace) -> int:
     from .config import Settings
 
     settings = Settings.from_env(catalog=a.catalog, scheduler=a.scheduler)
-    root = _store_root(a.out)  # a bad store is named before anything is acquired
+    store = _store(out=a.out)
+    store.health()  # a bad or unreachable store is named before anything is acquired
     catalog = settings.catalog_obj()
     ids = catalog.ids if a.all else a.station
     session = acquire(ids, a.frequency, a.duration, catalog=catalog, settings=settings,
-                      progress=not a.no_progress and settings.progress)
-    rc = 0 if session.dataset is not None else 1  # non-zero only if no station delivered data
-    if session.dataset is not None:
-        session.path, rc = _store_or_rescue(session.dataset, root)
+                      progress=not a.no_progress and settings.progress, store=store)
+    rc = _save_or_rescue(session)  # non-zero if no station delivered data or the store failed
     print_session(session)
     return rc
-
-
-def _store_or_rescue(ds: object, root: Path) -> tuple[str, int]:
-    """Write the session; if the store fails, keep the data in a local rescue directory."""
-    from .errors import StorageError
-    from .store import write_session
-
-    try:
-        return str(write_session(ds, root)), 0  # type: ignore[arg-type]
-    except StorageError as exc:
-        rescue = Path("sdrlab-rescue")
-        path = write_session(ds, rescue)  # type: ignore[arg-type]
-        print(f"sdrlab: {exc}; the session was kept in {path}", file=sys.stderr)
-        return str(path), 1
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    session = run_demo(duration_s=a.duration, out=_store_root(a.out), speed=a.speed,
-                       progress=not a.no_progress)
+    session = run_demo(duration_s=a.duration, out=a.out, speed=a.speed, progress=not a.no_progress)
+    rc = _save_or_rescue(session)
     print_session(session)
-    return 0 if session.dataset is not None else 1
+    return rc
+
+
+def _print_frame(df: Any) -> None:
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 60):
+        print(df.to_string(float_format=lambda v: f"{v:.3f}") if len(df) else "(none)")
+
+
+def _cmd_sessions(a: argparse.Namespace) -> int:
+    store = _store(a.store)
+    if a.sessions_command == "list":
+        _print_frame(store.sessions())
+    elif a.sessions_command == "show":
+        s = store.summary(a.session)
+        for key in ("session_id", "start_time", "center_frequency_hz", "duration_s", "status", "committed"):
+            print(f"{key:20s} {s.get(key)}")
+        print(f"{'store':20s} {store.where}")
+        _print_frame(store.captures(a.session))
+    else:
+        n = store.delete(a.session)
+        print(f"deleted session {a.session}: {n} objects removed")
+    return 0
+
+
+def _cmd_store(a: argparse.Namespace) -> int:
+    store = _store(a.store)
+    if a.store_command == "health":
+        h = store.health()
+        print(f"ok {h['store']}: write {h['write_ms']:.1f} ms, read {h['read_ms']:.1f} ms, "
+              f"delete {h['delete_ms']:.1f} ms")
+        return 0
+    found = store.fsck(remove=a.remove)
+    for sid in found:
+        print(f"{'removed' if a.remove else 'uncommitted'} {sid}")
+    print(f"{len(found)} problem(s) {'fixed' if a.remove else 'found'} in {store.where}")
+    return 1 if found and not a.remove else 0
+
+
+def _cmd_export(a: argparse.Namespace) -> int:
+    from .interchange.sigmf import export_sigmf
+
+    store = _store(a.store)
+    files = export_sigmf(store.open(a.session), a.directory, archive=a.archive)
+    for f in files:
+        print(f)
+    return 0
+
+
+def _cmd_import(a: argparse.Namespace) -> int:
+    from .acquire import Session, save
+
+    if a.import_command == "sigmf":
+        from .interchange.sigmf import import_sigmf
+
+        ds = import_sigmf(a.paths)
+    else:
+        from .interchange.kiwiwav import import_kiwi_wav
+
+        ds = import_kiwi_wav(a.paths, positions_dir=a.positions)
+    session = Session(ds.attrs["session_id"], float(ds.attrs.get("center_frequency_hz", 0.0)),
+                      float(ds.attrs.get("requested_duration_s", 0.0)), {}, ds)
+    save(session, _store(a.store))
+    rc = _save_or_rescue(session)
+    print(f"imported {ds.sizes['station']} station(s) into session {session.session_id}"
+          + (f" at {session.path}" if session.path else ""))
+    return rc
 
 
 def _cmd_stations_list(a: argparse.Namespace) -> int:
@@ -160,14 +270,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.verbose)
     handlers = {
-        ("sim", "serve"): _cmd_sim_serve,
-        ("acquire", None): _cmd_acquire,
-        ("demo", None): _cmd_demo,
-        ("stations", "list"): _cmd_stations_list,
+        "sim": _cmd_sim_serve,
+        "acquire": _cmd_acquire,
+        "demo": _cmd_demo,
+        "stations": _cmd_stations_list,
+        "sessions": _cmd_sessions,
+        "store": _cmd_store,
+        "export": _cmd_export,
+        "import": _cmd_import,
     }
-    sub = getattr(args, "sim_command", None) or getattr(args, "stations_command", None)
     try:
-        return handlers[(args.command, sub)](args)
+        return handlers[args.command](args)
     except (ConfigError, CatalogError) as exc:
         print(f"sdrlab: error: {exc}", file=sys.stderr)
         return 2

@@ -97,6 +97,28 @@ class Settings:
         return cls(**kw)
 
     # ---- live objects ----------------------------------------------------------------------
+    def storage_options(self) -> dict[str, Any]:
+        """fsspec options for the store: empty for file://; for s3:// the endpoint, credentials
+        and short timeouts/retries so an unreachable endpoint fails in seconds, clearly."""
+        if urlsplit(self.store).scheme != "s3":
+            return {}
+        opts: dict[str, Any] = {
+            "config_kwargs": {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 2}},
+        }
+        if self.s3_key is not None:
+            opts["key"] = self.s3_key
+        if self.s3_secret is not None:
+            opts["secret"] = self.s3_secret
+        if self.s3_endpoint:
+            opts["client_kwargs"] = {"endpoint_url": self.s3_endpoint}
+        return opts
+
+    def store_obj(self) -> Any:
+        """The session store (:class:`sdrlab.store.Store`) these settings name."""
+        from .store import Store
+
+        return Store(self.store, self.storage_options())
+
     def store_path(self) -> Path:
         """The local directory of a file:// store."""
         parts = urlsplit(self.store)

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from .acquire import Session, acquire
+from .acquire import Session, acquire, save
 from .config import Settings
 from .errors import ConfigError
 from .sim.networks import DEMO7_TUNE_HZ, demo7
 from .sim.server import SimServer
 from .stations import Station, load_catalog
-from .store import write_session
+from .store import Store
 
 
 def demo7_stations(ports: dict[str, int], host: str = "127.0.0.1") -> list[Station]:
@@ -22,7 +22,7 @@ def demo7_stations(ports: dict[str, int], host: str = "127.0.0.1") -> list[Stati
 def run_demo(
     *,
     duration_s: float = 5.0,
-    out: Path | None = None,
+    out: Path | str | None = None,
     speed: float = 1.0,
     progress: bool = True,
     seed: int = 0,
@@ -32,11 +32,11 @@ def run_demo(
     if not speed > 0:
         raise ConfigError(f"speed must be positive, got {speed}")
     settings = Settings.from_env()
-    root = out if out is not None else settings.store_path()
+    store = Store(f"file://{Path(out).resolve()}") if out is not None else settings.store_obj()
     scene = demo7(seed)
     with SimServer(scene, base_port=0, speed=speed) as sim:
         session = acquire(demo7_stations(sim.ports), DEMO7_TUNE_HZ, duration_s, settings=settings,
-                          progress=progress)
+                          progress=progress, write=False)
     if session.dataset is not None:
         tx = scene.transmitters[0]
         # the simulated scene's truth travels with the session (maps show the transmitter)
@@ -44,5 +44,4 @@ def run_demo(
             simulated_scene=scene.name, transmitter_latitude=tx.latitude, transmitter_longitude=tx.longitude,
             transmitter_frequency_hz=tx.frequency_hz,
         )
-        session.path = str(write_session(session.dataset, root))
-    return session
+    return save(session, store)

@@ -1,53 +1,388 @@
-"""Session store (local directory for now; S3, listing and atomic commits come with the store issue).
+"""Session store: zarr on a local directory or S3 (MinIO, SeaweedFS, AWS) through fsspec.
 
-Layout: ``<root>/sessions/<session_id>`` is one zarr group (format and encoding from
-:mod:`sdrlab.model`).  A session is written under a temporary name and renamed into place, so a
-half-written session never appears under its id.
+Layout (decided here and in :mod:`sdrlab.model`)::
+
+    <root>/sessions/<session_id>/    one zarr v3 group (unconsolidated) = the session Dataset
+    <root>/commits/<session_id>.json the commit record (summary for list/show), written LAST
+    <root>/.health/<uuid>            transient probe objects of :meth:`Store.health`
+
+``<root>`` is a directory for ``file://PATH`` and ``bucket/prefix`` for ``s3://bucket/prefix``.
+Session ids sort by time (``YYYYmmddTHHMMSSZ-xxxxxx``).  A session exists for list/open only once
+its commit marker exists: data first, marker last, so an interrupted write never lists as a
+session; writing the same session again is idempotent (a committed one is left as it is, leftovers
+of an interrupted one are removed first).  Deleting removes the marker first and then every object
+under the session's prefix.  :meth:`Store.fsck` finds (and with ``remove=True`` deletes) prefixes
+without a marker.  Every failure is a :class:`~sdrlab.errors.StorageError` naming the store and
+the operation, never a credential.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+from urllib.parse import urlsplit
 
+import numpy as np
+import pandas as pd
 import xarray as xr
 
 from . import model
+from ._version import __version__
 from .errors import StorageError
 
 log = logging.getLogger(__name__)
 
+SESSIONS = "sessions"
+COMMITS = "commits"
+T = TypeVar("T")
 
+
+@dataclass(frozen=True)
+class SessionRef:
+    session_id: str
+    url: str
+
+
+def _summary(ds: xr.Dataset) -> dict[str, Any]:
+    """What list/show need without opening the zarr group."""
+    st = ds["start_time"].values
+    valid = st[~np.isnat(st)]
+    status = json.loads(ds.attrs.get("station_status", "{}"))
+    captures = []
+    for sid in ds["station"].values:
+        s = ds.sel(station=sid)
+        t0 = s["start_time"].values
+        row: dict[str, Any] = {
+            "station": str(sid),
+            "status": str(s["status"].values),
+            "samples": int(s["n_samples"]),
+            "sample_rate_hz": float(s["sample_rate"]),
+            "start_time": None if np.isnat(t0) else str(np.datetime_as_string(t0, unit="ns")) + "Z",
+            "latitude": float(s["latitude"]),
+            "longitude": float(s["longitude"]),
+        }
+        for m in ("snr_db", "noise_floor_dbfs_hz", "signal_power_dbfs", "frequency_offset_hz"):
+            if m in s.variables:
+                v = float(s[m])
+                row[m] = v if np.isfinite(v) else None
+        captures.append(row)
+    n_ok = sum(1 for c in captures if c["status"] == "ok")
+    return {
+        "session_id": ds.attrs["session_id"],
+        "committed": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "start_time": str(np.datetime_as_string(valid.min(), unit="ns")) + "Z" if valid.size else None,
+        "center_frequency_hz": float(ds.attrs.get("center_frequency_hz", np.nan)),
+        "duration_s": float(ds.attrs.get("requested_duration_s", np.nan)),
+        "stations": [str(s) for s in ds["station"].values],
+        "failed": sorted(k for k, v in status.items() if v.get("status") == "failed"),
+        "status": "ok" if n_ok == len(captures) and not any(v.get("status") == "failed" for v in status.values())
+        else "partial",
+        "station_status": status,
+        "captures": captures,
+        "zarr_format": model.ZARR_FORMAT,
+        "sdrlab_version": __version__,
+    }
+
+
+class Store:
+    """The session store at ``url`` (``file://PATH`` or ``s3://bucket/prefix``).
+
+    ``storage_options`` go to fsspec (for S3: key, secret, client_kwargs.endpoint_url); the
+    :class:`~sdrlab.config.Settings` object makes them (:meth:`from_settings`).
+    """
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("file", "s3"):
+            raise StorageError(f"store URL must be file://PATH or s3://BUCKET/PREFIX, got {url!r}")
+        self.url = url.rstrip("/")
+        self.protocol = parts.scheme
+        self.options = dict(storage_options or {})
+        if self.protocol == "file":
+            self.root = str(Path((parts.netloc + parts.path) or ".").expanduser().resolve())
+        else:
+            if not parts.netloc:
+                raise StorageError(f"store URL {url!r} names no bucket")
+            self.root = (parts.netloc + parts.path).rstrip("/")
+        self._fs: Any = None
+
+    @classmethod
+    def from_settings(cls, settings: Any = None, url: str | None = None) -> Store:
+        from .config import Settings
+
+        s = settings or Settings.from_env()
+        return cls(url or s.store, s.storage_options())
+
+    def __repr__(self) -> str:
+        return f"Store({self.where})"
+
+    @property
+    def where(self) -> str:
+        """The store as shown in messages: URL and endpoint, never credentials."""
+        ep = (self.options.get("client_kwargs") or {}).get("endpoint_url")
+        return f"{self.protocol}://{self.root}" + (f" at {ep}" if ep else "")
+
+    # ---- plumbing ------------------------------------------------------------------------
+    @property
+    def fs(self) -> Any:
+        if self._fs is None:
+            import fsspec
+
+            if self.protocol == "s3":
+                try:
+                    import s3fs  # noqa: F401
+                except ImportError:
+                    raise StorageError("an s3:// store needs s3fs: pip install 'sdrlab[s3]'") from None
+                opts = {"use_listings_cache": False, "skip_instance_cache": True, **self.options}
+                self._fs = fsspec.filesystem("s3", **opts)
+            else:
+                self._fs = fsspec.filesystem("file", auto_mkdir=True)
+        return self._fs
+
+    def _path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def _zarr_url(self, session_id: str) -> str:
+        """Where zarr reads and writes the session: a local path, or an s3:// URL."""
+        p = self._path(SESSIONS, session_id)
+        return p if self.protocol == "file" else f"s3://{p}"
+
+    def _zarr_options(self) -> dict[str, Any] | None:
+        return self.options if self.protocol == "s3" else None
+
+    def _do(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except StorageError:
+            raise
+        except FileNotFoundError as exc:
+            raise StorageError(f"{what} in {self.where}: not found ({_reason(exc)})") from None
+        except PermissionError as exc:
+            raise StorageError(f"{what} in {self.where}: access denied, check the credentials ({_reason(exc)})") from None
+        except Exception as exc:  # botocore/aiohttp/OS errors: name the store and the operation
+            raise StorageError(f"{what} in {self.where} failed: {_reason(exc)}") from None
+
+    def _commit_key(self, session_id: str) -> str:
+        return self._path(COMMITS, f"{session_id}.json")
+
+    def _keys(self, prefix: str) -> list[str]:
+        """Object keys under a prefix (no directory entries, which some S3 servers keep)."""
+        if not self.fs.exists(prefix):
+            return []
+        found = self.fs.find(prefix, detail=True)
+        return sorted(k for k, info in found.items() if info.get("type") != "directory")
+
+    def _committed(self, session_id: str) -> bool:
+        return bool(self.fs.exists(self._commit_key(session_id)))
+
+    # ---- operations ----------------------------------------------------------------------
+    def write(self, ds: xr.Dataset) -> SessionRef:
+        """Write a session and commit it.  Idempotent: a committed session with this id is left
+        as it is; leftovers of an interrupted write are removed first."""
+        sid = ds.attrs.get("session_id")
+        if not sid or "/" in sid:
+            raise StorageError("the dataset has no valid session_id attribute")
+        ref = SessionRef(sid, self._zarr_url(sid))
+        target = ref.url
+
+        def run() -> SessionRef:
+            if self._committed(sid):
+                log.info("session %s is already committed in %s", sid, self.where)
+                return ref
+            prefix = self._path(SESSIONS, sid)
+            if self._keys(prefix):
+                log.warning("removing leftovers of an interrupted write of %s", sid)
+                self.fs.rm(prefix, recursive=True)
+            if self.protocol == "s3":
+                self._ensure_bucket()
+            out = model.for_writing(ds).copy(deep=False)  # new Variables: the caller's stay untouched
+            for v in out.variables.values():  # encodings from an opened store would clash
+                v.encoding = {}
+            out.to_zarr(target, mode="w", zarr_format=model.ZARR_FORMAT, consolidated=False,
+                        encoding=model.encoding(out), storage_options=self._zarr_options())
+            summary = _summary(ds)
+            self.fs.pipe(self._commit_key(sid), json.dumps(summary, indent=1).encode())
+            return ref
+
+        out = self._do(f"writing session {sid}", run)
+        log.info("session %s committed in %s", sid, self.where)
+        return out
+
+    def _ensure_bucket(self) -> None:
+        bucket = self.root.split("/", 1)[0]
+        if not self.fs.exists(bucket):
+            self.fs.mkdir(bucket)
+
+    def open(self, session_id: str) -> xr.Dataset:
+        """A committed session, lazily (dask-backed, chunks as stored)."""
+        def run() -> xr.Dataset:
+            if not self._committed(session_id):
+                raise StorageError(f"no committed session {session_id!r} in {self.where}")
+            ds: xr.Dataset = xr.open_zarr(self._zarr_url(session_id), consolidated=False,
+                                          zarr_format=model.ZARR_FORMAT, storage_options=self._zarr_options())
+            return ds
+
+        return self._do(f"opening session {session_id}", run)
+
+    def summary(self, session_id: str) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            try:
+                raw = self.fs.cat(self._commit_key(session_id))
+            except FileNotFoundError:
+                raise StorageError(f"no committed session {session_id!r} in {self.where}") from None
+            out: dict[str, Any] = json.loads(raw)
+            return out
+
+        return self._do(f"reading session {session_id}", run)
+
+    def _session_dirs(self) -> list[str]:
+        """Session ids that have objects (S3 servers may keep empty directory entries)."""
+        base = self._path(SESSIONS)
+        if not self.fs.exists(base):
+            return []
+        n = len(base) + 1
+        return sorted({k[n:].split("/", 1)[0] for k in self._keys(base) if k.startswith(base + "/")})
+
+    def _markers(self) -> Iterator[str]:
+        base = self._path(COMMITS)
+        if not self.fs.exists(base):
+            return iter(())
+        names = (p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(base, detail=False))
+        return iter(sorted(n[: -len(".json")] for n in names if n.endswith(".json")))
+
+    def sessions(self) -> pd.DataFrame:
+        """Committed sessions (newest last) with their summary: start, frequency, stations, status."""
+        def run() -> pd.DataFrame:
+            rows = []
+            for sid in self._markers():
+                s = self.summary(sid)
+                rows.append({
+                    "session_id": sid,
+                    "start_time": _utc(s.get("start_time")),
+                    "center_frequency_hz": s.get("center_frequency_hz"),
+                    "duration_s": s.get("duration_s"),
+                    "stations": len(s.get("stations", [])),
+                    "failed": len(s.get("failed", [])),
+                    "status": s.get("status"),
+                })
+            cols = ["session_id", "start_time", "center_frequency_hz", "duration_s", "stations", "failed", "status"]
+            return pd.DataFrame(rows, columns=cols).set_index("session_id")
+
+        return self._do("listing sessions", run)
+
+    def captures(self, session_id: str) -> pd.DataFrame:
+        """One row per station of a session: status, samples, rate, UTC start, position, metrics."""
+        s = self.summary(session_id)
+        df = pd.DataFrame(s["captures"]).set_index("station")
+        for sid, st in s.get("station_status", {}).items():
+            if sid not in df.index:
+                df.loc[sid, "status"] = st.get("status")
+        return df
+
+    def delete(self, session_id: str) -> int:
+        """Remove a session: its marker first (it stops listing), then every object under its
+        prefix.  Returns the number of objects removed."""
+        def run() -> int:
+            prefix = self._path(SESSIONS, session_id)
+            marker = self._commit_key(session_id)
+            has_marker = bool(self.fs.exists(marker))
+            objects = self._keys(prefix)
+            if not has_marker and not objects:
+                raise StorageError(f"no session {session_id!r} in {self.where}")
+            if has_marker:
+                self.fs.rm(marker)  # it stops listing before any data goes
+            if objects:
+                self.fs.rm(prefix, recursive=True)
+            if self._keys(prefix):
+                raise StorageError(f"session {session_id} only partly deleted from {self.where}")
+            return len(objects) + int(has_marker)
+
+        return self._do(f"deleting session {session_id}", run)
+
+    def objects(self, session_id: str) -> list[str]:
+        """Every object key of a session, its commit record included (relative to the root)."""
+        def run() -> list[str]:
+            prefix = self._path(SESSIONS, session_id)
+            found = self._keys(prefix)
+            if self.fs.exists(self._commit_key(session_id)):
+                found.append(self._commit_key(session_id))
+            n = len(self.root) + 1
+            return sorted(p[n:] if p.startswith(self.root) else p for p in found)
+
+        return self._do(f"listing objects of {session_id}", run)
+
+    def fsck(self, *, remove: bool = False) -> list[str]:
+        """Session prefixes without a commit record (interrupted writes) and commit records
+        without data; removed with ``remove``."""
+        def run() -> list[str]:
+            committed = set(self._markers())
+            dirs = set(self._session_dirs())
+            leftovers = sorted(dirs - committed)
+            orphans = sorted(committed - dirs)
+            if remove:
+                for d in leftovers:
+                    self.fs.rm(self._path(SESSIONS, d), recursive=True)
+                for d in orphans:
+                    self.fs.rm(self._commit_key(d))
+            return leftovers + orphans
+
+        return self._do("checking the store", run)
+
+    def health(self) -> dict[str, Any]:
+        """Write, read back and delete a probe object; report the latency of each step (ms)."""
+        key = self._path(".health", uuid.uuid4().hex)
+        payload = uuid.uuid4().bytes * 64
+        out: dict[str, Any] = {"store": self.where}
+
+        def run() -> dict[str, Any]:
+            if self.protocol == "s3":
+                self._ensure_bucket()
+            t = time.perf_counter()
+            self.fs.pipe(key, payload)
+            out["write_ms"] = 1e3 * (time.perf_counter() - t)
+            t = time.perf_counter()
+            back = self.fs.cat(key)
+            out["read_ms"] = 1e3 * (time.perf_counter() - t)
+            t = time.perf_counter()
+            self.fs.rm(key)
+            out["delete_ms"] = 1e3 * (time.perf_counter() - t)
+            if back != payload:
+                raise StorageError(f"health probe in {self.where} read back different bytes")
+            out["ok"] = True
+            return out
+
+        return self._do("health check", run)
+
+
+def _utc(text: str | None) -> pd.Timestamp:
+    """A stored ``...Z`` time as a tz-naive UTC Timestamp (like the Dataset's datetime64)."""
+    return pd.Timestamp(text.rstrip("Z")) if text else pd.NaT
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+# ---- local shortcuts (a file:// store at a directory) ---------------------------------------
 def session_path(root: str | Path, session_id: str) -> Path:
-    return Path(root) / "sessions" / session_id
+    return Path(root) / SESSIONS / session_id
 
 
 def write_session(ds: xr.Dataset, root: str | Path) -> Path:
-    """Write a session Dataset to ``<root>/sessions/<session_id>``; returns the path."""
-    sid = ds.attrs.get("session_id")
-    if not sid:
-        raise StorageError("the dataset has no session_id attribute")
-    final = session_path(root, sid)
-    tmp = final.with_name(f".{sid}.partial")
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():
-            raise StorageError(f"session {sid} already exists at {final}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        ds.to_zarr(tmp, mode="w", zarr_format=model.ZARR_FORMAT, consolidated=False, encoding=model.encoding(ds))
-        tmp.rename(final)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise StorageError(f"cannot write session {sid} under {root}: {exc}") from exc
-    log.info("session %s written to %s", sid, final)
-    return final
+    """Write and commit a session in the local store at ``root``; returns its directory."""
+    store = Store(f"file://{Path(root).expanduser().resolve()}")
+    store.write(ds)
+    return session_path(store.root, ds.attrs["session_id"])
 
 
 def open_session(path: str | Path) -> xr.Dataset:
-    """Open a stored session lazily (dask-backed)."""
-    p = Path(path)
-    if not p.exists():
-        raise StorageError(f"no session at {p}")
-    ds: xr.Dataset = xr.open_zarr(p, consolidated=False, zarr_format=model.ZARR_FORMAT)
-    return ds
+    """Open a committed local session by its directory (``<root>/sessions/<id>``)."""
+    p = Path(path).resolve()
+    return Store(f"file://{p.parent.parent}").open(p.name)

@@ -14,6 +14,13 @@ from sdrlab.sim.scene import Scene
 from sdrlab.stations import Station
 
 
+@pytest.fixture(autouse=True)
+def _isolated_store(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test writes into the working tree: the default store is a per-test temp directory."""
+    monkeypatch.setenv("SDRLAB_STORE", f"file://{tmp_path}/default-store")
+    monkeypatch.setenv("SDRLAB_PROGRESS", "0")
+
+
 @pytest.fixture
 def scene() -> Scene:
     return demo7(seed=1)
@@ -63,3 +70,41 @@ def station_for(sim: Any, scene: Scene, rx_id: str) -> Station:
 def receiver_for(sim: Any, scene: Scene, rx_id: str, options: KiwiOptions, **changes: Any) -> KiwiReceiver:
     st = station_for(sim, scene, rx_id)
     return KiwiReceiver(st.id, st.host, st.port, channels=st.channels, options=replace(options, **changes))
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[Any]:
+    """A real S3 server (SeaweedFS) on loopback for the whole test run."""
+    from tests.s3server import SeaweedS3
+
+    srv = SeaweedS3().start()
+    try:
+        yield srv
+    finally:
+        srv.cleanup()
+
+
+@pytest.fixture
+def bucket(s3_server: Any) -> Iterator[str]:
+    """A fresh bucket (valid S3 name), removed afterwards."""
+    import uuid
+
+    import s3fs
+
+    name = f"sdrlab-{uuid.uuid4().hex[:8]}"
+    fs = s3fs.S3FileSystem(**s3_server.storage_options, use_listings_cache=False, skip_instance_cache=True)
+    for attempt in range(20):  # the first bucket after start-up can take a moment
+        try:
+            fs.mkdir(name)
+            break
+        except Exception:
+            if attempt == 19:
+                raise
+            import time
+
+            time.sleep(0.2)
+    yield name
+    try:
+        fs.rm(name, recursive=True)
+    except Exception:
+        pass

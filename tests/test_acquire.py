@@ -48,7 +48,7 @@ def demo_session():
 
     scene = demo7(seed=3)
     with SimServer(scene, base_port=0, speed=10) as sim:
-        session = acquire(demo7_stations(sim.ports), DEMO7_TUNE_HZ, 4.0, settings=SETTINGS)
+        session = acquire(demo7_stations(sim.ports), DEMO7_TUNE_HZ, 4.0, settings=SETTINGS, write=False)
         streams = {r.receiver_id: r for r in sim.streams}
     return scene, session, streams
 
@@ -104,7 +104,7 @@ def test_two_faulty_stations_give_five_captures_and_two_clear_failures():
 
     scene = demo7(seed=4).with_faults(demo_paris=Faults(down=True), demo_munich=Faults(badp=1))
     with SimServer(scene, base_port=0, speed=10) as sim:
-        session = acquire(demo7_stations(sim.ports), DEMO7_TUNE_HZ, 1.0, settings=SETTINGS)
+        session = acquire(demo7_stations(sim.ports), DEMO7_TUNE_HZ, 1.0, settings=SETTINGS, write=False)
     assert sorted(session.failed) == ["demo-munich", "demo-paris"]
     assert len(session.ok) == 5
     ds = session.dataset
@@ -124,7 +124,7 @@ def test_partial_station_keeps_its_data():
 
     scene = demo7(seed=5).with_faults(demo_zurich=Faults(garbage_after_s=0.4))
     with SimServer(scene, base_port=0, speed=5) as sim:
-        session = acquire(demo7_stations(sim.ports)[:5], DEMO7_TUNE_HZ, 2.0, settings=SETTINGS)
+        session = acquire(demo7_stations(sim.ports)[:5], DEMO7_TUNE_HZ, 2.0, settings=SETTINGS, write=False)
     r = session.results["demo-zurich"]
     assert r.status == "partial" and r.error_class == "ReceiverProtocolError"
     ds = session.dataset
@@ -188,8 +188,8 @@ def test_scheduler_address_gives_the_same_dataset(dask_processes):
     scene = demo7(seed=6)
     with SimServer(scene, base_port=0, speed=10) as sim:
         stations = demo7_stations(sim.ports)
-        local = acquire(stations, DEMO7_TUNE_HZ, 1.0, settings=SETTINGS).dataset
-        remote = acquire(stations, DEMO7_TUNE_HZ, 1.0, settings=SETTINGS, scheduler=dask_processes).dataset
+        local = acquire(stations, DEMO7_TUNE_HZ, 1.0, settings=SETTINGS, write=False).dataset
+        remote = acquire(stations, DEMO7_TUNE_HZ, 1.0, settings=SETTINGS, scheduler=dask_processes, write=False).dataset
     assert local is not None and remote is not None
     assert list(local["station"].values) == list(remote["station"].values)
     assert dict(local.sizes) == dict(remote.sizes)
@@ -222,12 +222,12 @@ def test_bad_parameters_are_named(freq, dur, pattern):
     with pytest.raises(ConfigError, match=pattern):
         validate_request(freq, dur)
     with pytest.raises(ConfigError, match=pattern):
-        acquire(["demo-berlin"], freq, dur, settings=SETTINGS)
+        acquire(["demo-berlin"], freq, dur, settings=SETTINGS, write=False)
 
 
 def test_unknown_station_is_named():
     with pytest.raises(CatalogError, match="'demo-atlantis'"):
-        acquire(["demo-berlin", "demo-atlantis"], 10e6, 1.0, settings=SETTINGS)
+        acquire(["demo-berlin", "demo-atlantis"], 10e6, 1.0, settings=SETTINGS, write=False)
 
 
 def test_session_writes_and_reopens_as_zarr(demo_session, tmp_path):
@@ -255,7 +255,7 @@ def test_shared_receiver_never_gets_more_connections_than_channels():
     with SimServer(scene, base_port=0, speed=10) as sim:
         base = [s for s in demo7_stations(sim.ports) if s.id == "demo-berlin"][0]
         stations = [dc_replace(base, id=f"berlin-ch{i}", channels=1) for i in range(3)]
-        session = acquire(stations, DEMO7_TUNE_HZ, 0.5, settings=SETTINGS)
+        session = acquire(stations, DEMO7_TUNE_HZ, 0.5, settings=SETTINGS, write=False)
         assert sim.max_connections("demo-berlin") == 1
     assert session.ok == ["berlin-ch0", "berlin-ch1", "berlin-ch2"]
     assert not any("busy" in e for r in session.results.values() for e in r.capture.events)
@@ -278,3 +278,39 @@ def test_capture_metrics_travel_with_the_session_and_match_the_scene(demo_sessio
         assert float(s["snr_db"]) == pytest.approx(truth["snr_db"], abs=0.5)
     table = session.status()
     assert {"snr_db", "noise_floor_dbfs_hz", "frequency_offset_hz"} <= set(table.columns)
+
+
+def test_acquisition_writes_the_session_through_the_s3_store(s3_server, bucket):
+    """As soon as it completes, the session (with a failed station recorded in its attributes)
+    is committed to the S3 store and opens back identical."""
+    from sdrlab.sim.networks import demo7
+    from sdrlab.sim.server import SimServer
+    from sdrlab.store import Store
+
+    store = Store(f"s3://{bucket}/lab", s3_server.storage_options)
+    scene = demo7(seed=8).with_faults(demo_paris=Faults(down=True))
+    with SimServer(scene, base_port=0, speed=10) as sim:
+        session = acquire(demo7_stations(sim.ports)[4:], DEMO7_TUNE_HZ, 1.0, settings=SETTINGS, store=store)
+    assert session.store_error is None and session.path == f"s3://{bucket}/lab/sessions/{session.session_id}"
+    listed = store.sessions()
+    assert list(listed.index) == [session.session_id]
+    assert listed.loc[session.session_id, "status"] == "partial"
+    back = store.open(session.session_id)
+    assert json.loads(back.attrs["station_status"])["demo-paris"]["error_class"] == "ReceiverDown"
+    xr.testing.assert_identical(back.load(), session.dataset)
+    assert store.captures(session.session_id).loc["demo-paris", "status"] == "failed"
+
+
+def test_store_failure_keeps_the_acquired_session():
+    from sdrlab.sim.networks import demo7
+    from sdrlab.sim.server import SimServer
+    from sdrlab.store import Store
+    from tests.s3server import _free_ports
+
+    dead = Store("s3://sdrlab-gone/lab", {"key": "k", "secret": "s", "client_kwargs": {
+        "endpoint_url": f"http://127.0.0.1:{_free_ports(1)[0]}"}, "config_kwargs": {
+        "connect_timeout": 1, "retries": {"max_attempts": 1}}})
+    with SimServer(demo7(seed=9), base_port=0, speed=10) as sim:
+        session = acquire(demo7_stations(sim.ports)[:2], DEMO7_TUNE_HZ, 0.5, settings=SETTINGS, store=dead)
+    assert session.path is None and "127.0.0.1" in (session.store_error or "")
+    assert session.dataset is not None and session.dataset.sizes["station"] == 2

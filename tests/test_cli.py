@@ -128,28 +128,43 @@ def test_demo_runs_end_to_end(tmp_path):
 
 
 def test_unusable_store_is_named_before_acquiring(capsys, monkeypatch):
-    monkeypatch.setenv("SDRLAB_STORE", "s3://bucket/prefix")
+    from tests.s3server import _free_ports
+
+    endpoint = f"http://127.0.0.1:{_free_ports(1)[0]}"  # nothing listens here
+    monkeypatch.setenv("SDRLAB_STORE", "s3://sdrlab-x/prefix")
+    monkeypatch.setenv("SDRLAB_S3_ENDPOINT", endpoint)
+    monkeypatch.setenv("SDRLAB_S3_KEY", "k")
+    monkeypatch.setenv("SDRLAB_S3_SECRET", "very-secret-value")
     t = time.monotonic()
-    # nothing listens for demo-berlin here: had it tried to acquire, it would retry for seconds
-    assert main(["acquire", "--station", "demo-berlin", "--frequency", "9e6", "--duration", "1"]) == 2
-    assert time.monotonic() - t < 5
-    assert "file://" in capsys.readouterr().err
+    # nothing listens for demo-berlin either: had it tried to acquire, it would retry for seconds
+    assert main(["acquire", "--station", "demo-berlin", "--frequency", "9e6", "--duration", "1"]) == 1
+    assert time.monotonic() - t < 20
+    err = capsys.readouterr().err
+    assert endpoint in err and "very-secret-value" not in err
 
 
-def test_store_failure_keeps_the_session_in_a_rescue_directory(tmp_path, run_sim, capsys, monkeypatch):
-    monkeypatch.setenv("SDRLAB_PROGRESS", "0")
-    monkeypatch.chdir(tmp_path)
+def test_unwritable_store_fails_before_acquiring(tmp_path, capsys):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the store directory should be")
-    with run_sim(demo7(), speed=10) as sim:
-        cat = _catalog(tmp_path, sim.ports)
-        rc = main(["acquire", "--station", "demo-berlin", "--frequency", "9749000", "--duration", "1",
-                   "--out", str(blocker), "--catalog", str(cat)])
+    rc = main(["acquire", "--station", "demo-berlin", "--frequency", "9749000", "--duration", "1",
+               "--out", str(blocker)])
     assert rc == 1
-    err = capsys.readouterr().err
-    assert "sdrlab-rescue" in err
-    [path] = (tmp_path / "sdrlab-rescue" / "sessions").iterdir()
-    assert int(open_session(path)["n_samples"].sel(station="demo-berlin")) >= 12001
+    assert str(blocker) in capsys.readouterr().err
+
+
+def test_a_session_the_store_refused_is_kept_in_a_rescue_directory(tmp_path, capsys, monkeypatch):
+    from sdrlab import testing
+    from sdrlab.acquire import Session
+    from sdrlab.cli import _save_or_rescue
+
+    monkeypatch.chdir(tmp_path)
+    ds = testing.synthetic_dataset(n_stations=2, duration_s=1.0)
+    ds.attrs["session_id"] = "20261124T100000Z-5afe00"
+    s = Session(ds.attrs["session_id"], 9e6, 1.0, {}, ds, store_error="S3 store at http://x: down")
+    assert _save_or_rescue(s) == 1
+    assert "sdrlab-rescue" in capsys.readouterr().err
+    back = open_session(tmp_path / "sdrlab-rescue" / "sessions" / ds.attrs["session_id"])
+    np.testing.assert_array_equal(back["iq"].values, ds["iq"].values)
 
 
 @pytest.mark.parametrize(
@@ -166,3 +181,41 @@ def test_bad_simulator_and_demo_options(args, pattern, capsys, tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     assert main(args) == 2
     assert pattern in capsys.readouterr().err
+
+
+def test_sessions_and_store_commands_on_s3(s3_server, bucket, capsys, monkeypatch):
+    from sdrlab import testing
+    from sdrlab.store import Store
+
+    monkeypatch.setenv("SDRLAB_STORE", f"s3://{bucket}/lab")
+    monkeypatch.setenv("SDRLAB_S3_ENDPOINT", s3_server.endpoint_url)
+    monkeypatch.setenv("SDRLAB_S3_KEY", s3_server.storage_options["key"])
+    monkeypatch.setenv("SDRLAB_S3_SECRET", s3_server.storage_options["secret"])
+    ds = testing.synthetic_dataset(n_stations=3, duration_s=1.0)
+    sid = ds.attrs["session_id"] = "20261124T110000Z-c1c1c1"
+    store = Store(f"s3://{bucket}/lab", s3_server.storage_options)
+    store.write(ds)
+    # a leftover of an interrupted write
+    leftover = "20261124T120000Z-1eff00"
+    store.fs.pipe(f"{store.root}/sessions/{leftover}/zarr.json", b"{}")
+
+    assert main(["store", "health"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ok s3://") and s3_server.endpoint_url in out
+    assert s3_server.storage_options["secret"] not in out
+    assert main(["sessions", "list"]) == 0
+    out = capsys.readouterr().out
+    assert sid in out and leftover not in out
+    assert main(["sessions", "show", sid]) == 0
+    out = capsys.readouterr().out
+    assert all(str(s) in out for s in ds["station"].values)
+    assert main(["store", "fsck"]) == 1
+    assert f"uncommitted {leftover}" in capsys.readouterr().out
+    assert main(["store", "fsck", "--remove"]) == 0
+    assert main(["store", "fsck"]) == 0
+    capsys.readouterr()
+    assert main(["sessions", "delete", sid]) == 0
+    assert "objects removed" in capsys.readouterr().out
+    assert store.objects(sid) == [] and store.sessions().empty
+    assert main(["sessions", "show", sid]) == 1
+    assert "no committed session" in capsys.readouterr().err

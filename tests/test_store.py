@@ -1,0 +1,192 @@
+"""The session store against a local directory and a real S3 server (SeaweedFS), same cases."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from sdrlab import testing
+from sdrlab.errors import StorageError
+from sdrlab.store import Store
+
+
+@pytest.fixture(scope="module")
+def session() -> xr.Dataset:
+    ds = testing.synthetic_dataset(n_stations=7, duration_s=10.0, seed=11)
+    ds.attrs["session_id"] = "20261124T060000Z-abc123"
+    return ds
+
+
+@pytest.fixture(params=["file", "s3"])
+def store(request: Any, tmp_path: Any) -> Store:
+    if request.param == "file":
+        return Store(f"file://{tmp_path}/store")
+    s3 = request.getfixturevalue("s3_server")
+    bucket = request.getfixturevalue("bucket")
+    return Store(f"s3://{bucket}/lab", s3.storage_options)
+
+
+def test_round_trip_is_bit_exact_and_lazy(store, session):
+    ref = store.write(session)
+    assert ref.session_id == session.attrs["session_id"]
+    back = store.open(ref.session_id)
+    assert back["iq"].chunks is not None  # dask-backed: nothing read yet
+    assert back["iq"].dtype == np.int16
+    xr.testing.assert_identical(back.load(), session)
+
+
+def test_list_show_and_captures(store, session):
+    store.write(session)
+    table = store.sessions()
+    sid = session.attrs["session_id"]
+    assert list(table.index) == [sid]
+    row = table.loc[sid]
+    assert row["stations"] == 7 and row["status"] == "ok"
+    assert row["center_frequency_hz"] == session.attrs["center_frequency_hz"]
+    assert row["start_time"] == session["start_time"].min().values
+    caps = store.captures(sid)
+    assert list(caps.index) == list(session["station"].values)
+    assert (caps["samples"].values == session["n_samples"].values).all()
+    np.testing.assert_allclose(caps["sample_rate_hz"], session["sample_rate"])
+
+
+def test_interrupted_write_is_not_a_session_and_rerun_is_idempotent(store, session):
+    sid = session.attrs["session_id"]
+    # data written, marker never: what a crash between the two leaves
+    session.isel(station=slice(0, 2)).to_zarr(store._zarr_url(sid), mode="w", zarr_format=3, consolidated=False,
+                                              storage_options=store._zarr_options())
+    assert store.sessions().empty
+    with pytest.raises(StorageError, match="no committed session"):
+        store.open(sid)
+    assert store.fsck() == [sid]
+    store.write(session)  # removes the leftovers, writes, commits
+    assert list(store.sessions().index) == [sid]
+    assert store.fsck() == []
+    n = len(store.objects(sid))
+    store.write(session)  # committed already: nothing changes
+    assert len(store.objects(sid)) == n
+    xr.testing.assert_identical(store.open(sid).load(), session)
+
+
+def test_fsck_remove(store, session):
+    sid = "20261124T070000Z-dead00"
+    session.attrs["session_id"], keep = sid, session.attrs["session_id"]
+    try:
+        session.to_zarr(store._zarr_url(sid), mode="w", zarr_format=3, consolidated=False,
+                        storage_options=store._zarr_options())
+    finally:
+        session.attrs["session_id"] = keep
+    assert store.fsck(remove=True) == [sid]
+    assert store.fsck() == [] and store.objects(sid) == []
+
+
+def test_delete_leaves_no_objects(store, session):
+    sid = session.attrs["session_id"]
+    store.write(session)
+    objects = store.objects(sid)
+    assert f"commits/{sid}.json" in objects and len(objects) > 10
+    assert store.delete(sid) == len(objects)
+    assert store.objects(sid) == []
+    assert store.sessions().empty
+    with pytest.raises(StorageError, match=sid):
+        store.delete(sid)
+
+
+def test_health(store):
+    h = store.health()
+    assert h["ok"] is True
+    assert all(h[k] >= 0 for k in ("write_ms", "read_ms", "delete_ms"))
+
+
+def test_chunks_are_large_objects_and_lossless_codec(store):
+    """~80 s x 7 stations of int16 IQ: objects of 10-100 MB raw, Blosc lz4."""
+    big = testing.synthetic_dataset(n_stations=7, duration_s=80.0, seed=2)
+    big.attrs["session_id"] = "20261124T080000Z-b16b16"
+    store.write(big)
+    import zarr
+
+    g = zarr.open_group(store._zarr_url(big.attrs["session_id"]), mode="r", zarr_format=3,
+                        storage_options=store._zarr_options())
+    arr = g["iq"]
+    raw_chunk = int(np.prod(arr.chunks)) * 2
+    assert 10e6 <= raw_chunk <= 100e6 or raw_chunk == arr.nbytes
+    assert "lz4" in str(arr.compressors).lower()
+
+
+# ---- S3 failure modes ------------------------------------------------------------------------
+def test_wrong_credentials_name_the_endpoint_not_the_secret(s3_server, bucket, session):
+    opts = {**s3_server.storage_options, "secret": "wrong-secret-value"}
+    st = Store(f"s3://{bucket}/lab", opts)
+    with pytest.raises(StorageError) as ei:
+        st.write(session)
+    msg = str(ei.value)
+    assert s3_server.endpoint_url in msg
+    assert "wrong-secret-value" not in msg and s3_server.storage_options["secret"] not in msg
+
+
+def test_unreachable_endpoint_is_clear_and_quick(session):
+    from tests.s3server import _free_ports
+
+    port = _free_ports(1)[0]
+    st = Store("s3://sdrlab-nowhere/lab", {"key": "k", "secret": "s", "client_kwargs": {
+        "endpoint_url": f"http://127.0.0.1:{port}"}, "config_kwargs": {"connect_timeout": 1,
+                                                                      "retries": {"max_attempts": 1}}})
+    t = time.monotonic()
+    with pytest.raises(StorageError, match=f"127.0.0.1:{port}"):
+        st.sessions()
+    assert time.monotonic() - t < 20
+
+
+def test_server_killed_mid_write_then_rerun_after_restart(tmp_path):
+    """Kill the S3 server while a session is being written: nothing lists as a session; after a
+    restart (same data) the same write succeeds."""
+    from tests.s3server import SeaweedS3
+
+    big = testing.synthetic_dataset(n_stations=7, duration_s=300.0, seed=9)
+    big.attrs["session_id"] = "20261124T090000Z-c0ffee"
+    sid = big.attrs["session_id"]
+    srv = SeaweedS3(str(tmp_path / "s3")).start()
+    try:
+        st = Store("s3://sdrlab-crash/lab", srv.storage_options)
+        st.health()  # creates the bucket
+        errors: list[BaseException] = []
+
+        def write() -> None:
+            try:
+                st.write(big)
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        t = threading.Thread(target=write)
+        t.start()
+        probe = Store("s3://sdrlab-crash/lab", srv.storage_options)
+        deadline = time.time() + 30
+        while not probe.objects(sid) and time.time() < deadline:
+            time.sleep(0.02)
+        srv.kill()
+        t.join(120)
+        assert errors and isinstance(errors[0], StorageError), errors
+        assert srv.endpoint_url in str(errors[0])
+        srv.start()
+        st2 = Store("s3://sdrlab-crash/lab", srv.storage_options)
+        assert st2.sessions().empty
+        st2.write(big)
+        assert list(st2.sessions().index) == [sid]
+        back = st2.open(sid)
+        np.testing.assert_array_equal(back["iq"].values, big["iq"].values)
+    finally:
+        srv.cleanup()
+
+
+def test_an_opened_session_can_be_written_to_another_store(store, session, tmp_path):
+    """Copy between stores (e.g. laptop -> team S3): the lazy dataset is rechunked onto the zarr grid."""
+    src = Store(f"file://{tmp_path}/src")
+    src.write(session)
+    lazy = src.open(session.attrs["session_id"])
+    store.write(lazy)
+    xr.testing.assert_identical(store.open(session.attrs["session_id"]).load(), session)
