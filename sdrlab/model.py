@@ -37,6 +37,9 @@ SIGMF_VERSION = "1.2.0"
 DATATYPE = "ci16_le"
 #: zarr format written and read everywhere (decided here only)
 ZARR_FORMAT = 3
+#: consolidated metadata in the group's zarr.json: a session opens with one GET (zarr 3 supports it
+#: although the v3 spec does not standardise it yet)
+CONSOLIDATED = True
 #: target raw bytes per IQ chunk: objects of 10-100 MB on S3 (fewer requests, near the server's
 #: streaming rate); short sessions put several stations in one chunk to get there
 CHUNK_BYTES = 32 * 1024 * 1024

@@ -22,6 +22,8 @@ import json
 import logging
 import time
 import uuid
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,6 +42,28 @@ log = logging.getLogger(__name__)
 
 SESSIONS = "sessions"
 COMMITS = "commits"
+#: S3 sessions up to this size are encoded in memory and uploaded with concurrent PUTs
+STAGE_IN_MEMORY_BYTES = 512 * 1024 * 1024
+
+
+@contextmanager
+def _quiet_consolidation() -> Iterator[None]:
+    """zarr 3 warns that consolidated metadata is not (yet) in the v3 spec; we use it on purpose
+    (one GET opens a session) and say so in the README."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        yield
+
+
+def _encode_in_memory(ds: xr.Dataset) -> dict[str, bytes]:
+    """The zarr objects of a session (key relative to the group -> bytes), encoded in memory."""
+    import zarr
+
+    mem = zarr.storage.MemoryStore()
+    with _quiet_consolidation():
+        ds.to_zarr(mem, mode="w", zarr_format=model.ZARR_FORMAT, consolidated=model.CONSOLIDATED,
+                   encoding=model.encoding(ds))
+    return {k: v.to_bytes() for k, v in mem._store_dict.items()}
 T = TypeVar("T")
 
 
@@ -204,8 +228,15 @@ class Store:
             out = model.for_writing(ds).copy(deep=False)  # new Variables: the caller's stay untouched
             for v in out.variables.values():  # encodings from an opened store would clash
                 v.encoding = {}
-            out.to_zarr(target, mode="w", zarr_format=model.ZARR_FORMAT, consolidated=False,
-                        encoding=model.encoding(out), storage_options=self._zarr_options())
+            if self.protocol == "s3" and out.nbytes <= STAGE_IN_MEMORY_BYTES:
+                # one round trip per object is what makes small-object stores slow: encode the
+                # whole group in memory, then PUT every object concurrently
+                objects = _encode_in_memory(out)
+                self.fs.pipe({f"{prefix}/{k}": v for k, v in objects.items()})
+            else:
+                with _quiet_consolidation():
+                    out.to_zarr(target, mode="w", zarr_format=model.ZARR_FORMAT, consolidated=model.CONSOLIDATED,
+                                encoding=model.encoding(out), storage_options=self._zarr_options())
             summary = _summary(ds)
             self.fs.pipe(self._commit_key(sid), json.dumps(summary, indent=1).encode())
             return ref
@@ -224,8 +255,9 @@ class Store:
         def run() -> xr.Dataset:
             if not self._committed(session_id):
                 raise StorageError(f"no committed session {session_id!r} in {self.where}")
-            ds: xr.Dataset = xr.open_zarr(self._zarr_url(session_id), consolidated=False,
-                                          zarr_format=model.ZARR_FORMAT, storage_options=self._zarr_options())
+            with _quiet_consolidation():
+                ds: xr.Dataset = xr.open_zarr(self._zarr_url(session_id), consolidated=model.CONSOLIDATED,
+                                              zarr_format=model.ZARR_FORMAT, storage_options=self._zarr_options())
             return ds
 
         return self._do(f"opening session {session_id}", run)

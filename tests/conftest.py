@@ -75,7 +75,7 @@ def receiver_for(sim: Any, scene: Scene, rx_id: str, options: KiwiOptions, **cha
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[Any]:
     """A real S3 server (SeaweedFS) on loopback for the whole test run."""
-    from tests.s3server import SeaweedS3
+    from sdrlab.testservers import SeaweedS3
 
     srv = SeaweedS3().start()
     try:

@@ -305,7 +305,7 @@ def test_store_failure_keeps_the_acquired_session():
     from sdrlab.sim.networks import demo7
     from sdrlab.sim.server import SimServer
     from sdrlab.store import Store
-    from tests.s3server import _free_ports
+    from sdrlab.testservers import _free_ports
 
     dead = Store("s3://sdrlab-gone/lab", {"key": "k", "secret": "s", "client_kwargs": {
         "endpoint_url": f"http://127.0.0.1:{_free_ports(1)[0]}"}, "config_kwargs": {

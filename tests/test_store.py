@@ -130,7 +130,7 @@ def test_wrong_credentials_name_the_endpoint_not_the_secret(s3_server, bucket, s
 
 
 def test_unreachable_endpoint_is_clear_and_quick(session):
-    from tests.s3server import _free_ports
+    from sdrlab.testservers import _free_ports
 
     port = _free_ports(1)[0]
     st = Store("s3://sdrlab-nowhere/lab", {"key": "k", "secret": "s", "client_kwargs": {
@@ -145,7 +145,7 @@ def test_unreachable_endpoint_is_clear_and_quick(session):
 def test_server_killed_mid_write_then_rerun_after_restart(tmp_path):
     """Kill the S3 server while a session is being written: nothing lists as a session; after a
     restart (same data) the same write succeeds."""
-    from tests.s3server import SeaweedS3
+    from sdrlab.testservers import SeaweedS3
 
     big = testing.synthetic_dataset(n_stations=7, duration_s=300.0, seed=9)
     big.attrs["session_id"] = "20261124T090000Z-c0ffee"

@@ -1,4 +1,4 @@
-"""A real S3 server for the tests: SeaweedFS ``weed mini`` on loopback (test-services.md section 2).
+"""Real servers on loopback for tests and benchmarks: S3 (SeaweedFS ``weed mini``, test-services.md section 2).
 
 Started once per test run by the ``s3_server`` fixture; tests that need to kill and restart it
 (mid-write failure) start their own :class:`SeaweedS3`.

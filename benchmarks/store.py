@@ -1,0 +1,98 @@
+"""Write and read throughput of a session on the S3 server, against raw s3fs put/get of the same
+bytes measured in the same run; object count per session; the same on a local directory.
+
+    python benchmarks/store.py [--stations 7] [--duration 60] [--repeat 3]
+
+A SeaweedFS S3 server is started on loopback (as the tests do).  The raw baseline moves the
+session's IQ bytes (int16, as stored before compression) as one object with ``fs.pipe`` /
+``fs.cat``; the session write is the whole commit (zarr data, then the commit record).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from sdrlab import testing
+from sdrlab.store import Store
+from sdrlab.testservers import SeaweedS3
+
+
+def best(fn: Callable[[], Any], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--stations", type=int, default=7)
+    ap.add_argument("--duration", type=float, default=60.0)
+    ap.add_argument("--repeat", type=int, default=3)
+    a = ap.parse_args()
+    ds = testing.synthetic_dataset(n_stations=a.stations, duration_s=a.duration, seed=1)
+    raw = ds["iq"].values.tobytes()
+    mb = len(raw) / 1e6
+    print(f"session: {a.stations} stations x {a.duration:g} s, IQ {mb:.1f} MB raw int16; best of {a.repeat}")
+    srv = SeaweedS3().start()
+    try:
+        store = Store("s3://sdrlab-bench/lab", srv.storage_options)
+        store.health()  # bucket
+        fs = store.fs
+        key = "sdrlab-bench/raw/blob"
+        fs.pipe(key, raw)  # warm-up
+        t_put = best(lambda: fs.pipe(key, raw), a.repeat)
+        t_get = best(lambda: fs.cat(key), a.repeat)
+
+        counter = [0]
+
+        def write() -> None:
+            counter[0] += 1
+            ds.attrs["session_id"] = f"20261124T000000Z-{counter[0]:06x}"
+            store.write(ds)
+
+        write()  # warm-up
+        t_write = best(write, a.repeat)
+        sid = ds.attrs["session_id"]
+        t_read = best(lambda: store.open(sid).load(), a.repeat)
+        n_obj = len(store.objects(sid))
+        stored = sum(store.fs.du(f"{store.root}/sessions/{sid}", total=False).values())
+        back = store.open(sid)
+        assert np.array_equal(back["iq"].values, ds["iq"].values), "round trip not bit-exact"
+
+        print(f"raw s3fs put   {t_put * 1e3:8.1f} ms  {mb / t_put:7.1f} MB/s")
+        print(f"raw s3fs get   {t_get * 1e3:8.1f} ms  {mb / t_get:7.1f} MB/s")
+        print(f"session write  {t_write * 1e3:8.1f} ms  {mb / t_write:7.1f} MB/s  ratio to raw put {t_put / t_write:.2f}")
+        print(f"session read   {t_read * 1e3:8.1f} ms  {mb / t_read:7.1f} MB/s  ratio to raw get {t_get / t_read:.2f}")
+        print(f"objects per session: {n_obj}; stored {stored / 1e6:.1f} MB ({stored / len(raw):.2f} of raw IQ)")
+
+        with tempfile.TemporaryDirectory() as d:
+            local = Store(f"file://{d}")
+            c = [0]
+
+            def lwrite() -> None:
+                c[0] += 1
+                ds.attrs["session_id"] = f"20261124T000000Z-{c[0]:06x}"
+                local.write(ds)
+
+            t_lw = best(lwrite, a.repeat)
+            print(f"local write    {t_lw * 1e3:8.1f} ms  {mb / t_lw:7.1f} MB/s")
+        print(f"RESULT s3_write_ratio={t_put / t_write:.2f} s3_read_ratio={t_get / t_read:.2f} "
+              f"write_ms={t_write * 1e3:.0f} read_ms={t_read * 1e3:.0f} objects={n_obj} target_write_ratio>=0.8 "
+              f"met={t_put / t_write >= 0.8}")
+    finally:
+        srv.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
