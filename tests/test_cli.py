@@ -219,3 +219,52 @@ def test_sessions_and_store_commands_on_s3(s3_server, bucket, capsys, monkeypatc
     assert store.objects(sid) == [] and store.sessions().empty
     assert main(["sessions", "show", sid]) == 1
     assert "no committed session" in capsys.readouterr().err
+
+
+def test_export_and_import_round_trip_through_the_store(tmp_path, capsys):
+    from sdrlab import testing
+    from sdrlab.config import Settings
+
+    store = Settings.from_env().store_obj()  # the per-test default store
+    ds = testing.synthetic_dataset(n_stations=3, duration_s=2.0, seed=4)
+    sid = ds.attrs["session_id"] = "20261124T130000Z-e0e0e0"
+    store.write(ds)
+    out = tmp_path / "sigmf"
+    assert main(["export", "sigmf", sid, str(out)]) == 0
+    files = capsys.readouterr().out.split()
+    assert len(files) == 3 and all(f.endswith(".sigmf-meta") for f in files)
+    assert main(["import", "sigmf", *files]) == 0
+    msg = capsys.readouterr().out
+    assert msg.startswith("imported 3 station(s) into session")
+    new_id = msg.split("session ")[1].split()[0]
+    back = store.open(new_id)
+    np.testing.assert_array_equal(back["iq"].values, ds["iq"].values)
+    np.testing.assert_array_equal(back["start_time"].values, ds["start_time"].values)
+    assert main(["export", "sigmf", "20990101T000000Z-000000", str(out)]) == 1
+    assert "no committed session" in capsys.readouterr().err
+
+
+def test_import_kiwi_wav_files_with_positions(tmp_path, capsys):
+    from sdrlab import timing
+    from sdrlab.config import Settings
+    from tests.interchange.kiwirecorder_files import record, write_gnss_pos
+
+    t0 = timing.gps_now_ns() - 3600 * timing.NS
+    truths = [record(tmp_path, st, t0_gps_ns=t0 + i * 1_000_000, fs=fs, seed=i)
+              for i, (st, fs) in enumerate((("kiwi-a", 12001.15), ("kiwi-b", 12001.19)))]
+    pos = tmp_path / "gnss_pos"
+    pos.mkdir()
+    write_gnss_pos(pos, "kiwi-a", 52.1, 5.2)
+    write_gnss_pos(pos, "kiwi-b", 48.5, 9.9)
+    assert main(["import", "kiwi-wav", *(str(t.path) for t in truths), "--positions", str(pos)]) == 0
+    new_id = capsys.readouterr().out.split("session ")[1].split()[0]
+    ds = Settings.from_env().store_obj().open(new_id)
+    for t in truths:
+        s = ds.sel(station=t.station.replace("-", "_")) if t.station.replace("-", "_") in ds["station"].values \
+            else ds.sel(station=t.station)
+        n = int(s["n_samples"])
+        assert n == t.n_frames * 512
+        np.testing.assert_array_equal(s["iq"].values[:n], t.samples)
+        assert float(s["sample_rate"]) == pytest.approx(t.fs, abs=1e-4)
+        assert abs(int((s["start_time"].values - t.start_utc) / np.timedelta64(1, "ns"))) < 1_000
+    assert sorted(np.round(ds["latitude"].values, 3).tolist()) == [48.5, 52.1]
