@@ -4,15 +4,34 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+PG_INITDB  := /usr/lib/postgresql/15/bin/initdb
+PG_PACKAGE := postgresql-15
+APT_GET    ?= apt-get
 
 .PHONY: all venv demo test typecheck bench clean
 
 all: test
 
-$(STAMP): pyproject.toml
+# order-only: checked on every run (a no-op once initdb exists), never forces a venv rebuild
+$(STAMP): pyproject.toml | $(PG_INITDB)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
+
+# PostgreSQL 15 server binaries for sdrlab.testservers.Postgres (docs: test-services.md section 3.1).
+# As root: installed from Debian apt. Otherwise: a hint, and tests that need PostgreSQL fail with
+# a RuntimeError saying the same. SDRLAB_PG_BINDIR pointing at another initdb skips all this.
+$(PG_INITDB):
+	@if [ -n "$$SDRLAB_PG_BINDIR" ] && [ -x "$$SDRLAB_PG_BINDIR/initdb" ]; then \
+	  echo "make: PostgreSQL binaries from SDRLAB_PG_BINDIR=$$SDRLAB_PG_BINDIR"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  echo "make: $@ missing: installing $(PG_PACKAGE) from apt"; \
+	  $(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq $(PG_PACKAGE) >/dev/null; \
+	else \
+	  echo "make: WARNING: $@ is missing and we are not root, so tests that need PostgreSQL will fail." >&2; \
+	  echo "make:          install it with 'sudo apt-get install $(PG_PACKAGE)', or set SDRLAB_PG_BINDIR" >&2; \
+	  echo "make:          to a directory holding initdb, pg_ctl and postgres." >&2; \
+	fi
 
 venv: $(STAMP)
 

@@ -64,6 +64,9 @@ class Session:
     #: where the session was stored (None: not written, see ``store_error``)
     path: str | None = None
     store_error: str | None = None
+    #: None when indexed (or not asked to); why not otherwise: the session stays in the store
+    #: and ``sdrlab index rebuild`` indexes it later
+    index_error: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -216,6 +219,7 @@ def acquire(
     progress: bool | None = None,
     store: Any = None,
     write: bool = True,
+    index: Any = None,
 ) -> Session:
     """Acquire ``duration_s`` of IQ at ``frequency_hz`` from every station, in parallel, and
     write the session to the store as soon as it is complete.
@@ -225,7 +229,9 @@ def acquire(
     otherwise ``scheduler`` (or ``SDRLAB_SCHEDULER``) names a scheduler, else a LocalCluster runs.
     ``store`` is a :class:`~sdrlab.store.Store` (default: the settings' one); ``write=False``
     keeps the session in memory only.  If the store fails the session is still returned, with
-    ``store_error`` saying why: acquired data is never dropped.
+    ``store_error`` saying why: acquired data is never dropped.  Once stored, the session is
+    indexed (``index``: a SQLAlchemy engine, default the settings' one; ``index=False`` skips it);
+    a failing index is reported in ``index_error`` and loses nothing.
     """
     settings = settings or Settings.from_env()
     validate_request(frequency_hz, duration_s)
@@ -254,11 +260,11 @@ def acquire(
     session = Session(sid, float(frequency_hz), float(duration_s), ordered, ds,
                       timings={"acquire_s": t_acq, "build_s": time.perf_counter() - t0 - t_acq})
     if write and ds is not None:
-        save(session, store)
+        save(session, store, index=settings.engine() if index is None else index)
     return session
 
 
-def save(session: Session, store: Any) -> Session:
+def save(session: Session, store: Any, index: Any = False) -> Session:
     """Write the session to ``store``; a failure is recorded in ``store_error``, never raised
     (the data stays in ``session.dataset``)."""
     from .errors import StorageError
@@ -273,6 +279,26 @@ def save(session: Session, store: Any) -> Session:
         log.error("session %s not stored: %s", session.session_id, exc)
         session.store_error = str(exc)
     session.timings["store_s"] = time.perf_counter() - t
+    if index is not False and index is not None and session.path is not None:
+        add_to_index(session, index)  # write first, index second: rows point at data that exists
+    return session
+
+
+def add_to_index(session: Session, engine: Any) -> Session:
+    from .errors import IndexStoreError
+    from .index import index_session, init_db
+
+    if session.dataset is None:
+        return session
+    t = time.perf_counter()
+    try:
+        init_db(engine)
+        index_session(engine, session.dataset, session.path or "")
+        session.index_error = None
+    except IndexStoreError as exc:
+        log.error("session %s stored but not indexed: %s", session.session_id, exc)
+        session.index_error = str(exc)
+    session.timings["index_s"] = time.perf_counter() - t
     return session
 
 

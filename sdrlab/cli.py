@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ._version import __version__
-from .errors import AcquisitionError, CatalogError, ConfigError, SdrlabError
+from .errors import AcquisitionError, CatalogError, ConfigError, IndexStoreError, SdrlabError
 
 log = logging.getLogger("sdrlab.cli")
 
@@ -85,6 +85,29 @@ def _parser() -> argparse.ArgumentParser:
     for q in (isg, ikw):
         q.add_argument("--store", metavar="URL")
 
+    db = sub.add_parser("db", help="the metrics index database")
+    dbsub = db.add_subparsers(dest="db_command", required=True)
+    for name in ("init", "upgrade"):
+        dbsub.add_parser(name, help="create or upgrade the schema (idempotent)")
+    ix = sub.add_parser("index", help="the metrics index")
+    ixsub = ix.add_subparsers(dest="index_command", required=True)
+    rb = ixsub.add_parser("rebuild", help="index every committed session of the store (idempotent)")
+    rb.add_argument("--store", metavar="URL")
+
+    qy = sub.add_parser("query", help="time-series queries on the index")
+    qysub = qy.add_subparsers(dest="query_command", required=True)
+    qm = qysub.add_parser("metric", help="a metric per station in time buckets")
+    qm.add_argument("--metric", default="snr_db")
+    qm.add_argument("--bucket", type=float, default=3600.0, metavar="S", help="bucket length in seconds")
+    qc = qysub.add_parser("captures", help="captures matching band, time, stations and thresholds")
+    qc.add_argument("--band", nargs=2, type=float, metavar=("LO_HZ", "HI_HZ"))
+    qc.add_argument("--min-snr", type=float, metavar="DB")
+    for q in (qm, qc):
+        q.add_argument("--station", action="append", metavar="ID")
+        q.add_argument("--start", metavar="UTC", help="e.g. 2026-11-24T00:00")
+        q.add_argument("--end", metavar="UTC")
+    qysub.add_parser("latest", help="the latest capture status of each station")
+
     st = sub.add_parser("stations", help="the station catalogue")
     stsub = st.add_subparsers(dest="stations_command", required=True)
     ls = stsub.add_parser("list", help="list stations")
@@ -116,6 +139,8 @@ def print_session(session: object) -> None:
           f"{len(session.results) - len(session.ok) - len(session.failed)} partial, {len(session.failed)} failed")
     if session.path:
         print(f"stored at {session.path}")
+    if getattr(session, "index_error", None):
+        print(f"not indexed ({session.index_error}); run `sdrlab index rebuild` when the index is back")
 
 
 def _cmd_sim_serve(a: argparse.Namespace) -> int:
@@ -207,8 +232,72 @@ def _cmd_sessions(a: argparse.Namespace) -> int:
         print(f"{'store':20s} {store.where}")
         _print_frame(store.captures(a.session))
     else:
+        from .config import Settings
+        from .index import delete_session, init_db
+
         n = store.delete(a.session)
-        print(f"deleted session {a.session}: {n} objects removed")
+        engine = Settings.from_env().engine()
+        init_db(engine)
+        delete_session(engine, a.session)  # its rows go with its objects
+        print(f"deleted session {a.session}: {n} objects and its index rows removed")
+    return 0
+
+
+def _utc_arg(text: str | None, name: str) -> Any:
+    if text is None:
+        return None
+    import pandas as pd
+
+    try:
+        t = pd.Timestamp(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a UTC time like 2026-11-24T06:00, got {text!r}") from None
+    return (t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")).to_pydatetime()
+
+
+def _cmd_db(a: argparse.Namespace) -> int:
+    from .config import Settings
+    from .index import init_db
+
+    settings = Settings.from_env()
+    kind = init_db(settings.engine())
+    print(f"index schema ready ({kind})")
+    return 0
+
+
+def _cmd_index(a: argparse.Namespace) -> int:
+    from .config import Settings
+    from .index import index_session, init_db
+
+    settings = Settings.from_env()
+    store = _store(a.store)
+    engine = settings.engine()
+    init_db(engine)
+    ids = list(store.sessions().index)
+    for sid in ids:
+        rows = index_session(engine, store.open(sid), store.session_url(sid))
+        print(f"indexed {sid}: {rows} metric rows")
+    print(f"{len(ids)} session(s) indexed from {store.where}")
+    return 0
+
+
+def _cmd_query(a: argparse.Namespace) -> int:
+    from .config import Settings
+    from .index import find_captures, init_db, latest_status, metric_over_time
+
+    engine = Settings.from_env().engine()
+    init_db(engine)
+    if a.query_command == "latest":
+        _print_frame(latest_status(engine))
+        return 0
+    start, end = _utc_arg(a.start, "--start"), _utc_arg(a.end, "--end")
+    if a.query_command == "metric":
+        _print_frame(metric_over_time(engine, a.metric, bucket_s=int(a.bucket), start=start, end=end,
+                                      stations=a.station))
+    else:
+        _print_frame(find_captures(engine, frequency_hz=tuple(a.band) if a.band else None, start=start, end=end,
+                                   stations=a.station,
+                                   min_metrics={"snr_db": a.min_snr} if a.min_snr is not None else None))
     return 0
 
 
@@ -278,6 +367,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "store": _cmd_store,
         "export": _cmd_export,
         "import": _cmd_import,
+        "db": _cmd_db,
+        "index": _cmd_index,
+        "query": _cmd_query,
     }
     try:
         return handlers[args.command](args)
@@ -286,6 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except AcquisitionError as exc:
         print(f"sdrlab: acquisition failed: {exc}", file=sys.stderr)
+        return 1
+    except IndexStoreError as exc:
+        print(f"sdrlab: index: {exc}", file=sys.stderr)
         return 1
     except SdrlabError as exc:
         print(f"sdrlab: {type(exc).__name__}: {exc}", file=sys.stderr)

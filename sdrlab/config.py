@@ -113,6 +113,12 @@ class Settings:
             opts["client_kwargs"] = {"endpoint_url": self.s3_endpoint}
         return opts
 
+    def engine(self) -> Any:
+        """The SQLAlchemy engine of the metrics index (SQLite file made on first use)."""
+        from .index import make_engine
+
+        return make_engine(self.db)
+
     def store_obj(self) -> Any:
         """The session store (:class:`sdrlab.store.Store`) these settings name."""
         from .store import Store

@@ -44,4 +44,4 @@ def run_demo(
             simulated_scene=scene.name, transmitter_latitude=tx.latitude, transmitter_longitude=tx.longitude,
             transmitter_frequency_hz=tx.frequency_hz,
         )
-    return save(session, store)
+    return save(session, store, index=settings.engine())

@@ -177,6 +177,10 @@ class Store:
         p = self._path(SESSIONS, session_id)
         return p if self.protocol == "file" else f"s3://{p}"
 
+    def session_url(self, session_id: str) -> str:
+        """The session's address as the index records it (``file://...`` or ``s3://...``)."""
+        return f"{self.protocol}://{self._path(SESSIONS, session_id)}"
+
     def _zarr_options(self) -> dict[str, Any] | None:
         return self.options if self.protocol == "s3" else None
 
@@ -212,8 +216,8 @@ class Store:
         sid = ds.attrs.get("session_id")
         if not sid or "/" in sid:
             raise StorageError("the dataset has no valid session_id attribute")
-        ref = SessionRef(sid, self._zarr_url(sid))
-        target = ref.url
+        ref = SessionRef(sid, self.session_url(sid))
+        target = self._zarr_url(sid)
 
         def run() -> SessionRef:
             if self._committed(sid):

@@ -280,9 +280,10 @@ def test_capture_metrics_travel_with_the_session_and_match_the_scene(demo_sessio
     assert {"snr_db", "noise_floor_dbfs_hz", "frequency_offset_hz"} <= set(table.columns)
 
 
-def test_acquisition_writes_the_session_through_the_s3_store(s3_server, bucket):
+def test_acquisition_writes_the_session_through_the_s3_store(s3_server, bucket, tmp_path):
     """As soon as it completes, the session (with a failed station recorded in its attributes)
     is committed to the S3 store and opens back identical."""
+    from sdrlab.index import find_captures, make_engine
     from sdrlab.sim.networks import demo7
     from sdrlab.sim.server import SimServer
     from sdrlab.store import Store
@@ -290,8 +291,14 @@ def test_acquisition_writes_the_session_through_the_s3_store(s3_server, bucket):
     store = Store(f"s3://{bucket}/lab", s3_server.storage_options)
     scene = demo7(seed=8).with_faults(demo_paris=Faults(down=True))
     with SimServer(scene, base_port=0, speed=10) as sim:
-        session = acquire(demo7_stations(sim.ports)[4:], DEMO7_TUNE_HZ, 1.0, settings=SETTINGS, store=store)
+        index = make_engine(f"sqlite:///{tmp_path}/index.db")
+        session = acquire(demo7_stations(sim.ports)[4:], DEMO7_TUNE_HZ, 1.0, settings=SETTINGS, store=store,
+                          index=index)
     assert session.store_error is None and session.path == f"s3://{bucket}/lab/sessions/{session.session_id}"
+    # indexed after the commit, with the store key of each capture
+    hits = find_captures(index)
+    assert sorted(hits["station_id"]) == sorted(s for s in session.ok)
+    assert all(k.startswith(session.path) for k in hits["store_key"])
     listed = store.sessions()
     assert list(listed.index) == [session.session_id]
     assert listed.loc[session.session_id, "status"] == "partial"
@@ -311,6 +318,29 @@ def test_store_failure_keeps_the_acquired_session():
         "endpoint_url": f"http://127.0.0.1:{_free_ports(1)[0]}"}, "config_kwargs": {
         "connect_timeout": 1, "retries": {"max_attempts": 1}}})
     with SimServer(demo7(seed=9), base_port=0, speed=10) as sim:
-        session = acquire(demo7_stations(sim.ports)[:2], DEMO7_TUNE_HZ, 0.5, settings=SETTINGS, store=dead)
+        session = acquire(demo7_stations(sim.ports)[:2], DEMO7_TUNE_HZ, 0.5, settings=SETTINGS, store=dead,
+                          index=False)
     assert session.path is None and "127.0.0.1" in (session.store_error or "")
     assert session.dataset is not None and session.dataset.sizes["station"] == 2
+
+
+def test_a_down_index_loses_nothing(tmp_path):
+    """The store commit succeeds, the index is unreachable: the session is stored, the error is
+    reported, and indexing it later from the store gives the rows."""
+    from sdrlab.index import find_captures, index_session, init_db, make_engine
+    from sdrlab.sim.networks import demo7
+    from sdrlab.sim.server import SimServer
+    from sdrlab.store import Store
+    from sdrlab.testservers import _free_ports
+
+    store = Store(f"file://{tmp_path}/store")
+    down = make_engine(f"postgresql+psycopg://postgres@127.0.0.1:{_free_ports(1)[0]}/none")
+    with SimServer(demo7(seed=10), base_port=0, speed=10) as sim:
+        session = acquire(demo7_stations(sim.ports)[:2], DEMO7_TUNE_HZ, 0.5, settings=SETTINGS, store=store,
+                          index=down)
+    assert session.path is not None and "index" in (session.index_error or "")
+    assert list(store.sessions().index) == [session.session_id]
+    later = make_engine(f"sqlite:///{tmp_path}/index.db")
+    init_db(later)
+    index_session(later, store.open(session.session_id), session.path)
+    assert len(find_captures(later)) == 2

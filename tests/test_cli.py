@@ -215,7 +215,7 @@ def test_sessions_and_store_commands_on_s3(s3_server, bucket, capsys, monkeypatc
     assert main(["store", "fsck"]) == 0
     capsys.readouterr()
     assert main(["sessions", "delete", sid]) == 0
-    assert "objects removed" in capsys.readouterr().out
+    assert "objects and its index rows removed" in capsys.readouterr().out
     assert store.objects(sid) == [] and store.sessions().empty
     assert main(["sessions", "show", sid]) == 1
     assert "no committed session" in capsys.readouterr().err
@@ -268,3 +268,35 @@ def test_import_kiwi_wav_files_with_positions(tmp_path, capsys):
         assert float(s["sample_rate"]) == pytest.approx(t.fs, abs=1e-4)
         assert abs(int((s["start_time"].values - t.start_utc) / np.timedelta64(1, "ns"))) < 1_000
     assert sorted(np.round(ds["latitude"].values, 3).tolist()) == [48.5, 52.1]
+
+
+def test_db_index_and_query_commands(tmp_path, capsys):
+    """Sessions in the store -> `index rebuild` -> queries; deleting a session removes its rows."""
+    from sdrlab import testing
+    from sdrlab.acquire import StationResult, attach_metrics
+    from sdrlab.config import Settings
+    from sdrlab.metrics import metrics
+
+    store = Settings.from_env().store_obj()
+    ds = testing.synthetic_dataset(n_stations=2, duration_s=1.0, seed=7)
+    m = metrics(ds).compute()
+    ds = attach_metrics(ds, [StationResult(str(s), "ok", None, metrics={k: float(m[k].sel(station=s))
+                                                                        for k in m.data_vars})
+                             for s in ds["station"].values])
+    sid = ds.attrs["session_id"] = "20261124T160000Z-abcdef"
+    store.write(ds)
+    assert main(["db", "init"]) == 0 and "index schema ready (sqlite)" in capsys.readouterr().out
+    assert main(["index", "rebuild"]) == 0
+    assert f"indexed {sid}: 2 metric rows" in capsys.readouterr().out
+    assert main(["query", "metric", "--metric", "snr_db", "--bucket", "3600"]) == 0
+    out = capsys.readouterr().out
+    for s in ds["station"].values:
+        assert str(s) in out
+    assert main(["query", "captures", "--min-snr", "-100"]) == 0
+    assert out.count("\n") >= 2 and store.session_url(sid) in capsys.readouterr().out
+    assert main(["query", "metric", "--start", "yesterday-ish"]) == 2
+    assert "--start must be a UTC time" in capsys.readouterr().err
+    assert main(["sessions", "delete", sid]) == 0
+    capsys.readouterr()
+    assert main(["query", "captures"]) == 0
+    assert "(none)" in capsys.readouterr().out

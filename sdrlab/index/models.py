@@ -1,0 +1,122 @@
+"""The index's tables (SQLAlchemy 2.0 typed ORM), the same on SQLite, PostgreSQL and TimescaleDB.
+
+Time-series tables (``capture_metrics``, ``availability``) have the time column in their primary
+key, so they can become TimescaleDB hypertables (every unique key must include the time column).
+Times are ``timestamptz`` on PostgreSQL and UTC everywhere.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+SCHEMA_VERSION = 1
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: DateTime(timezone=True)}
+
+
+class SchemaVersion(Base):
+    __tablename__ = "sdrlab_schema"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    backend: Mapped[str] = mapped_column(String(32))
+    applied_at: Mapped[datetime]
+
+
+class StationRow(Base):
+    """The configuration database: one row per catalogue station, kept in sync with the TOML."""
+
+    __tablename__ = "stations"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    protocol: Mapped[str] = mapped_column(String(32), default="kiwisdr")
+    latitude: Mapped[float] = mapped_column(Float)
+    longitude: Mapped[float] = mapped_column(Float)
+    altitude: Mapped[float | None] = mapped_column(Float, nullable=True)
+    channels: Mapped[int] = mapped_column(Integer, default=4)
+    freq_min_hz: Mapped[float] = mapped_column(Float, default=0.0)
+    freq_max_hz: Mapped[float] = mapped_column(Float, default=30e6)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    notes: Mapped[str] = mapped_column(Text, default="")
+    antenna: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    updated_at: Mapped[datetime]
+
+
+class SessionRow(Base):
+    __tablename__ = "sessions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    start_time: Mapped[datetime | None] = mapped_column(nullable=True)
+    end_time: Mapped[datetime | None] = mapped_column(nullable=True)
+    center_frequency_hz: Mapped[float] = mapped_column(Float)
+    duration_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    parameters: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16))
+    store_url: Mapped[str] = mapped_column(Text)
+    papermill_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    indexed_at: Mapped[datetime]
+
+
+class CaptureRow(Base):
+    """One per station per session."""
+
+    __tablename__ = "captures"
+    session_id: Mapped[str] = mapped_column(String(64), ForeignKey("sessions.id", ondelete="CASCADE"),
+                                            primary_key=True)
+    station_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    store_key: Mapped[str] = mapped_column(Text)
+    start_time: Mapped[datetime | None] = mapped_column(nullable=True)
+    sample_rate: Mapped[float | None] = mapped_column(Float, nullable=True)
+    samples: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (Index("ix_captures_station_start", "station_id", "start_time"),)
+
+
+class MetricRow(Base):
+    """Capture metrics as a time series (time = the capture's GPS-derived UTC start)."""
+
+    __tablename__ = "capture_metrics"
+    time: Mapped[datetime] = mapped_column(primary_key=True)
+    station_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    frequency_hz: Mapped[float] = mapped_column(Float)
+    snr_db: Mapped[float | None] = mapped_column(Float, nullable=True)
+    noise_floor_dbfs_hz: Mapped[float | None] = mapped_column(Float, nullable=True)
+    signal_power_dbfs: Mapped[float | None] = mapped_column(Float, nullable=True)
+    total_power_dbfs: Mapped[float | None] = mapped_column(Float, nullable=True)
+    frequency_offset_hz: Mapped[float | None] = mapped_column(Float, nullable=True)
+    occupied_bandwidth_hz: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rssi_mean_dbm: Mapped[float | None] = mapped_column(Float, nullable=True)
+    clipped_fraction: Mapped[float | None] = mapped_column(Float, nullable=True)
+    overload_fraction: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    __table_args__ = (Index("ix_metrics_station_time", "station_id", "time"),
+                      Index("ix_metrics_session", "session_id"))
+
+
+class AvailabilityRow(Base):
+    """Receiver availability: up or down at a time, with latency and error."""
+
+    __tablename__ = "availability"
+    time: Mapped[datetime] = mapped_column(primary_key=True)
+    station_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    up: Mapped[bool] = mapped_column(Boolean)
+    latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (Index("ix_availability_station_time", "station_id", "time"),)
+
+
+#: metric columns, in the order of sdrlab.metrics.UNITS
+METRIC_COLUMNS = (
+    "snr_db", "noise_floor_dbfs_hz", "signal_power_dbfs", "total_power_dbfs", "frequency_offset_hz",
+    "occupied_bandwidth_hz", "rssi_mean_dbm", "clipped_fraction", "overload_fraction",
+)
+#: metrics in dB: averaged in linear power over time buckets
+DB_METRICS = frozenset({"snr_db", "noise_floor_dbfs_hz", "signal_power_dbfs", "total_power_dbfs", "rssi_mean_dbm"})

@@ -1,0 +1,113 @@
+"""Schema set-up, chosen by the database URL: SQLite (embedded default), PostgreSQL with
+TimescaleDB when the extension is available, plain PostgreSQL otherwise.  Idempotent: running it
+again changes nothing (``sdrlab db init`` / ``upgrade``)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, insert, select, text
+
+from ..config import mask_url
+from ..errors import IndexStoreError
+from .models import SCHEMA_VERSION, Base, SchemaVersion
+
+log = logging.getLogger(__name__)
+
+
+def _sqlite_functions(dbapi_conn: Any, _record: Any) -> None:
+    """log10 / pow for the linear-power averages (not every SQLite build has math functions)."""
+    def log10(x: float | None) -> float | None:
+        return math.log10(x) if x is not None and x > 0 else None
+
+    def pow_(x: float | None, y: float | None) -> float | None:
+        return None if x is None or y is None else math.pow(x, y)
+
+    dbapi_conn.create_function("log10", 1, log10, deterministic=True)
+    dbapi_conn.create_function("power", 2, pow_, deterministic=True)
+    dbapi_conn.execute("PRAGMA foreign_keys=ON")
+
+
+def make_engine(url: str) -> Engine:
+    """The SQLAlchemy engine for ``sqlite:///PATH`` or ``postgresql+psycopg://...``."""
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):]
+        if path and path != ":memory:":
+            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url)
+        event.listen(engine, "connect", _sqlite_functions)
+        return engine
+    if url.startswith("postgresql"):
+        try:
+            return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+        except ImportError:
+            raise IndexStoreError("a PostgreSQL index needs psycopg: pip install 'sdrlab[db]'") from None
+    raise IndexStoreError(f"unsupported index URL {mask_url(url)!r} (sqlite:///PATH or postgresql+psycopg://...)")
+
+
+def backend(engine: Engine) -> str:
+    """``sqlite``, ``timescaledb`` or ``postgresql`` (what this database offers)."""
+    if engine.dialect.name == "sqlite":
+        return "sqlite"
+    try:
+        with engine.connect() as c:
+            have = c.execute(text("select 1 from pg_available_extensions where name = 'timescaledb'")).first()
+    except Exception as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        reason = str(getattr(exc, "orig", exc)).splitlines()[0][:200]
+        raise IndexStoreError(f"the index at {where} is unreachable: {reason}") from None
+    return "timescaledb" if have else "postgresql"
+
+
+def init_db(engine: Engine, *, retention_days: int = 365) -> str:
+    """Create or upgrade the schema; returns the backend used."""
+    kind = backend(engine)
+    where = mask_url(str(engine.url.render_as_string(hide_password=True)))
+    try:
+        with engine.begin() as c:
+            if kind == "timescaledb":
+                c.execute(text("create extension if not exists timescaledb"))
+            Base.metadata.create_all(c)
+            if kind == "timescaledb":
+                _timescale(c, retention_days)
+            elif kind == "postgresql":
+                # plain PostgreSQL: BRIN on time (cheap, append-ordered data) + the btree indexes
+                c.execute(text("create index if not exists ix_metrics_time_brin on capture_metrics "
+                               "using brin (time) with (pages_per_range = 32)"))
+                c.execute(text("create index if not exists ix_availability_time_brin on availability "
+                               "using brin (time) with (pages_per_range = 32)"))
+            have = c.execute(select(SchemaVersion.version).where(SchemaVersion.version == SCHEMA_VERSION)).first()
+            if have is None:
+                c.execute(insert(SchemaVersion).values(
+                    version=SCHEMA_VERSION, backend=kind, applied_at=datetime.now(timezone.utc)))
+    except IndexStoreError:
+        raise
+    except Exception as exc:
+        raise IndexStoreError(f"setting up the index at {where} failed: {type(exc).__name__}: {exc}"[:500]) from None
+    log.info("index schema v%d ready on %s (%s)", SCHEMA_VERSION, where, kind)
+    return kind
+
+
+def _timescale(c: Any, retention_days: int) -> None:
+    """Hypertables (time in every unique key), segment-by-station compression, retention of raw
+    rows, and a real continuous aggregate of hourly SNR per station with a bounded refresh."""
+    for table in ("capture_metrics", "availability"):
+        c.execute(text(f"select create_hypertable('{table}', by_range('time', interval '7 days'), "
+                       "if_not_exists => true, migrate_data => true)"))
+    c.execute(text("alter table capture_metrics set (timescaledb.compress, "
+                   "timescaledb.compress_segmentby = 'station_id', timescaledb.compress_orderby = 'time desc')"))
+    c.execute(text("select add_compression_policy('capture_metrics', interval '30 days', if_not_exists => true)"))
+    c.execute(text(f"select add_retention_policy('capture_metrics', interval '{int(retention_days)} days', "
+                   "if_not_exists => true)"))
+    c.execute(text(
+        "create materialized view if not exists snr_hourly with (timescaledb.continuous) as "
+        "select time_bucket(interval '1 hour', time) as bucket, station_id, "
+        "avg(power(10.0, snr_db / 10.0)) as snr_linear, count(snr_db) as n "
+        "from capture_metrics group by bucket, station_id with no data"))
+    c.execute(text("select add_continuous_aggregate_policy('snr_hourly', start_offset => interval '3 days', "
+                   "end_offset => interval '1 hour', schedule_interval => interval '30 minutes', "
+                   "if_not_exists => true)"))

@@ -1,0 +1,154 @@
+"""The index on SQLite and a real PostgreSQL 15, the same cases giving the same answers."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import pytest
+from sqlalchemy import func, select
+
+from sdrlab import testing
+from sdrlab.index import (
+    backend, bulk_insert_metrics, delete_session, find_captures, index_session, init_db, latest_status,
+    make_engine, metric_over_time,
+)
+from sdrlab.index.models import CaptureRow, MetricRow, SchemaVersion, SessionRow
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    from sdrlab.testservers import Postgres
+
+    srv = Postgres().start()
+    try:
+        yield srv
+    finally:
+        srv.cleanup()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: Any, tmp_path: Any) -> Iterator[Any]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/index.db"
+    else:
+        url = request.getfixturevalue("pg_server").create_database(f"t_{uuid.uuid4().hex[:10]}")
+    eng = make_engine(url)
+    init_db(eng)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture(scope="module")
+def session_ds() -> Any:
+    ds = testing.synthetic_dataset(n_stations=3, duration_s=2.0, seed=5)
+    ds.attrs["session_id"] = "20261124T140000Z-1d1d1d"
+    st = json.loads(ds.attrs["station_status"])
+    st["lost-station"] = {"status": "failed", "error_class": "ReceiverDown", "message": "receiver is down"}
+    ds.attrs["station_status"] = json.dumps(st)
+    from sdrlab.acquire import StationResult, attach_metrics
+    from sdrlab.metrics import metrics
+
+    m = metrics(ds).compute()
+    results = [StationResult(str(s), "ok", None, metrics={k: float(m[k].sel(station=s)) for k in m.data_vars})
+               for s in ds["station"].values]
+    return attach_metrics(ds, results)
+
+
+def test_init_is_idempotent(engine):
+    kind = init_db(engine)  # second time
+    assert kind == backend(engine) and kind in ("sqlite", "postgresql", "timescaledb")
+    with engine.connect() as c:
+        assert c.execute(select(func.count()).select_from(SchemaVersion)).scalar() == 1
+
+
+def test_index_session_rows_and_reindex(engine, session_ds):
+    n = index_session(engine, session_ds, "file:///x/sessions/20261124T140000Z-1d1d1d")
+    assert n == 3
+    n = index_session(engine, session_ds, "file:///x/sessions/20261124T140000Z-1d1d1d")  # replaces, no dupes
+    with engine.connect() as c:
+        assert c.execute(select(func.count()).select_from(MetricRow)).scalar() == 3
+        caps = {r.station_id: r for r in c.execute(select(CaptureRow)).all()}
+        sess = c.execute(select(SessionRow)).one()
+    assert set(caps) == {*map(str, session_ds["station"].values), "lost-station"}
+    assert caps["lost-station"].status == "failed" and "ReceiverDown" in caps["lost-station"].error
+    assert sess.status == "partial"
+    s0 = str(session_ds["station"].values[0])
+    with engine.connect() as c:
+        snr = c.execute(select(MetricRow.snr_db).where(MetricRow.station_id == s0)).scalar()
+    assert snr == pytest.approx(float(session_ds["snr_db"].sel(station=s0)))
+    delete_session(engine, session_ds.attrs["session_id"])
+    with engine.connect() as c:
+        assert c.execute(select(func.count()).select_from(CaptureRow)).scalar() == 0
+
+
+def _rows(t0: datetime) -> pd.DataFrame:
+    """Two stations; in each hour 'a' has SNR 10 and 20 dB (linear mean 17.404 dB), 'b' 30 dB."""
+    rows = []
+    for h in range(3):
+        for k, snr in enumerate((10.0, 20.0)):
+            rows.append({"time": t0 + timedelta(hours=h, minutes=10 + 20 * k), "station_id": "a",
+                         "session_id": f"s{h}{k}", "frequency_hz": 10e6 if h < 2 else 14e6, "snr_db": snr})
+        rows.append({"time": t0 + timedelta(hours=h, minutes=30), "station_id": "b", "session_id": f"s{h}b",
+                     "frequency_hz": 10e6, "snr_db": 30.0})
+    return pd.DataFrame(rows)
+
+
+T0 = datetime(2026, 11, 20, 6, 0, tzinfo=timezone.utc)
+
+
+def test_hourly_snr_buckets_in_linear_power(engine):
+    assert bulk_insert_metrics(engine, _rows(T0)) == 9
+    df = metric_over_time(engine, "snr_db", bucket_s=3600)
+    a = df[df.station_id == "a"]
+    assert list(a["bucket"]) == [pd.Timestamp("2026-11-20 06:00") + pd.Timedelta(hours=h) for h in range(3)]
+    np.testing.assert_allclose(a["value"], 10 * np.log10((10 + 100) / 2), atol=1e-6)  # not 15 dB
+    assert (a["n"] == 2).all()
+    b = df[df.station_id == "b"]
+    np.testing.assert_allclose(b["value"], 30.0, atol=1e-9)
+    only_b = metric_over_time(engine, "snr_db", bucket_s=7200, stations=["b"], start=T0 + timedelta(hours=1))
+    assert list(only_b["station_id"].unique()) == ["b"] and only_b["n"].sum() == 2
+
+
+def test_find_captures_by_band_time_station_and_threshold(engine, session_ds):
+    index_session(engine, session_ds, "s3://bucket/lab/sessions/20261124T140000Z-1d1d1d")
+    f0 = float(session_ds.attrs["center_frequency_hz"])
+    snr = session_ds["snr_db"].values
+    thr = float(np.median(snr))
+    hits = find_captures(engine, frequency_hz=(f0 - 1, f0 + 1), min_metrics={"snr_db": thr})
+    assert set(hits["station_id"]) == {str(s) for s, v in zip(session_ds["station"].values, snr) if v >= thr}
+    assert all(k.startswith("s3://bucket/lab/sessions/") for k in hits["store_key"])
+    assert find_captures(engine, frequency_hz=(1e6, 2e6)).empty
+    latest = latest_status(engine)
+    assert set(latest["station_id"]) >= set(map(str, session_ds["station"].values))
+
+
+def test_same_answers_on_both_backends(tmp_path, pg_server):
+    out = []
+    for url in (f"sqlite:///{tmp_path}/x.db", pg_server.create_database(f"t_{uuid.uuid4().hex[:10]}")):
+        eng = make_engine(url)
+        init_db(eng)
+        bulk_insert_metrics(eng, _rows(T0))
+        out.append(metric_over_time(eng, "snr_db", bucket_s=1800).reset_index(drop=True))
+        eng.dispose()
+    pd.testing.assert_frame_equal(out[0], out[1], check_dtype=False, atol=1e-9)
+
+
+def test_database_that_goes_away_is_a_clear_error(tmp_path):
+    from sdrlab.errors import IndexStoreError
+    from sdrlab.testservers import Postgres
+
+    srv = Postgres().start()
+    eng = make_engine(srv.create_database("gone"))
+    init_db(eng)
+    srv.kill()
+    ds = testing.synthetic_dataset(n_stations=1, duration_s=1.0)
+    ds.attrs["session_id"] = "20261124T150000Z-0ff0ff"
+    with pytest.raises(IndexStoreError, match="indexing session 20261124T150000Z-0ff0ff failed"):
+        index_session(eng, ds, "file:///x")
+    eng.dispose()
+    srv.cleanup()
