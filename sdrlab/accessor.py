@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import xarray as xr
 
 from . import model
@@ -110,10 +111,24 @@ class SdrDataArrayAccessor:
     def iq(self) -> xr.DataArray:
         return model.to_complex(self._da) if "component" in self._da.dims else self._da
 
+    def time(self) -> xr.DataArray:
+        """UTC per sample from the ``start_time`` and ``sample_rate`` coordinates (the whole array
+        as one segment; a session's ``ds.sdr.time()`` also follows reconnect segments)."""
+        da = self._da
+        n = da.sizes["sample"]
+        k = xr.DataArray(np.arange(n, dtype=np.float64), dims="sample")
+        offsets = (k * (1e9 / da["sample_rate"])).round().astype("timedelta64[ns]")
+        return (da["start_time"] + offsets).rename("time")
+
     def psd(self, **kw: Any) -> xr.DataArray:
         from .metrics import psd
 
         return psd(self.iq(), **kw)
+
+    def spectrogram(self, **kw: Any) -> xr.DataArray:
+        from .spectrogram import spectrogram
+
+        return spectrogram(self.iq(), **kw)
 
     def metrics(self, **kw: Any) -> xr.Dataset:
         from .metrics import metrics

@@ -9,6 +9,7 @@ failing station sent before failing is kept (status ``partial``).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import secrets
@@ -47,6 +48,8 @@ class StationResult:
     elapsed_s: float = 0.0
     #: the capture's signal metrics (name -> value, units in the name), computed in the task
     metrics: dict[str, float] = field(default_factory=dict)
+    #: how they were measured: each variable's attrs, and the metrics' global attrs under ""
+    metric_attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def as_status(self) -> model.StationStatus:
         return model.StationStatus(self.station, self.status, self.error_class, self.message)
@@ -105,11 +108,41 @@ def attach_metrics(ds: xr.Dataset, results: Sequence[StationResult]) -> xr.Datas
 
     names = [n for n in UNITS if any(n in r.metrics for r in results)]
     by_station = {r.station: r.metrics for r in results}
+    defs = next((r.metric_attrs for r in results if r.metric_attrs), {})
     ids = [str(s) for s in ds["station"].values]
     for name in names:
         values = [by_station.get(i, {}).get(name, float("nan")) for i in ids]
-        ds[name] = ("station", values, {"units": UNITS[name], "long_name": LONG_NAMES.get(name, name)})
+        attrs = {"units": UNITS[name], "long_name": LONG_NAMES.get(name, name), **defs.get(name, {})}
+        ds[name] = ("station", values, _json_safe(attrs))
+    if defs.get(""):
+        ds.attrs["metrics_definition"] = json.dumps(_json_safe(defs[""]), sort_keys=True)
     return ds
+
+
+def add_metrics(ds: xr.Dataset) -> xr.Dataset:
+    """Compute every metric of a session (e.g. an imported one) and attach it like acquisition does."""
+    from .metrics import metrics
+
+    m = metrics(ds).compute()
+    results = [
+        StationResult(str(s), "ok", None, metrics={str(k): float(v.sel(station=s)) for k, v in m.data_vars.items()},
+                      metric_attrs={**{str(k): dict(v.attrs) for k, v in m.data_vars.items()}, "": dict(m.attrs)})
+        for s in ds["station"].values
+    ]
+    return attach_metrics(ds, results)
+
+
+def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
+    """zarr attributes must be JSON: numpy scalars to Python, the rest to strings."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            out[k] = v
+        elif hasattr(v, "item"):
+            out[k] = v.item()
+        else:
+            out[k] = str(v)
+    return out
 
 
 def validate_request(frequency_hz: float, duration_s: float) -> None:
@@ -145,20 +178,23 @@ def capture_station(
     result = _capture(receiver, station, frequency_hz, duration_s, shared_endpoint, t)
     if result.capture is not None:
         try:
-            result.metrics = capture_metrics(result.capture, station)
+            result.metrics, result.metric_attrs = capture_metrics(result.capture, station)
         except Exception as exc:  # metrics must never cost the capture
             log.exception("station %s: metrics failed", station.id)
             result.message = (result.message or "") + f" (metrics failed: {exc})"
     return result
 
 
-def capture_metrics(capture: Capture, station: Station) -> dict[str, float]:
-    """Every metric of one capture (see :mod:`sdrlab.metrics`), as plain floats."""
+def capture_metrics(capture: Capture, station: Station) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+    """Every metric of one capture (see :mod:`sdrlab.metrics`) as plain floats, and the attrs
+    that say how each was measured (bandwidths, Welch parameters, passband)."""
     from .metrics import metrics
 
     one = model.build_dataset([capture], {station.id: station})
     m = metrics(one).compute()
-    return {str(k): float(v.values[0]) for k, v in m.data_vars.items()}
+    attrs = {str(k): dict(v.attrs) for k, v in m.data_vars.items()}
+    attrs[""] = dict(m.attrs)
+    return {str(k): float(v.values[0]) for k, v in m.data_vars.items()}, attrs
 
 
 def _capture(

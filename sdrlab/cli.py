@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ._version import __version__
-from .errors import AcquisitionError, CatalogError, ConfigError, IndexStoreError, SdrlabError
+from .errors import AcquisitionError, CatalogError, ConfigError, IndexStoreError, SdrlabError, StorageError
 
 log = logging.getLogger("sdrlab.cli")
 
@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     stosub = sto.add_subparsers(dest="store_command", required=True)
     fsck = stosub.add_parser("fsck", help="find uncommitted leftovers (interrupted writes)")
     fsck.add_argument("--remove", action="store_true", help="delete what was found")
+    fsck.add_argument("--min-age", type=float, default=3600.0, metavar="S",
+                      help="with --remove, spare leftovers written to in the last S seconds (a write may be running)")
     health = stosub.add_parser("health", help="write, read and delete a probe object; print latencies")
     for q in (fsck, health):
         q.add_argument("--store", metavar="URL")
@@ -169,8 +171,7 @@ def _store(url: str | None = None, out: str | None = None) -> Any:
     if out:
         return Store(f"file://{Path(out).expanduser().resolve()}")
     settings = Settings.from_env()
-    return Store(url, settings.storage_options() if url and url.startswith("s3://") else {}) if url \
-        else settings.store_obj()
+    return Store(url, settings.storage_options(url)) if url else settings.store_obj()
 
 
 def _save_or_rescue(session: Any) -> int:
@@ -182,7 +183,12 @@ def _save_or_rescue(session: Any) -> int:
     if session.store_error is None:
         return 0
     rescue = Store(f"file://{Path('sdrlab-rescue').resolve()}")
-    ref = rescue.write(session.dataset)
+    try:
+        ref = rescue.write(session.dataset)
+    except StorageError as exc:  # the last resort failed too: say so loudly, the data is in memory only
+        print(f"sdrlab: the session could not be stored ({session.store_error}) nor rescued locally ({exc})",
+              file=sys.stderr)
+        return 1
     print(f"sdrlab: the session could not be stored ({session.store_error}); it was kept in {ref.url}",
           file=sys.stderr)
     session.path = ref.url
@@ -308,7 +314,7 @@ def _cmd_store(a: argparse.Namespace) -> int:
         print(f"ok {h['store']}: write {h['write_ms']:.1f} ms, read {h['read_ms']:.1f} ms, "
               f"delete {h['delete_ms']:.1f} ms")
         return 0
-    found = store.fsck(remove=a.remove)
+    found = store.fsck(remove=a.remove, min_age_s=a.min_age)
     for sid in found:
         print(f"{'removed' if a.remove else 'uncommitted'} {sid}")
     print(f"{len(found)} problem(s) {'fixed' if a.remove else 'found'} in {store.where}")
@@ -336,6 +342,9 @@ def _cmd_import(a: argparse.Namespace) -> int:
         from .interchange.kiwiwav import import_kiwi_wav
 
         ds = import_kiwi_wav(a.paths, positions_dir=a.positions)
+    from .acquire import add_metrics
+
+    ds = add_metrics(ds)  # an imported session carries the metrics a live one does
     session = Session(ds.attrs["session_id"], float(ds.attrs.get("center_frequency_hz", 0.0)),
                       float(ds.attrs.get("requested_duration_s", 0.0)), {}, ds)
     save(session, _store(a.store))

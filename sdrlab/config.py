@@ -97,10 +97,11 @@ class Settings:
         return cls(**kw)
 
     # ---- live objects ----------------------------------------------------------------------
-    def storage_options(self) -> dict[str, Any]:
-        """fsspec options for the store: empty for file://; for s3:// the endpoint, credentials
-        and short timeouts/retries so an unreachable endpoint fails in seconds, clearly."""
-        if urlsplit(self.store).scheme != "s3":
+    def storage_options(self, url: str | None = None) -> dict[str, Any]:
+        """fsspec options for a store URL (default: SDRLAB_STORE): empty for file://; for s3:// the
+        endpoint, credentials and short timeouts/retries so an unreachable endpoint fails in
+        seconds, clearly."""
+        if urlsplit(url or self.store).scheme != "s3":
             return {}
         opts: dict[str, Any] = {
             "config_kwargs": {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 2}},

@@ -521,8 +521,10 @@ def metrics(
 def metrics_table(ds: xr.Dataset, **params: Any) -> pd.DataFrame:
     """A tidy per-station table (one row per station, units in the column names; the same units in
     ``df.attrs['units']``).  ``ds`` is a session (metrics are computed) or a :func:`metrics` result."""
-    m = ds if "snr_db" in ds.data_vars else metrics(ds, **params)
-    m = m.compute()
+    # a session (it has samples) is always measured with the given parameters, even when it carries
+    # the metrics acquisition stored; only a metrics() result is taken as it is
+    m = metrics(ds, **params) if "iq" in ds.data_vars else ds
+    m = m[[v for v in UNITS if v in m.data_vars]].compute()
     cols = [v for v in UNITS if v in m.data_vars]
     df = m[cols].reset_coords(drop=True).to_dataframe()[cols]
     df.attrs["units"] = {c: UNITS[c] for c in cols}

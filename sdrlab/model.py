@@ -261,8 +261,10 @@ def to_complex(ds: xr.Dataset | xr.DataArray) -> xr.DataArray:
     z = (i + 1j * q) / np.float32(FULL_SCALE)
     out = z.astype(np.complex64)
     out.attrs = {"long_name": "complex baseband", "units": "1", "comment": "|z| = 1 is 0 dBFS"}
-    if isinstance(ds, xr.Dataset) and "center_frequency_hz" in ds.attrs:
-        out.attrs["center_frequency_hz"] = ds.attrs["center_frequency_hz"]
+    if isinstance(ds, xr.Dataset):  # what the metrics need to know about the tuning
+        for key in ("center_frequency_hz", "passband_low_hz", "passband_high_hz"):
+            if key in ds.attrs:
+                out.attrs[key] = ds.attrs[key]
     return out
 
 

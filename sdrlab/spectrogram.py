@@ -13,7 +13,7 @@ from . import model
 
 
 def spectrogram(
-    ds: xr.Dataset,
+    ds: xr.Dataset | xr.DataArray,
     *,
     nperseg: int = 1024,
     noverlap: int | None = None,
@@ -27,13 +27,17 @@ def spectrogram(
     ``start_time``); ``frequency`` is Hz relative to the tuned frequency (the stations' mean
     rate).  Segments are averaged in linear power so that at most ``max_rows`` rows remain (long
     captures still draw quickly).  Only the first ``n_samples`` of each station are used.
+    ``ds`` is a session, or a complex (station, sample) DataArray with ``sample_rate`` (and
+    optionally ``n_samples``) coordinates such as ``ds.sdr.iq()``.
     """
     ids = stations if stations is not None else [str(s) for s in ds["station"].values]
     if nperseg < 16:
         raise ValueError(f"nperseg must be at least 16, got {nperseg}")
     hop = nperseg - (nperseg // 2 if noverlap is None else noverlap)
     fs_all = ds["sample_rate"].sel(station=ids).values.astype(float)
-    n_all = ds["n_samples"].sel(station=ids).values.astype(int)
+    n_all = (ds["n_samples"].sel(station=ids).values.astype(int) if "n_samples" in ds.coords or
+             (isinstance(ds, xr.Dataset) and "n_samples" in ds.variables)
+             else np.full(len(ids), ds.sizes["sample"], dtype=int))
     n_rows = max(1, (int(n_all.max()) - nperseg) // hop + 1)
     avg = max(1, -(-n_rows // max_rows))
     rows = -(-n_rows // avg)
@@ -42,7 +46,10 @@ def spectrogram(
         n = int(n_all[i])
         if n < nperseg:
             continue
-        z = model.to_complex(ds.sel(station=[sid]).isel(sample=slice(0, n))).values[0]
+        part = ds.sel(station=[sid]).isel(sample=slice(0, n))
+        zda: xr.DataArray = model.to_complex(part) if isinstance(part, xr.Dataset) or "component" in part.dims \
+            else part
+        z = zda.values[0]
         _f, _t, sxx = signal.spectrogram(
             z, fs=fs_all[i], window=window, nperseg=nperseg, noverlap=nperseg - hop,
             return_onesided=False, scaling="density", mode="psd", detrend=False,

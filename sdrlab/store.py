@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import time
 import uuid
 import warnings
@@ -44,6 +46,25 @@ SESSIONS = "sessions"
 COMMITS = "commits"
 #: S3 sessions up to this size are encoded in memory and uploaded with concurrent PUTs
 STAGE_IN_MEMORY_BYTES = 512 * 1024 * 1024
+
+
+SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: fsck --remove leaves prefixes younger than this alone (a write may be in progress)
+FSCK_MIN_AGE_S = 3600.0
+
+
+def check_session_id(session_id: object) -> str:
+    """A session id safe to use as a key: letters, digits, ``._-``, not ``.``/``..``, no ``/``.
+    Every store operation checks it first: an empty or ``..`` id must never reach ``rm``."""
+    if not isinstance(session_id, str) or not SESSION_ID.match(session_id) or set(session_id) <= {"."}:
+        raise StorageError(f"invalid session id {session_id!r} (letters, digits, '.', '_', '-'; no '/')")
+    return session_id
+
+
+def _fingerprint(summary: dict[str, Any]) -> list[Any]:
+    """What makes two writes of one session id the same session."""
+    return [summary.get("center_frequency_hz")] + [
+        (c["station"], c["samples"], c["start_time"]) for c in summary.get("captures", [])]
 
 
 @contextmanager
@@ -213,16 +234,24 @@ class Store:
     def write(self, ds: xr.Dataset) -> SessionRef:
         """Write a session and commit it.  Idempotent: a committed session with this id is left
         as it is; leftovers of an interrupted write are removed first."""
-        sid = ds.attrs.get("session_id")
-        if not sid or "/" in sid:
-            raise StorageError("the dataset has no valid session_id attribute")
+        sid = check_session_id(ds.attrs.get("session_id"))
         ref = SessionRef(sid, self.session_url(sid))
         target = self._zarr_url(sid)
 
         def run() -> SessionRef:
+            summary = _summary(ds)
             if self._committed(sid):
-                log.info("session %s is already committed in %s", sid, self.where)
-                return ref
+                try:
+                    same = _fingerprint(self.summary(sid)) == _fingerprint(summary)
+                except StorageError:
+                    same = False  # an unreadable record: rewrite below
+                    self.fs.rm(self._commit_key(sid))
+                else:
+                    if not same:
+                        raise StorageError(f"session {sid} already exists in {self.where} with different "
+                                           "content; delete it first or write under a new id")
+                    log.info("session %s is already committed in %s", sid, self.where)
+                    return ref
             prefix = self._path(SESSIONS, sid)
             if self._keys(prefix):
                 log.warning("removing leftovers of an interrupted write of %s", sid)
@@ -241,13 +270,30 @@ class Store:
                 with _quiet_consolidation():
                     out.to_zarr(target, mode="w", zarr_format=model.ZARR_FORMAT, consolidated=model.CONSOLIDATED,
                                 encoding=model.encoding(out), storage_options=self._zarr_options())
-            summary = _summary(ds)
-            self.fs.pipe(self._commit_key(sid), json.dumps(summary, indent=1).encode())
+            self._put_atomic(self._commit_key(sid), json.dumps(summary, indent=1).encode())
             return ref
 
         out = self._do(f"writing session {sid}", run)
         log.info("session %s committed in %s", sid, self.where)
         return out
+
+    def _put_atomic(self, key: str, data: bytes) -> None:
+        """An S3 PUT is atomic; a local file is written beside and renamed into place (fsynced),
+        so a full disk never leaves half a commit record."""
+        if self.protocol == "s3":
+            self.fs.pipe(key, data)
+            return
+        tmp = f"{key}.{uuid.uuid4().hex[:8]}.tmp"
+        os.makedirs(os.path.dirname(key), exist_ok=True)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, key)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
     def _ensure_bucket(self) -> None:
         bucket = self.root.split("/", 1)[0]
@@ -256,6 +302,8 @@ class Store:
 
     def open(self, session_id: str) -> xr.Dataset:
         """A committed session, lazily (dask-backed, chunks as stored)."""
+        check_session_id(session_id)
+
         def run() -> xr.Dataset:
             if not self._committed(session_id):
                 raise StorageError(f"no committed session {session_id!r} in {self.where}")
@@ -267,12 +315,18 @@ class Store:
         return self._do(f"opening session {session_id}", run)
 
     def summary(self, session_id: str) -> dict[str, Any]:
+        check_session_id(session_id)
+
         def run() -> dict[str, Any]:
             try:
                 raw = self.fs.cat(self._commit_key(session_id))
             except FileNotFoundError:
                 raise StorageError(f"no committed session {session_id!r} in {self.where}") from None
-            out: dict[str, Any] = json.loads(raw)
+            try:
+                out: dict[str, Any] = json.loads(raw)
+            except ValueError:
+                raise StorageError(f"the commit record of {session_id} in {self.where} is unreadable "
+                                   "(run `sdrlab store fsck`)") from None
             return out
 
         return self._do(f"reading session {session_id}", run)
@@ -297,7 +351,11 @@ class Store:
         def run() -> pd.DataFrame:
             rows = []
             for sid in self._markers():
-                s = self.summary(sid)
+                try:
+                    s = self.summary(sid)
+                except StorageError:
+                    log.warning("session %s has an unreadable commit record; not listed (see fsck)", sid)
+                    continue
                 rows.append({
                     "session_id": sid,
                     "start_time": _utc(s.get("start_time")),
@@ -324,6 +382,8 @@ class Store:
     def delete(self, session_id: str) -> int:
         """Remove a session: its marker first (it stops listing), then every object under its
         prefix.  Returns the number of objects removed."""
+        check_session_id(session_id)
+
         def run() -> int:
             prefix = self._path(SESSIONS, session_id)
             marker = self._commit_key(session_id)
@@ -343,6 +403,8 @@ class Store:
 
     def objects(self, session_id: str) -> list[str]:
         """Every object key of a session, its commit record included (relative to the root)."""
+        check_session_id(session_id)
+
         def run() -> list[str]:
             prefix = self._path(SESSIONS, session_id)
             found = self._keys(prefix)
@@ -353,22 +415,44 @@ class Store:
 
         return self._do(f"listing objects of {session_id}", run)
 
-    def fsck(self, *, remove: bool = False) -> list[str]:
-        """Session prefixes without a commit record (interrupted writes) and commit records
-        without data; removed with ``remove``."""
+    def fsck(self, *, remove: bool = False, min_age_s: float = FSCK_MIN_AGE_S) -> list[str]:
+        """Session prefixes without a commit record (interrupted writes), commit records without
+        data and unreadable commit records; removed with ``remove`` -- but a prefix written to in
+        the last ``min_age_s`` seconds is left alone (a write may still be in progress)."""
         def run() -> list[str]:
             committed = set(self._markers())
             dirs = set(self._session_dirs())
             leftovers = sorted(dirs - committed)
             orphans = sorted(committed - dirs)
+            unreadable = []
+            for d in sorted(committed & dirs):
+                try:
+                    self.summary(d)
+                except StorageError:
+                    unreadable.append(d)
             if remove:
+                now = time.time()
                 for d in leftovers:
+                    if now - self._newest(self._path(SESSIONS, d)) < min_age_s:
+                        log.warning("fsck: %s was written to in the last %.0f s; left alone", d, min_age_s)
+                        continue
                     self.fs.rm(self._path(SESSIONS, d), recursive=True)
-                for d in orphans:
+                for d in orphans + unreadable:
                     self.fs.rm(self._commit_key(d))
-            return leftovers + orphans
+            return leftovers + orphans + unreadable
 
         return self._do("checking the store", run)
+
+    def _newest(self, prefix: str) -> float:
+        """Unix time of the newest object under a prefix."""
+        newest = 0.0
+        for info in self.fs.find(prefix, detail=True).values():
+            t = info.get("mtime") or info.get("LastModified") or info.get("created")
+            if hasattr(t, "timestamp"):
+                t = t.timestamp()
+            if isinstance(t, (int, float)):
+                newest = max(newest, float(t))
+        return newest
 
     def health(self) -> dict[str, Any]:
         """Write, read back and delete a probe object; report the latency of each step (ms)."""

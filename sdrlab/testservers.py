@@ -400,7 +400,10 @@ class Postgres:
         if pid is None:
             return
         shmid = self._shmem_id()
-        os.kill(pid, signal.SIGSTOP)  # no new backends between listing the children and killing them
+        try:
+            os.kill(pid, signal.SIGSTOP)  # no new backends between listing the children and killing them
+        except ProcessLookupError:
+            pass
         procs = [pid, *_children(pid)]
         for p in procs:
             try:

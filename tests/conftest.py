@@ -85,6 +85,18 @@ def s3_server() -> Iterator[Any]:
         srv.cleanup()
 
 
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """A real PostgreSQL 15 on loopback for the whole test run (sdrlab.testservers.Postgres)."""
+    from sdrlab.testservers import Postgres
+
+    srv = Postgres().start()
+    try:
+        yield srv
+    finally:
+        srv.cleanup()
+
+
 @pytest.fixture
 def bucket(s3_server: Any) -> Iterator[str]:
     """A fresh bucket (valid S3 name), removed afterwards."""

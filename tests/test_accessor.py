@@ -30,7 +30,8 @@ def test_accessor_forwards_to_the_model_and_metrics(ds):
     xr.testing.assert_identical(z, model.to_complex(ds))
     assert ds.sdr.time().dims == ("station", "sample")
     p = ds.sdr.psd()
-    assert p.dims == ("station", "frequency") and p.attrs.get("units", "FS^2/Hz")
+    assert p.dims == ("station", "frequency")
+    assert float((p * float(p["frequency"][1] - p["frequency"][0])).sum("frequency").max()) > 0
     m = ds.sdr.metrics().compute()
     truth = testing.truth(ds)
     for i, sid in enumerate(m["station"].values):
@@ -109,3 +110,27 @@ def test_plot_metrics_bars_per_station(ds):
     heights = [p.get_height() for p in snr_ax.patches]
     np.testing.assert_allclose(heights, m["snr_db"].values)
     assert [t.get_text() for t in fig.axes[-1].get_xticklabels()] == list(ds["station"].values)
+
+
+def test_stored_metrics_say_how_they_were_measured_and_table_recomputes(ds):
+    from sdrlab.acquire import add_metrics
+
+    d = add_metrics(ds.copy())
+    assert "noise_bandwidth" in " ".join(d["snr_db"].attrs) or d["snr_db"].attrs.get("noise_bandwidth")
+    assert "nperseg" in d.attrs["metrics_definition"]
+    # the table measures the samples with the parameters given, not the stored values
+    t_default = d.sdr.metrics_table()
+    t_narrow = d.sdr.metrics_table(bandwidth_hz=2500.0)
+    diff = t_narrow["snr_db"] - t_default["snr_db"]
+    np.testing.assert_allclose(diff, 10 * np.log10(d["sample_rate"].values / 2500.0), atol=0.05)
+
+
+def test_dataarray_accessor_time_spectrogram_and_passband(ds):
+    z = ds.sdr.iq()
+    assert z.attrs["passband_low_hz"] == ds.attrs["passband_low_hz"]
+    xr.testing.assert_allclose(z.sdr.metrics()["snr_db"], ds.sdr.metrics()["snr_db"])
+    s = z.sdr.spectrogram(nperseg=512)
+    assert s.dims == ("station", "time", "frequency")
+    t = z.sdr.time()
+    assert t.dims == ("station", "sample")
+    assert (t.isel(sample=0) == ds["start_time"]).all()

@@ -211,7 +211,9 @@ def test_sessions_and_store_commands_on_s3(s3_server, bucket, capsys, monkeypatc
     assert all(str(s) in out for s in ds["station"].values)
     assert main(["store", "fsck"]) == 1
     assert f"uncommitted {leftover}" in capsys.readouterr().out
-    assert main(["store", "fsck", "--remove"]) == 0
+    assert main(["store", "fsck", "--remove"]) == 0  # young: reported, spared
+    assert main(["store", "fsck"]) == 1
+    assert main(["store", "fsck", "--remove", "--min-age", "0"]) == 0
     assert main(["store", "fsck"]) == 0
     capsys.readouterr()
     assert main(["sessions", "delete", sid]) == 0
@@ -300,3 +302,12 @@ def test_db_index_and_query_commands(tmp_path, capsys):
     capsys.readouterr()
     assert main(["query", "captures"]) == 0
     assert "(none)" in capsys.readouterr().out
+
+
+def test_store_option_s3_uses_the_configured_endpoint_and_credentials(s3_server, bucket, capsys, monkeypatch):
+    """--store s3://... with the default file:// store in SDRLAB_STORE still gets the S3 settings."""
+    monkeypatch.setenv("SDRLAB_S3_ENDPOINT", s3_server.endpoint_url)
+    monkeypatch.setenv("SDRLAB_S3_KEY", s3_server.storage_options["key"])
+    monkeypatch.setenv("SDRLAB_S3_SECRET", s3_server.storage_options["secret"])
+    assert main(["store", "health", "--store", f"s3://{bucket}/lab"]) == 0
+    assert s3_server.endpoint_url in capsys.readouterr().out

@@ -20,17 +20,6 @@ from sdrlab.index import (
 from sdrlab.index.models import CaptureRow, MetricRow, SchemaVersion, SessionRow
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[Any]:
-    from sdrlab.testservers import Postgres
-
-    srv = Postgres().start()
-    try:
-        yield srv
-    finally:
-        srv.cleanup()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def engine(request: Any, tmp_path: Any) -> Iterator[Any]:
     if request.param == "sqlite":
