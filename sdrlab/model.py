@@ -316,14 +316,29 @@ def iq_chunks(n_stations: int, n_samples: int) -> tuple[int, int, int]:
     return (max(1, min(n_stations, CHUNK_BYTES // per_station)), max(1, n_samples), 2)
 
 
+#: inner IQ chunk (what one dask task reads): at most this many raw bytes of one station
+INNER_CHUNK_BYTES = 8 * 1024 * 1024
+
+
+def iq_inner_chunks(n_stations: int, n_samples: int) -> tuple[int, int, int]:
+    """One station per inner chunk, dividing the shard: a long station's shard (CHUNK_BYTES of one
+    station) is cut into :data:`INNER_CHUNK_BYTES` pieces; otherwise a whole station."""
+    shard = iq_chunks(n_stations, n_samples)
+    if shard[1] == CHUNK_BYTES // 4:
+        return (1, INNER_CHUNK_BYTES // 4, 2)  # divides CHUNK_BYTES // 4
+    return (1, shard[1], 2)
+
+
 def encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
-    """zarr encoding: IQ in ~32 MiB chunks (:func:`iq_chunks`), Blosc lz4 + byte shuffle
-    (lossless, fast on int16); every other variable with zarr's defaults."""
+    """zarr encoding of IQ: shards of ~32 MiB (:func:`iq_chunks`: 10-100 MB objects on S3) made of
+    one-station inner chunks (:func:`iq_inner_chunks`: dask reads a station at a time), Blosc lz4
+    + byte shuffle (lossless, fast on int16); every other variable with zarr's defaults."""
     from zarr.codecs import BloscCodec
 
     blosc = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=2)
-    chunks = iq_chunks(ds.sizes["station"], ds.sizes["sample"])
-    enc: dict[str, dict[str, Any]] = {"iq": {"chunks": chunks, "compressors": (blosc,)}}
+    ns, n = ds.sizes["station"], ds.sizes["sample"]
+    enc: dict[str, dict[str, Any]] = {"iq": {
+        "chunks": iq_inner_chunks(ns, n), "shards": iq_chunks(ns, n), "compressors": (blosc,)}}
     return enc
 
 

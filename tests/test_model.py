@@ -174,3 +174,13 @@ def test_zarr_round_trip_lossless_int16(ds, tmp_path):
     arr = zarr.open_group(str(path), mode="r")["iq"]
     assert arr.dtype == np.int16
     assert "blosc" in str(arr.compressors).lower()
+
+
+@pytest.mark.parametrize("n_samples", [1000, 500_000, 2_097_153, 3_599_872, 8_388_608, 30_000_000])
+def test_iq_chunking_shards_divide_and_stay_in_bounds(n_samples):
+    for ns in (1, 2, 7, 20):
+        shard = model.iq_chunks(ns, n_samples)
+        inner = model.iq_inner_chunks(ns, n_samples)
+        assert inner[0] == 1 and all(s % i == 0 for s, i in zip(shard, inner))
+        assert shard[0] * shard[1] * 4 <= model.CHUNK_BYTES
+        assert inner[1] * 4 <= model.CHUNK_BYTES
