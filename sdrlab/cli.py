@@ -109,11 +109,15 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--start", metavar="UTC", help="e.g. 2026-11-24T00:00")
         q.add_argument("--end", metavar="UTC")
     qysub.add_parser("latest", help="the latest capture status of each station")
+    qysub.add_parser("availability", help="share of probes up per station per day")
 
     st = sub.add_parser("stations", help="the station catalogue")
     stsub = st.add_subparsers(dest="stations_command", required=True)
     ls = stsub.add_parser("list", help="list stations")
     ls.add_argument("--catalog", metavar="TOML")
+    sy = stsub.add_parser("sync", help="sync the index's stations table with the catalogue and each /status page")
+    sy.add_argument("--catalog", metavar="TOML")
+    sy.add_argument("--no-probe", action="store_true", help="do not contact the receivers")
     return p
 
 
@@ -296,6 +300,11 @@ def _cmd_query(a: argparse.Namespace) -> int:
     if a.query_command == "latest":
         _print_frame(latest_status(engine))
         return 0
+    if a.query_command == "availability":
+        from .index.stations import availability_per_day
+
+        _print_frame(availability_per_day(engine))
+        return 0
     start, end = _utc_arg(a.start, "--start"), _utc_arg(a.end, "--end")
     if a.query_command == "metric":
         _print_frame(metric_over_time(engine, a.metric, bucket_s=int(a.bucket), start=start, end=end,
@@ -358,6 +367,19 @@ def _cmd_stations_list(a: argparse.Namespace) -> int:
     from .config import Settings
 
     cat = Settings.from_env(catalog=a.catalog).catalog_obj()
+    if a.stations_command == "sync":
+        from .index import init_db
+        from .index.stations import sync_stations
+
+        engine = Settings.from_env().engine()
+        init_db(engine)
+        reports = sync_stations(engine, cat, probe=not a.no_probe)
+        for r in reports:
+            state = "-" if r["up"] is None else ("up" if r["up"] else "DOWN")
+            extra = f" {r['latency_ms']} ms" if r["up"] else (f" {r['error']}" if r["error"] else "")
+            print(f"{r['station']:20s} {state}{extra}")
+        print(f"{len(reports)} station(s) synced")
+        return 0
     for s in cat:
         print(f"{s.id:20s} {s.host}:{s.port:<6d} {s.latitude:9.4f} {s.longitude:9.4f} "
               f"ch={s.channels} {s.protocol} {s.name}")

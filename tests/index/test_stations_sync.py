@@ -1,0 +1,58 @@
+"""The stations table from the catalogue and the receivers' /status pages (the simulator serves
+KiwiSDR's), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from typing import Any, Iterator
+
+import pytest
+from sqlalchemy import select
+
+from sdrlab.demo import demo7_stations
+from sdrlab.index import init_db, make_engine
+from sdrlab.index.models import AvailabilityRow, StationRow
+from sdrlab.index.stations import availability_per_day, parse_status, sync_stations
+from sdrlab.sim.networks import demo7
+from sdrlab.sim.server import SimServer
+from sdrlab.testservers import _free_ports
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: Any, tmp_path: Any) -> Iterator[Any]:
+    url = (f"sqlite:///{tmp_path}/i.db" if request.param == "sqlite"
+           else request.getfixturevalue("pg_server").create_database(f"t_{uuid.uuid4().hex[:10]}"))
+    eng = make_engine(url)
+    init_db(eng)
+    yield eng
+    eng.dispose()
+
+
+def test_sync_fills_from_status_and_records_availability(engine):
+    scene = demo7().replace_receiver("demo-paris", antenna="T2FD 20 m")
+    with SimServer(scene, base_port=0) as sim:
+        stations = demo7_stations(sim.ports)
+        dead = replace(stations[0], id="demo-gone", port=_free_ports(1)[0])
+        reports = sync_stations(engine, [*stations, dead])
+    by = {r["station"]: r for r in reports}
+    assert all(by[s.id]["up"] for s in stations) and by["demo-gone"]["up"] is False
+    assert "demo-gone" in by and by["demo-gone"]["error"]
+    with engine.connect() as c:
+        rows = {r.id: r for r in c.execute(select(StationRow.__table__)).all()}
+        avail = c.execute(select(AvailabilityRow.__table__)).all()
+    assert rows["demo-paris"].antenna == "T2FD 20 m"  # from the receiver's own /status page
+    assert rows["demo-berlin"].channels == 4 and rows["demo-berlin"].freq_max_hz == 30e6
+    assert len(avail) == 8 and sum(a.up for a in avail) == 7
+    day = availability_per_day(engine)
+    assert day.set_index("station_id").loc["demo-gone", "up_fraction"] == 0.0
+    # a station dropped from the catalogue becomes inactive, its row stays
+    sync_stations(engine, stations, probe=False)
+    with engine.connect() as c:
+        gone = c.execute(select(StationRow.__table__).where(StationRow.id == "demo-gone")).one()
+    assert gone.active is False
+
+
+def test_parse_status():
+    page = parse_status("status=active\nname=My Kiwi\nusers_max=8\nbands=0-30000000\nantenna=loop\n")
+    assert page.name == "My Kiwi" and page.users_max == 8 and page.bands_hz == (0.0, 30e6)
