@@ -323,11 +323,23 @@ def _cmd_store(a: argparse.Namespace) -> int:
         print(f"ok {h['store']}: write {h['write_ms']:.1f} ms, read {h['read_ms']:.1f} ms, "
               f"delete {h['delete_ms']:.1f} ms")
         return 0
+    from .config import Settings
+    from .index import init_db
+    from .index.ingest import consistency
+
     found = store.fsck(remove=a.remove, min_age_s=a.min_age)
     for sid in found:
         print(f"{'removed' if a.remove else 'uncommitted'} {sid}")
-    print(f"{len(found)} problem(s) {'fixed' if a.remove else 'found'} in {store.where}")
-    return 1 if found and not a.remove else 0
+    engine = Settings.from_env().engine()
+    init_db(engine)
+    orphan_rows, unindexed = consistency(engine, store, remove=a.remove)
+    for sid in orphan_rows:
+        print(f"{'removed index rows of' if a.remove else 'index rows without objects:'} {sid}")
+    for sid in unindexed:
+        print(f"not indexed: {sid} (run `sdrlab index rebuild`)")
+    problems = len(found) + len(orphan_rows) + len(unindexed)
+    print(f"{problems} problem(s) {'handled' if a.remove else 'found'} in {store.where} and its index")
+    return 1 if (found or orphan_rows) and not a.remove or unindexed else 0
 
 
 def _cmd_export(a: argparse.Namespace) -> int:

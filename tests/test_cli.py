@@ -195,6 +195,8 @@ def test_sessions_and_store_commands_on_s3(s3_server, bucket, capsys, monkeypatc
     sid = ds.attrs["session_id"] = "20261124T110000Z-c1c1c1"
     store = Store(f"s3://{bucket}/lab", s3_server.storage_options)
     store.write(ds)
+    assert main(["index", "rebuild"]) == 0  # stored and indexed: fsck finds nothing else to report
+    capsys.readouterr()
     # a leftover of an interrupted write
     leftover = "20261124T120000Z-1eff00"
     store.fs.pipe(f"{store.root}/sessions/{leftover}/zarr.json", b"{}")

@@ -147,3 +147,21 @@ def _copy(engine: Engine, df: pd.DataFrame) -> None:
     finally:
         raw.close()
 
+
+
+def consistency(engine: Engine, store: Any, *, remove: bool = False) -> tuple[list[str], list[str]]:
+    """(sessions with index rows but no committed data in ``store``, committed sessions of
+    ``store`` without index rows).  With ``remove``, rows without objects are deleted (objects
+    without rows are fixed by indexing them: ``sdrlab index rebuild``)."""
+    from sqlalchemy import select
+
+    committed = set(store.sessions().index)
+    with engine.connect() as c:
+        indexed = dict(c.execute(select(SessionRow.id, SessionRow.store_url)).all())
+    mine = {sid for sid, url in indexed.items() if url == store.session_url(sid)}
+    rows_without_objects = sorted(mine - committed)
+    objects_without_rows = sorted(committed - set(indexed))
+    if remove:
+        for sid in rows_without_objects:
+            delete_session(engine, sid)
+    return rows_without_objects, objects_without_rows

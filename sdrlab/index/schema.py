@@ -99,10 +99,12 @@ def _timescale(c: Any, retention_days: int) -> None:
         c.execute(text(f"select create_hypertable('{table}', by_range('time', interval '7 days'), "
                        "if_not_exists => true, migrate_data => true)"))
     c.execute(text("alter table capture_metrics set (timescaledb.compress, "
-                   "timescaledb.compress_segmentby = 'station_id', timescaledb.compress_orderby = 'time desc')"))
+                   "timescaledb.compress_segmentby = 'station_id', "
+                   "timescaledb.compress_orderby = 'time desc, session_id')"))
     c.execute(text("select add_compression_policy('capture_metrics', interval '30 days', if_not_exists => true)"))
-    c.execute(text(f"select add_retention_policy('capture_metrics', interval '{int(retention_days)} days', "
-                   "if_not_exists => true)"))
+    # replaced each time, so a changed retention takes effect on an existing database
+    c.execute(text("select remove_retention_policy('capture_metrics', if_exists => true)"))
+    c.execute(text(f"select add_retention_policy('capture_metrics', interval '{int(retention_days)} days')"))
     c.execute(text(
         "create materialized view if not exists snr_hourly with (timescaledb.continuous) as "
         "select time_bucket(interval '1 hour', time) as bucket, station_id, "

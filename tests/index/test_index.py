@@ -141,3 +141,55 @@ def test_database_that_goes_away_is_a_clear_error(tmp_path):
         index_session(eng, ds, "file:///x")
     eng.dispose()
     srv.cleanup()
+
+
+def test_found_captures_open_as_one_lazy_dataset(tmp_path):
+    """Two sessions in a store, indexed; a query's captures open as one lazy Dataset."""
+    import sdrlab
+    from sdrlab.acquire import add_metrics
+    from sdrlab.store import Store
+
+    store = Store(f"file://{tmp_path}/store")
+    eng = make_engine(f"sqlite:///{tmp_path}/i.db")
+    init_db(eng)
+    sessions = []
+    for i, dur in enumerate((1.0, 2.0)):
+        ds = add_metrics(testing.synthetic_dataset(n_stations=3, duration_s=dur, seed=20 + i))
+        ds.attrs["session_id"] = f"20261124T19000{i}Z-00000{i}"
+        store.write(ds)
+        index_session(eng, ds, store.session_url(ds.attrs["session_id"]))
+        sessions.append(ds)
+    hits = find_captures(eng, stations=[str(sessions[0]["station"].values[1])])
+    assert len(hits) == 2
+    both = sdrlab.open_captures(hits, store)
+    assert both["iq"].chunks is not None  # lazy
+    assert sorted(both["session_id"].values) == sorted(s.attrs["session_id"] for s in sessions)
+    for ds in sessions:
+        st = str(ds["station"].values[1])
+        got = both.sel(station=f"{st}@{ds.attrs['session_id']}")
+        n = int(ds["n_samples"].sel(station=st))
+        np.testing.assert_array_equal(got["iq"].values[:n], ds["iq"].sel(station=st).values[:n])
+
+
+def test_fsck_reports_rows_without_objects_and_objects_without_rows(tmp_path, capsys, monkeypatch):
+    from sdrlab.cli import main
+    from sdrlab.store import Store
+
+    monkeypatch.setenv("SDRLAB_STORE", f"file://{tmp_path}/store")
+    monkeypatch.setenv("SDRLAB_DB", f"sqlite:///{tmp_path}/i.db")
+    store = Store(f"file://{tmp_path}/store")
+    eng = make_engine(f"sqlite:///{tmp_path}/i.db")
+    init_db(eng)
+    a = testing.synthetic_dataset(n_stations=1, duration_s=1.0, seed=1)
+    a.attrs["session_id"] = "20261124T200000Z-aaaaaa"
+    b = testing.synthetic_dataset(n_stations=1, duration_s=1.0, seed=2)
+    b.attrs["session_id"] = "20261124T200001Z-bbbbbb"
+    store.write(a)  # stored, never indexed
+    index_session(eng, b, store.session_url(b.attrs["session_id"]))  # indexed, never stored
+    assert main(["store", "fsck"]) == 1
+    out = capsys.readouterr().out
+    assert "index rows without objects: 20261124T200001Z-bbbbbb" in out
+    assert "not indexed: 20261124T200000Z-aaaaaa" in out
+    assert main(["store", "fsck", "--remove"]) == 1  # rows removed; the unindexed one remains to index
+    assert main(["index", "rebuild"]) == 0
+    assert main(["store", "fsck"]) == 0
