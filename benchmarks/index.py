@@ -1,0 +1,271 @@
+"""Metrics-index ingest rate and hourly SNR query time on PostgreSQL and SQLite, against naive
+baselines measured in the same run.
+
+    python benchmarks/index.py [--rows 1000000] [--stations 50] [--repeat 5]
+
+``--rows`` synthetic metric rows (``--stations`` stations per session, sessions spread evenly over
+30 days, every column of ``sdrlab.index.models.METRIC_COLUMNS``, a few percent NaN) are built
+with numpy.  A real PostgreSQL 15 is started on loopback (``sdrlab.testservers.Postgres``: fsync
+off, as the tests run it) and SQLite uses a temporary file.  On each backend, in the same run:
+
+* ingest: ``bulk_insert_metrics(engine, df)`` of all rows into a fresh schema (``init_db``),
+  timed once (COPY on PostgreSQL, executemany batches on SQLite), conversion from the DataFrame
+  included.  Baseline: the first ``--naive-rows`` rows inserted one ``execute`` per row (a prebuilt
+  ``insert(MetricRow)``) in one transaction into another fresh schema, conversion included,
+  extrapolated to rows/s.  Ratio = bulk rows/s / naive rows/s.
+* query: ``metric_over_time(engine, "snr_db", bucket_s=3600)`` over all rows, and with one station
+  and a 1-day range; best of ``--repeat`` after one untimed warm-up (PostgreSQL is ANALYZEd after
+  the ingest).  Baseline: the same aggregation (hourly buckets, linear-power mean, count) in pandas
+  on the DataFrame already in memory, best of ``--repeat`` after a warm-up.  Ratio = pandas time /
+  query time (above 1: the database is faster).  The query results are checked against pandas.
+
+Targets: ingest >= 100k rows/s on PostgreSQL; the hourly SNR query over all rows < 100 ms on
+PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine, insert, text
+
+from sdrlab.index import bulk_insert_metrics, init_db, make_engine, metric_over_time
+from sdrlab.index.ingest import _ts
+from sdrlab.index.models import METRIC_COLUMNS, MetricRow
+from sdrlab.testservers import Postgres
+
+T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+DAYS = 30
+INGEST_TARGET = 100_000.0  # rows/s, PostgreSQL
+QUERY_TARGET_MS = 100.0  # hourly SNR over all rows, PostgreSQL
+
+
+def synthetic_metrics(n: int, n_stations: int, seed: int = 1) -> pd.DataFrame:
+    """``n`` metric rows: sessions every ~30 d / (n / stations), each with all stations."""
+    rng = np.random.default_rng(seed)
+    n_sess = -(-n // n_stations)
+    span_us = DAYS * 86_400 * 10**6
+    step = max(span_us // n_sess, 2)
+    start_us = np.arange(n_sess, dtype=np.int64) * step + rng.integers(0, step // 2, n_sess)
+    base = np.datetime64(T0.replace(tzinfo=None), "us")
+    sess_start = base + start_us.astype("timedelta64[us]")
+    sess_names = pd.DatetimeIndex(sess_start).strftime("%Y%m%dT%H%M%SZ")
+    sess_ids = np.array([f"{s}-{i:06x}" for i, s in enumerate(sess_names)], dtype=object)
+    freqs = np.array([5.0e6, 7.85e6, 10.0e6, 14.67e6, 15.0e6])
+    sess_freq = freqs[rng.integers(0, len(freqs), n_sess)]
+
+    si = np.repeat(np.arange(n_sess), n_stations)[:n]  # session of each row
+    st = np.tile(np.arange(n_stations), n_sess)[:n]  # station of each row
+    names = np.array([f"st{i:03d}" for i in range(n_stations)], dtype=object)
+    lag_us = rng.integers(0, 500_000, n_stations)  # per-station start latency
+    t = sess_start[si] + (lag_us[st] + rng.integers(0, 200_000, n)).astype("timedelta64[us]")
+
+    hours = (t - base).astype(np.int64) / 3.6e9
+    lon = rng.uniform(-180, 180, n_stations)
+    diurnal = np.sin(2 * np.pi * (hours + lon[st] / 15.0) / 24.0)
+    snr_mean = rng.uniform(5, 30, n_stations)
+    noise = -140 + rng.normal(0, 3, n_stations)[st] + rng.normal(0, 1, n)
+    snr = snr_mean[st] + 6 * diurnal + rng.normal(0, 3, n)
+    signal = noise + snr + 34.0
+    cols: dict[str, Any] = {
+        "snr_db": snr,
+        "noise_floor_dbfs_hz": noise,
+        "signal_power_dbfs": signal,
+        "total_power_dbfs": 10 * np.log10(10 ** (signal / 10) + 10 ** ((noise + 37.0) / 10)),
+        "frequency_offset_hz": rng.normal(0, 2, n),
+        "occupied_bandwidth_hz": rng.uniform(2000, 3000, n),
+        "rssi_mean_dbm": -90 + rng.normal(0, 5, n_stations)[st] + 4 * diurnal + rng.normal(0, 2, n),
+        "clipped_fraction": rng.beta(0.5, 200, n),
+        "overload_fraction": np.where(rng.random(n) < 0.95, 0.0, rng.exponential(1e-3, n)),
+    }
+    missing = set(METRIC_COLUMNS) ^ set(cols)
+    assert not missing, f"synthetic columns out of step with METRIC_COLUMNS: {missing}"
+    failed = rng.random(n) < 0.005  # captures whose metrics all failed
+    for name in METRIC_COLUMNS:
+        v = np.asarray(cols[name], dtype=np.float64)
+        v[failed | (rng.random(n) < 0.02)] = np.nan
+        cols[name] = v
+    return pd.DataFrame({
+        "time": pd.DatetimeIndex(t).tz_localize("UTC"),
+        "station_id": names[st],
+        "session_id": sess_ids[si],
+        "frequency_hz": sess_freq[si],
+        **{m: cols[m] for m in METRIC_COLUMNS},
+    })
+
+
+def best_ms(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
+    """Best wall time (ms) of ``repeat`` calls after one untimed warm-up, and the last result."""
+    out = fn()
+    times = []
+    for _ in range(max(1, repeat)):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return min(times) * 1e3, out
+
+
+def naive_insert(engine: Engine, sample: pd.DataFrame) -> float:
+    """One execute per row of a prebuilt insert, one transaction; returns seconds (conversion included)."""
+    stmt = insert(MetricRow)
+    t = time.perf_counter()
+    recs = sample.astype(object).where(sample.notna(), None).to_dict("records")
+    with engine.begin() as c:
+        for r in recs:
+            r["time"] = _ts(r["time"])
+            c.execute(stmt, r)
+    return time.perf_counter() - t
+
+
+def selected(df: pd.DataFrame, start: datetime | None = None, end: datetime | None = None,
+             stations: Sequence[str] | None = None) -> Any:
+    """The boolean mask of the rows a time range and station filter select."""
+    mask = np.ones(len(df), dtype=bool)
+    if start is not None:
+        mask &= (df["time"] >= pd.Timestamp(start)).to_numpy()
+    if end is not None:
+        mask &= (df["time"] < pd.Timestamp(end)).to_numpy()
+    if stations:
+        mask &= df["station_id"].isin(list(stations)).to_numpy()
+    return mask
+
+
+def pandas_hourly(df: pd.DataFrame, start: datetime | None = None, end: datetime | None = None,
+                  stations: Sequence[str] | None = None) -> pd.DataFrame:
+    """What metric_over_time(..., "snr_db", bucket_s=3600) computes, on the in-memory frame."""
+    sub = df.loc[selected(df, start, end, stations), ["time", "station_id", "snr_db"]]
+    snr = sub["snr_db"]
+    g = pd.DataFrame({
+        "bucket": sub["time"].dt.floor("h").dt.tz_convert(None),  # hourly buckets from midnight
+        "station_id": sub["station_id"],
+        "lin": np.power(10.0, snr / 10.0),
+        "snr": snr,
+    }).groupby(["bucket", "station_id"], sort=True)
+    out = g.agg(lin=("lin", "mean"), n=("snr", "count")).reset_index()
+    out["value"] = 10 * np.log10(out["lin"])
+    return out[["bucket", "station_id", "value", "n"]]
+
+
+def check(got: pd.DataFrame, want: pd.DataFrame, what: str) -> None:
+    """The database's answer equals the pandas one (same groups, counts, values to 1e-9)."""
+    a = got.assign(bucket=got["bucket"].astype("datetime64[ns]"), station_id=got["station_id"].astype(str))
+    b = want.assign(bucket=want["bucket"].astype("datetime64[ns]"), station_id=want["station_id"].astype(str))
+    m = a.merge(b, on=["bucket", "station_id"], how="outer", suffixes=("_db", "_pd"), indicator=True)
+    only = int((m["_merge"] != "both").sum())
+    bad_n = int((m["n_db"] != m["n_pd"]).sum())
+    va, vb = m["value_db"].to_numpy(float), m["value_pd"].to_numpy(float)
+    bad_v = int((~np.isclose(va, vb, rtol=1e-9, atol=1e-9, equal_nan=True)).sum())
+    if only or bad_n or bad_v:
+        raise AssertionError(f"{what}: {len(a)} rows vs pandas {len(b)}; {only} unmatched groups, "
+                             f"{bad_n} wrong counts, {bad_v} wrong values")
+
+
+def bench_backend(label: str, engine: Engine, naive_engine: Engine, df: pd.DataFrame, n_naive: int,
+                  repeat: int, filt: dict[str, Any], n_filt: int, pd_ms: dict[str, float],
+                  want: dict[str, pd.DataFrame]) -> tuple[float, float]:
+    """Ingest and query figures of one backend; returns (ingest rows/s, full query ms)."""
+    kind = init_db(engine)
+    init_db(naive_engine)
+    n = len(df)
+    t = time.perf_counter()
+    bulk_insert_metrics(engine, df)
+    t_bulk = time.perf_counter() - t
+    with engine.connect() as c:
+        stored = c.execute(text("select count(*) from capture_metrics")).scalar_one()
+    assert stored == n, f"{label}: {stored} rows stored, {n} inserted"
+    sample = df.iloc[:n_naive]
+    t_naive = naive_insert(naive_engine, sample)
+    rate, naive_rate = n / t_bulk, len(sample) / t_naive
+    print(f"{label:6s} ingest bulk    {n:>9,} rows {t_bulk:8.2f} s {rate:>10,.0f} rows/s  "
+          f"ratio to per-row INSERT {rate / naive_rate:.1f}  [{kind}, single run]")
+    print(f"{label:6s} ingest naive   {len(sample):>9,} rows {t_naive:8.2f} s {naive_rate:>10,.0f} rows/s  "
+          f"(one execute per row, one transaction; extrapolated)")
+    if kind != "sqlite":
+        t = time.perf_counter()
+        with engine.begin() as c:
+            c.execute(text("analyze capture_metrics"))
+        print(f"{label:6s} analyze                       {time.perf_counter() - t:8.2f} s")
+
+    q_all, got_all = best_ms(lambda: metric_over_time(engine, "snr_db", bucket_s=3600), repeat)
+    check(got_all, want["all"], f"{label} all rows")
+    print(f"{label:6s} query all      {n:>9,} rows {q_all:8.1f} ms -> {len(got_all):>6,} buckets  "
+          f"ratio to pandas {pd_ms['all'] / q_all:.2f}  (pandas {pd_ms['all']:.1f} ms)")
+    q_f, got_f = best_ms(lambda: metric_over_time(engine, "snr_db", bucket_s=3600, **filt), repeat)
+    check(got_f, want["filtered"], f"{label} filtered")
+    print(f"{label:6s} query 1 st 1 d {n_filt:>9,} rows {q_f:8.1f} ms -> {len(got_f):>6,} buckets  "
+          f"ratio to pandas {pd_ms['filtered'] / q_f:.2f}  (pandas {pd_ms['filtered']:.1f} ms)")
+    return rate, q_all
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--stations", type=int, default=50)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--naive-rows", type=int, default=20_000, help="rows of the per-row INSERT baseline")
+    a = ap.parse_args()
+
+    t = time.perf_counter()
+    df = synthetic_metrics(a.rows, a.stations)
+    t_gen = time.perf_counter() - t
+    nan = float(df[list(METRIC_COLUMNS)].isna().to_numpy().mean())
+    print(f"data: {len(df):,} metric rows, {a.stations} stations, {df['session_id'].nunique():,} sessions, "
+          f"{df['time'].min():%Y-%m-%d} .. {df['time'].max():%Y-%m-%d %H:%M}, {nan:.1%} NaN metric values; "
+          f"generated in {t_gen:.2f} s; queries best of {a.repeat} after a warm-up")
+
+    day = T0 + timedelta(days=DAYS // 2)
+    filt: dict[str, Any] = {"start": day, "end": day + timedelta(days=1), "stations": [f"st{a.stations // 2:03d}"]}
+    n_filt = int(selected(df, **filt).sum())
+    pd_ms: dict[str, float] = {}
+    want: dict[str, pd.DataFrame] = {}
+    pd_ms["all"], want["all"] = best_ms(lambda: pandas_hourly(df), a.repeat)
+    pd_ms["filtered"], want["filtered"] = best_ms(lambda: pandas_hourly(df, **filt), a.repeat)
+    print(f"pandas query all      {len(df):>9,} rows {pd_ms['all']:8.1f} ms -> {len(want['all']):>6,} buckets  "
+          f"(baseline, DataFrame in memory)")
+    print(f"pandas query 1 st 1 d {n_filt:>9,} rows {pd_ms['filtered']:8.1f} ms -> "
+          f"{len(want['filtered']):>6,} buckets  (baseline; station {filt['stations'][0]}, {day:%Y-%m-%d})")
+
+    srv = Postgres()
+    tmp = tempfile.TemporaryDirectory(prefix="sdrlab-bench-index-")
+    engines: list[Engine] = []
+    try:
+        srv.start()
+        pg = make_engine(srv.create_database("sdrlab_bench"))
+        pg_naive = make_engine(srv.create_database("sdrlab_bench_naive"))
+        lite = make_engine(f"sqlite:///{os.path.join(tmp.name, 'index.db')}")
+        lite_naive = make_engine(f"sqlite:///{os.path.join(tmp.name, 'naive.db')}")
+        engines += [pg, pg_naive, lite, lite_naive]
+        with pg.connect() as c:
+            version = c.execute(text("show server_version")).scalar_one()
+        print(f"postgresql {version} on 127.0.0.1:{srv.port} (fsync off); sqlite {sqlite3.sqlite_version} "
+              f"in {tmp.name}")
+
+        pg_rate, pg_ms = bench_backend("pg", pg, pg_naive, df, a.naive_rows, a.repeat, filt, n_filt, pd_ms,
+                                       want)
+        lite_rate, lite_ms = bench_backend("sqlite", lite, lite_naive, df, a.naive_rows, a.repeat, filt,
+                                           n_filt, pd_ms, want)
+        ingest_ok, query_ok = pg_rate >= INGEST_TARGET, pg_ms < QUERY_TARGET_MS
+        print(f"RESULT rows={len(df)} ingest_pg_rows_s={pg_rate:.0f} ingest_sqlite_rows_s={lite_rate:.0f} "
+              f"query_pg_ms={pg_ms:.1f} query_sqlite_ms={lite_ms:.1f} "
+              f"target_ingest_pg>=100000 met={ingest_ok} target_query_pg<100ms met={query_ok}")
+    finally:
+        for e in engines:
+            e.dispose()
+        try:
+            srv.cleanup()
+        finally:
+            tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
