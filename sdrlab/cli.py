@@ -368,10 +368,14 @@ def _cmd_import(a: argparse.Namespace) -> int:
     ds = add_metrics(ds)  # an imported session carries the metrics a live one does
     session = Session(ds.attrs["session_id"], float(ds.attrs.get("center_frequency_hz", 0.0)),
                       float(ds.attrs.get("requested_duration_s", 0.0)), {}, ds)
-    save(session, _store(a.store))
+    from .config import Settings
+
+    save(session, _store(a.store), index=Settings.from_env().engine())  # stored, then indexed
     rc = _save_or_rescue(session)
     print(f"imported {ds.sizes['station']} station(s) into session {session.session_id}"
           + (f" at {session.path}" if session.path else ""))
+    if session.index_error:
+        print(f"not indexed ({session.index_error}); run `sdrlab index rebuild` later")
     return rc
 
 

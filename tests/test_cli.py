@@ -241,6 +241,10 @@ def test_export_and_import_round_trip_through_the_store(tmp_path, capsys):
     msg = capsys.readouterr().out
     assert msg.startswith("imported 3 station(s) into session")
     new_id = msg.split("session ")[1].split()[0]
+    from sdrlab.index import find_captures
+
+    hits = find_captures(Settings.from_env().engine())
+    assert set(hits["session_id"]) == {new_id} and len(hits) == 3  # imported sessions are indexed too
     back = store.open(new_id)
     np.testing.assert_array_equal(back["iq"].values, ds["iq"].values)
     np.testing.assert_array_equal(back["start_time"].values, ds["start_time"].values)
