@@ -3,7 +3,6 @@ after its data is committed to the store; bulk metric ingest in batches (COPY on
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -114,39 +113,135 @@ def delete_session(engine: Engine, session_id: str) -> None:
 
 
 def bulk_insert_metrics(engine: Engine, rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> int:
-    """Metric rows in batches: COPY on PostgreSQL, executemany batches elsewhere."""
+    """Metric rows in batches: binary COPY on PostgreSQL, executemany batches elsewhere."""
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
     cols = ["time", "station_id", "session_id", "frequency_hz", *[m for m in METRIC_COLUMNS if m in df.columns]]
     df = df[cols]
     if engine.dialect.name == "postgresql":
         _copy(engine, df)
     else:
-        with engine.begin() as c:
-            for start in range(0, len(df), BATCH):
-                part = df.iloc[start : start + BATCH]
-                recs = part.astype(object).where(part.notna(), None).to_dict("records")
-                for r in recs:
-                    r["time"] = _ts(r["time"])
-                c.execute(insert(MetricRow), recs)
+        _executemany(engine, df)
     return len(df)
 
 
+def _utc_us(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(microseconds since the Unix epoch, UTC, floored as ``_ts`` does; NaT mask) of a time column:
+    naive times are UTC, aware ones are converted."""
+    t = pd.to_datetime(col, utc=True)
+    ns = t.dt.tz_convert(None).to_numpy().astype("datetime64[ns]").view(np.int64)
+    nat = ns == np.iinfo(np.int64).min
+    return np.floor_divide(ns, 1000), nat
+
+
+def _sqlite_times(col: pd.Series) -> list[str | None]:
+    """The time column as SQLAlchemy's SQLite ``DateTime`` stores it (``YYYY-MM-DD HH:MM:SS.ffffff``,
+    UTC wall time, as the ORM stores the UTC datetimes of ``_ts``); None for NaT."""
+    us, nat = _utc_us(col)
+    s = np.datetime_as_string(us.astype("datetime64[us]"), unit="us")  # YYYY-MM-DDTHH:MM:SS.ffffff
+    if s.dtype.itemsize == 26 * 4:  # years 0001-9999: replace the "T" in place
+        s.view(np.uint32).reshape(len(s), 26)[:, 10] = ord(" ")
+    else:
+        s = np.char.replace(s, "T", " ")
+    out: list[str | None] = s.tolist()
+    for i in np.flatnonzero(nat):
+        out[i] = None
+    return out
+
+
+def _executemany(engine: Engine, df: pd.DataFrame) -> None:
+    """DBAPI executemany batches, values as the ORM would store them (None for NaN/NaT)."""
+    if not len(df):
+        return
+    cols = list(df.columns)
+    columns: list[list[Any]] = [_sqlite_times(df["time"])]
+    for c in cols[1:]:
+        v = df[c].to_numpy(dtype=object)  # Python floats / str, as astype(object) gives
+        na = pd.isna(df[c]).to_numpy()
+        if na.any():
+            v = v.copy()
+            v[na] = None
+        columns.append(v.tolist())
+    sql = f"INSERT INTO capture_metrics ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+    records = list(zip(*columns))
+    with engine.begin() as c:
+        for start in range(0, len(records), BATCH):
+            c.exec_driver_sql(sql, records[start : start + BATCH])
+
+
+PG_EPOCH_US = 946_684_800 * 1_000_000  # 2000-01-01 UTC, in us since the Unix epoch
+COPY_BATCH = 100_000
+COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8  # signature, flags, header extension length
+COPY_TRAILER = b"\xff\xff"
+
+
+def _text_field(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(lengths, -1 for NULL; utf-8 bytes as an (n, width) uint8 array, NUL padded)."""
+    n = len(col)
+    na = pd.isna(col).to_numpy()
+    obj = col.to_numpy(dtype=object)
+    if na.any():
+        obj = obj.copy()
+        obj[na] = ""
+    try:
+        b = obj.astype(str).astype("S")  # ASCII: numpy encodes in C
+    except UnicodeEncodeError:
+        b = np.array([str(x).encode("utf-8") for x in obj], dtype="S")
+    if b.dtype.itemsize == 0:  # all empty
+        b = b.astype("S1")
+    lens = np.char.str_len(b).astype(np.int32)
+    lens[na] = -1
+    return lens, b.view(np.uint8).reshape(n, b.dtype.itemsize)
+
+
+def _copy_payload(df: pd.DataFrame) -> bytes:
+    """The rows of ``df`` in PostgreSQL's binary COPY tuple format (no header or trailer), built
+    with numpy: every row laid out at fixed offsets in an (n, width) array, then the padding of
+    text and NULL fields dropped with one boolean mask."""
+    n = len(df)
+    fields: list[tuple[np.ndarray, np.ndarray]] = []  # (lengths, -1 = NULL; big-endian data (n, w))
+    for c in df.columns:
+        if c == "time":
+            us, nat = _utc_us(df[c])
+            lens = np.where(nat, -1, 8).astype(np.int32)
+            fields.append((lens, (us - PG_EPOCH_US).astype(">i8").view(np.uint8).reshape(n, 8)))
+        elif c in ("station_id", "session_id"):
+            fields.append(_text_field(df[c]))
+        else:
+            v = df[c].to_numpy(dtype=np.float64, na_value=np.nan)
+            lens = np.where(np.isnan(v), -1, 8).astype(np.int32)
+            fields.append((lens, v.astype(">f8").view(np.uint8).reshape(n, 8)))
+    width = 2 + sum(4 + d.shape[1] for _, d in fields)
+    rec = np.empty((n, width), np.uint8)
+    keep = np.ones((n, width), bool)
+    rec[:, 0:2] = np.full(n, len(fields), ">i2").view(np.uint8).reshape(n, 2)
+    off = 2
+    for lens, data in fields:
+        w = data.shape[1]
+        rec[:, off : off + 4] = lens.astype(">i4").view(np.uint8).reshape(n, 4)
+        off += 4
+        rec[:, off : off + w] = data
+        if not np.all(lens == w):
+            keep[:, off : off + w] = np.arange(w)[None, :] < np.maximum(lens, 0)[:, None]
+        off += w
+    return rec[keep].tobytes()
+
+
 def _copy(engine: Engine, df: pd.DataFrame) -> None:
+    """Binary COPY in batches, one transaction."""
+    if not len(df):
+        return
     cols = list(df.columns)
     raw = engine.raw_connection()
     try:
         cur = raw.cursor()
-        with cur.copy(f"COPY capture_metrics ({', '.join(cols)}) FROM STDIN") as cp:
-            for start in range(0, len(df), BATCH):
-                buf = io.StringIO()
-                part = df.iloc[start : start + BATCH].copy()
-                part["time"] = pd.to_datetime(part["time"], utc=True).dt.strftime("%Y-%m-%d %H:%M:%S.%f+00")
-                part.to_csv(buf, sep="\t", header=False, index=False, na_rep="\\N")
-                cp.write(buf.getvalue())
+        with cur.copy(f"COPY capture_metrics ({', '.join(cols)}) FROM STDIN (FORMAT binary)") as cp:
+            cp.write(COPY_HEADER)
+            for start in range(0, len(df), COPY_BATCH):
+                cp.write(_copy_payload(df.iloc[start : start + COPY_BATCH]))
+            cp.write(COPY_TRAILER)
         raw.commit()
     finally:
         raw.close()
-
 
 
 def consistency(engine: Engine, store: Any, *, remove: bool = False) -> tuple[list[str], list[str]]:
