@@ -12,10 +12,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import xarray as xr
-from sqlalchemy import Engine, delete, insert
+from sqlalchemy import Connection, Engine, delete, insert, select
 
 from ..errors import IndexStoreError
-from .models import METRIC_COLUMNS, CaptureRow, MetricRow, SessionRow
+from .models import DB_METRICS, METRIC_COLUMNS, CaptureRow, MetricRow, SessionRow
 
 log = logging.getLogger(__name__)
 BATCH = 20_000
@@ -92,6 +92,7 @@ def index_session(engine: Engine, ds: xr.Dataset, store_url: str) -> int:
     sid = session["id"]
     try:
         with engine.begin() as c:
+            old = _session_keys(c, sid)
             c.execute(delete(MetricRow).where(MetricRow.session_id == sid))
             c.execute(delete(CaptureRow).where(CaptureRow.session_id == sid))
             c.execute(delete(SessionRow).where(SessionRow.id == sid))
@@ -100,6 +101,9 @@ def index_session(engine: Engine, ds: xr.Dataset, store_url: str) -> int:
                 c.execute(insert(CaptureRow), captures)
             if metrics:
                 c.execute(insert(MetricRow), metrics)
+            new = _hour_keys(pd.Series([m["time"] for m in metrics], dtype=object),
+                             pd.Series([m["station_id"] for m in metrics], dtype=object))
+            _refresh_rollup(c.exec_driver_sql, engine.dialect.name, pd.concat([old, new]))
     except Exception as exc:
         raise IndexStoreError(f"indexing session {sid} failed: {type(exc).__name__}: {exc}"[:500]) from None
     return len(metrics)
@@ -107,9 +111,11 @@ def index_session(engine: Engine, ds: xr.Dataset, store_url: str) -> int:
 
 def delete_session(engine: Engine, session_id: str) -> None:
     with engine.begin() as c:
+        old = _session_keys(c, session_id)
         c.execute(delete(MetricRow).where(MetricRow.session_id == session_id))
         c.execute(delete(CaptureRow).where(CaptureRow.session_id == session_id))
         c.execute(delete(SessionRow).where(SessionRow.id == session_id))
+        _refresh_rollup(c.exec_driver_sql, engine.dialect.name, old)
 
 
 def bulk_insert_metrics(engine: Engine, rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> int:
@@ -166,6 +172,7 @@ def _executemany(engine: Engine, df: pd.DataFrame) -> None:
     with engine.begin() as c:
         for start in range(0, len(records), BATCH):
             c.exec_driver_sql(sql, records[start : start + BATCH])
+        _refresh_rollup(c.exec_driver_sql, engine.dialect.name, _hour_keys(df["time"], df["station_id"]))
 
 
 PG_EPOCH_US = 946_684_800 * 1_000_000  # 2000-01-01 UTC, in us since the Unix epoch
@@ -239,9 +246,101 @@ def _copy(engine: Engine, df: pd.DataFrame) -> None:
             for start in range(0, len(df), COPY_BATCH):
                 cp.write(_copy_payload(df.iloc[start : start + COPY_BATCH]))
             cp.write(COPY_TRAILER)
+        _refresh_rollup(cur.execute, "postgresql", _hour_keys(df["time"], df["station_id"]))
         raw.commit()
     finally:
         raw.close()
+
+
+# -- the hourly rollup (metric_hourly), recomputed from capture_metrics for the touched hours ----
+
+ORIGIN_EPOCH = 946_857_600  # 2000-01-03 00:00 UTC, the origin of the queries' time buckets
+HOUR_S = 3600
+ROLLUP_LOCK = 0x5D71AB  # the advisory lock key of rollup refreshes
+
+
+def _hour_keys(times: pd.Series, stations: pd.Series) -> pd.DataFrame:
+    """The distinct (hour floor in epoch seconds ``h``, station ``s``) pairs of metric rows."""
+    if not len(times):
+        return pd.DataFrame({"h": np.array([], np.int64), "s": np.array([], object)})
+    us, nat = _utc_us(times.reset_index(drop=True))
+    h = np.floor_divide(np.floor_divide(us, 1_000_000) - ORIGIN_EPOCH, HOUR_S) * HOUR_S + ORIGIN_EPOCH
+    keys = pd.DataFrame({"h": h[~nat], "s": stations.reset_index(drop=True).to_numpy(dtype=object)[~nat]})
+    return keys.drop_duplicates(ignore_index=True)
+
+
+def _session_keys(c: Connection, session_id: str) -> pd.DataFrame:
+    rows = c.execute(select(MetricRow.time, MetricRow.station_id).where(MetricRow.session_id == session_id)).all()
+    return _hour_keys(pd.Series([r[0] for r in rows], dtype=object), pd.Series([r[1] for r in rows], dtype=object))
+
+
+def _rollup_aggregates() -> tuple[str, str]:
+    """(column list, aggregate list) of the rollup's metric columns."""
+    cols, aggs = [], []
+    for m in METRIC_COLUMNS:
+        cols += [f"{m}_sum", f"{m}_n"]
+        aggs += [f"sum(power(10.0, {m} / 10.0))" if m in DB_METRICS else f"sum({m})", f"count({m})"]
+    return ", ".join(cols), ", ".join(aggs)
+
+
+def _sqlite_hour(epoch_s: int) -> str:
+    """An hour (epoch seconds) as SQLAlchemy's SQLite ``DateTime`` stores it."""
+    return datetime.fromtimestamp(epoch_s, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.000000")
+
+
+#: the hour floor of ``time``, as the queries' buckets (SQLite: as SQLAlchemy stores DateTime)
+_PG_HOUR = f"date_bin(interval '{HOUR_S} seconds', time, to_timestamp({ORIGIN_EPOCH}))"
+_SQLITE_HOUR = (f"datetime((cast(strftime('%s', substr(time, 1, 19)) as integer) - {ORIGIN_EPOCH}) / {HOUR_S} "
+                f"* {HOUR_S} + {ORIGIN_EPOCH}, 'unixepoch') || '.000000'")
+
+
+def rebuild_rollup(c: Connection) -> None:
+    """Recompute the whole rollup from capture_metrics, in the caller's transaction (``init_db``
+    does this for a database indexed before the rollup existed)."""
+    cols, aggs = _rollup_aggregates()
+    bucket = _SQLITE_HOUR if c.dialect.name == "sqlite" else _PG_HOUR
+    c.exec_driver_sql("delete from metric_hourly")
+    c.exec_driver_sql(f"insert into metric_hourly (bucket, station_id, {cols}) "
+                      f"select {bucket}, station_id, {aggs} from capture_metrics group by 1, 2")
+
+
+def _refresh_rollup(execute: Any, dialect: str, keys: pd.DataFrame) -> None:
+    """Recompute the rollup rows of the (hour, station) ``keys`` from capture_metrics: their rows
+    deleted, then one INSERT ... SELECT ... GROUP BY.  ``execute(sql, params)`` runs driver-level
+    SQL in the caller's transaction."""
+    keys = keys.drop_duplicates(ignore_index=True)
+    if not len(keys):
+        return
+    cols, aggs = _rollup_aggregates()
+    hs = [int(h) for h in keys["h"].to_numpy()]
+    ss = [str(s) for s in keys["s"].to_numpy(dtype=object)]
+    lo, hi = min(hs), max(hs) + HOUR_S
+    if dialect == "postgresql":
+        params = {"h": hs, "s": ss, "lo": lo, "hi": hi}
+        # concurrent writers refresh one after another (until commit), each statement seeing the
+        # rows the others committed: no lost update, no duplicate key
+        execute(f"select pg_advisory_xact_lock({ROLLUP_LOCK})", ())
+        pairs = "select to_timestamp(h) as b, s from unnest(%(h)s::bigint[], %(s)s::text[]) as k(h, s)"
+        execute(f"delete from metric_hourly m using ({pairs}) k where m.bucket = k.b and m.station_id = k.s",
+                params)
+        bucket = _PG_HOUR
+        execute(f"insert into metric_hourly (bucket, station_id, {cols}) "
+                f"select c.b, c.station_id, {aggs} from "
+                f"(select {bucket} as b, * from capture_metrics "
+                f"where time >= to_timestamp(%(lo)s) and time < to_timestamp(%(hi)s)) c "
+                f"join ({pairs}) k on c.b = k.b and c.station_id = k.s group by c.b, c.station_id", params)
+        return
+    execute("create temp table if not exists sdrlab_rollup_keys (b text, s text)", ())
+    execute("delete from sdrlab_rollup_keys", ())
+    execute("insert into sdrlab_rollup_keys (b, s) values (?, ?)", list(zip([_sqlite_hour(h) for h in hs], ss)))
+    execute("delete from metric_hourly where (bucket, station_id) in (select b, s from sdrlab_rollup_keys)", ())
+    bucket = _SQLITE_HOUR
+    execute(f"insert into metric_hourly (bucket, station_id, {cols}) "
+            f"select c.b, c.station_id, {aggs} from "
+            f"(select {bucket} as b, * from capture_metrics where time >= ? and time < ?) c "
+            f"where (c.b, c.station_id) in (select b, s from sdrlab_rollup_keys) group by c.b, c.station_id",
+            (_sqlite_hour(lo), _sqlite_hour(hi)))
+    execute("delete from sdrlab_rollup_keys", ())
 
 
 def consistency(engine: Engine, store: Any, *, remove: bool = False) -> tuple[list[str], list[str]]:

@@ -113,6 +113,35 @@ class AvailabilityRow(Base):
     __table_args__ = (Index("ix_availability_station_time", "station_id", "time"),)
 
 
+class MetricHourlyRow(Base):
+    """Hourly rollup of ``capture_metrics`` per station, kept exactly consistent by the ingest
+    functions (an ordinary table, not a hypertable): per metric, the sum (in linear power
+    ``10**(x/10)`` for the dB metrics of DB_METRICS, plain values otherwise) and the count of
+    non-null values.  ``bucket`` is the hour floor of ``time`` (origin 2000-01-03 UTC)."""
+
+    __tablename__ = "metric_hourly"
+    bucket: Mapped[datetime] = mapped_column(primary_key=True)
+    station_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    snr_db_sum: Mapped[float | None] = mapped_column(Float, nullable=True)
+    snr_db_n: Mapped[int] = mapped_column(Integer, default=0)
+    noise_floor_dbfs_hz_sum: Mapped[float | None] = mapped_column(Float, nullable=True)
+    noise_floor_dbfs_hz_n: Mapped[int] = mapped_column(Integer, default=0)
+    signal_power_dbfs_sum: Mapped[float | None] = mapped_column(Float, nullable=True)
+    signal_power_dbfs_n: Mapped[int] = mapped_column(Integer, default=0)
+    total_power_dbfs_sum: Mapped[float | None] = mapped_column(Float, nullable=True)
+    total_power_dbfs_n: Mapped[int] = mapped_column(Integer, default=0)
+    frequency_offset_hz_sum: Mapped[float | None] = mapped_column(Float, nullable=True)
+    frequency_offset_hz_n: Mapped[int] = mapped_column(Integer, default=0)
+    occupied_bandwidth_hz_sum: Mapped[float | None] = mapped_column(Float, nullable=True)
+    occupied_bandwidth_hz_n: Mapped[int] = mapped_column(Integer, default=0)
+    rssi_mean_dbm_sum: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rssi_mean_dbm_n: Mapped[int] = mapped_column(Integer, default=0)
+    clipped_fraction_sum: Mapped[float | None] = mapped_column(Float, nullable=True)
+    clipped_fraction_n: Mapped[int] = mapped_column(Integer, default=0)
+    overload_fraction_sum: Mapped[float | None] = mapped_column(Float, nullable=True)
+    overload_fraction_n: Mapped[int] = mapped_column(Integer, default=0)
+
+
 #: metric columns, in the order of sdrlab.metrics.UNITS
 METRIC_COLUMNS = (
     "snr_db", "noise_floor_dbfs_hz", "signal_power_dbfs", "total_power_dbfs", "frequency_offset_hz",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, text
 
@@ -22,8 +23,8 @@ ORIGIN_EPOCH = 946857600
 
 
 def _bucket_sql(kind: str, seconds: int) -> str:
-    if kind == "sqlite":
-        return (f"datetime((cast(strftime('%s', time) as integer) - {ORIGIN_EPOCH}) / {seconds} * {seconds} "
+    if kind == "sqlite":  # whole seconds cut, not rounded (strftime rounds .9995 s up to the next second)
+        return (f"datetime((cast(strftime('%s', substr(time, 1, 19)) as integer) - {ORIGIN_EPOCH}) / {seconds} * {seconds} "
                 f"+ {ORIGIN_EPOCH}, 'unixepoch')")
     if kind == "timescaledb":
         return f"time_bucket(interval '{seconds} seconds', time)"
@@ -56,13 +57,23 @@ def metric_over_time(
     start: datetime | None = None,
     end: datetime | None = None,
     stations: Sequence[str] | None = None,
+    _raw: bool = False,
 ) -> pd.DataFrame:
-    """A metric per station in time buckets: columns bucket (UTC), station_id, value, n."""
+    """A metric per station in time buckets: columns bucket (UTC), station_id, value, n.
+
+    On SQLite and plain PostgreSQL, whole-hour buckets over whole-hour ranges are read from the
+    hourly rollup (``metric_hourly``, kept exactly consistent with ``capture_metrics`` by the
+    ingest functions, which are the only writers of metrics); other buckets, and TimescaleDB
+    (whose retention drops raw chunks), aggregate the raw rows (as does ``_raw=True``).  Both give
+    the same answers."""
     if metric not in METRIC_COLUMNS:
         raise ConfigError(f"unknown metric {metric!r} (known: {', '.join(METRIC_COLUMNS)})")
     if bucket_s <= 0:
         raise ConfigError(f"bucket must be a positive number of seconds, got {bucket_s}")
     kind = backend(engine)
+    if (kind != "timescaledb" and bucket_s % HOUR_S == 0 and _hour_aligned(start) and _hour_aligned(end)
+            and not _raw):
+        return _from_rollup(engine, metric, bucket_s, start, end, stations)
     params: dict[str, Any] = {}
     agg = (f"10 * log10(avg(power(10.0, {metric} / 10.0)))" if metric in DB_METRICS else f"avg({metric})")
     sql = (f"select {_bucket_sql(kind, bucket_s)} as bucket, station_id, {agg} as value, count({metric}) as n "
@@ -72,6 +83,78 @@ def metric_over_time(
         df = pd.read_sql_query(text(sql), c, params=params)
     df["bucket"] = pd.to_datetime(df["bucket"], utc=True).dt.tz_convert(None)
     return df
+
+
+HOUR_S = 3600
+
+
+def _utc(t: datetime) -> datetime:
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+
+
+def _hour_aligned(t: datetime | None) -> bool:
+    if t is None:
+        return True
+    u = _utc(t)
+    return u.minute == 0 and u.second == 0 and u.microsecond == 0
+
+
+def _from_rollup(engine: Engine, metric: str, bucket_s: int, start: datetime | None, end: datetime | None,
+                 stations: Sequence[str] | None) -> pd.DataFrame:
+    """metric_over_time from metric_hourly: sums and counts re-bucketed to ``bucket_s``."""
+    sqlite = engine.dialect.name == "sqlite"
+
+    def ph(name: str) -> str:  # driver-level placeholders: sqlite3 named, psycopg pyformat
+        return f":{name}" if sqlite else f"%({name})s"
+
+    params: dict[str, Any] = {}
+    clauses = []
+    for name, t, op in (("start", start, ">="), ("end", end, "<")):
+        if t is not None:
+            clauses.append(f"bucket {op} {ph(name)}")
+            params[name] = _utc(t).strftime("%Y-%m-%d %H:%M:%S.000000") if sqlite else _utc(t)
+    if stations:
+        names = []
+        for i, s in enumerate(stations):
+            params[f"st{i}"] = s
+            names.append(ph(f"st{i}"))
+        clauses.append(f"station_id in ({', '.join(names)})")
+    where = (" where " + " and ".join(clauses)) if clauses else ""
+    epoch = "cast(strftime('%s', bucket) as integer)" if sqlite else "cast(extract(epoch from bucket) as bigint)"
+    if bucket_s == HOUR_S:
+        sql = (f"select {epoch} as b, station_id, {metric}_sum as s, {metric}_n as n from metric_hourly{where} "
+               "order by bucket, station_id")
+    else:
+        if sqlite:  # as the raw path: integer division of epoch seconds
+            b = f"({epoch} - {ORIGIN_EPOCH}) / {bucket_s} * {bucket_s} + {ORIGIN_EPOCH}"
+        else:  # as date_bin / time_bucket
+            b = f"cast(floor(({epoch} - {ORIGIN_EPOCH}) / {bucket_s}.0) as bigint) * {bucket_s} + {ORIGIN_EPOCH}"
+        sql = (f"select {b} as b, station_id, sum({metric}_sum) as s, cast(sum({metric}_n) as bigint) as n "
+               f"from metric_hourly{where} group by 1, 2 order by 1, 2")
+    with engine.connect() as c:  # the DBAPI cursor: plain tuples (binary results on psycopg)
+        dbapi = c.connection.dbapi_connection
+        assert dbapi is not None
+        cur = dbapi.cursor() if sqlite else dbapi.cursor(binary=True)
+        try:
+            cur.execute(sql, params)
+            rows = cur.fetchall()
+        finally:
+            cur.close()
+    if rows:
+        b_, st, sm, n = zip(*rows)
+    else:
+        b_, st, sm, n = (), (), (), ()
+    n_arr = np.asarray(n, dtype=np.int64)
+    s_arr = np.asarray([np.nan if v is None else v for v in sm], dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.where(n_arr > 0, s_arr / np.maximum(n_arr, 1), np.nan)
+        value = 10 * np.log10(mean) if metric in DB_METRICS else mean
+    return pd.DataFrame({
+        "bucket": pd.to_datetime(np.asarray(b_, dtype=np.int64), unit="s"),
+        "station_id": pd.Series(list(st)),
+        "value": value,
+        "n": n_arr,
+    })
 
 
 def latest_status(engine: Engine) -> pd.DataFrame:

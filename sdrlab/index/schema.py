@@ -80,6 +80,11 @@ def init_db(engine: Engine, *, retention_days: int = 365) -> str:
                                "using brin (time) with (pages_per_range = 32)"))
                 c.execute(text("create index if not exists ix_availability_time_brin on availability "
                                "using brin (time) with (pages_per_range = 32)"))
+            if (c.execute(text("select 1 from capture_metrics limit 1")).first() is not None
+                    and c.execute(text("select 1 from metric_hourly limit 1")).first() is None):
+                from .ingest import rebuild_rollup  # a database indexed before the hourly rollup
+
+                rebuild_rollup(c)
             have = c.execute(select(SchemaVersion.version).where(SchemaVersion.version == SCHEMA_VERSION)).first()
             if have is None:
                 c.execute(insert(SchemaVersion).values(
