@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,18 +18,6 @@ from sdrlab.index import (
     make_engine, metric_over_time,
 )
 from sdrlab.index.models import CaptureRow, MetricRow, SchemaVersion, SessionRow
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: Any, tmp_path: Any) -> Iterator[Any]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/index.db"
-    else:
-        url = request.getfixturevalue("pg_server").create_database(f"t_{uuid.uuid4().hex[:10]}")
-    eng = make_engine(url)
-    init_db(eng)
-    yield eng
-    eng.dispose()
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,18 +36,6 @@ def _metrics(n_sessions: int = 40, seed: int = 3) -> pd.DataFrame:
     df.loc[0, "time"] = T0 + timedelta(microseconds=1)  # an odd microsecond
     df.loc[1, METRIC_COLUMNS] = np.nan  # a row with no metrics at all
     return df
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: Any, tmp_path: Any) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/ingest.db"
-    else:
-        url = request.getfixturevalue("pg_server").create_database(f"t_{uuid.uuid4().hex[:10]}")
-    e = make_engine(url)
-    init_db(e)
-    yield e
-    e.dispose()
 
 
 def _utc_naive(t: datetime) -> datetime:

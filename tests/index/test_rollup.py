@@ -4,33 +4,19 @@ kept exactly consistent by index_session, delete_session and bulk_insert_metrics
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
-import pytest
 from sqlalchemy import Engine, delete, func, select
 
 from sdrlab import testing
-from sdrlab.index import bulk_insert_metrics, delete_session, index_session, init_db, make_engine, metric_over_time
+from sdrlab.index import bulk_insert_metrics, delete_session, index_session, init_db, metric_over_time
 from sdrlab.index.models import DB_METRICS, METRIC_COLUMNS, MetricHourlyRow
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 STATIONS = ["st000", "st001", "stä-ü", "st003", "st004"]
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: Any, tmp_path: Any) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/rollup.db"
-    else:
-        url = request.getfixturevalue("pg_server").create_database(f"t_{uuid.uuid4().hex[:10]}")
-    e = make_engine(url)
-    init_db(e)
-    yield e
-    e.dispose()
 
 
 def _metrics(n_sessions: int = 150, seed: int = 7, days: float = 3.0) -> pd.DataFrame:

@@ -3,30 +3,16 @@ KiwiSDR's), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import replace
-from typing import Any, Iterator
 
-import pytest
 from sqlalchemy import select
 
 from sdrlab.demo import demo7_stations
-from sdrlab.index import init_db, make_engine
 from sdrlab.index.models import AvailabilityRow, StationRow
 from sdrlab.index.stations import availability_per_day, parse_status, sync_stations
 from sdrlab.sim.networks import demo7
 from sdrlab.sim.server import SimServer
 from sdrlab.testservers import _free_ports
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: Any, tmp_path: Any) -> Iterator[Any]:
-    url = (f"sqlite:///{tmp_path}/i.db" if request.param == "sqlite"
-           else request.getfixturevalue("pg_server").create_database(f"t_{uuid.uuid4().hex[:10]}"))
-    eng = make_engine(url)
-    init_db(eng)
-    yield eng
-    eng.dispose()
 
 
 def test_sync_fills_from_status_and_records_availability(engine):
