@@ -11,7 +11,6 @@ session's IQ bytes (int16, as stored before compression) as one object with ``fs
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time

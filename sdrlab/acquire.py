@@ -23,7 +23,7 @@ import xarray as xr
 
 from . import model
 from .config import Settings
-from .errors import AcquisitionError, ConfigError, ReceiverError
+from .errors import ConfigError, ReceiverError
 from .receivers import make_receiver
 from .receivers.kiwisdr import Capture, KiwiOptions
 from .stations import Catalog, Station
@@ -376,11 +376,3 @@ def _run(
         if bar is not None:
             bar.close()
     return results
-
-
-def require_success(session: Session) -> Session:
-    """Raise :class:`AcquisitionError` naming every failure when no station delivered data."""
-    if session.dataset is None:
-        why = "; ".join(f"{s}: {r.error_class}: {r.message}" for s, r in session.results.items())
-        raise AcquisitionError(f"no station delivered data ({why})")
-    return session

@@ -379,7 +379,7 @@ def _cmd_import(a: argparse.Namespace) -> int:
     return rc
 
 
-def _cmd_stations_list(a: argparse.Namespace) -> int:
+def _cmd_stations(a: argparse.Namespace) -> int:
     from .config import Settings
 
     cat = Settings.from_env(catalog=a.catalog).catalog_obj()
@@ -409,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sim": _cmd_sim_serve,
         "acquire": _cmd_acquire,
         "demo": _cmd_demo,
-        "stations": _cmd_stations_list,
+        "stations": _cmd_stations,
         "sessions": _cmd_sessions,
         "store": _cmd_store,
         "export": _cmd_export,

@@ -12,7 +12,6 @@ import re
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 from urllib.parse import urlsplit
 
@@ -125,13 +124,6 @@ class Settings:
         from .store import Store
 
         return Store(self.store, self.storage_options())
-
-    def store_path(self) -> Path:
-        """The local directory of a file:// store."""
-        parts = urlsplit(self.store)
-        if parts.scheme != "file":
-            raise ConfigError("this operation needs a file:// store")
-        return Path((parts.netloc + parts.path) or ".").expanduser()
 
     def catalog_obj(self) -> Catalog:
         from .stations import load_catalog

@@ -27,7 +27,6 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from . import timing
 from ._version import __version__
 from .receivers.kiwisdr import Capture
 from .stations import Station
@@ -349,7 +348,3 @@ def for_writing(ds: xr.Dataset) -> xr.Dataset:
         return ds
     st, sa, _ = iq_chunks(ds.sizes["station"], ds.sizes["sample"])
     return ds.assign(iq=ds["iq"].chunk({"station": st, "sample": sa, "component": 2}))
-
-
-def gps_utc(ds: xr.Dataset, gps_ns: int) -> np.datetime64:
-    return timing.gps_ns_to_utc(gps_ns, int(ds.attrs.get("gps_utc_offset_s", timing.DEFAULT_GPS_UTC_OFFSET_S)))

@@ -139,7 +139,7 @@ class Store:
     """The session store at ``url`` (``file://PATH`` or ``s3://bucket/prefix``).
 
     ``storage_options`` go to fsspec (for S3: key, secret, client_kwargs.endpoint_url); the
-    :class:`~sdrlab.config.Settings` object makes them (:meth:`from_settings`).
+    :class:`~sdrlab.config.Settings` object makes them (``Settings.store_obj()``).
     """
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
@@ -156,13 +156,6 @@ class Store:
                 raise StorageError(f"store URL {url!r} names no bucket")
             self.root = (parts.netloc + parts.path).rstrip("/")
         self._fs: Any = None
-
-    @classmethod
-    def from_settings(cls, settings: Any = None, url: str | None = None) -> Store:
-        from .config import Settings
-
-        s = settings or Settings.from_env()
-        return cls(url or s.store, s.storage_options())
 
     def __repr__(self) -> str:
         return f"Store({self.where})"

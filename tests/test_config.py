@@ -24,7 +24,7 @@ def test_mask_url(url, masked):
 def test_from_env_and_validation():
     s = Settings.from_env({"SDRLAB_STORE": "file:///tmp/x", "SDRLAB_PROGRESS": "0", "SDRLAB_SCHEDULER": "",
                            "SDRLAB_GPS_UTC_OFFSET_S": "17"})
-    assert s.store_path().as_posix() == "/tmp/x" and s.progress is False and s.scheduler is None
+    assert s.store_obj().root == "/tmp/x" and s.progress is False and s.scheduler is None
     assert s.gps_utc_offset_s == 17
     with pytest.raises(ConfigError, match="SDRLAB_STORE"):
         Settings.from_env({"SDRLAB_STORE": "ftp://x"})

@@ -195,7 +195,3 @@ def find_captures(
         df = pd.read_sql_query(text(sql), c, params=params)
     df["time"] = pd.to_datetime(df["time"], utc=True).dt.tz_convert(None)
     return df
-
-
-def now_utc() -> datetime:
-    return datetime.now(timezone.utc)

@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .. import timing
+from .._version import __version__
 from ..errors import (
     ReceiverAuthError,
     ReceiverBusy,
@@ -235,10 +236,6 @@ class _ChannelGate:
             self._used[key] -= 1
             if not self._used[key]:
                 del self._used[key]
-
-    def in_use(self, key: tuple[str, int]) -> int:
-        with self._lock:
-            return self._used.get(key, 0)
 
     @asynccontextmanager
     async def hold(self, host: str, port: int, limit: int) -> AsyncIterator[None]:
@@ -680,8 +677,6 @@ class KiwiReceiver:
         self.port = port
         self.channels = channels
         self.options = options or KiwiOptions()
-        from .._version import __version__
-
         self.version = __version__
 
     def __repr__(self) -> str:
@@ -743,8 +738,3 @@ class KiwiReceiver:
 
     def _err(self, cls: type[ReceiverError], message: str, cap: Capture) -> ReceiverError:
         return cls(message, station=self.station, partial=cap)
-
-
-def capture_sync(receiver: KiwiReceiver, frequency_hz: float, duration_s: float) -> Capture:
-    """Run :meth:`KiwiReceiver.capture` on a fresh event loop (for worker threads)."""
-    return asyncio.run(receiver.capture(frequency_hz, duration_s))

@@ -224,7 +224,7 @@ def test_archive_round_trip(tmp_path: Path) -> None:
     assert [p.name for p in paths] == [f"20250611T120000Z-abc123_{s}.sigmf" for s in ("rx-a", "rx-b", "rx-c")]
     with tarfile.open(paths[0]) as tar:
         names = sorted(tar.getnames())
-        meta = json.load(tar.extractfile(f"20250611T120000Z-abc123_rx-a/20250611T120000Z-abc123_rx-a.sigmf-meta"))
+        meta = json.load(tar.extractfile("20250611T120000Z-abc123_rx-a/20250611T120000Z-abc123_rx-a.sigmf-meta"))
     assert "20250611T120000Z-abc123_rx-a/20250611T120000Z-abc123_rx-a.sigmf-data" in names
     _validate_strict(meta)
     assert not list(tmp_path.glob("*.sigmf-meta"))

@@ -13,7 +13,7 @@ import struct
 import urllib.parse
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, TypeVar
+from typing import Any, AsyncIterator, Callable, Coroutine, TypeVar
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
@@ -145,10 +145,6 @@ def expected_smeter(iq: np.ndarray, full_scale_dbm: float) -> int:
     return int(round((dbm + 127.0) * 10.0))
 
 
-def stamp_ns(gpssec: int, gpsnsec: int) -> int:
-    return gpssec * NS + gpsnsec
-
-
 # ---- client -----------------------------------------------------------------------------------
 
 class Kiwi:
@@ -254,10 +250,6 @@ class Kiwi:
 
     async def close(self) -> None:
         await self.ws.close()
-
-
-async def gather_all(*aws: Awaitable[T]) -> list[T]:
-    return list(await asyncio.gather(*aws))
 
 
 FAST = Watchdogs(keepalive_timeout_s=30.0, auth_timeout_s=30.0, hang_keepalives=1000, incomplete_s=30.0)
