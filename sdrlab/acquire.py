@@ -16,7 +16,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import pandas as pd
 import xarray as xr
@@ -34,6 +34,13 @@ MAX_FREQUENCY_HZ = 30_000_000.0  # KiwiSDR: HF, 0-30 MHz
 #: the metrics shown in the per-station table (all of them are stored in the Dataset)
 TABLE_METRICS = ("snr_db", "signal_power_dbfs", "noise_floor_dbfs_hz", "frequency_offset_hz")
 MAX_DURATION_S = 24 * 3600.0
+
+#: ``on_progress`` receives one dict per event: ``station``, ``state`` (``queued``,
+#: ``connecting``, ``receiving``, then ``ok``, ``partial`` or ``failed``), ``fraction`` (0-1 of the
+#: requested samples), ``samples``, ``message``, and with the final state the table's metrics.
+ProgressCallback = Callable[[dict[str, Any]], None]
+FINAL_STATES = frozenset({"ok", "partial", "failed"})
+_PROGRESS_INTERVAL_S = 0.5
 
 
 @dataclass
@@ -164,17 +171,56 @@ def new_session_id(now: datetime | None = None) -> str:
     return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
+def _progress_emitter(topic: str | None) -> Callable[[dict[str, Any]], None] | None:
+    """Inside a dask worker: send progress events to the client under ``topic`` (the
+    scheduler's event log, so it works for remote workers too).  Elsewhere: None."""
+    if topic is None:
+        return None
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return None
+
+    def emit(msg: dict[str, Any]) -> None:
+        try:
+            worker.log_event(topic, msg)
+        except Exception:  # progress is a display; never cost the capture
+            log.debug("progress event not sent", exc_info=True)
+
+    return emit
+
+
 def capture_station(
-    station: Station, frequency_hz: float, duration_s: float, options: KiwiOptions, shared_endpoint: bool = False
+    station: Station, frequency_hz: float, duration_s: float, options: KiwiOptions, shared_endpoint: bool = False,
+    progress_topic: str | None = None,
 ) -> StationResult:
     """The dask task: capture one station; never raises for receiver trouble.
 
     With ``shared_endpoint`` (several stations of one acquisition on the same host:port, e.g.
     multi-channel capture from one Kiwi), a cluster-wide semaphore keeps the connections to that
     receiver within its channels even when the tasks run in different worker processes.
+    With ``progress_topic`` the task reports ``connecting`` and ``receiving`` events (see
+    :data:`ProgressCallback`) to the dask event log under that topic.
     """
     t = time.perf_counter()
     receiver = make_receiver(station, options)
+    emit = _progress_emitter(progress_topic)
+    if emit is not None:
+        emit({"station": station.id, "state": "connecting", "fraction": 0.0, "samples": 0, "message": ""})
+        last = [0.0]
+
+        def on_samples(samples: int, rate: float) -> None:
+            now = time.monotonic()
+            if now - last[0] >= _PROGRESS_INTERVAL_S:
+                last[0] = now
+                want = max(1.0, duration_s * rate)
+                emit({"station": station.id, "state": "receiving", "fraction": min(1.0, samples / want),
+                      "samples": int(samples), "message": ""})
+
+        if hasattr(receiver, "on_progress"):
+            receiver.on_progress = on_samples
     result = _capture(receiver, station, frequency_hz, duration_s, shared_endpoint, t)
     if result.capture is not None:
         try:
@@ -256,6 +302,7 @@ def acquire(
     store: Any = None,
     write: bool = True,
     index: Any = None,
+    on_progress: ProgressCallback | None = None,
 ) -> Session:
     """Acquire ``duration_s`` of IQ at ``frequency_hz`` from every station, in parallel, and
     write the session to the store as soon as it is complete.
@@ -268,6 +315,9 @@ def acquire(
     ``store_error`` saying why: acquired data is never dropped.  Once stored, the session is
     indexed (``index``: a SQLAlchemy engine, default the settings' one; ``index=False`` skips it);
     a failing index is reported in ``index_error`` and loses nothing.
+
+    ``on_progress`` is called with per-station events (:data:`ProgressCallback`) from a
+    background thread while the acquisition runs; widgets use it to draw progress bars.
     """
     settings = settings or Settings.from_env()
     validate_request(frequency_hz, duration_s)
@@ -279,10 +329,10 @@ def acquire(
     sid = new_session_id()
     t0 = time.perf_counter()
     if client is not None:
-        results = _run(client, chosen, frequency_hz, duration_s, options, sid, show)
+        results = _run(client, chosen, frequency_hz, duration_s, options, sid, show, on_progress)
     else:
         with settings.dask_client(scheduler, n_threads=len(chosen)) as c:
-            results = _run(c, chosen, frequency_hz, duration_s, options, sid, show)
+            results = _run(c, chosen, frequency_hz, duration_s, options, sid, show, on_progress)
     t_acq = time.perf_counter() - t0
     ordered = {s.id: results[s.id] for s in chosen}
     caps = [r.capture for r in ordered.values() if r.capture is not None]
@@ -340,16 +390,23 @@ def add_to_index(session: Session, engine: Any) -> Session:
 
 def _run(
     client: Any, chosen: list[Station], frequency_hz: float, duration_s: float,
-    options: KiwiOptions, sid: str, show: bool,
+    options: KiwiOptions, sid: str, show: bool, on_progress: ProgressCallback | None = None,
 ) -> dict[str, StationResult]:
     from distributed import as_completed
 
     per_endpoint: dict[tuple[str, int], int] = {}
     for st in chosen:
         per_endpoint[(st.host, st.port)] = per_endpoint.get((st.host, st.port), 0) + 1
+    topic = None
+    notify = _safe_callback(on_progress)
+    if notify is not None:
+        topic = f"sdrlab-progress-{sid}"
+        for st in chosen:
+            notify({"station": st.id, "state": "queued", "fraction": 0.0, "samples": 0, "message": ""})
+        client.subscribe_topic(topic, lambda event: notify(event[1]))
     futures = {
         client.submit(
-            capture_station, st, frequency_hz, duration_s, options, per_endpoint[(st.host, st.port)] > 1,
+            capture_station, st, frequency_hz, duration_s, options, per_endpoint[(st.host, st.port)] > 1, topic,
             key=f"acquire-{st.id}-{sid}", pure=False, retries=0,
         ): st.id
         for st in chosen
@@ -369,10 +426,42 @@ def _run(
                 except Exception as exc:  # the worker died or could not run the task
                     res = StationResult(sid_, "failed", None, type(exc).__name__, f"task failed: {exc}")
                 results[sid_] = res
+                if notify is not None:
+                    notify(_final_event(res, duration_s))
                 if bar is not None:
                     bar.set_postfix_str(f"{sid_}: {res.status}")
                     bar.update(1)
     finally:
         if bar is not None:
             bar.close()
+        if topic is not None:
+            try:
+                client.unsubscribe_topic(topic)
+            except Exception:  # the client may be closing
+                log.debug("unsubscribe %s failed", topic, exc_info=True)
     return results
+
+
+def _safe_callback(fn: ProgressCallback | None) -> ProgressCallback | None:
+    """``fn`` wrapped so that an error in a display never stops the acquisition (logged)."""
+    if fn is None:
+        return None
+
+    def call(event: dict[str, Any]) -> None:
+        try:
+            fn(event)
+        except Exception:
+            log.exception("on_progress callback failed for %s", event.get("station"))
+
+    return call
+
+
+def _final_event(res: StationResult, duration_s: float) -> dict[str, Any]:
+    samples = res.capture.n_samples if res.capture is not None else 0
+    rate = res.capture.sample_rate if res.capture is not None else float("nan")
+    want = duration_s * rate if rate == rate and rate > 0 else 0.0
+    fraction = min(1.0, samples / want) if want else (1.0 if res.status == "ok" else 0.0)
+    message = f"{res.error_class}: {res.message}" if res.error_class else (res.message or "")
+    return {"station": res.station, "state": res.status, "fraction": fraction, "samples": samples,
+            "message": message, "elapsed_s": res.elapsed_s,
+            **{k: v for k, v in res.metrics.items() if k in TABLE_METRICS}}

@@ -25,7 +25,7 @@ import threading
 import urllib.parse
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -366,6 +366,8 @@ class _Connection:
             self._send("SET keepalive")
             self._last_ka = now
         if self._frames:
+            if self.rx.on_progress is not None:
+                self._report_progress()
             if now - self._last_frame_t > self.opt.read_timeout:
                 self._finish(_SegmentEnded(f"stalled: no frame for {self.opt.read_timeout:g} s"))
                 return
@@ -375,6 +377,14 @@ class _Connection:
             ))
             return
         self._schedule_tick()
+
+    def _report_progress(self) -> None:
+        assert self.rx.on_progress is not None
+        try:
+            rate = self._sample_rate or (self.cap.info.sample_rate if self.cap.info else 0.0) or 12000.0
+            self.rx.on_progress(self.cap.n_samples + self._frames * kw.SAMPLES_PER_FRAME, float(rate))
+        except Exception:  # a display must never cost the capture
+            log.debug("progress callback failed", exc_info=True)
 
     # -- messages --
     def _on_close(self, code: int | None, reason: str, exc: BaseException | None) -> None:
@@ -678,6 +688,9 @@ class KiwiReceiver:
         self.channels = channels
         self.options = options or KiwiOptions()
         self.version = __version__
+        #: called about twice a second while IQ arrives, with (samples received so far, sample
+        #: rate); for progress displays only, and an exception in it never costs the capture
+        self.on_progress: Callable[[int, float], None] | None = None
 
     def __repr__(self) -> str:
         return f"KiwiReceiver({self.station!r}, {self.host}:{self.port}, channels={self.channels})"
