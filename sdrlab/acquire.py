@@ -343,6 +343,8 @@ def acquire(
             session_id=sid,
         )
         ds = attach_metrics(ds, [r for r in ordered.values() if r.capture is not None])
+        if settings.run_id:  # acquired inside `sdrlab run`: the index links the session to the run
+            ds.attrs["papermill_run_id"] = settings.run_id
     session = Session(sid, float(frequency_hz), float(duration_s), ordered, ds,
                       timings={"acquire_s": t_acq, "build_s": time.perf_counter() - t0 - t_acq})
     if write and ds is not None:

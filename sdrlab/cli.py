@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ._version import __version__
-from .errors import AcquisitionError, CatalogError, ConfigError, IndexStoreError, SdrlabError, StorageError
+from .errors import (
+    AcquisitionError, CatalogError, ConfigError, IndexStoreError, NotebookRunError, SdrlabError, StorageError,
+)
 
 log = logging.getLogger("sdrlab.cli")
 
@@ -48,6 +50,27 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", metavar="PATH", help="store directory (default: ./sdrlab-data)")
     demo.add_argument("--speed", type=float, default=1.0, help="simulator speed-up (1.0 = real rate)")
     demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--report", metavar="NOTEBOOK",
+                      help="then run this report notebook (notebooks/report.ipynb) on the session and render it")
+    demo.add_argument("--report-dir", metavar="DIR", default="reports",
+                      help="where the executed report and its HTML go (default: ./reports)")
+
+    run = sub.add_parser("run", help="run a notebook headless with papermill (parameters passed through)")
+    run.add_argument("notebook")
+    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="a parameter, typed as papermill -p types it (repeatable)")
+    run.add_argument("-y", "--parameters-yaml", metavar="YAML", help="parameters from a YAML file (-p wins)")
+    run.add_argument("--out", metavar="PATH",
+                     help="executed notebook; {name} fields are filled from the parameters, plus {notebook}, "
+                          "{run_id}, {date} (default: reports/{notebook}-{run_id}.ipynb)")
+    run.add_argument("--html", metavar="PATH", help="also render the HTML report there (same template fields)")
+    run.add_argument("-k", "--kernel", default="python3", help="kernel name (default python3)")
+    run.add_argument("--cwd", metavar="DIR", help="the kernel's working directory (default: this one)")
+    run.add_argument("--log-output", action="store_true", help="echo the cells' output while running")
+
+    rep = sub.add_parser("report", help="render an executed notebook as a self-contained HTML report")
+    rep.add_argument("executed", metavar="EXECUTED.ipynb")
+    rep.add_argument("--html", metavar="OUT.html", required=True)
 
     ses = sub.add_parser("sessions", help="stored sessions")
     sessub = ses.add_subparsers(dest="sessions_command", required=True)
@@ -110,6 +133,8 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--end", metavar="UTC")
     qysub.add_parser("latest", help="the latest capture status of each station")
     qysub.add_parser("availability", help="share of probes up per station per day")
+    qr = qysub.add_parser("runs", help="notebook runs (sdrlab run), newest first, with their sessions")
+    qr.add_argument("--limit", type=int, default=20)
 
     st = sub.add_parser("stations", help="the station catalogue")
     stsub = st.add_subparsers(dest="stations_command", required=True)
@@ -218,10 +243,41 @@ def _cmd_acquire(a: argparse.Namespace) -> int:
 def _cmd_demo(a: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    if a.report and not Path(a.report).is_file():
+        raise ConfigError(f"--report {a.report}: no such notebook")
     session = run_demo(duration_s=a.duration, out=a.out, speed=a.speed, progress=not a.no_progress)
     rc = _save_or_rescue(session)
     print_session(session)
-    return rc
+    if rc or not a.report:
+        return rc
+    from .runs import run_notebook
+
+    params: dict[str, Any] = {"session": session.session_id}
+    if a.out:
+        params["store"] = f"file://{Path(a.out).expanduser().resolve()}"
+    out = Path(a.report_dir) / f"{Path(a.report).stem}-{session.session_id}"
+    result = run_notebook(a.report, params, output=f"{out}.ipynb", html=f"{out}.html")
+    print(f"report of session {session.session_id} ({result.duration_s:.1f} s): {Path(result.html or '').resolve()}")
+    return 0
+
+
+def _cmd_run(a: argparse.Namespace) -> int:
+    from .runs import format_result, load_yaml_parameters, parse_parameter, run_notebook
+
+    params: dict[str, Any] = load_yaml_parameters(a.parameters_yaml) if a.parameters_yaml else {}
+    params.update({name: parse_parameter(value) for name, value in a.parameter})
+    result = run_notebook(a.notebook, params, output=a.out, html=a.html, kernel=a.kernel, cwd=a.cwd,
+                          log_output=a.log_output)
+    for line in format_result(result):
+        print(line)
+    return 0
+
+
+def _cmd_report(a: argparse.Namespace) -> int:
+    from .runs import render_report
+
+    print(render_report(a.executed, a.html))
+    return 0
 
 
 def _print_frame(df: Any) -> None:
@@ -299,6 +355,11 @@ def _cmd_query(a: argparse.Namespace) -> int:
     init_db(engine)
     if a.query_command == "latest":
         _print_frame(latest_status(engine))
+        return 0
+    if a.query_command == "runs":
+        from .index.runs import list_runs
+
+        _print_frame(list_runs(engine, limit=a.limit))
         return 0
     if a.query_command == "availability":
         from .index.stations import availability_per_day
@@ -417,6 +478,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "db": _cmd_db,
         "index": _cmd_index,
         "query": _cmd_query,
+        "run": _cmd_run,
+        "report": _cmd_report,
     }
     try:
         return handlers[args.command](args)
@@ -425,6 +488,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except AcquisitionError as exc:
         print(f"sdrlab: acquisition failed: {exc}", file=sys.stderr)
+        return 1
+    except NotebookRunError as exc:
+        print(f"sdrlab: run {exc.result.run_id} failed: {exc}", file=sys.stderr)
+        if exc.result.html:
+            print(f"sdrlab: the partial report is in {exc.result.html}", file=sys.stderr)
         return 1
     except IndexStoreError as exc:
         print(f"sdrlab: index: {exc}", file=sys.stderr)

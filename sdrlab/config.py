@@ -52,6 +52,8 @@ class Settings:
     progress: bool = True
     gps_utc_offset_s: int = timing.DEFAULT_GPS_UTC_OFFSET_S
     s3_endpoint: str | None = None
+    #: set by ``sdrlab run`` in the notebook kernel: sessions acquired in the run carry it
+    run_id: str | None = None
     s3_key: str | None = field(default=None, repr=False)
     s3_secret: str | None = field(default=None, repr=False)
 
@@ -91,7 +93,7 @@ class Settings:
                 except ValueError:
                     raise ConfigError(f"SDRLAB_GPS_UTC_OFFSET_S must be an integer, got {raw!r}") from None
             else:
-                kw[f.name] = (raw or None) if f.name in ("scheduler", "catalog") else raw
+                kw[f.name] = (raw or None) if f.name in ("scheduler", "catalog", "run_id") else raw
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kw)
 

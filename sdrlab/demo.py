@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from .acquire import Session, acquire, save
 from .config import Settings
 from .errors import ConfigError
 from .sim.networks import DEMO7_TUNE_HZ, demo7
+from .sim.scene import Scene
 from .sim.server import SimServer
 from .stations import Station, load_catalog
 from .store import Store
@@ -17,6 +19,13 @@ from .store import Store
 def demo7_stations(ports: dict[str, int], host: str = "127.0.0.1") -> list[Station]:
     """The catalogue's demo7 stations, pointed at a running simulator's ports."""
     return [replace(s, host=host, port=ports[s.id]) for s in load_catalog().network("demo7")]
+
+
+def scene_attrs(scene: Scene) -> dict[str, Any]:
+    """A simulated scene's truth, for a session's attrs (maps then show the transmitter)."""
+    tx = scene.transmitters[0]
+    return {"simulated_scene": scene.name, "transmitter_latitude": tx.latitude,
+            "transmitter_longitude": tx.longitude, "transmitter_frequency_hz": tx.frequency_hz}
 
 
 def run_demo(
@@ -38,10 +47,6 @@ def run_demo(
         session = acquire(demo7_stations(sim.ports), DEMO7_TUNE_HZ, duration_s, settings=settings,
                           progress=progress, write=False)
     if session.dataset is not None:
-        tx = scene.transmitters[0]
         # the simulated scene's truth travels with the session (maps show the transmitter)
-        session.dataset.attrs.update(
-            simulated_scene=scene.name, transmitter_latitude=tx.latitude, transmitter_longitude=tx.longitude,
-            transmitter_frequency_hz=tx.frequency_hz,
-        )
+        session.dataset.attrs.update(scene_attrs(scene))
     return save(session, store, index=settings.engine())

@@ -95,3 +95,12 @@ class StorageError(SdrlabError):
 
 class IndexStoreError(SdrlabError):
     """The metrics index failed (named so as not to shadow the builtin ``IndexError``)."""
+
+
+class NotebookRunError(SdrlabError):
+    """A cell of a notebook batch run (``sdrlab run``) failed.  ``result`` (a
+    :class:`sdrlab.runs.RunResult`) names the cell; the partial output notebook is kept."""
+
+    def __init__(self, message: str, result: Any) -> None:
+        super().__init__(message)
+        self.result = result

@@ -149,3 +149,24 @@ METRIC_COLUMNS = (
 )
 #: metrics in dB: averaged in linear power over time buckets
 DB_METRICS = frozenset({"snr_db", "noise_floor_dbfs_hz", "signal_power_dbfs", "total_power_dbfs", "rssi_mean_dbm"})
+
+
+class RunRow(Base):
+    """One batch run of a notebook (``sdrlab run``): what ran, with which parameters, how it
+    ended, and the sessions it acquired or reported on."""
+
+    __tablename__ = "notebook_runs"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    notebook: Mapped[str] = mapped_column(Text)
+    output_path: Mapped[str] = mapped_column(Text)
+    html_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    parameters: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    failed_cell: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    session_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    duration_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    __table_args__ = (Index("ix_runs_started", "started_at"),)

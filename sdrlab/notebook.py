@@ -1,0 +1,282 @@
+"""What the workbench notebooks call: parameter checks with clear messages, stations (simulated or
+from the catalogue), the store and index the notebook should use, and :func:`publish`, which tells
+``sdrlab run`` which sessions a run made or reported on.
+
+Kept out of the notebooks so that they stay short and the logic is tested as code.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import ENV_PREFIX, Settings
+from .demo import scene_attrs
+from .errors import ConfigError
+from .stations import Station
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .sim.scene import Scene
+    from .sim.server import SimServer
+    from .store import Store
+
+log = logging.getLogger(__name__)
+_SERVERS: list[SimServer] = []
+
+
+# ---- where ------------------------------------------------------------------------------------
+def project_root(start: Path | None = None) -> Path | None:
+    """The sdrlab checkout this notebook lives in (a parent holding ``pyproject.toml`` and
+    ``notebooks/``), if any."""
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / "pyproject.toml").is_file() and (d / "notebooks").is_dir() and (d / "sdrlab").is_dir():
+            return d
+    return None
+
+
+def workbench_settings(store: str = "", db: str = "") -> Settings:
+    """The settings a notebook uses: ``store``/``db`` parameters when given, else ``SDRLAB_STORE``
+    / ``SDRLAB_DB``; when neither is set and the kernel runs inside an sdrlab checkout (Jupyter
+    starts kernels in the notebook's directory), the checkout's ``./sdrlab-data`` — the same store
+    ``make demo`` and the CLI use from the project root."""
+    overrides: dict[str, Any] = {}
+    root = project_root()
+    if store:
+        overrides["store"] = store
+    elif ENV_PREFIX + "STORE" not in os.environ and root is not None:
+        overrides["store"] = f"file://{root / 'sdrlab-data'}"
+    if db:
+        overrides["db"] = db
+    elif ENV_PREFIX + "DB" not in os.environ and root is not None:
+        overrides["db"] = f"sqlite:///{root / 'sdrlab-data' / 'index.db'}"
+    return Settings.from_env(**overrides)
+
+
+# ---- parameter checks -------------------------------------------------------------------------
+def check_type(name: str, value: Any, kind: type | tuple[type, ...]) -> None:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        raise ConfigError(f"parameter {name} must be {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
+    if not isinstance(value, kinds):
+        raise ConfigError(f"parameter {name} must be {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
+
+
+def check_positive(name: str, value: Any) -> float:
+    check_type(name, value, (int, float))
+    if not float(value) > 0:
+        raise ConfigError(f"parameter {name} must be positive, got {value!r}")
+    return float(value)
+
+
+def check_choice(name: str, value: Any, choices: Any) -> Any:
+    options = list(choices)
+    if value not in options:
+        raise ConfigError(f"parameter {name} must be one of {', '.join(map(repr, options))}, got {value!r}")
+    return value
+
+
+def check_acquisition(frequency_hz: Any, duration_s: Any) -> tuple[float, float]:
+    """Frequency and duration as numbers within the receivers' limits (messages name the parameter)."""
+    from .acquire import validate_request
+
+    check_type("frequency_hz", frequency_hz, (int, float))
+    check_type("duration_s", duration_s, (int, float))
+    validate_request(float(frequency_hz), float(duration_s))
+    return float(frequency_hz), float(duration_s)
+
+
+def check_session_param(session: Any) -> str:
+    """``""`` (acquire, or take the newest) or a session id as the store names them."""
+    from .store import check_session_id
+
+    check_type("session", session, str)
+    if session in ("", "latest"):
+        return str(session)
+    try:
+        return str(check_session_id(session))
+    except Exception as exc:
+        raise ConfigError(f"parameter session: {exc}") from None
+
+
+def parse_station_spec(spec: Any) -> list[str]:
+    """``"demo7"`` (a network), ``"all"``, or ``"id1,id2"``: the words, validated."""
+    check_type("stations", spec, str)
+    words = [w.strip() for w in re.split(r"[,\s]+", spec) if w.strip()]
+    if not words:
+        raise ConfigError("parameter stations is empty: give a network name (e.g. demo7), 'all', or station ids")
+    bad = [w for w in words if not re.match(r"^[a-z0-9][a-z0-9-]*$", w)]
+    if bad:
+        raise ConfigError(f"parameter stations: {', '.join(map(repr, bad))} is not a station id or network name")
+    return words
+
+
+# ---- stations ---------------------------------------------------------------------------------
+def _stop_servers() -> None:
+    while _SERVERS:
+        try:
+            _SERVERS.pop().stop_thread()
+        except Exception:  # the interpreter is going away
+            pass
+
+
+def simulate(network: str = "demo7", *, seed: int = 0, speed: float = 1.0) -> tuple[SimServer, Scene]:
+    """Start a simulated network on free loopback ports for the rest of this kernel's life."""
+    from .sim.networks import network as make_scene
+    from .sim.server import SimServer
+
+    scene = make_scene(network, seed)
+    server = SimServer(scene, base_port=0, speed=speed).start_in_thread()
+    if not _SERVERS:
+        atexit.register(_stop_servers)
+    _SERVERS.append(server)
+    return server, scene
+
+
+def choose_stations(spec: str, *, simulated: bool, settings: Settings | None = None,
+                    seed: int = 0) -> tuple[list[Station], Scene | None]:
+    """The stations a notebook acquires from.  ``simulated``: the named simulated network (or the
+    named stations of demo7) served in-process; otherwise the catalogue's network, ``all``, or
+    the named station ids."""
+    from .sim.networks import NETWORKS
+
+    words = parse_station_spec(spec)
+    settings = settings or Settings.from_env()
+    if simulated:
+        net = words[0] if len(words) == 1 and words[0] in NETWORKS else "demo7"
+        server, scene = simulate(net, seed=seed)
+        from .demo import demo7_stations
+
+        pointed = {s.id: s for s in demo7_stations(server.ports)} if net == "demo7" else {}
+        if not pointed:
+            raise ConfigError(f"no stations for simulated network {net!r}")
+        if words[0] in NETWORKS or words == ["all"]:
+            return list(pointed.values()), scene
+        unknown = [w for w in words if w not in pointed]
+        if unknown:
+            raise ConfigError(f"parameter stations: {', '.join(unknown)} not in the simulated network {net} "
+                              f"(its stations: {', '.join(pointed)})")
+        return [pointed[w] for w in words], scene
+    catalog = settings.catalog_obj()
+    if words == ["all"]:
+        return list(catalog), None
+    if len(words) == 1 and words[0] not in catalog:
+        net_stations = catalog.network(words[0])
+        if net_stations:
+            return list(net_stations), None
+    return catalog.select(words), None
+
+
+# ---- sessions ---------------------------------------------------------------------------------
+def pick_session(store: Store, session: str = "") -> str:
+    """``session`` when given (checked to exist), else the newest committed session."""
+    sessions = store.sessions()
+    if session and session != "latest":
+        if session not in sessions.index:
+            raise ConfigError(f"session {session} is not in the store {store.where} "
+                              f"(`sdrlab sessions list` shows the {len(sessions)} there)")
+        return session
+    if sessions.empty:
+        raise ConfigError(f"no sessions in the store {store.where} yet: acquire one first "
+                          "(notebook 01-acquire, `make demo`, or `sdrlab acquire`)")
+    return str(sessions.sort_values("start_time").index[-1])
+
+
+def station_table(ds: Any) -> pd.DataFrame:
+    """Per station: status, samples, rate, UTC start, and the stored signal metrics, rounded for
+    reading."""
+    import pandas as pd
+
+    rows = []
+    for i, st in enumerate(ds["station"].values):
+        s = ds.isel(station=i)
+        row: dict[str, Any] = {"station": str(st), "status": str(s["status"].values)}
+        row["samples"] = int(s["n_samples"])
+        row["sample rate (Hz)"] = round(float(s["sample_rate"]), 3)
+        row["start (UTC)"] = pd.Timestamp(s["start_time"].values)
+        for name, label, nd in (("snr_db", "SNR (dB)", 1), ("signal_power_dbfs", "signal (dBFS)", 1),
+                                ("noise_floor_dbfs_hz", "noise floor (dBFS/Hz)", 1),
+                                ("frequency_offset_hz", "offset (Hz)", 2)):
+            if name in ds.variables:
+                row[label] = round(float(s[name]), nd)
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("station")
+
+
+def publish(**facts: Any) -> None:
+    """Tell ``sdrlab run`` about this run (e.g. ``publish(session_id=...)``): an output of a MIME
+    type of its own that reports leave out; the text fallback says what was published."""
+    from IPython.display import display
+
+    from .runs import PUBLISH_MIME
+
+    clean = {k: v if isinstance(v, (str, int, float, bool)) or v is None else str(v) for k, v in facts.items()}
+    text = ", ".join(f"{k}={v}" for k, v in clean.items())
+    display({PUBLISH_MIME: clean, "text/plain": f"published: {text}"}, raw=True)
+
+
+def acquire_session(spec: str, frequency_hz: float, duration_s: float, *, simulated: bool,
+                    settings: Settings, seed: int = 0) -> Any:
+    """Acquire from the stations ``spec`` names (see :func:`choose_stations`), record the
+    simulated scene's truth, store and index the session.  Returns the
+    :class:`~sdrlab.acquire.Session`; raises :class:`~sdrlab.errors.AcquisitionError` when no
+    station delivered data (each station's reason in the message).  A store or index that fails
+    is reported in the session's ``store_error`` / ``index_error``; the data stays in memory."""
+    from .acquire import acquire, save
+    from .errors import AcquisitionError
+
+    chosen, scene = choose_stations(spec, simulated=simulated, settings=settings, seed=seed)
+    session = acquire(chosen, frequency_hz, duration_s, settings=settings, write=False, progress=False)
+    if session.dataset is None:
+        why = "; ".join(f"{s}: {r.error_class}: {r.message}" for s, r in session.results.items())
+        raise AcquisitionError(f"no station delivered data ({why})")
+    if scene is not None:
+        session.dataset.attrs.update(scene_attrs(scene))
+    save(session, settings.store_obj(), index=settings.engine())
+    if session.store_error:
+        log.error("session %s is in memory only: %s", session.session_id, session.store_error)
+    return session
+
+
+def heading(ds: Any) -> str:
+    """A Markdown heading and one line of facts for a session."""
+    import pandas as pd
+
+    status = [str(s) for s in ds["status"].values]
+    start = pd.Timestamp(ds["start_time"].values.min())
+    freq = float(ds.attrs.get("center_frequency_hz", float("nan")))
+    dur = ds.attrs.get("requested_duration_s")
+    parts = [f"{len(status)} stations ({status.count('ok')} ok)", f"tuned to {freq / 1e3:,.3f} kHz"]
+    if dur is not None:
+        parts.append(f"{float(dur):g} s requested")
+    parts.append(f"started {start:%Y-%m-%d %H:%M:%S} UTC")
+    if ds.attrs.get("simulated_scene"):
+        parts.append(f"simulated scene {ds.attrs['simulated_scene']}")
+    return f"## Session `{ds.attrs.get('session_id', '?')}`\n\n" + ", ".join(parts) + "."
+
+
+def methods_note(ds: Any) -> str:
+    """Markdown: how each stored metric was measured (from the session's attrs)."""
+    import json
+
+    from .metrics import UNITS
+    from .plots import metric_label
+
+    lines = []
+    for name in UNITS:
+        if name not in ds.variables:
+            continue
+        a = ds[name].attrs
+        extra = "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in a.items() if k not in ("units", "long_name"))
+        lines.append(f"- **{metric_label(name)}**: {a.get('long_name', name)}" + (f" ({extra})" if extra else ""))
+    if ds.attrs.get("metrics_definition"):
+        d = json.loads(ds.attrs["metrics_definition"])
+        lines.append("- Spectral estimate: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in d.items() if k != "title"))
+    lines.append(f"- Recorded by {ds.attrs.get('core:recorder', 'sdrlab')}; times are GPS-derived UTC.")
+    return "\n".join(lines)
