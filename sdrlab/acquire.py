@@ -303,6 +303,7 @@ def acquire(
     write: bool = True,
     index: Any = None,
     on_progress: ProgressCallback | None = None,
+    attrs: dict[str, Any] | None = None,
 ) -> Session:
     """Acquire ``duration_s`` of IQ at ``frequency_hz`` from every station, in parallel, and
     write the session to the store as soon as it is complete.
@@ -315,6 +316,9 @@ def acquire(
     ``store_error`` saying why: acquired data is never dropped.  Once stored, the session is
     indexed (``index``: a SQLAlchemy engine, default the settings' one; ``index=False`` skips it);
     a failing index is reported in ``index_error`` and loses nothing.
+
+    ``attrs`` are added to the Dataset's global attributes before it is stored (notes about the
+    experiment, a simulated scene's truth); they cannot replace the ones sdrlab sets.
 
     ``on_progress`` is called with per-station events (:data:`ProgressCallback`) from a
     background thread while the acquisition runs; widgets use it to draw progress bars.
@@ -343,6 +347,10 @@ def acquire(
             session_id=sid,
         )
         ds = attach_metrics(ds, [r for r in ordered.values() if r.capture is not None])
+        for k, v in (attrs or {}).items():
+            if k in ds.attrs:
+                raise ConfigError(f"attrs: {k!r} is set by sdrlab and cannot be replaced")
+            ds.attrs[k] = v
         if settings.run_id:  # acquired inside `sdrlab run`: the index links the session to the run
             ds.attrs["papermill_run_id"] = settings.run_id
     session = Session(sid, float(frequency_hz), float(duration_s), ordered, ds,

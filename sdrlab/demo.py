@@ -44,9 +44,7 @@ def run_demo(
     store = Store(f"file://{Path(out).resolve()}") if out is not None else settings.store_obj()
     scene = demo7(seed)
     with SimServer(scene, base_port=0, speed=speed) as sim:
-        session = acquire(demo7_stations(sim.ports), DEMO7_TUNE_HZ, duration_s, settings=settings,
-                          progress=progress, write=False)
-    if session.dataset is not None:
         # the simulated scene's truth travels with the session (maps show the transmitter)
-        session.dataset.attrs.update(scene_attrs(scene))
+        session = acquire(demo7_stations(sim.ports), DEMO7_TUNE_HZ, duration_s, settings=settings,
+                          progress=progress, write=False, attrs=scene_attrs(scene))
     return save(session, store, index=settings.engine())

@@ -232,12 +232,11 @@ def acquire_session(spec: str, frequency_hz: float, duration_s: float, *, simula
     from .errors import AcquisitionError
 
     chosen, scene = choose_stations(spec, simulated=simulated, settings=settings, seed=seed)
-    session = acquire(chosen, frequency_hz, duration_s, settings=settings, write=False, progress=False)
+    session = acquire(chosen, frequency_hz, duration_s, settings=settings, write=False, progress=False,
+                      attrs=scene_attrs(scene) if scene is not None else None)
     if session.dataset is None:
         why = "; ".join(f"{s}: {r.error_class}: {r.message}" for s, r in session.results.items())
         raise AcquisitionError(f"no station delivered data ({why})")
-    if scene is not None:
-        session.dataset.attrs.update(scene_attrs(scene))
     save(session, settings.store_obj(), index=settings.engine())
     if session.store_error:
         log.error("session %s is in memory only: %s", session.session_id, session.store_error)

@@ -1,0 +1,383 @@
+"""The workbench panels, driven as a user would (``button.click()``) against the real simulator,
+a real store and a real index; every figure is checked against the scene."""
+
+from __future__ import annotations
+
+import base64
+import math
+import time
+from datetime import datetime, timedelta, timezone
+from html.parser import HTMLParser
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+pytest.importorskip("ipywidgets", reason="the panels need the notebook extra: pip install 'sdrlab[notebook]'")
+
+from matplotlib.figure import Figure  # noqa: E402
+
+from sdrlab.config import Settings  # noqa: E402
+from sdrlab.demo import demo7_stations  # noqa: E402
+from sdrlab.errors import AcquisitionError, ConfigError, StorageError  # noqa: E402
+from sdrlab.sim.networks import DEMO7_TUNE_HZ, demo7  # noqa: E402
+from sdrlab.sim.scene import Faults  # noqa: E402
+from sdrlab.sim.server import SimServer  # noqa: E402
+from sdrlab.stations import load_catalog  # noqa: E402
+from sdrlab.store import Store  # noqa: E402
+from sdrlab.widgets import PLOT_KINDS, AcquisitionPanel, HistoryPanel, SessionBrowser  # noqa: E402
+
+THREE = ["demo-enschede", "demo-hamburg", "demo-berlin"]
+PNG_B64 = base64.b64encode(b"\x89PNG\r\n\x1a\n").decode()[:8]
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+class _TableParser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.header: list[str] = []
+        self.rows: list[list[str]] = []
+        self._cell: list[str] | None = None
+        self._in_head = False
+
+    def handle_starttag(self, tag: str, attrs: Any) -> None:
+        if tag == "thead":
+            self._in_head = True
+        elif tag == "tr" and not self._in_head:
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "thead":
+            self._in_head = False
+        elif tag in ("td", "th") and self._cell is not None:
+            text = "".join(self._cell).strip()
+            (self.header if self._in_head else self.rows[-1]).append(text)
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def parse_table(html_text: str) -> dict[str, dict[str, str]]:
+    """The first column's value -> {header: cell} of an HTML table the panels render."""
+    p = _TableParser()
+    p.feed(html_text)
+    assert p.header, f"no table in {html_text[:200]!r}"
+    return {row[0]: dict(zip(p.header, row)) for row in p.rows}
+
+
+def output_text(output: Any) -> str:
+    return "".join(o.get("text", "") for o in output.outputs)
+
+
+def assert_png(output: Any) -> None:
+    assert len(output.outputs) == 1
+    data = output.outputs[0]["data"]
+    assert data["image/png"].startswith(PNG_B64)
+    assert len(base64.b64decode(data["image/png"])) > 5_000
+
+
+def settings_in(root: Path) -> Settings:
+    return Settings(store=f"file://{root}/store", db=f"sqlite:///{root}/index.db", progress=False)
+
+
+# ---- one real acquisition through the panel, shared by the read-side tests -------------------
+@pytest.fixture(scope="module")
+def acquired(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    settings = settings_in(tmp_path_factory.mktemp("widgets"))
+    scene = demo7(seed=2)
+    with SimServer(scene, base_port=0, speed=1.0) as sim:  # real rate: the run takes wall time
+        panel = AcquisitionPanel(demo7_stations(sim.ports), settings=settings, frequency_hz=DEMO7_TUNE_HZ,
+                                 duration_s=1.5, selected=THREE)
+        flips: list[bool] = []
+        panel.acquire_button.observe(lambda change: flips.append(change["new"]), names="disabled")
+        panel.acquire_button.click()
+        seen: list[tuple[bool, bool]] = []
+        deadline = time.monotonic() + 60
+        while panel.running and time.monotonic() < deadline:
+            seen.append((panel.running, panel.acquire_button.disabled))
+            time.sleep(0.05)
+        session = panel.wait(timeout=60)
+    return SimpleNamespace(scene=scene, settings=settings, panel=panel, session=session, flips=flips, seen=seen)
+
+
+def test_click_acquires_three_stations_end_to_end(acquired: SimpleNamespace) -> None:
+    panel, session, scene = acquired.panel, acquired.session, acquired.scene
+    assert panel.errors == [] and panel.error_output.outputs == ()
+    assert panel.session is session and panel.sessions == [session]
+    assert session.ok == THREE and session.store_error is None and session.index_error is None
+    assert session.path is not None and session.session_id in session.path
+    # progress: one row per station, each walked through receiving to a full green bar
+    assert list(panel.rows) == THREE
+    for sid, row in panel.rows.items():
+        assert (row.bar.value, row.state.value, row.bar.bar_style) == (1.0, "ok", "success")
+        states = [e["state"] for e in panel.events if e["station"] == sid]
+        assert states[0] == "queued" and "receiving" in states and states[-1] == "ok"
+        assert "SNR" in row.detail.value
+    # the results table says what the dataset says, and that agrees with the scene
+    table = parse_table(panel.results.value)
+    assert list(table) == THREE
+    ds = session.dataset
+    for sid in THREE:
+        row = table[sid]
+        truth = scene.truth(sid, DEMO7_TUNE_HZ)
+        snr = float(ds["snr_db"].sel(station=sid))
+        assert row["status"] == "ok" and row["error"] == ""
+        assert float(row["SNR (dB)"]) == pytest.approx(snr, abs=0.051)
+        assert snr == pytest.approx(truth["snr_db"], abs=1.0)
+        assert float(row["Frequency offset (Hz)"]) == pytest.approx(truth["frequency_offset_hz"], abs=1.0)
+        assert int(row["samples"]) >= 1.5 * truth["sample_rate"]
+        assert float(row["rate (Hz)"]) == pytest.approx(truth["sample_rate"], abs=0.01)
+    assert "3 ok, 0 partial, 0 failed" in panel.status.value and session.path in panel.status.value
+
+
+def test_button_is_disabled_while_running_and_enabled_after(acquired: SimpleNamespace) -> None:
+    assert acquired.seen, "the acquisition was over before the click returned"
+    assert all(disabled for _, disabled in acquired.seen)
+    assert acquired.flips == [True, False]
+    assert not acquired.panel.running and not acquired.panel.acquire_button.disabled
+
+
+def test_panel_displays_its_widget(acquired: SimpleNamespace) -> None:
+    bundle = acquired.panel._repr_mimebundle_()
+    view = bundle["application/vnd.jupyter.widget-view+json"]
+    assert view["model_id"] == acquired.panel.widget.model_id
+    labels = [label for label, _ in acquired.panel.station_select.options]
+    assert len(labels) == 7
+    berlin = load_catalog().get("demo-berlin")
+    assert f"demo-berlin — {berlin.name} ({berlin.latitude:.2f}°, {berlin.longitude:.2f}°)" in labels
+
+
+def test_session_browser_lists_and_opens_the_stored_session(acquired: SimpleNamespace) -> None:
+    browser = SessionBrowser(settings=acquired.settings)
+    sid = acquired.session.session_id
+    df = browser.refresh()
+    assert list(df.index) == [sid] and browser.selector.value == sid
+    listed = parse_table(browser.listing.value)
+    assert listed[sid]["status"] == "ok" and listed[sid]["stations"] == "3"
+    assert listed[sid]["frequency (kHz)"] == f"{DEMO7_TUNE_HZ / 1e3:.3f}"
+    browser.open_button.click()
+    assert browser.errors == []
+    ds = browser.dataset
+    assert ds is not None and browser.session_id == sid
+    assert [str(s) for s in ds["station"].values] == THREE
+    assert "3 station(s)" in browser.summary.value and "9749.000 kHz" in browser.summary.value
+    summary = parse_table(browser.summary.value[browser.summary.value.index("<table"):])
+    for st in THREE:
+        snr = float(acquired.session.dataset["snr_db"].sel(station=st))
+        assert float(summary[st]["SNR (dB)"]) == pytest.approx(snr, abs=0.051)
+
+
+@pytest.mark.parametrize("kind", PLOT_KINDS)
+def test_session_browser_plots_each_kind(acquired: SimpleNamespace, kind: str) -> None:
+    browser = SessionBrowser(settings=acquired.settings)
+    browser.plot_kind.value = kind
+    browser.plot_button.click()  # opens the selected session first
+    assert browser.errors == []
+    fig = browser.figure
+    assert isinstance(fig, Figure) and fig.axes
+    assert browser.dataset is not None
+    assert_png(browser.plot_output)
+    again = browser.plot(kind)
+    assert isinstance(again, Figure) and again is not fig and again.axes
+
+
+def test_history_panel_returns_the_acquired_metrics(acquired: SimpleNamespace) -> None:
+    panel = HistoryPanel(settings=acquired.settings)
+    ds = acquired.session.dataset
+    assert list(panel.stations.options) == sorted(THREE) and panel.message.value == ""
+    panel.bucket.value = 60
+    panel.plot_button.click()
+    assert panel.errors == []
+    df = panel.data
+    assert df is not None and sorted(df["station_id"]) == sorted(THREE) and (df["n"] == 1).all()
+    for rec in df.itertuples():
+        assert rec.value == pytest.approx(float(ds["snr_db"].sel(station=rec.station_id)), abs=1e-6)
+    fig = panel.figure
+    assert fig is not None and sorted(line.get_label() for line in fig.axes[0].get_lines()) == sorted(THREE)
+    assert_png(panel.plot_output)
+    table = parse_table(panel.table.value)
+    (bucket,) = table
+    for st in THREE:
+        assert float(table[bucket][st]) == pytest.approx(float(ds["snr_db"].sel(station=st)), abs=0.051)
+    # one station, another metric, an explicit date range
+    panel.stations.value = ("demo-berlin",)
+    panel.metric.value = "noise_floor_dbfs_hz"
+    panel.range_mode.value = "dates"
+    today = datetime.now(timezone.utc).date()
+    panel.start_date.value, panel.end_date.value = today - timedelta(days=1), today
+    one = panel.query()
+    assert list(one["station_id"]) == ["demo-berlin"]
+    assert one["value"].iloc[0] == pytest.approx(float(ds["noise_floor_dbfs_hz"].sel(station="demo-berlin")), abs=1e-6)
+    panel.start_date.value = panel.end_date.value = today - timedelta(days=3)
+    assert panel.query().empty and "no Noise floor" in panel.message.value
+
+
+# ---- input, faults and failures ----------------------------------------------------------------
+@pytest.mark.parametrize(("khz", "seconds", "selected", "message"), [
+    (40_000.0, 1.0, THREE, "outside 0-30 MHz"),
+    (-5.0, 1.0, THREE, "outside 0-30 MHz"),
+    (math.nan, 1.0, THREE, "frequency must be a number"),
+    (9749.0, 0.0, THREE, "positive number of seconds"),
+    (9749.0, -2.0, THREE, "positive number of seconds"),
+    (9749.0, 1e6, THREE, "exceeds the maximum"),
+    (9749.0, 1.0, [], "select at least one station"),
+])
+def test_bad_input_shows_the_message_and_starts_nothing(khz: float, seconds: float, selected: list[str],
+                                                        message: str) -> None:
+    panel = AcquisitionPanel(load_catalog().network("demo7"), selected=selected)
+    panel.frequency_khz.value, panel.duration.value = khz, seconds
+    panel.acquire_button.click()
+    assert message in panel.validation.value
+    assert not panel.running and not panel.acquire_button.disabled
+    assert panel.rows == {} and panel.progress_box.children == () and panel.sessions == []
+    with pytest.raises(AcquisitionError, match="no acquisition has been started"):
+        panel.wait(0)
+    with pytest.raises(ConfigError, match=message):
+        panel.acquire()
+    assert panel.sessions == [] and not panel.running
+
+
+def test_failed_stations_are_reported_and_never_lost(run_sim: Any) -> None:
+    scene = demo7(seed=4).with_faults(demo_paris=Faults(down=True))
+    with run_sim(scene, speed=10.0) as sim:
+        panel = AcquisitionPanel(demo7_stations(sim.ports), frequency_hz=DEMO7_TUNE_HZ, duration_s=1.0,
+                                 selected=["demo-enschede", "demo-paris", "demo-berlin"])
+        panel.acquire_button.click()
+        first = panel.wait(timeout=60)
+        assert first.failed == ["demo-paris"] and first.ok == ["demo-enschede", "demo-berlin"]
+        paris = panel.rows["demo-paris"]
+        assert (paris.state.value, paris.bar.bar_style, paris.bar.value) == ("failed", "danger", 0.0)
+        assert "ReceiverDown" in paris.detail.value
+        for sid in ("demo-enschede", "demo-berlin"):
+            assert (panel.rows[sid].state.value, panel.rows[sid].bar.value) == ("ok", 1.0)
+        assert len(panel.errors) == 1
+        assert "demo-paris" in panel.errors[0] and "ReceiverDown" in panel.errors[0]
+        table = parse_table(panel.results.value)
+        assert table["demo-paris"]["status"] == "failed" and table["demo-paris"]["error"].startswith("ReceiverDown")
+        assert table["demo-berlin"]["status"] == "ok" and float(table["demo-berlin"]["SNR (dB)"]) == pytest.approx(
+            scene.truth("demo-berlin", DEMO7_TUNE_HZ)["snr_db"], abs=1.0)
+        # a second run with another fault: the first run's error stays, in the list and on screen
+        sim.set_faults("demo-paris", Faults())
+        sim.set_faults("demo-berlin", Faults(badp=1))
+        panel.acquire_button.click()
+        second = panel.wait(timeout=60)
+    assert second.failed == ["demo-berlin"] and "demo-paris" in second.ok
+    assert panel.rows["demo-berlin"].state.value == "failed" and panel.rows["demo-paris"].state.value == "ok"
+    assert len(panel.errors) == 2 and "demo-paris" in panel.errors[0]
+    assert "demo-berlin" in panel.errors[1] and "ReceiverAuthError" in panel.errors[1]
+    shown = output_text(panel.error_output)
+    assert "demo-paris" in shown and "ReceiverDown" in shown and "ReceiverAuthError" in shown
+    assert panel.sessions == [first, second] and first.dataset is not None and first.dataset.sizes["station"] == 2
+    assert first.path is not None and second.path is not None
+
+
+def test_a_failing_store_keeps_the_session_and_says_so(run_sim: Any, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the store's directory should be")
+    store = Store(f"file://{blocker}")
+    with run_sim(demo7(seed=6), speed=10.0) as sim:
+        panel = AcquisitionPanel(demo7_stations(sim.ports), frequency_hz=DEMO7_TUNE_HZ, duration_s=1.0,
+                                 selected=THREE[:2], store=store)
+        panel.acquire_button.click()
+        session = panel.wait(timeout=60)  # a store failure is data, not an exception
+    assert session.store_error and session.path is None
+    assert panel.sessions == [session] and session.ok == THREE[:2]
+    assert session.dataset is not None and int(session.dataset["n_samples"].min()) >= 12_000
+    assert len(panel.errors) == 1
+    assert session.session_id in panel.errors[0] and "NOT stored" in panel.errors[0]
+    assert session.store_error in panel.errors[0] and str(blocker) in panel.errors[0]
+    assert "NOT stored" in output_text(panel.error_output) and "NOT stored" in panel.status.value
+    assert all(r.state.value == "ok" for r in panel.rows.values())
+    # write first, index second: nothing reached the index
+    assert HistoryPanel().refresh() == []
+
+
+def test_wait_raises_what_the_acquisition_raised() -> None:
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(processes=False, n_workers=1, dashboard_address="127.0.0.1:0")
+    client = Client(cluster, set_as_default=False)
+    client.close()
+    cluster.close()
+    panel = AcquisitionPanel(load_catalog().network("demo7"), frequency_hz=DEMO7_TUNE_HZ, duration_s=1.0,
+                             selected=THREE[:2], acquire_kwargs={"client": client})
+    panel.acquire_button.click()
+    with pytest.raises(Exception, match="[Cc]losed") as ei:
+        panel.wait(timeout=30)
+    assert not isinstance(ei.value, TimeoutError)
+    assert panel.sessions == [] and not panel.running and not panel.acquire_button.disabled
+    assert len(panel.errors) == 1 and panel.errors[0].startswith("acquisition failed")
+    assert all(r.state.value == "failed" for r in panel.rows.values())
+
+
+# ---- the browser and the history on empty or failing back ends ----------------------------
+def test_session_browser_on_an_empty_store(tmp_path: Path) -> None:
+    store = Store(f"file://{tmp_path}/empty")
+    browser = SessionBrowser(store)
+    assert browser.refresh().empty and browser.errors == []
+    assert f"no sessions in {store.where} yet" in browser.listing.value and "acquire" in browser.listing.value
+    assert browser.selector.options == () and browser.open_button.disabled
+    with pytest.raises(ConfigError, match="no session selected"):
+        browser.plot()
+
+
+def test_session_browser_reports_a_session_deleted_under_it(tmp_path: Path) -> None:
+    from sdrlab.testing import synthetic_dataset
+
+    store = Store(f"file://{tmp_path}/store")
+    store.write(synthetic_dataset(3, 2.0, snr_db=[10.0, 20.0, 31.0]))
+    browser = SessionBrowser(store)
+    assert browser.selector.value == "synthetic-0"
+    ds = browser.open()  # no stored metrics: the summary computes them
+    summary = parse_table(browser.summary.value[browser.summary.value.index("<table"):])
+    for sid, snr in zip(("syn0", "syn1", "syn2"), (10.0, 20.0, 31.0)):
+        assert float(summary[sid]["SNR (dB)"]) == pytest.approx(snr, abs=0.6)
+    assert ds.sizes["station"] == 3
+    store.delete("synthetic-0")
+    browser.dataset = None
+    browser.open_button.click()
+    assert browser.dataset is None and len(browser.errors) == 1
+    assert "no committed session 'synthetic-0'" in browser.errors[0]
+    assert "synthetic-0" in output_text(browser.error_output)
+    browser.refresh_button.click()
+    assert "no sessions in" in browser.listing.value and len(browser.errors) == 1
+
+
+def test_session_browser_reports_an_unreachable_store() -> None:
+    pytest.importorskip("s3fs", reason="needs the s3 extra: pip install 'sdrlab[s3]'")
+    from sdrlab.testservers import _free_ports
+
+    port = _free_ports(1)[0]
+    store = Store("s3://sdrlab-nowhere/lab", {"key": "k", "secret": "s", "client_kwargs": {
+        "endpoint_url": f"http://127.0.0.1:{port}"}, "config_kwargs": {"connect_timeout": 1,
+                                                                      "retries": {"max_attempts": 1}}})
+    browser = SessionBrowser(store)  # the constructor lists: the error is shown, not raised
+    assert len(browser.errors) == 1 and f"127.0.0.1:{port}" in browser.errors[0]
+    assert "StorageError" in browser.errors[0] and f"127.0.0.1:{port}" in output_text(browser.error_output)
+    browser.refresh_button.click()
+    assert len(browser.errors) == 2
+    with pytest.raises(StorageError, match=f"127.0.0.1:{port}"):
+        browser.refresh()
+    assert len(browser.errors) == 3
+
+
+def test_history_panel_on_an_empty_index(tmp_path: Path) -> None:
+    panel = HistoryPanel(settings=settings_in(tmp_path))
+    assert panel.errors == [] and panel.stations.options == ()
+    assert "no metrics in the index" in panel.message.value and "sdrlab index rebuild" in panel.message.value
+    panel.plot_button.click()
+    assert panel.errors == [] and panel.data is not None and panel.data.empty
+    assert "no metrics in the index" in panel.message.value
+    assert isinstance(panel.figure, Figure)
+    assert_png(panel.plot_output)
+    panel.range_mode.value = "dates"
+    panel.start_date.value = datetime(2026, 1, 2).date()
+    panel.end_date.value = datetime(2026, 1, 1).date()
+    with pytest.raises(ConfigError, match="before it starts"):
+        panel.query()
+    assert len(panel.errors) == 1
