@@ -6,14 +6,16 @@ STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 PG_INITDB  := /usr/lib/postgresql/15/bin/initdb
 PG_PACKAGE := postgresql-15
+CHROMIUM   := /usr/bin/chromium
+CHROMIUM_PACKAGE := chromium
 APT_GET    ?= apt-get
 
 .PHONY: all venv demo test typecheck bench clean
 
 all: test
 
-# order-only: checked on every run (a no-op once initdb exists), never forces a venv rebuild
-$(STAMP): pyproject.toml | $(PG_INITDB)
+# order-only: checked on every run (a no-op once initdb and chromium exist), never forces a venv rebuild
+$(STAMP): pyproject.toml | $(PG_INITDB) $(CHROMIUM)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
@@ -31,6 +33,26 @@ $(PG_INITDB):
 	  echo "make: WARNING: $@ is missing and we are not root, so tests that need PostgreSQL will fail." >&2; \
 	  echo "make:          install it with 'sudo apt-get install $(PG_PACKAGE)', or set SDRLAB_PG_BINDIR" >&2; \
 	  echo "make:          to a directory holding initdb, pg_ctl and postgres." >&2; \
+	fi
+
+# Headless chromium for sdrlab.browser (HTML report tests, README screenshots; test-services.md section 4).
+# As root: installed from Debian apt (apt-get update only when the cached lists cannot serve it).
+# Otherwise: a hint, and sdrlab.browser.find_chromium raises saying the same. SDRLAB_CHROMIUM pointing
+# at an executable, or a chromium / chromium-browser / google-chrome already on PATH, skips all this.
+$(CHROMIUM):
+	@if [ -n "$$SDRLAB_CHROMIUM" ] && [ -x "$$SDRLAB_CHROMIUM" ]; then \
+	  echo "make: chromium from SDRLAB_CHROMIUM=$$SDRLAB_CHROMIUM"; \
+	elif found=$$(command -v chromium chromium-browser google-chrome | head -n 1) && [ -n "$$found" ]; then \
+	  echo "make: chromium from PATH: $$found"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  echo "make: $@ missing: installing $(CHROMIUM_PACKAGE) from apt"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $(APT_GET) install -y -qq --no-install-recommends $(CHROMIUM_PACKAGE) >/dev/null 2>&1 || \
+	  { $(APT_GET) update -qq && $(APT_GET) install -y -qq --no-install-recommends $(CHROMIUM_PACKAGE) >/dev/null; }; \
+	else \
+	  echo "make: WARNING: $@ is missing and we are not root, so browser tests will fail." >&2; \
+	  echo "make:          install it with 'sudo apt-get install $(CHROMIUM_PACKAGE)', or set SDRLAB_CHROMIUM" >&2; \
+	  echo "make:          to a chromium or chrome executable." >&2; \
 	fi
 
 venv: $(STAMP)

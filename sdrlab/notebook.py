@@ -113,7 +113,9 @@ def parse_station_spec(spec: Any) -> list[str]:
         raise ConfigError("parameter stations is empty: give a network name (e.g. demo7), 'all', or station ids")
     bad = [w for w in words if not re.match(r"^[a-z0-9][a-z0-9-]*$", w)]
     if bad:
-        raise ConfigError(f"parameter stations: {', '.join(map(repr, bad))} is not a station id or network name")
+        raise ConfigError(f"parameter stations: {', '.join(map(repr, bad))} "
+                          f"{'is not a station id or network name' if len(bad) == 1 else 'are not station ids'} "
+                          "(lower-case letters, digits and dashes)")
     return words
 
 

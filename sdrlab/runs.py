@@ -111,7 +111,10 @@ def output_path(template: str, parameters: Mapping[str, Any], notebook: str | Pa
         "date": datetime.now(timezone.utc).strftime("%Y%m%d"),
         **{k: _path_safe(v) for k, v in parameters.items()},
     }
-    names = [f for _, f, _, _ in string.Formatter().parse(template) if f]
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(template) if f]
+    except ValueError as exc:
+        raise ConfigError(f"output path {template!r} is not a valid template: {exc}") from None
     unknown = sorted({n.split(".")[0].split("[")[0] for n in names} - fields.keys())
     if unknown:
         raise ConfigError(
@@ -160,8 +163,8 @@ def run_notebook(
 ) -> RunResult:
     """Execute ``notebook`` with ``parameters`` through papermill; write the executed notebook to
     ``output`` (a template, see :func:`output_path`; default ``reports/{notebook}-{run_id}.ipynb``)
-    and, with ``html``, the rendered report.  Records the run in the index (``engine``, default the
-    settings' one; ``record=False`` skips it; an unreachable index is reported in
+    and, with ``html``, the rendered report.  Records the run in the index (``engine``; default the
+    one the notebook's ``db`` parameter names, else the settings' one; ``record=False`` skips it; an unreachable index is reported in
     ``index_error``, never fatal).  Raises :class:`NotebookRunError` when a cell fails (the partial
     output notebook, and the HTML if asked for, are still written)."""
     import papermill
@@ -209,7 +212,8 @@ def run_notebook(
         result.html = str(render_report(out, output_path(str(html), params, src, run_id)))
         _stamp(out, result)
     if record:
-        _record(result, engine)
+        db = params.get("db")  # the workbench notebooks' convention: the index they write to
+        _record(result, engine if engine is not None or not (isinstance(db, str) and db) else db)
     if failure is not None:
         raise NotebookRunError(f"{src.name}: {result.error}; the partial output is in {out}", result)
     return result
@@ -295,6 +299,10 @@ def _record(result: RunResult, engine: Any) -> None:
             from .config import Settings
 
             engine = Settings.from_env().engine()
+        elif isinstance(engine, str):
+            from .index import make_engine
+
+            engine = make_engine(engine)
         record_run(engine, result)
     except (IndexStoreError, ConfigError) as exc:
         log.warning("run %s not recorded in the index: %s", result.run_id, exc)

@@ -1,0 +1,224 @@
+"""``sdrlab run`` / ``sdrlab report`` against the real report notebook: papermill runs with
+several parameter sets (good and bad), the run recorded in the index, and the HTML report read
+in a real headless chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+from sqlalchemy import select
+
+from sdrlab.cli import main
+from sdrlab.demo import run_demo
+from sdrlab.errors import ConfigError, NotebookRunError
+from sdrlab.index import make_engine
+from sdrlab.index.models import RunRow, SessionRow
+from sdrlab.runs import (
+    PUBLISH_MIME, collect_published, output_path, parse_parameter, render_report, run_notebook,
+)
+from sdrlab.sim.networks import demo7
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORT = ROOT / "notebooks" / "report.ipynb"
+STATIONS = [rx.id for rx in demo7().receivers]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A store and index holding one simulated demo7 session."""
+    root = tmp_path_factory.mktemp("lab")
+    store, db = f"file://{root}/store", f"sqlite:///{root}/index.db"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SDRLAB_DB", db)
+        session = run_demo(duration_s=1.0, out=root / "store", speed=4.0, progress=False)
+    assert session.path and session.index_error is None
+    return {"root": root, "store": store, "db": db, "session": session.session_id}
+
+
+@pytest.fixture(scope="module")
+def report_run(lab):
+    """One good papermill run of report.ipynb on the stored session, with the HTML report."""
+    out = lab["root"] / "runs"
+    result = run_notebook(
+        REPORT, {"session": lab["session"], "store": lab["store"], "db": lab["db"]},
+        output=f"{out}/{{notebook}}-{{session}}.ipynb", html=f"{out}/{{notebook}}-{{run_id}}.html",
+        cwd=lab["root"], engine=make_engine(lab["db"]),
+    )
+    return result
+
+
+def test_good_run_writes_the_templated_notebook_and_publishes_the_session(lab, report_run):
+    r = report_run
+    assert r.status == "ok" and r.error is None and r.failed_cell is None
+    assert Path(r.output) == lab["root"] / "runs" / f"report-{lab['session']}.ipynb"
+    assert Path(r.html).name == f"report-{r.run_id}.html"
+    assert r.session_ids == [lab["session"]]
+    nb = nbformat.read(r.output, as_version=4)
+    assert nb.metadata["sdrlab"]["run_id"] == r.run_id
+    assert nb.metadata["sdrlab"]["parameters"]["session"] == lab["session"]
+    # papermill's injected cell carries the parameters unchanged
+    injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert f'session = "{lab["session"]}"' in injected.source
+    # every station is in the report's table, all ok
+    text = json.dumps([c.get("outputs", []) for c in nb.cells])
+    assert "7 of 7 stations delivered the whole capture." in text
+    for st in STATIONS:
+        assert st in text
+
+
+def test_good_run_is_in_the_index(lab, report_run):
+    engine = make_engine(lab["db"])
+    with engine.connect() as c:
+        row = c.execute(select(RunRow.status, RunRow.session_ids, RunRow.parameters, RunRow.html_path)
+                        .where(RunRow.id == report_run.run_id)).one()
+    assert row.status == "ok"
+    assert row.session_ids == [lab["session"]]
+    assert row.parameters["session"] == lab["session"]
+    assert row.html_path == report_run.html
+
+
+def test_html_report_is_self_contained(report_run):
+    html = Path(report_run.html).read_text()
+    assert not re.search(r"""<(script|link|img|iframe)\b[^>]*(src|href)=["']https?:""", html)
+    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', html)) == 4  # map, PSD, spectrogram, metrics
+    assert "injected-parameters" not in html and "nb.check_session_param" not in html  # code hidden
+    assert "application/vnd.jupyter.widget" not in html and PUBLISH_MIME not in html
+    assert report_run.run_id in html  # the header names the run
+
+
+def test_html_report_in_headless_chromium_shows_figures_and_the_metrics_table(report_run, tmp_path):
+    from sdrlab.browser import HeadlessBrowser
+
+    with HeadlessBrowser() as browser:
+        browser.open(report_run.html)
+        page = browser.page_report()
+        assert browser.external_requests() == []
+        assert page["images"] == 4 and page["images_decoded"] == 4
+        headers = browser.evaluate(
+            "Array.from(document.querySelectorAll('table.dataframe thead th')).map(t => t.textContent.trim())")
+        rows = browser.evaluate(
+            "Array.from(document.querySelectorAll('table.dataframe tbody tr')).map("
+            "r => Array.from(r.children).map(c => c.textContent.trim()))")
+        figure_sizes = browser.evaluate(
+            "Array.from(document.images).map(i => [i.naturalWidth, i.getBoundingClientRect().width])")
+        shot = browser.screenshot(tmp_path / "report.png")
+    assert {"status", "SNR (dB)", "noise floor (dBFS/Hz)", "offset (Hz)"} <= set(headers)
+    by_station = {r[0]: r for r in rows if r and r[0] in STATIONS}
+    assert sorted(by_station) == sorted(STATIONS)
+    snr_col = headers.index("SNR (dB)")
+    for r in by_station.values():
+        assert r[1] == "ok"
+        assert 5.0 < float(r[snr_col]) < 60.0  # the scene's SNRs, as shown on the page
+    assert all(w > 300 and shown > 300 for w, shown in figure_sizes)  # drawn at a readable size
+    assert shot.stat().st_size > 50_000
+
+
+def test_run_that_acquires_carries_the_run_id_into_the_index(lab, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.yaml").write_text(f"duration_s: 1.0\nstations: demo-berlin, demo-paris, demo-enschede\n"
+                                     f"store: {lab['store']}-acq\ndb: {lab['db']}\n")
+    rc = main(["run", str(REPORT), "-y", "p.yaml", "-p", "seed", "3", "--out", "out/{notebook}-{seed}.ipynb"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    run_id = re.search(r"^run (run-\S+): ok", out, re.M).group(1)
+    [sid] = re.search(r"^sessions: (.+)$", out, re.M).group(1).split(", ")
+    assert (tmp_path / "out" / "report-3.ipynb").exists()
+    with make_engine(lab["db"]).connect() as c:
+        assert c.execute(select(SessionRow.papermill_run_id).where(SessionRow.id == sid)).scalar_one() == run_id
+        assert c.execute(select(RunRow.parameters).where(RunRow.id == run_id)).scalar_one()["seed"] == 3
+    text = json.dumps([c.get("outputs", []) for c in nbformat.read(tmp_path / "out" / "report-3.ipynb", 4).cells])
+    assert "3 of 3 stations delivered the whole capture." in text
+
+
+@pytest.mark.parametrize("params, cell, message", [
+    ({"frequency_hz": -5.0}, 2, "ConfigError: frequency -5 Hz is outside 0-30 MHz"),
+    ({"duration_s": "long"}, 2, "ConfigError: parameter duration_s must be int or float, got 'long'"),
+    ({"stations": "demo7,Bad"}, 2, "parameter stations: 'Bad' is not a station id or network name"),
+    ({"session": "20200101T000000Z-abcdef"}, 3, "session 20200101T000000Z-abcdef is not in the store"),
+], ids=["negative-frequency", "duration-not-a-number", "bad-station-id", "unknown-session"])
+def test_bad_parameters_fail_naming_the_cell_and_keep_the_partial_output(lab, tmp_path, params, cell, message):
+    params = {**params, "store": lab["store"], "db": lab["db"]}
+    with pytest.raises(NotebookRunError) as err:
+        run_notebook(REPORT, params, output=tmp_path / "bad.ipynb", html=tmp_path / "bad.html",
+                     engine=make_engine(lab["db"]))
+    r = err.value.result
+    assert r.status == "failed" and r.failed_cell == cell
+    assert message in str(err.value) and f"code cell {cell}" in str(err.value)
+    assert str(tmp_path / "bad.ipynb") in str(err.value)
+    nb = nbformat.read(tmp_path / "bad.ipynb", as_version=4)  # the partial output is kept ...
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert len(errors) == 1 and errors[0]["ename"] == "ConfigError"
+    assert "This run failed" in (tmp_path / "bad.html").read_text()  # ... and rendered
+    with make_engine(lab["db"]).connect() as c:
+        row = c.execute(select(RunRow.status, RunRow.failed_cell).where(RunRow.id == r.run_id)).one()
+    assert tuple(row) == ("failed", cell)
+
+
+def test_cli_failed_run_exits_1_and_names_the_cell(lab, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc = main(["run", str(REPORT), "-p", "frequency_hz", "45e6", "-p", "store", lab["store"]])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "code cell 2 ('Check the parameters" in err and "ConfigError: frequency" in err and "outside 0-30 MHz" in err
+    assert "the partial output is in reports/report-run-" in err
+    assert list((tmp_path / "reports").glob("report-run-*.ipynb"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-p", "sesion", "x"], "report.ipynb has no parameter 'sesion' (its parameters: session, stations"),
+    (["--out", "x/{nope}.ipynb"], "names nope, which is neither a parameter given nor one of notebook, run_id, date"),
+    (["-y", "missing.yaml"], "cannot read parameters file missing.yaml"),
+])
+def test_cli_bad_invocations_exit_2_before_running(args, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(REPORT), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "reports").exists()
+
+
+def test_cli_run_of_missing_notebook_and_report_of_garbage(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "nope.ipynb")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "x.ipynb").write_text("not json")
+    assert main(["report", str(tmp_path / "x.ipynb"), "--html", str(tmp_path / "x.html")]) == 2
+    assert "is not a readable notebook" in capsys.readouterr().err
+
+
+def test_cli_report_renders_an_executed_notebook(report_run, tmp_path, capsys):
+    assert main(["report", report_run.output, "--html", str(tmp_path / "again.html")]) == 0
+    html = (tmp_path / "again.html").read_text()
+    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', html)) == 4
+
+
+def test_parameters_typed_as_papermill_types_them():
+    assert [parse_parameter(v) for v in ("True", "None", "3", "-5", "9.749e6", "demo7", "1,2")] == \
+        [True, None, 3, -5, 9.749e6, "demo7", "1,2"]
+
+
+def test_output_path_template():
+    p = output_path("r/{notebook}-{session}-{frequency_hz}.ipynb", {"session": "a/b c", "frequency_hz": 9.7e6},
+                    "x/report.ipynb", "run-1")
+    assert str(p) == "r/report-a_b_c-9700000.0.ipynb"
+    with pytest.raises(ConfigError, match="not a valid template"):
+        output_path("r/{notebook", {}, "report.ipynb", "run-1")
+
+
+def test_render_refuses_a_report_that_would_load_from_the_internet(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=[nbformat.v4.new_output(
+        "display_data", data={"text/html": '<script src="https://cdn.example.invalid/x.js"></script>'})])])
+    nbformat.write(nb, tmp_path / "n.ipynb")
+    with pytest.raises(Exception, match="would load from the internet .*cdn.example.invalid"):
+        render_report(tmp_path / "n.ipynb", tmp_path / "n.html")
+    assert not (tmp_path / "n.html").exists()
+
+
+def test_collect_published_gathers_every_session(tmp_path):
+    outs = [nbformat.v4.new_output("display_data", data={PUBLISH_MIME: {"session_id": s}, "text/plain": "p"})
+            for s in ("a", "b", "a")]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=outs)])
+    nbformat.write(nb, tmp_path / "n.ipynb")
+    assert collect_published(tmp_path / "n.ipynb") == {"session_id": ["a", "b"]}
