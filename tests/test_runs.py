@@ -222,3 +222,15 @@ def test_collect_published_gathers_every_session(tmp_path):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=outs)])
     nbformat.write(nb, tmp_path / "n.ipynb")
     assert collect_published(tmp_path / "n.ipynb") == {"session_id": ["a", "b"]}
+
+
+def test_demo_ends_with_the_report_of_its_session(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc = main(["demo", "--duration", "1", "--speed", "4", "--no-progress", "--out", str(tmp_path / "store"),
+               "--report", str(REPORT), "--report-dir", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    sid = re.search(r"^session (\S+): 7 ok", out, re.M).group(1)
+    html = Path(re.search(r"^report of session \S+ \([\d.]+ s\): (\S+\.html)$", out, re.M).group(1))
+    assert html == tmp_path / "r" / f"report-{sid}.html" and html.exists()
+    assert sid in html.read_text() and "7 of 7 stations delivered the whole capture." in html.read_text()
