@@ -201,7 +201,7 @@ def station_table(ds: Any) -> pd.DataFrame:
         row: dict[str, Any] = {"station": str(st), "status": str(s["status"].values)}
         row["samples"] = int(s["n_samples"])
         row["sample rate (Hz)"] = round(float(s["sample_rate"]), 3)
-        row["start (UTC)"] = pd.Timestamp(s["start_time"].values)
+        row["start (UTC)"] = pd.Timestamp(s["start_time"].values).round("ms")
         for name, label, nd in (("snr_db", "SNR (dB)", 1), ("signal_power_dbfs", "signal (dBFS)", 1),
                                 ("noise_floor_dbfs_hz", "noise floor (dBFS/Hz)", 1),
                                 ("frequency_offset_hz", "offset (Hz)", 2)):

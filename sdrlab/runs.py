@@ -282,13 +282,21 @@ def _stamp(out: Path, result: RunResult) -> None:
     nb = nbformat.read(str(out), as_version=4)
     meta = {k: v for k, v in asdict(result).items() if k != "output"}
     meta["notebook"] = Path(result.notebook).name
-    meta["parameters"] = {k: _json_value(v) for k, v in result.parameters.items()}
+    meta["parameters"] = public_parameters(result.parameters)
     nb.metadata["sdrlab"] = meta
     nbformat.write(nb, str(out))
 
 
-def _json_value(v: Any) -> Any:
-    return v if isinstance(v, (str, int, float, bool)) or v is None else str(v)
+def public_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """Parameters as they may be shown or stored: JSON values, and any password in a URL
+    (``db``, ``store``) masked."""
+    from .config import mask_url
+
+    out: dict[str, Any] = {}
+    for k, v in parameters.items():
+        v = v if isinstance(v, (int, float, bool)) or v is None else str(v)
+        out[k] = mask_url(v) if isinstance(v, str) else v
+    return out
 
 
 def _record(result: RunResult, engine: Any) -> None:

@@ -234,3 +234,12 @@ def test_demo_ends_with_the_report_of_its_session(tmp_path, capsys, monkeypatch)
     html = Path(re.search(r"^report of session \S+ \([\d.]+ s\): (\S+\.html)$", out, re.M).group(1))
     assert html == tmp_path / "r" / f"report-{sid}.html" and html.exists()
     assert sid in html.read_text() and "7 of 7 stations delivered the whole capture." in html.read_text()
+
+
+def test_passwords_in_url_parameters_are_masked_for_the_report_and_the_index():
+    from sdrlab.runs import public_parameters
+
+    shown = public_parameters({"db": "postgresql+psycopg://lab:s3cret@127.0.0.1:5432/idx", "n": 3,
+                               "store": "s3://bucket/x"})
+    assert shown == {"db": "postgresql+psycopg://lab:***@127.0.0.1:5432/idx", "n": 3, "store": "s3://bucket/x"}
+    assert "s3cret" not in json.dumps(shown)

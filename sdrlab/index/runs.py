@@ -11,6 +11,7 @@ from sqlalchemy import Engine, delete, insert, select
 from ..errors import IndexStoreError
 from .models import RunRow, SessionRow
 from .schema import init_db
+from ..runs import public_parameters
 
 if TYPE_CHECKING:
     from ..runs import RunResult
@@ -22,8 +23,7 @@ def record_run(engine: Engine, result: RunResult) -> None:
     init_db(engine)
     row = {
         "id": result.run_id, "notebook": result.notebook, "output_path": result.output, "html_path": result.html,
-        "parameters": {k: v if isinstance(v, (str, int, float, bool)) or v is None else str(v)
-                       for k, v in result.parameters.items()},
+        "parameters": public_parameters(result.parameters),
         "status": result.status, "error": result.error, "failed_cell": result.failed_cell,
         "session_ids": result.session_ids,
         "started_at": datetime.fromisoformat(result.started_at),
