@@ -14,8 +14,8 @@ APT_GET    ?= apt-get
 
 all: test
 
-# order-only: checked on every run (a no-op once initdb and chromium exist), never forces a venv rebuild
-$(STAMP): pyproject.toml | $(PG_INITDB) $(CHROMIUM)
+# order-only: checked on every run (a no-op once initdb exists), never forces a venv rebuild
+$(STAMP): pyproject.toml | $(PG_INITDB)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
@@ -66,7 +66,7 @@ typecheck: $(STAMP)
 	$(PY) -m mypy
 
 # pytest exit code 5 (no tests collected) is a failure, not a pass
-test: $(STAMP) typecheck
+test: $(STAMP) typecheck | $(CHROMIUM)
 	@set +e; $(PY) -m pytest -p no:cacheprovider tests $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; exit $$rc
 

@@ -326,6 +326,9 @@ def acquire(
     settings = settings or Settings.from_env()
     validate_request(frequency_hz, duration_s)
     chosen = _resolve(stations, catalog, settings)
+    reserved = sorted(set(attrs or {}) & model.RESERVED_ATTRS)
+    if reserved:  # checked before anything is acquired, so nothing acquired is ever refused
+        raise ConfigError(f"attrs: {', '.join(map(repr, reserved))} set by sdrlab, cannot be replaced")
     if write and store is None:
         store = settings.store_obj()
     options = options or KiwiOptions(gps_utc_offset_s=settings.gps_utc_offset_s)
@@ -347,10 +350,7 @@ def acquire(
             session_id=sid,
         )
         ds = attach_metrics(ds, [r for r in ordered.values() if r.capture is not None])
-        for k, v in (attrs or {}).items():
-            if k in ds.attrs:
-                raise ConfigError(f"attrs: {k!r} is set by sdrlab and cannot be replaced")
-            ds.attrs[k] = v
+        ds.attrs.update({k: v for k, v in (attrs or {}).items() if k not in ds.attrs})
         if settings.run_id:  # acquired inside `sdrlab run`: the index links the session to the run
             ds.attrs["papermill_run_id"] = settings.run_id
     session = Session(sid, float(frequency_hz), float(duration_s), ordered, ds,
@@ -409,25 +409,25 @@ def _run(
         per_endpoint[(st.host, st.port)] = per_endpoint.get((st.host, st.port), 0) + 1
     topic = None
     notify = _safe_callback(on_progress)
-    if notify is not None:
-        topic = f"sdrlab-progress-{sid}"
-        for st in chosen:
-            notify({"station": st.id, "state": "queued", "fraction": 0.0, "samples": 0, "message": ""})
-        client.subscribe_topic(topic, lambda event: notify(event[1]))
-    futures = {
-        client.submit(
-            capture_station, st, frequency_hz, duration_s, options, per_endpoint[(st.host, st.port)] > 1, topic,
-            key=f"acquire-{st.id}-{sid}", pure=False, retries=0,
-        ): st.id
-        for st in chosen
-    }
     bar = None
-    if show:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(futures), desc="acquire", unit="station")
     results: dict[str, StationResult] = {}
     try:
+        if notify is not None:
+            topic = f"sdrlab-progress-{sid}"
+            for st in chosen:
+                notify({"station": st.id, "state": "queued", "fraction": 0.0, "samples": 0, "message": ""})
+            client.subscribe_topic(topic, lambda event: notify(event[1]))
+        futures = {
+            client.submit(
+                capture_station, st, frequency_hz, duration_s, options, per_endpoint[(st.host, st.port)] > 1, topic,
+                key=f"acquire-{st.id}-{sid}", pure=False, retries=0,
+            ): st.id
+            for st in chosen
+        }
+        if show:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(futures), desc="acquire", unit="station")
         with client.as_current():
             for fut in as_completed(futures):
                 sid_ = futures[fut]
@@ -437,7 +437,7 @@ def _run(
                     res = StationResult(sid_, "failed", None, type(exc).__name__, f"task failed: {exc}")
                 results[sid_] = res
                 if notify is not None:
-                    notify(_final_event(res, duration_s))
+                    notify(final_event(res, duration_s))
                 if bar is not None:
                     bar.set_postfix_str(f"{sid_}: {res.status}")
                     bar.update(1)
@@ -453,20 +453,33 @@ def _run(
 
 
 def _safe_callback(fn: ProgressCallback | None) -> ProgressCallback | None:
-    """``fn`` wrapped so that an error in a display never stops the acquisition (logged)."""
+    """``fn`` wrapped so that an error in a display never stops the acquisition (logged), calls
+    from the event-log thread and the gathering thread never overlap, and a station's events
+    after its final state (a late ``receiving``) are dropped."""
     if fn is None:
         return None
+    import threading
+
+    lock = threading.Lock()
+    finished: set[str] = set()
 
     def call(event: dict[str, Any]) -> None:
-        try:
-            fn(event)
-        except Exception:
-            log.exception("on_progress callback failed for %s", event.get("station"))
+        with lock:
+            station = str(event.get("station"))
+            if station in finished:
+                return
+            if event.get("state") in FINAL_STATES:
+                finished.add(station)
+            try:
+                fn(event)
+            except Exception:
+                log.exception("on_progress callback failed for %s", station)
 
     return call
 
 
-def _final_event(res: StationResult, duration_s: float) -> dict[str, Any]:
+def final_event(res: StationResult, duration_s: float) -> dict[str, Any]:
+    """The progress event of a station's final state (:data:`ProgressCallback`)."""
     samples = res.capture.n_samples if res.capture is not None else 0
     rate = res.capture.sample_rate if res.capture is not None else float("nan")
     want = duration_s * rate if rate == rate and rate > 0 else 0.0

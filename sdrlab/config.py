@@ -38,6 +38,14 @@ def mask_url(url: str) -> str:
     return f"{scheme}://{user}:***@{hostpart}" if ":" in creds else url
 
 
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^:/@\s]*:)\S+@")
+
+
+def mask_urls_in(text: str) -> str:
+    """Every ``scheme://user:password@`` in a free text (an error message) with the password masked."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
+
 @dataclass(frozen=True)
 class Settings:
     #: where sessions are stored: file://PATH (default ./sdrlab-data) or s3://bucket/prefix

@@ -246,6 +246,15 @@ def build_dataset(
     return xr.Dataset(data_vars, coords=coords, attrs=gattrs)
 
 
+#: global attributes sdrlab itself sets on a session (build_dataset, the metrics, batch runs):
+#: extra attrs given to acquire() may not replace them
+RESERVED_ATTRS = frozenset({
+    "title", "Conventions", "session_id", "sdrlab_version", "protocol", "center_frequency_hz", "passband_low_hz",
+    "passband_high_hz", "requested_duration_s", "gps_utc_offset_s", "station_status", "core:version",
+    "core:datatype", "core:recorder", K_FREQUENCY, "metrics_definition", "papermill_run_id",
+})
+
+
 def station_status(ds: xr.Dataset) -> pd.DataFrame:
     """The per-station status table stored with the session (includes failed stations)."""
     table = json.loads(ds.attrs.get("station_status", "{}"))

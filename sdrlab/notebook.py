@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from .store import Store
 
 log = logging.getLogger(__name__)
-_SERVERS: list[SimServer] = []
+#: simulated networks started by this kernel, reused by later cells: (network, seed, speed) -> server
+_SERVERS: dict[tuple[str, int, float], tuple[SimServer, Scene]] = {}
 
 
 # ---- where ------------------------------------------------------------------------------------
@@ -120,25 +121,29 @@ def parse_station_spec(spec: Any) -> list[str]:
 
 
 # ---- stations ---------------------------------------------------------------------------------
-def _stop_servers() -> None:
+def stop_simulators() -> None:
+    """Stop every simulated network this process started (also run at exit)."""
     while _SERVERS:
+        server, _ = _SERVERS.popitem()[1]
         try:
-            _SERVERS.pop().stop_thread()
-        except Exception:  # the interpreter is going away
-            pass
+            server.stop_thread()
+        except Exception:  # the interpreter may be going away
+            log.debug("simulator stop failed", exc_info=True)
 
 
 def simulate(network: str = "demo7", *, seed: int = 0, speed: float = 1.0) -> tuple[SimServer, Scene]:
-    """Start a simulated network on free loopback ports for the rest of this kernel's life."""
+    """A simulated network on free loopback ports, started once per (network, seed, speed) and
+    kept for the rest of this kernel's life (re-running a cell reuses it)."""
     from .sim.networks import network as make_scene
     from .sim.server import SimServer
 
-    scene = make_scene(network, seed)
-    server = SimServer(scene, base_port=0, speed=speed).start_in_thread()
-    if not _SERVERS:
-        atexit.register(_stop_servers)
-    _SERVERS.append(server)
-    return server, scene
+    key = (network, int(seed), float(speed))
+    if key not in _SERVERS:
+        scene = make_scene(network, seed)
+        if not _SERVERS:
+            atexit.register(stop_simulators)
+        _SERVERS[key] = (SimServer(scene, base_port=0, speed=speed).start_in_thread(), scene)
+    return _SERVERS[key]
 
 
 def choose_stations(spec: str, *, simulated: bool, settings: Settings | None = None,
@@ -152,18 +157,18 @@ def choose_stations(spec: str, *, simulated: bool, settings: Settings | None = N
     settings = settings or Settings.from_env()
     if simulated:
         net = words[0] if len(words) == 1 and words[0] in NETWORKS else "demo7"
-        server, scene = simulate(net, seed=seed)
         from .demo import demo7_stations
+        from .stations import load_catalog
 
-        pointed = {s.id: s for s in demo7_stations(server.ports)} if net == "demo7" else {}
-        if not pointed:
-            raise ConfigError(f"no stations for simulated network {net!r}")
+        known = [s.id for s in load_catalog().network(net)]
+        unknown = [w for w in words if w not in known and w not in NETWORKS and w != "all"]
+        if unknown:  # checked before a simulator is started
+            raise ConfigError(f"parameter stations: {', '.join(unknown)} not in the simulated network {net} "
+                              f"(its stations: {', '.join(known)})")
+        server, scene = simulate(net, seed=seed)
+        pointed = {s.id: s for s in demo7_stations(server.ports)}
         if words[0] in NETWORKS or words == ["all"]:
             return list(pointed.values()), scene
-        unknown = [w for w in words if w not in pointed]
-        if unknown:
-            raise ConfigError(f"parameter stations: {', '.join(unknown)} not in the simulated network {net} "
-                              f"(its stations: {', '.join(pointed)})")
         return [pointed[w] for w in words], scene
     catalog = settings.catalog_obj()
     if words == ["all"]:

@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from .config import mask_urls_in
 from .errors import ConfigError, IndexStoreError, NotebookRunError, SdrlabError
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ def output_path(template: str, parameters: Mapping[str, Any], notebook: str | Pa
     fields = {
         "notebook": Path(notebook).stem, "run_id": run_id,
         "date": datetime.now(timezone.utc).strftime("%Y%m%d"),
-        **{k: _path_safe(v) for k, v in parameters.items()},
+        **{k: _path_safe(v) for k, v in public_parameters(parameters).items()},
     }
     try:
         names = [f for _, f, _, _ in string.Formatter().parse(template) if f]
@@ -188,6 +189,7 @@ def run_notebook(
     result = RunResult(run_id, str(src), str(out), params, started_at=_now())
     t0 = time.perf_counter()
     failure: PapermillExecutionError | None = None
+    crash: Exception | None = None
     with _env({RUN_ID_ENV: run_id, "SDRLAB_PROGRESS": "0"}):
         try:
             papermill.execute_notebook(
@@ -197,26 +199,71 @@ def run_notebook(
             )
         except PapermillExecutionError as exc:
             failure = exc
+        except Exception as exc:  # the kernel died, did not start, or a cell timed out
+            crash = exc
     result.duration_s = time.perf_counter() - t0
     result.finished_at = _now()
-    result.published = collect_published(out) if out.exists() else {}
-    if failure is None:
-        result.status = "ok"
-    else:
+    result.published = _published(out)
+    if failure is not None:
         result.status = "failed"
         result.failed_cell, what = _failed_cell(out, failure)
         where = f"code cell {result.failed_cell}" if result.failed_cell else f"the cell run as In [{failure.exec_count}]"
-        result.error = f"{where} ({what!r}) raised {failure.ename}: {failure.evalue}"
-    _stamp(out, result)
-    if html is not None:
-        result.html = str(render_report(out, output_path(str(html), params, src, run_id)))
+        result.error = mask_urls_in(f"{where} ({what!r}) raised {failure.ename}: {failure.evalue}")
+    elif crash is not None:
+        result.status = "failed"
+        result.failed_cell, what = _running_cell(out)
+        where = f" in code cell {result.failed_cell} ({what!r})" if result.failed_cell else ""
+        result.error = mask_urls_in(f"the run stopped{where}: {type(crash).__name__}: {_first_line(crash)}")
+    else:
+        result.status = "ok"
+    if out.exists():
         _stamp(out, result)
+        if html is not None:
+            try:
+                result.html = str(render_report(out, output_path(str(html), params, src, run_id)))
+                _stamp(out, result)
+            except (SdrlabError, OSError) as exc:  # the run and its notebook stand; say why there is no report
+                log.error("run %s: no HTML report: %s", run_id, exc)
+                result.status, result.error = "failed", (result.error or f"the HTML report failed: {exc}")
     if record:
         db = params.get("db")  # the workbench notebooks' convention: the index they write to
-        _record(result, engine if engine is not None or not (isinstance(db, str) and db) else db)
-    if failure is not None:
-        raise NotebookRunError(f"{src.name}: {result.error}; the partial output is in {out}", result)
+        _record(result, engine if engine is not None else (db if isinstance(db, str) else ""))
+    if result.status != "ok":
+        kept = f"the partial output is in {out}" if out.exists() else "no output notebook was written"
+        raise NotebookRunError(f"{src.name}: {result.error}; {kept}", result) from (crash or None)
     return result
+
+
+def _published(out: Path) -> dict[str, Any]:
+    try:
+        return collect_published(out) if out.exists() else {}
+    except Exception:  # a notebook cut short by a dying kernel
+        return {}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else "(no message)"
+
+
+def _running_cell(out: Path) -> tuple[int | None, str]:
+    """The cell that was running when the kernel went away: the last one papermill started
+    (``metadata.papermill.start_time``)."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(str(out), as_version=4)
+    except Exception:
+        return None, ""
+    n = 0
+    last: tuple[int | None, str] = (None, "")
+    for cell in nb.cells:
+        if cell.cell_type != "code" or "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            continue
+        n += 1
+        if cell.get("metadata", {}).get("papermill", {}).get("start_time"):
+            last = (n, _describe(cell.source))
+    return last
 
 
 def _now() -> str:
@@ -303,18 +350,15 @@ def _record(result: RunResult, engine: Any) -> None:
     from .index.runs import record_run
 
     try:
-        if engine is None:
-            from .config import Settings
+        if engine is None or isinstance(engine, str):
+            from .notebook import workbench_settings  # the index the notebook's kernel uses
 
-            engine = Settings.from_env().engine()
-        elif isinstance(engine, str):
-            from .index import make_engine
-
-            engine = make_engine(engine)
+            engine = workbench_settings(db=engine or "").engine()
         record_run(engine, result)
-    except (IndexStoreError, ConfigError) as exc:
-        log.warning("run %s not recorded in the index: %s", result.run_id, exc)
-        result.index_error = str(exc)
+    except Exception as exc:  # a run that happened is never undone by its bookkeeping
+        reason = exc if isinstance(exc, (IndexStoreError, ConfigError)) else f"{type(exc).__name__}: {exc}"
+        result.index_error = mask_urls_in(str(reason))
+        log.warning("run %s not recorded in the index: %s", result.run_id, result.index_error)
 
 
 # ---- reports ----------------------------------------------------------------------------------

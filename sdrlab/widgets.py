@@ -36,7 +36,7 @@ import pandas as pd
 import xarray as xr
 from matplotlib.figure import Figure
 
-from .acquire import TABLE_METRICS, Session, validate_request
+from .acquire import FINAL_STATES, Session, final_event, validate_request
 from .acquire import acquire as run_acquisition
 from .config import Settings, mask_url
 from .errors import AcquisitionError, ConfigError
@@ -61,7 +61,6 @@ W: Any = _import_ipywidgets()
 DEFAULT_FREQUENCY_HZ = 9_749_000.0
 #: final states and their progress-bar colours
 BAR_STYLES = {"ok": "success", "partial": "warning", "failed": "danger", "receiving": "info"}
-FINAL_STATES = frozenset({"ok", "partial", "failed"})
 PLOT_KINDS = ("psd", "spectrogram", "map", "metrics")
 #: bucket choices of the history panel (label, seconds)
 BUCKETS = (("1 min", 60), ("10 min", 600), ("1 h", 3600), ("1 day", 86400))
@@ -453,13 +452,7 @@ class AcquisitionPanel(_Panel):
             for sid, res in session.results.items():  # the final state even if its event was lost
                 row = self.rows.get(sid)
                 if row is not None and not row.final:
-                    cap = res.capture
-                    want = _wanted_samples(session.duration_s, cap.sample_rate) if cap is not None else 0.0
-                    samples = cap.n_samples if cap is not None else 0
-                    row.update({"state": res.status, "samples": samples,
-                                "fraction": min(1.0, samples / want) if want else float(res.status == "ok"),
-                                "message": f"{res.error_class}: {res.message}" if res.error_class else "",
-                                **{k: v for k, v in res.metrics.items() if k in TABLE_METRICS}})
+                    row.update(final_event(res, session.duration_s))
         self.results.value = session_table_html(session)
         sid = session.session_id
         for st, res in session.results.items():
@@ -481,11 +474,6 @@ class AcquisitionPanel(_Panel):
         self.status.value = _message_html(
             f"session {sid}: {counts['ok']} ok, {counts['partial']} partial, {counts['failed']} failed; {where}",
             "#2e7d32" if counts["ok"] == len(session.results) and not session.store_error else "#ef6c00")
-
-
-def _wanted_samples(duration_s: float, rate: float) -> float:
-    """Samples requested at ``rate`` (0 when the rate is unknown)."""
-    return duration_s * rate if math.isfinite(rate) and rate > 0 else 0.0
 
 
 # ---- the store ------------------------------------------------------------------------------

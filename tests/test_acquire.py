@@ -344,3 +344,21 @@ def test_a_down_index_loses_nothing(tmp_path):
     init_db(later)
     index_session(later, store.open(session.session_id), session.path)
     assert len(find_captures(later)) == 2
+
+
+def test_extra_attrs_travel_with_the_session_but_cannot_replace_sdrlabs(run_sim, scene, tmp_path):
+    from conftest import station_for
+    from sdrlab.errors import ConfigError
+    from sdrlab.model import RESERVED_ATTRS, build_dataset
+
+    with run_sim(scene) as sim:
+        st = station_for(sim, scene, scene.receivers[0].id)
+        t = time.perf_counter()
+        with pytest.raises(ConfigError, match="'title' set by sdrlab"):
+            acquire([st], 9_749_000.0, 0.5, write=False, progress=False, attrs={"title": "mine", "note": "x"})
+        assert time.perf_counter() - t < 0.5  # refused before anything was acquired
+        s = acquire([st], 9_749_000.0, 0.5, write=False, progress=False, attrs={"experiment": "roof antenna"})
+    assert s.dataset.attrs["experiment"] == "roof antenna"
+    # every attribute sdrlab sets is reserved
+    assert set(s.dataset.attrs) - {"experiment"} <= RESERVED_ATTRS
+    assert set(build_dataset([s.results[st.id].capture], {st.id: st}).attrs) <= RESERVED_ATTRS

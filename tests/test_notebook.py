@@ -110,3 +110,18 @@ def test_pick_session_station_table_heading_and_methods(tmp_path):
     head = nb.heading(opened)
     assert head.startswith(f"## Session `{sid}`") and "3 stations (3 ok)" in head
     assert "**SNR (dB)**" in nb.methods_note(opened)
+
+
+@pytest.fixture(autouse=True)
+def _no_simulator_left():
+    yield
+    nb.stop_simulators()
+
+
+def test_bad_station_names_start_no_simulator_and_good_ones_reuse_it():
+    with pytest.raises(ConfigError):
+        nb.choose_stations("demo-atlantis", simulated=True)
+    assert nb._SERVERS == {}
+    first, _ = nb.choose_stations("demo7", simulated=True)
+    again, _ = nb.choose_stations("demo-paris", simulated=True)
+    assert len(nb._SERVERS) == 1 and again[0].port == {s.id: s.port for s in first}["demo-paris"]

@@ -243,3 +243,36 @@ def test_passwords_in_url_parameters_are_masked_for_the_report_and_the_index():
                                "store": "s3://bucket/x"})
     assert shown == {"db": "postgresql+psycopg://lab:***@127.0.0.1:5432/idx", "n": 3, "store": "s3://bucket/x"}
     assert "s3cret" not in json.dumps(shown)
+
+
+def _tiny_notebook(path, *cells):
+    nbk = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("x = 1  # a parameter", metadata={"tags": ["parameters"]}),
+        *[nbformat.v4.new_code_cell(c) for c in cells]])
+    nbk.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nbk, path)
+    return path
+
+
+def test_a_dying_kernel_fails_the_run_names_the_cell_and_is_recorded(tmp_path):
+    import os
+
+    nbp = _tiny_notebook(tmp_path / "dies.ipynb", "y = x + 1", "# the crash\nimport os\nos._exit(3)", "z = 2")
+    engine = make_engine(f"sqlite:///{tmp_path}/i.db")
+    with pytest.raises(NotebookRunError) as err:
+        run_notebook(nbp, {"x": 2}, output=tmp_path / "out.ipynb", engine=engine)
+    r = err.value.result
+    assert r.status == "failed" and r.failed_cell == 3
+    assert "the run stopped in code cell 3 ('the crash')" in r.error and "DeadKernelError" in r.error
+    assert (tmp_path / "out.ipynb").exists()
+    assert os.environ.get("SDRLAB_RUN_ID") is None  # the kernel's environment did not leak
+    with engine.connect() as c:
+        assert c.execute(select(RunRow.status).where(RunRow.id == r.run_id)).scalar_one() == "failed"
+
+
+def test_an_unusable_index_url_never_undoes_a_good_run(tmp_path):
+    nbp = _tiny_notebook(tmp_path / "ok.ipynb", "y = x + 1")
+    r = run_notebook(nbp, {"x": 2}, output=tmp_path / "out.ipynb",
+                     engine="postgresql+psycopg://lab:s3cret@127.0.0.1:notaport/x")
+    assert r.status == "ok"
+    assert r.index_error and "s3cret" not in r.index_error

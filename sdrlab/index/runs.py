@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 
 
 def record_run(engine: Engine, result: RunResult) -> None:
-    """Insert (or replace) the run, and mark the sessions it published that have no run id yet as
-    made by it (a session acquired inside the run carries the id already)."""
+    """Insert (or replace) the run with the sessions it published (acquired in the run, or
+    reported on).  Sessions acquired inside the run carry its id themselves (``papermill_run_id``)."""
     init_db(engine)
     row = {
         "id": result.run_id, "notebook": result.notebook, "output_path": result.output, "html_path": result.html,
