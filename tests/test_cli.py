@@ -115,8 +115,9 @@ def test_malformed_catalogue_names_every_problem(tmp_path, capsys):
 
 
 def test_demo_runs_end_to_end(tmp_path):
+    env = {**ENV, "SDRLAB_DB": f"sqlite:///{tmp_path}/index.db"}  # never the working tree's index
     r = subprocess.run([SDRLAB, "demo", "--duration", "1", "--speed", "5", "--out", str(tmp_path), "--no-progress"],
-                       capture_output=True, text=True, env=ENV, timeout=120)
+                       capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     for rx in demo7().receivers:
         assert rx.id in r.stdout

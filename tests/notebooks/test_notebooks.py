@@ -48,6 +48,7 @@ def test_notebook_runs_under_nbval(path, tmp_path):
     nb = nbformat.read(str(path), as_version=4)
     checked = sum("NBVAL_CHECK_OUTPUT" in c.source for c in nb.cells if c.cell_type == "code")
     assert checked >= 2
+    before = _snapshot(ROOT / "sdrlab-data")
     env = {**os.environ, "SDRLAB_STORE": f"file://{tmp_path}/data", "SDRLAB_DB": f"sqlite:///{tmp_path}/data/index.db",
            "SDRLAB_PROGRESS": "0"}
     r = subprocess.run(
@@ -60,5 +61,10 @@ def test_notebook_runs_under_nbval(path, tmp_path):
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     n_code = sum(c.cell_type == "code" for c in nb.cells)
     assert re.search(rf"\b{n_code} passed\b", summary), summary
-    # the notebooks wrote only where they were told to
+    # the notebooks wrote only where they were told to, never into the checkout's own data
     assert (tmp_path / "data" / "index.db").exists()
+    assert _snapshot(ROOT / "sdrlab-data") == before
+
+
+def _snapshot(d: Path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime for p in d.rglob("*")} if d.exists() else {}
