@@ -60,7 +60,7 @@ venv: $(STAMP)
 # acquire from the simulated demo7 network, store and index the session, then run the report
 # notebook on it (papermill) and print the path of its HTML report
 demo: $(STAMP)
-	$(VENV)/bin/sdrlab demo --report notebooks/report.ipynb --report-dir reports
+	$(VENV)/bin/sdrlab demo --duration 12 --report notebooks/report.ipynb --report-dir reports
 
 typecheck: $(STAMP)
 	$(PY) -m mypy

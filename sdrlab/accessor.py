@@ -24,6 +24,8 @@ if TYPE_CHECKING:  # matplotlib, scipy and the metrics machinery load on first u
     import pandas as pd
     from matplotlib.figure import Figure
 
+    from .tdoa import TdoaResult
+
 
 def transmitter_position(ds: xr.Dataset) -> tuple[float, float] | None:
     """The transmitter's position when the session knows it (simulated scenes record it)."""
@@ -98,6 +100,28 @@ class SdrDatasetAccessor:
         from . import plots
 
         return plots.plot_metrics(self.metrics(**kw).compute())
+
+    # ---- TDoA (sdrlab.tdoa) ----------------------------------------------------------------
+    def tdoa(self, **kw: Any) -> TdoaResult:
+        """Locate the transmitter from the stations' GPS-stamped IQ (:func:`sdrlab.tdoa.tdoa`)."""
+        from .tdoa import tdoa
+
+        return tdoa(self._ds, **kw)
+
+    def plot_tdoa_map(self, result: TdoaResult | None = None, *, truth: tuple[float, float] | None = None,
+                      **kw: Any) -> Figure:
+        """Stations, constant-lag hyperbolas, likelihood, estimate and ellipse, and the true
+        position (``truth`` or the session's); ``kw`` go to :meth:`tdoa` when no ``result``."""
+        from . import plots
+
+        res = result if result is not None else self.tdoa(**kw)
+        return plots.plot_tdoa_map(res, truth=truth or transmitter_position(self._ds))
+
+    def plot_tdoa_lags(self, result: TdoaResult | None = None, **kw: Any) -> Figure:
+        """The lag of every window per station pair; ``kw`` go to :meth:`tdoa` when no ``result``."""
+        from . import plots
+
+        return plots.plot_tdoa_lags(result if result is not None else self.tdoa(**kw))
 
 
 @xr.register_dataarray_accessor("sdr")

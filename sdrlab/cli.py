@@ -68,6 +68,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cwd", metavar="DIR", help="the kernel's working directory (default: this one)")
     run.add_argument("--log-output", action="store_true", help="echo the cells' output while running")
 
+    td = sub.add_parser("tdoa", help="locate the transmitter of a stored session from GPS-timed lags (TDoA)")
+    td.add_argument("session", help="session id, or 'latest'")
+    td.add_argument("--min-overlap", type=float, default=10.0, metavar="S",
+                    help="seconds all stations must share (default 10)")
+    td.add_argument("--window", type=float, default=1.0, metavar="S", help="correlation window (default 1 s)")
+    td.add_argument("--station", action="append", metavar="ID", help="use only these stations (repeatable)")
+    td.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    td.add_argument("--map", metavar="PNG", help="also draw the map (stations, hyperbolas, likelihood, ellipse)")
+    td.add_argument("--store", metavar="URL")
+
     rep = sub.add_parser("report", help="render an executed notebook as a self-contained HTML report")
     rep.add_argument("executed", metavar="EXECUTED.ipynb")
     rep.add_argument("--html", metavar="OUT.html", required=True)
@@ -270,6 +280,30 @@ def _cmd_run(a: argparse.Namespace) -> int:
                           log_output=a.log_output)
     for line in format_result(result):
         print(line)
+    return 0
+
+
+def _cmd_tdoa(a: argparse.Namespace) -> int:
+    import json
+
+    from .notebook import pick_session
+    from .tdoa import tdoa
+
+    store = _store(a.store)
+    sid = pick_session(store, a.session)
+    ds = store.open(sid)
+    result = tdoa(ds, stations=a.station, window_s=a.window, min_overlap_s=a.min_overlap)
+    if a.map:
+        from .plots import plot_tdoa_map
+
+        plot_tdoa_map(result, truth=result.truth).savefig(a.map, dpi=110)
+    if a.json:
+        print(json.dumps({"session_id": sid, **result.to_dict()}, sort_keys=True))
+    else:
+        print(f"session {sid}")
+        print(result.summary())
+        if a.map:
+            print(f"map: {a.map}")
     return 0
 
 
@@ -480,6 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "query": _cmd_query,
         "run": _cmd_run,
         "report": _cmd_report,
+        "tdoa": _cmd_tdoa,
     }
     try:
         return handlers[args.command](args)

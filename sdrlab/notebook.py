@@ -286,3 +286,48 @@ def methods_note(ds: Any) -> str:
         lines.append("- Spectral estimate: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in d.items() if k != "title"))
     lines.append(f"- Recorded by {ds.attrs.get('core:recorder', 'sdrlab')}; times are GPS-derived UTC.")
     return "\n".join(lines)
+
+
+# ---- TDoA ---------------------------------------------------------------------------------------
+def gps_timed(ds: Any) -> list[str]:
+    """The stations of a session whose samples have a GPS time fit."""
+    return [str(s) for s, g in zip(ds["station"].values, ds["gps_status"].values) if str(g) == "ok"]
+
+
+def tdoa_markdown(result: Any, heading: str = "### Where the signal comes from (TDoA)") -> str:
+    """The TDoA result in a few sentences: position and uncertainty (or why none), the stations,
+    the error against a known transmitter."""
+    d = result.to_dict()
+    lines = [heading, ""]
+    if d["position"] is None:
+        lines.append(f"No position claimed: {d['position_reason']}.")
+    else:
+        p, u = d["position"], d["uncertainty"] or {}
+        text = f"Most likely position **{p['latitude']:.4f}° N, {p['longitude']:.4f}° E**"
+        if u:
+            text += (f", {u['confidence'] * 100:g} % uncertainty ellipse {u['semi_major_km']:.2f} × "
+                     f"{u['semi_minor_km']:.2f} km (semi-axes), major axis {u['orientation_deg']:.0f}° from north")
+        if d["gdop"] is not None:
+            text += f", GDOP {d['gdop']:.2f}"
+        lines.append(text + ".")
+        if d["error_km"] is not None:
+            lines.append("")
+            lines.append(f"The transmitter the session records is {d['error_km']:.3f} km from the estimate.")
+    lines.append("")
+    lines.append(f"From {len(d['stations_used'])} GPS-timed stations: {len(d['pairs'])} pairs cross-correlated in "
+                 f"{d['n_windows']} windows over {d['overlap_s']:.1f} s of shared time.")
+    for sid, why in d["stations_dropped"].items():
+        lines.append(f"- dropped {sid}: {why}")
+    return "\n".join(lines)
+
+
+def tdoa_pairs(result: Any) -> pd.DataFrame:
+    """Per station pair: lag and spread in microseconds, correlation, windows, residual, use."""
+    import pandas as pd
+
+    rows = [{"pair": f"{p['a']} → {p['b']}", "lag (µs)": p["lag_us"], "spread (µs)": p["spread_us"],
+             "correlation": p["correlation"], "windows": f"{p['n_windows_valid']}/{p['n_windows']}",
+             "baseline (km)": p["baseline_km"], "residual (µs)": p["residual_us"],
+             "used": "yes" if p["used"] else f"no: {p['reason']}"} for p in result.to_dict()["pairs"]]
+    columns = ["pair", "lag (µs)", "spread (µs)", "correlation", "windows", "baseline (km)", "residual (µs)", "used"]
+    return pd.DataFrame(rows, columns=columns).set_index("pair")

@@ -145,3 +145,169 @@ def plot_metrics(m: xr.Dataset, names: Sequence[str] = ("snr_db", "signal_power_
     axes[-1, 0].tick_params(axis="x", rotation=30)
     fig.suptitle(title or "Metrics per station")
     return fig
+
+
+# ---- TDoA (sdrlab.tdoa) ----------------------------------------------------------------------
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .tdoa import TdoaResult
+
+
+def _hyperbolas(ax: Any, result: TdoaResult, lat: npt.NDArray[Any], lon: npt.NDArray[Any], **kw: Any) -> int:
+    """Curves of constant lag (the measured one) of every used pair on a lat/lon grid."""
+    from .tdoa import C_M_S, geodesic_distance
+
+    lat2, lon2 = np.meshgrid(lat, lon, indexing="ij")
+    dist: dict[str, npt.NDArray[Any]] = {}
+    drawn = 0
+    for pl in result.pairs:
+        if not pl.used:
+            continue
+        for sid in (pl.a, pl.b):
+            if sid not in dist:
+                dist[sid] = geodesic_distance(lat2, lon2, *result.positions[sid])
+        field = (dist[pl.b] - dist[pl.a]) / C_M_S - pl.lag_s
+        if np.nanmin(field) < 0 < np.nanmax(field):
+            ax.contour(lon, lat, field, levels=[0.0], **kw)
+            drawn += 1
+    return drawn
+
+
+def plot_tdoa_map(result: TdoaResult, *, truth: tuple[float, float] | None = None,
+                  title: str | None = None) -> Figure:
+    """The TDoA picture: stations (dropped ones greyed), a hyperbola of constant lag per used
+    pair, the likelihood shading, the estimate with its uncertainty ellipse and, when known,
+    the true position (``truth`` or the result's).  A small ellipse gets a zoomed inset."""
+    truth = truth or result.truth
+    fig = Figure(figsize=(8, 7), layout="constrained")
+    ax = fig.add_subplot()
+    ll = result.likelihood
+    pos = result.positions
+    lat_all = [p[0] for p in pos.values()]
+    ax.set_aspect(1.0 / max(math.cos(math.radians(float(np.mean(lat_all)))), 0.1))
+    if ll is not None:
+        glat, glon = ll["latitude"].values, ll["longitude"].values
+        # the likelihood is sharp at good SNR: shade its logarithm, clipped, so the ridges show
+        mesh = ax.pcolormesh(glon, glat, np.clip(ll.values, -60.0, 0.0), cmap="Blues", shading="nearest",
+                             alpha=0.85, rasterized=True, vmin=-60.0, vmax=0.0)
+        fig.colorbar(mesh, ax=ax, label="log-likelihood (clipped at -60)", shrink=0.7)
+        n = _hyperbolas(ax, result, glat, glon, colors="tab:blue", linewidths=0.7, alpha=0.8)
+        if n:
+            ax.plot([], [], color="tab:blue", lw=0.7, label=f"constant-lag hyperbolas ({n} pairs)")
+    used = set(result.stations_used)
+    for sid, (la, lo) in pos.items():
+        ok = sid in used
+        ax.plot(lo, la, marker="^" if ok else "x", ms=9, color="k" if ok else "0.55", ls="none", zorder=4)
+        ax.annotate(sid, (lo, la), textcoords="offset points", xytext=(5, 5), fontsize="small",
+                    color="k" if ok else "0.45")
+    ax.plot([], [], marker="^", color="k", ls="none", label="stations used")
+    if set(pos) - used:
+        ax.plot([], [], marker="x", color="0.55", ls="none", label="stations dropped")
+
+    def mark(a: Any, with_labels: bool) -> None:
+        if result.position is None and result.alternatives:
+            a.plot([c[1] for c in result.alternatives], [c[0] for c in result.alternatives], marker="o", ms=10,
+                   mfc="none", mec="tab:orange", mew=2, ls="none", zorder=6,
+                   label="crossings that fit equally (no position claimed)" if with_labels else None)
+        if result.position is not None:
+            la, lo = result.position
+            lab = "estimate"
+            if result.ellipse is not None:
+                e = result.ellipse
+                elat, elon = result.ellipse_outline()
+                a.plot(elon, elat, color="tab:orange", lw=1.5, zorder=5,
+                       label=f"{e.confidence * 100:g} % ellipse ({e.semi_major_km:.2g} x {e.semi_minor_km:.2g} km)"
+                       if with_labels else None)
+            a.plot(lo, la, marker="+", ms=14, mew=2, color="tab:orange", ls="none", zorder=6,
+                   label=lab if with_labels else None)
+        if truth is not None:
+            a.plot(truth[1], truth[0], marker="*", ms=14, color="red", mec="k", ls="none", zorder=6,
+                   label="transmitter (truth)" if with_labels else None)
+
+    mark(ax, True)
+    if result.position is not None and result.ellipse is not None and ll is not None:
+        extent_km = float(np.ptp(ll["latitude"].values)) * 111.2
+        if result.ellipse.semi_major_km < 0.02 * extent_km:
+            la, lo = result.position
+            half = max(3.0 * result.ellipse.semi_major_km, 1.0)
+            if truth is not None:
+                from .tdoa import local_offset_km
+
+                half = max(half, 1.3 * max(abs(v) for v in local_offset_km(la, lo, *truth)))
+            dlat = half / 111.2
+            dlon = dlat / max(math.cos(math.radians(la)), 0.1)
+            ins = ax.inset_axes((0.66, 0.02, 0.32, 0.32))
+            ins.set_xlim(lo - dlon, lo + dlon)
+            ins.set_ylim(la - dlat, la + dlat)
+            ins.set_aspect(1.0 / max(math.cos(math.radians(la)), 0.1))
+            _hyperbolas(ins, result, np.linspace(la - dlat, la + dlat, 41), np.linspace(lo - dlon, lo + dlon, 41),
+                        colors="tab:blue", linewidths=0.6, alpha=0.7)
+            mark(ins, False)
+            ins.set_title(f"zoom: +-{half:.2g} km", fontsize="x-small")
+            ins.tick_params(labelsize="xx-small")
+    ax.set_xlabel("Longitude (°E)")
+    ax.set_ylabel("Latitude (°N)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", fontsize="small")
+    import textwrap
+
+    head = result.summary().splitlines()[0]
+    ax.set_title(title or textwrap.fill(f"TDoA: {head}", 70), fontsize="medium")
+    return fig
+
+
+def plot_tdoa_lags(result: TdoaResult, *, ncols: int = 3, title: str | None = None) -> Figure:
+    """Per pair, the lag of every window (us) over time: kept windows as dots, rejected ones
+    (outlier, no peak) as crosses, the mean with its spread, the lag predicted at the estimate
+    and, when the truth is known, the true lag."""
+    from .tdoa import C_M_S, geodesic_distance
+
+    pairs = result.pairs
+    n = max(1, len(pairs))
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(4.2 * ncols, 2.4 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    t = result.window_centres_s
+    truth = result.truth
+    for i, pl in enumerate(pairs):
+        ax = axes[i // ncols][i % ncols]
+        ax.set_title(f"{pl.a} -> {pl.b}", fontsize="small")
+        ax.grid(True, alpha=0.3)
+        lag_us = pl.window_lag_s * 1e6
+        kept = pl.kept
+        if not np.isfinite(pl.lag_s):
+            ax.text(0.5, 0.5, f"no lag: {pl.reason}", ha="center", va="center", fontsize="small",
+                    transform=ax.transAxes, wrap=True)
+            continue
+        m = pl.lag_s * 1e6
+        ax.axhline(m, color="tab:blue", lw=1.0)
+        if np.isfinite(pl.spread_s):
+            ax.axhspan(m - pl.spread_s * 1e6, m + pl.spread_s * 1e6, color="tab:blue", alpha=0.15)
+        ax.plot(t[kept], lag_us[kept], "o", ms=3, color="tab:blue")
+        bad = ~kept & np.isfinite(lag_us)
+        if bad.any():
+            ax.plot(t[bad], lag_us[bad], "x", ms=5, color="tab:red")
+        if pl.predicted_s is not None:
+            ax.axhline(pl.predicted_s * 1e6, color="tab:orange", ls="--", lw=1.0)
+        if truth is not None:
+            d = geodesic_distance(truth[0], truth[1], np.array([result.positions[pl.a][0], result.positions[pl.b][0]]),
+                                  np.array([result.positions[pl.a][1], result.positions[pl.b][1]]))
+            ax.axhline((d[1] - d[0]) / C_M_S * 1e6, color="tab:green", ls=":", lw=1.2)
+        sp = f" +- {pl.spread_s * 1e6:.2f}" if np.isfinite(pl.spread_s) else ""
+        ax.text(0.02, 0.96, f"{m:+.2f}{sp} us, r={pl.correlation:.2f}" + ("" if pl.used else " (not used)"),
+                transform=ax.transAxes, va="top", fontsize="x-small")
+        ax.set_xlabel("Time since overlap start (s)", fontsize="x-small")
+        ax.set_ylabel("Lag (us)", fontsize="x-small")
+        ax.tick_params(labelsize="x-small")
+    for j in range(len(pairs), nrows * ncols):
+        axes[j // ncols][j % ncols].set_visible(False)
+    legend = [("o", "tab:blue", "-", "window lag (kept), mean +- spread"), ("x", "tab:red", "", "rejected window"),
+              ("", "tab:orange", "--", "predicted at the estimate")]
+    if truth is not None:
+        legend.append(("", "tab:green", ":", "true lag"))
+    handles = [axes[0][0].plot([], [], marker=mk, color=c, ls=ls or "none")[0] for mk, c, ls, _ in legend]
+    fig.legend(handles, [lab for *_, lab in legend], loc="outside lower center", ncols=len(legend), fontsize="small")
+    fig.suptitle(title or "TDoA lag per window and station pair")
+    return fig

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -318,3 +319,56 @@ def test_store_option_s3_uses_the_configured_endpoint_and_credentials(s3_server,
     monkeypatch.setenv("SDRLAB_S3_SECRET", s3_server.storage_options["secret"])
     assert main(["store", "health", "--store", f"s3://{bucket}/lab"]) == 0
     assert s3_server.endpoint_url in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def tdoa_session(tmp_path_factory):
+    """A 12 s demo7 session (simulator at 4x), stored: enough shared GPS time for TDoA."""
+    from sdrlab.demo import run_demo
+
+    root = tmp_path_factory.mktemp("tdoa")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SDRLAB_DB", f"sqlite:///{root}/index.db")
+        s = run_demo(duration_s=12.0, out=root / "store", speed=4.0, progress=False)
+    return f"file://{root}/store", s.session_id
+
+
+def test_tdoa_prints_position_lags_and_map(tdoa_session, tmp_path, capsys):
+    from sdrlab.sim.networks import DEMO7_TX
+    from sdrlab.tdoa import geodesic_distance
+
+    store, sid = tdoa_session
+    assert main(["tdoa", sid, "--store", store, "--map", str(tmp_path / "map.png")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"session {sid}"
+    _, lat, lon = out[1].split()
+    assert out[1].startswith("position ")
+    assert float(geodesic_distance(float(lat), float(lon), DEMO7_TX.latitude, DEMO7_TX.longitude)) < 1000.0
+    assert out[2].startswith("uncertainty 95% ellipse")
+    lags = [line for line in out if line.startswith("lag ")]
+    assert len(lags) == 21 and all(" us +- " in line for line in lags)
+    assert (tmp_path / "map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tdoa_json_is_one_object_with_the_same_answer(tdoa_session, capsys):
+    store, sid = tdoa_session
+    assert main(["tdoa", "latest", "--store", store, "--json", "--window", "2", "--min-overlap", "8"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["session_id"] == sid and d["error_km"] < 1.0
+    assert d["parameters"]["window_s"] == 2.0 and d["parameters"]["min_overlap_s"] == 8.0
+    assert len(d["stations_used"]) == 7 and d["stations_dropped"] == {}
+    assert {p["a"] for p in d["pairs"]} | {p["b"] for p in d["pairs"]} == set(d["stations_used"])
+
+
+def test_tdoa_with_two_stations_reports_lags_but_no_position(tdoa_session, capsys):
+    store, sid = tdoa_session
+    assert main(["tdoa", sid, "--store", store, "--station", "demo-berlin", "--station", "demo-paris"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("position none (")
+    assert any(line.startswith("lag demo-berlin -> demo-paris:") for line in out)
+
+
+def test_tdoa_of_unknown_session_exits_2(tdoa_session, capsys):
+    store, _ = tdoa_session
+    assert main(["tdoa", "20200101T000000Z-000000", "--store", store]) == 2
+    assert "is not in the store" in capsys.readouterr().err

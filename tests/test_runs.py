@@ -276,3 +276,25 @@ def test_an_unusable_index_url_never_undoes_a_good_run(tmp_path):
                      engine="postgresql+psycopg://lab:s3cret@127.0.0.1:notaport/x")
     assert r.status == "ok"
     assert r.index_error and "s3cret" not in r.index_error
+
+
+def test_report_has_a_tdoa_section_for_three_or_more_gps_timed_stations(tmp_path):
+    """A 12 s demo7 session: the report locates the transmitter (within 1 km of the scene's) and
+    draws the TDoA map; a 1 s session (the lab fixture) says why it cannot."""
+    store = tmp_path / "store"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SDRLAB_DB", f"sqlite:///{tmp_path}/index.db")
+        session = run_demo(duration_s=12.0, out=store, speed=4.0, progress=False)
+    r = run_notebook(REPORT, {"session": session.session_id, "store": f"file://{store}"},
+                     output=tmp_path / "r.ipynb", html=tmp_path / "r.html", engine=make_engine(f"sqlite:///{tmp_path}/i.db"))
+    html = Path(r.html).read_text()
+    assert "Where the signal comes from (TDoA)" in html and "Most likely position" in html
+    km = float(re.search(r"The transmitter the session records is ([\d.]+) km from the estimate", html).group(1))
+    assert km < 1.0
+    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', html)) == 5  # + the TDoA map
+    assert html.count("demo-berlin → demo-paris") == 1  # the pairs table
+
+
+def test_report_of_a_short_session_says_why_there_is_no_position(report_run):
+    html = Path(report_run.html).read_text()
+    assert "Where the signal comes from (TDoA)" in html and "No position claimed" in html

@@ -1,0 +1,120 @@
+"""Sessions for the TDoA tests without sockets: the simulator's own frame synthesis
+(:meth:`Scene.stream` -> :class:`FrameSource`) and GPS header logic (``SndSession._gps``), then the
+client's segment assembly (:func:`build_segment`) and :func:`sdrlab.model.build_dataset` -- the
+path a live capture takes, minus the network, so many seeds are cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from types import SimpleNamespace
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import xarray as xr
+
+from sdrlab import model, timing
+from sdrlab.receivers import kiwiwire as kw
+from sdrlab.receivers.kiwisdr import HEADER_DTYPE, Capture, ReceiverInfo, build_segment
+from sdrlab.sim.scene import Scene, SimReceiver, Transmitter
+from sdrlab.sim.sound import SndSession, smeter_of
+
+TUNE_HZ = 9_749_000.0
+T0_UTC = np.datetime64("2026-03-02T10:00:00", "ns")
+T0_GPS = timing.utc_to_gps_ns(T0_UTC, 18)
+
+#: (id, lat, lon); the transmitter inside each hull
+THREE = [("rx-north", 52.37, 9.73), ("rx-southwest", 49.45, 6.64), ("rx-southeast", 49.01, 12.10)]
+THREE_TX = (50.30, 9.40)
+SIX = [("rx-oslo", 59.91, 10.75), ("rx-stockholm", 59.33, 18.07), ("rx-gothenburg", 57.71, 11.97),
+       ("rx-copenhagen", 55.68, 12.57), ("rx-aarhus", 56.16, 10.20), ("rx-kalmar", 56.66, 16.36)]
+SIX_TX = (57.90, 14.20)
+_RATES = (12001.135, 12001.150, 12001.188, 12001.162, 12001.121, 12001.174, 12001.143)
+
+#: edits of the GPS header fields of one station's frames: (last, gpssec, gpsnsec) arrays -> same
+StampEdit = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
+
+
+def make_scene(stations: Sequence[tuple[str, float, float]], tx: tuple[float, float], *,
+               snr_db: float | Sequence[float] = 20.0, seed: int = 0, **rx_changes: dict[str, Any]) -> Scene:
+    """A scene whose receivers each see the AM transmitter at ``snr_db`` (noise set to match);
+    ``rx_changes`` maps a receiver id (``-`` as ``_``) to SimReceiver fields to change."""
+    transmitter = Transmitter(id="tx-test", latitude=tx[0], longitude=tx[1], frequency_hz=9_750_000.0,
+                              power_dbm=40.0, modulation="am")
+    rxs = tuple(SimReceiver(id=sid, name=sid, latitude=lat, longitude=lon, sample_rate=_RATES[i % len(_RATES)],
+                            gps_fix_interval_s=2.0 + (i % 3))
+                for i, (sid, lat, lon) in enumerate(stations))
+    scene = Scene(transmitters=(transmitter,), receivers=rxs, seed=seed, name="tdoa-test")
+    snrs = [float(snr_db)] * len(rxs) if isinstance(snr_db, (int, float)) else [float(s) for s in snr_db]
+    out = []
+    for rx, snr in zip(rxs, snrs):
+        sig = scene.truth(rx.id, TUNE_HZ)["signal_power_dbfs"]
+        changes = {"noise_dbfs": sig - snr, **rx_changes.get(rx.id.replace("-", "_"), {})}
+        out.append(replace(rx, **changes))  # type: ignore[arg-type]
+    return replace(scene, receivers=tuple(out))
+
+
+def capture(scene: Scene, rx_id: str, *, t0_gps_ns: int, duration_s: float, stream_seed: int = 0,
+            stamp_edit: StampEdit | None = None, gps: str = "ok") -> Capture:
+    """What the client would have captured from this receiver, stream starting at ``t0_gps_ns``."""
+    rx = scene.receiver(rx_id)
+    src = scene.stream(rx_id, tuned_hz=TUNE_HZ, t0_gps_ns=t0_gps_ns, t_ref_gps_ns=T0_GPS, stream_seed=stream_seed)
+    nf = int(duration_s * rx.sample_rate // kw.SAMPLES_PER_FRAME)
+    rx_g = replace(rx, faults=replace(rx.faults, gps=gps))  # type: ignore[arg-type]
+    fake = SimpleNamespace(rx=rx_g, t0_gps_ns=t0_gps_ns, fs=rx.sample_rate,
+                           frame_s=kw.SAMPLES_PER_FRAME / rx.sample_rate,
+                           hub=SimpleNamespace(index=scene.index_of(rx_id)))
+    h = np.zeros(nf, dtype=HEADER_DTYPE)
+    data = np.empty((nf, kw.SAMPLES_PER_FRAME, 2), dtype=">i2")
+    for k in range(nf):
+        iq = src.frame(k)
+        data[k] = iq
+        h["smeter"][k] = smeter_of(iq, scene.full_scale_dbm)
+        h["last_gps"][k], h["gpssec"][k], h["gpsnsec"][k] = SndSession._gps(fake, k)  # type: ignore[arg-type]
+    h["tag"] = b"SND"
+    h["flags"] = kw.FLAG_STEREO
+    h["seq"] = np.arange(1, nf + 1)
+    if stamp_edit is not None:
+        last, gsec, gnsec = (h[f].copy() for f in ("last_gps", "gpssec", "gpsnsec"))
+        stamp_edit(last, gsec, gnsec)
+        h["last_gps"], h["gpssec"], h["gpsnsec"] = last, gsec, gnsec
+    seg = build_segment(h.tobytes(), data.tobytes(), nominal_fs=rx.announced_sample_rate,
+                        gps_utc_offset_s=18, host_gps_ns=t0_gps_ns)
+    info = ReceiverInfo(host="sim", port=0, version="1.711", rx_chans=rx.rx_chans, audio_rate=rx.audio_rate,
+                        sample_rate=rx.announced_sample_rate, name=rx.name, position=(rx.latitude, rx.longitude))
+    return Capture(station=rx_id, frequency_hz=TUNE_HZ, low_cut=-5000.0, high_cut=5000.0,
+                   requested_s=duration_s, info=info, segments=[seg])
+
+
+def session(scene: Scene, *, duration_s: float = 12.0, stagger_s: float = 0.4, seed: int = 0,
+            stamp_edits: dict[str, StampEdit] | None = None, gps: dict[str, str] | None = None,
+            durations: dict[str, float] | None = None,
+            reconnects: dict[str, tuple[float, float]] | None = None) -> xr.Dataset:
+    """A session Dataset of every receiver of ``scene``; streams start up to ``stagger_s`` apart
+    (seeded), as parallel connections do.  ``reconnects`` maps a receiver to (at_s, gap_s): its
+    stream ends after ``at_s`` and a new one (a new segment) starts ``gap_s`` later."""
+    rng = np.random.default_rng([seed, 99])
+    caps = []
+    for i, rx in enumerate(scene.receivers):
+        t0 = T0_GPS + int(rng.uniform(0.0, stagger_s) * 1e9)
+        dur = (durations or {}).get(rx.id, duration_s)
+        edit, mode = (stamp_edits or {}).get(rx.id), (gps or {}).get(rx.id, "ok")
+        if rx.id in (reconnects or {}):
+            at, gap = (reconnects or {})[rx.id]
+            first = capture(scene, rx.id, t0_gps_ns=t0, duration_s=at, stream_seed=seed, stamp_edit=edit, gps=mode)
+            second = capture(scene, rx.id, t0_gps_ns=t0 + int((at + gap) * 1e9), duration_s=dur - at - gap,
+                             stream_seed=seed + 1000, stamp_edit=edit, gps=mode)
+            first.segments.extend(second.segments)
+            caps.append(first)
+            continue
+        caps.append(capture(scene, rx.id, t0_gps_ns=t0, duration_s=dur, stream_seed=seed, stamp_edit=edit, gps=mode))
+    tx = scene.transmitters[0]
+    return model.build_dataset(caps, {}, session_id=f"tdoa-{scene.name}-{seed}", attrs={
+        "simulated_scene": scene.name, "transmitter_latitude": tx.latitude,
+        "transmitter_longitude": tx.longitude, "transmitter_frequency_hz": tx.frequency_hz})
+
+
+def true_lag_s(scene: Scene, a: str, b: str) -> float:
+    """Arrival at b minus arrival at a."""
+    tx = scene.transmitters[0]
+    return scene.delay_s(scene.receiver(b), tx) - scene.delay_s(scene.receiver(a), tx)
