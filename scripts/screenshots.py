@@ -34,6 +34,8 @@ from sdrlab.browser import HeadlessBrowser
 
 PANEL_PNG = "acquisition-panel.png"
 REPORT_PNG = "report.png"
+TDOA_PNG = "report-tdoa.png"
+TDOA_HEIGHT = 1150
 #: the report is long: its first this many CSS pixels (header, station table, map) make the picture
 REPORT_HEIGHT = 1800
 REPORT_WIDTH = 1100
@@ -166,7 +168,7 @@ def report_page(tmp: Path) -> Path:
     data = tmp / "data"
     result = run_notebook(
         ROOT / "notebooks" / "report.ipynb",
-        {"duration_s": 5.0, "store": f"file://{data}", "db": f"sqlite:///{data / 'index.db'}"},
+        {"duration_s": 12.0, "store": f"file://{data}", "db": f"sqlite:///{data / 'index.db'}"},
         output=str(tmp / "report.ipynb"), html=str(tmp / "report.html"), cwd=tmp,
     )
     print(f"report: run {result.run_id} {result.status} in {result.duration_s:.1f} s, "
@@ -191,6 +193,18 @@ def shoot_report(browser: HeadlessBrowser, page: Path, png: Path) -> None:
     browser.screenshot(png, full_page=False)  # the viewport: the report's first REPORT_HEIGHT px
 
 
+def shoot_report_tdoa(browser: HeadlessBrowser, page: Path, png: Path) -> None:
+    """The report's TDoA section: its heading at the top of the picture, the map below."""
+    browser.open(page, width=REPORT_WIDTH, height=TDOA_HEIGHT, settle=0.5)
+    top = browser.evaluate(
+        "(() => { const h = Array.from(document.querySelectorAll('h3'))"
+        ".find(e => e.textContent.includes('TDoA')); if (!h) return -1;"
+        " const y = h.getBoundingClientRect().top + scrollY - 12; scrollTo(0, y); return y; })()")
+    if top < 0:
+        raise SystemExit("screenshots: the report has no TDoA section")
+    browser.screenshot(png, full_page=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images", help="directory for the PNGs")
@@ -206,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         with HeadlessBrowser() as browser:
             shoot_panel(browser, panel_html, out / PANEL_PNG)
             shoot_report(browser, report_html, out / REPORT_PNG)
-    for name in (PANEL_PNG, REPORT_PNG):
+            shoot_report_tdoa(browser, report_html, out / TDOA_PNG)
+    for name in (PANEL_PNG, REPORT_PNG, TDOA_PNG):
         p = out / name
         print(f"{p}: {p.stat().st_size / 1024:.0f} kB")
     print(f"done in {time.perf_counter() - t0:.0f} s")
