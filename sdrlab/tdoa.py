@@ -51,7 +51,7 @@ C_M_S = 299_792_458.0
 NS = 1_000_000_000
 FArray = npt.NDArray[np.float64]
 #: half-width (native samples) of the resampling kernel and of the correlation interpolator
-RESAMPLE_HALF_WIDTH = 16
+RESAMPLE_HALF_WIDTH = 8
 CORR_HALF_WIDTH = 8
 #: integer lags searched around a pair's coarse lag in each window
 LOCAL_SEARCH = 3

@@ -6,9 +6,13 @@ path a live capture takes, minus the network, so many seeds are cheap.
 
 from __future__ import annotations
 
+import ctypes
+import glob
+import os
+from contextlib import contextmanager
 from dataclasses import replace
 from types import SimpleNamespace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import xarray as xr
@@ -30,6 +34,28 @@ SIX = [("rx-oslo", 59.91, 10.75), ("rx-stockholm", 59.33, 18.07), ("rx-gothenbur
        ("rx-copenhagen", 55.68, 12.57), ("rx-aarhus", 56.16, 10.20), ("rx-kalmar", 56.66, 16.36)]
 SIX_TX = (57.90, 14.20)
 _RATES = (12001.135, 12001.150, 12001.188, 12001.162, 12001.121, 12001.174, 12001.143)
+
+
+
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """numpy's OpenBLAS on one thread for the block (restored after; a no-op where the bundled
+    library is not found).  The simulator's per-frame product (24 x 512 complex) runs many
+    times slower with threaded OpenBLAS, worst on a busy 2-core machine."""
+    libs = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas*.so*"))
+    lib = ctypes.CDLL(libs[0]) if libs else None
+    get = getattr(lib, "scipy_openblas_get_num_threads64_", None)
+    put = getattr(lib, "scipy_openblas_set_num_threads64_", None)
+    if get is None or put is None:
+        yield
+        return
+    before = int(get())
+    put(1)
+    try:
+        yield
+    finally:
+        put(before)
+
 
 #: edits of the GPS header fields of one station's frames: (last, gpssec, gpsnsec) arrays -> same
 StampEdit = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
@@ -93,9 +119,21 @@ def session(scene: Scene, *, duration_s: float = 12.0, stagger_s: float = 0.4, s
     """A session Dataset of every receiver of ``scene``; streams start up to ``stagger_s`` apart
     (seeded), as parallel connections do.  ``reconnects`` maps a receiver to (at_s, gap_s): its
     stream ends after ``at_s`` and a new one (a new segment) starts ``gap_s`` later."""
+    with one_blas_thread():
+        caps = _captures(scene, duration_s, stagger_s, seed, stamp_edits, gps, durations, reconnects)
+    tx = scene.transmitters[0]
+    return model.build_dataset(caps, {}, session_id=f"tdoa-{scene.name}-{seed}", attrs={
+        "simulated_scene": scene.name, "transmitter_latitude": tx.latitude,
+        "transmitter_longitude": tx.longitude, "transmitter_frequency_hz": tx.frequency_hz})
+
+
+def _captures(scene: Scene, duration_s: float, stagger_s: float, seed: int,
+              stamp_edits: dict[str, StampEdit] | None, gps: dict[str, str] | None,
+              durations: dict[str, float] | None, reconnects: dict[str, tuple[float, float]] | None,
+              ) -> list[Capture]:
     rng = np.random.default_rng([seed, 99])
     caps = []
-    for i, rx in enumerate(scene.receivers):
+    for rx in scene.receivers:
         t0 = T0_GPS + int(rng.uniform(0.0, stagger_s) * 1e9)
         dur = (durations or {}).get(rx.id, duration_s)
         edit, mode = (stamp_edits or {}).get(rx.id), (gps or {}).get(rx.id, "ok")
@@ -108,10 +146,7 @@ def session(scene: Scene, *, duration_s: float = 12.0, stagger_s: float = 0.4, s
             caps.append(first)
             continue
         caps.append(capture(scene, rx.id, t0_gps_ns=t0, duration_s=dur, stream_seed=seed, stamp_edit=edit, gps=mode))
-    tx = scene.transmitters[0]
-    return model.build_dataset(caps, {}, session_id=f"tdoa-{scene.name}-{seed}", attrs={
-        "simulated_scene": scene.name, "transmitter_latitude": tx.latitude,
-        "transmitter_longitude": tx.longitude, "transmitter_frequency_hz": tx.frequency_hz})
+    return caps
 
 
 def true_lag_s(scene: Scene, a: str, b: str) -> float:
