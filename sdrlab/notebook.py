@@ -326,8 +326,9 @@ def tdoa_pairs(result: Any) -> pd.DataFrame:
     import pandas as pd
 
     rows = [{"pair": f"{p['a']} → {p['b']}", "lag (µs)": p["lag_us"], "spread (µs)": p["spread_us"],
-             "correlation": p["correlation"], "windows": f"{p['n_windows_valid']}/{p['n_windows']}",
+             "correlation": p["correlation"], "windows kept": f"{p['n_windows']}/{p['n_windows_valid']}",
              "baseline (km)": p["baseline_km"], "residual (µs)": p["residual_us"],
              "used": "yes" if p["used"] else f"no: {p['reason']}"} for p in result.to_dict()["pairs"]]
-    columns = ["pair", "lag (µs)", "spread (µs)", "correlation", "windows", "baseline (km)", "residual (µs)", "used"]
+    columns = ["pair", "lag (µs)", "spread (µs)", "correlation", "windows kept", "baseline (km)", "residual (µs)",
+               "used"]
     return pd.DataFrame(rows, columns=columns).set_index("pair")
