@@ -289,6 +289,12 @@ def _cmd_tdoa(a: argparse.Namespace) -> int:
     from .notebook import pick_session
     from .tdoa import tdoa
 
+    if a.map:
+        where = Path(a.map).expanduser()
+        if where.suffix.lower() not in (".png", ".svg", ".pdf"):
+            raise ConfigError(f"--map {a.map}: give a .png, .svg or .pdf file")
+        if not where.parent.is_dir():
+            raise ConfigError(f"--map {a.map}: the directory {where.parent} does not exist")
     store = _store(a.store)
     sid = pick_session(store, a.session)
     ds = store.open(sid)
@@ -296,7 +302,10 @@ def _cmd_tdoa(a: argparse.Namespace) -> int:
     if a.map:
         from .plots import plot_tdoa_map
 
-        plot_tdoa_map(result, truth=result.truth).savefig(a.map, dpi=110)
+        try:
+            plot_tdoa_map(result, truth=result.truth).savefig(a.map, dpi=110)
+        except OSError as exc:
+            raise ConfigError(f"--map {a.map}: cannot write it ({exc.strerror or exc})") from None
     if a.json:
         print(json.dumps({"session_id": sid, **result.to_dict()}, sort_keys=True))
     else:

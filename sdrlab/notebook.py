@@ -70,9 +70,11 @@ def check_type(name: str, value: Any, kind: type | tuple[type, ...]) -> None:
 
 
 def check_positive(name: str, value: Any) -> float:
+    import math
+
     check_type(name, value, (int, float))
-    if not float(value) > 0:
-        raise ConfigError(f"parameter {name} must be positive, got {value!r}")
+    if not (float(value) > 0 and math.isfinite(float(value))):
+        raise ConfigError(f"parameter {name} must be a finite positive number, got {value!r}")
     return float(value)
 
 
@@ -303,7 +305,9 @@ def tdoa_markdown(result: Any, heading: str = "### Where the signal comes from (
         lines.append(f"No position claimed: {d['position_reason']}.")
     else:
         p, u = d["position"], d["uncertainty"] or {}
-        text = f"Most likely position **{p['latitude']:.4f}° N, {p['longitude']:.4f}° E**"
+        lat, lon = p["latitude"], p["longitude"]
+        text = (f"Most likely position **{abs(lat):.4f}° {'N' if lat >= 0 else 'S'}, "
+                f"{abs(lon):.4f}° {'E' if lon >= 0 else 'W'}**")
         if u:
             text += (f", {u['confidence'] * 100:g} % uncertainty ellipse {u['semi_major_km']:.2f} × "
                      f"{u['semi_minor_km']:.2f} km (semi-axes), major axis {u['orientation_deg']:.0f}° from north")

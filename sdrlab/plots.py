@@ -184,8 +184,9 @@ def plot_tdoa_map(result: TdoaResult, *, truth: tuple[float, float] | None = Non
     ax = fig.add_subplot()
     ll = result.likelihood
     pos = result.positions
-    lat_all = [p[0] for p in pos.values()]
-    ax.set_aspect(1.0 / max(math.cos(math.radians(float(np.mean(lat_all)))), 0.1))
+    lat_all = [p[0] for p in pos.values() if math.isfinite(p[0])]
+    mean_lat = float(np.mean(lat_all)) if lat_all else 0.0
+    ax.set_aspect(1.0 / max(math.cos(math.radians(mean_lat)), 0.1))
     if ll is not None:
         glat, glon = ll["latitude"].values, ll["longitude"].values
         # the likelihood is sharp at good SNR: shade its logarithm, clipped, so the ridges show

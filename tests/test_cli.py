@@ -372,3 +372,34 @@ def test_tdoa_of_unknown_session_exits_2(tdoa_session, capsys):
     store, _ = tdoa_session
     assert main(["tdoa", "20200101T000000Z-000000", "--store", store]) == 2
     assert "is not in the store" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--window", "0"], "window_s must be a finite positive number of seconds, got 0.0"),
+    (["--window", "-1"], "window_s must be a finite positive number of seconds, got -1.0"),
+    (["--min-overlap", "nan"], "min_overlap_s must be a finite positive number of seconds, got nan"),
+    (["--window", "20"], "window_s (20 s) is longer than min_overlap_s (10 s)"),
+    (["--station", "demo-nowhere"], "station(s) not in the session: demo-nowhere"),
+    (["--map", "/nonexistent-dir/x.png"], "the directory /nonexistent-dir does not exist"),
+    (["--map", "map.txt"], "give a .png, .svg or .pdf file"),
+])
+def test_tdoa_bad_options_exit_2_naming_the_problem(tdoa_session, args, message, capsys):
+    store, sid = tdoa_session
+    assert main(["tdoa", sid, "--store", store, *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_tdoa_map_with_a_station_without_position(tdoa_session):
+    """A station with no position is dropped with the reason, and the map still draws."""
+    from sdrlab.plots import plot_tdoa_map
+    from sdrlab.store import Store
+    from sdrlab.tdoa import tdoa
+
+    store, sid = tdoa_session
+    ds = Store(store).open(sid).load()
+    ds["latitude"].values[0] = np.nan
+    lost = str(ds["station"].values[0])
+    result = tdoa(ds)
+    assert lost in result.stations_dropped and "position" in result.stations_dropped[lost]
+    assert result.position is not None and result.error_km() < 1.0
+    assert plot_tdoa_map(result).axes

@@ -195,6 +195,22 @@ def _truth_of(ds: xr.Dataset) -> tuple[float, float] | None:
     return None if lat is None or lon is None else (float(lat), float(lon))
 
 
+def _check_parameters(**kw: float) -> None:
+    """Bad parameters are named before any work (a CLI maps ConfigError to exit 2)."""
+    for name in ("window_s", "min_overlap_s", "margin_s", "timing_sigma_s"):
+        v = kw[name]
+        ok = isinstance(v, (int, float)) and math.isfinite(v) and (v >= 0 if name == "timing_sigma_s" else v > 0)
+        if not ok:
+            raise ConfigError(f"{name} must be a finite positive number of seconds, got {v!r}")
+    if not (isinstance(kw["confidence"], (int, float)) and 0 < kw["confidence"] < 1):
+        raise ConfigError(f"confidence must be between 0 and 1, got {kw['confidence']!r}")
+    if not (isinstance(kw["grid_points"], int) and kw["grid_points"] >= 3):
+        raise ConfigError(f"grid_points must be an integer of at least 3, got {kw['grid_points']!r}")
+    if kw["window_s"] > kw["min_overlap_s"]:
+        raise ConfigError(f"window_s ({kw['window_s']:g} s) is longer than min_overlap_s ({kw['min_overlap_s']:g} s):"
+                          " no window would fit in the shared span")
+
+
 def tdoa(
     ds: xr.Dataset,
     *,
@@ -220,6 +236,8 @@ def tdoa(
     (lat, lon), default the Dataset's ``transmitter_latitude/longitude``, is only carried along
     for the error and the plots.
     """
+    _check_parameters(window_s=window_s, min_overlap_s=min_overlap_s, margin_s=margin_s, confidence=confidence,
+                      grid_points=grid_points, timing_sigma_s=timing_sigma_s)
     params = {"window_s": window_s, "min_overlap_s": min_overlap_s, "margin_s": margin_s,
               "confidence": confidence, "outlier_z": outlier_z,
               "outlier_min_samples": outlier_min_samples, "min_window_fraction": min_window_fraction,
@@ -290,7 +308,7 @@ def tdoa(
     result.stations_used = used_ids
     if len(used_ids) < 2:
         result.reason = "no station pair with a significant correlation peak"
-        result.notes = [f"{sid}: {n}" for sid, st in times.items() for n in st.notes]
+        result.notes = [f"{sid}: {n}" for sid, st in timing_all.items() for n in st.notes]
         return result
     sigma = {s: math.hypot(timing_sigma_s, max((seg.fit_rms_s / math.sqrt(max(seg.n_stamps, 1))
                                                 for seg in times[s].segments if math.isfinite(seg.fit_rms_s)),
@@ -301,6 +319,6 @@ def tdoa(
     result.ellipse, result.covariance_km2, result.gdop = fix.ellipse, fix.covariance_km2, fix.gdop
     result.likelihood, result.chi2, result.dof = fix.likelihood, fix.chi2, fix.dof
     result.ambiguous, result.alternatives, result.scale2 = fix.ambiguous, fix.alternatives, fix.scale2
-    result.notes = [f"{sid}: {n}" for sid, st in times.items() for n in st.notes] + fix.notes
+    result.notes = [f"{sid}: {n}" for sid, st in timing_all.items() for n in st.notes] + fix.notes
     log.info("tdoa: %s", result.summary().splitlines()[0])
     return result
