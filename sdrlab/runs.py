@@ -380,7 +380,7 @@ def _clean_for_report(nb: Any) -> Any:
                 continue
             if "data" in o:
                 data = {k: v for k, v in o["data"].items() if k not in _DROP_MIME}
-                if not data or set(data) == {"text/plain"} and any(k in o["data"] for k in _DROP_MIME):
+                if not data or (set(data) == {"text/plain"} and any(k in o["data"] for k in _DROP_MIME)):
                     continue  # a widget's or run fact's plain-text fallback alone says nothing
                 o["data"] = data
             outputs.append(o)
