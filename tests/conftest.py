@@ -121,3 +121,11 @@ def bucket(s3_server: Any) -> Iterator[str]:
         fs.rm(name, recursive=True)
     except Exception:
         pass
+
+
+@pytest.fixture
+def dcf77_dir() -> Any:
+    """``../shared/data/real/dcf77-20200813`` (or under ``SDRLAB_REALDATA``); skips when absent."""
+    from tests.support.realdata import realdata
+
+    return realdata("dcf77-20200813")

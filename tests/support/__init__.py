@@ -1,0 +1,1 @@
+"""Test tooling that is not part of the installed package."""
