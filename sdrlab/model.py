@@ -8,8 +8,9 @@ A session is one :class:`xarray.Dataset`::
     segment_*         (station, segment)              each reconnect segment: first sample, length,
                                                       UTC start and sample rate from its GPS fit
     coords per station: station (id), latitude, longitude, altitude, sample_rate (measured),
-                        start_time (UTC of sample 0, from GPS), n_samples, rssi_dbm, seq_gaps,
-                        time_fit_rms, gps_status, receiver_version, rx_chans, hw, status
+                        start_time (UTC of sample 0, from GPS), timing (gps | receipt | none),
+                        n_samples, rssi_dbm, seq_gaps, time_fit_rms, gps_status,
+                        receiver_version, rx_chans, hw, status
 
 Samples of a station past ``n_samples`` are padding (zeros).  Times are never stored per sample:
 :func:`sample_times` derives them from each segment's fit (t = t0 + n / fs), and
@@ -106,11 +107,12 @@ def build_dataset(
         "segment_fs": np.full((ns, s_max), np.nan),
         "segment_fit_rms": np.full((ns, s_max), np.nan),
         "segment_end": np.full((ns, s_max), "", dtype=object),
+        "segment_timing": np.full((ns, s_max), "", dtype=object),
     }
     per: dict[str, list[Any]] = {k: [] for k in (
         "latitude", "longitude", "altitude", "sample_rate", "start_time", "n_samples", "rssi_dbm",
         "seq_gaps", "time_fit_rms", "gps_status", "receiver_version", "rx_chans", "hw", "name",
-        "status", "position_source",
+        "status", "position_source", "timing",
     )}
     status_by = {s.station: s for s in statuses}
     for i, c in enumerate(caps):
@@ -128,7 +130,8 @@ def build_dataset(
             fr["frame_last_gps"][i, sl] = seg.frame_last_gps
             fr["frame_gps_ns"][i, sl] = seg.frame_gps_ns
             fr["frame_received"][i, sl] = seg.frame_received
-            fr["frame_sample"][i, sl] = pos + np.arange(k) * 512
+            starts = seg.frame_start if seg.frame_start is not None else np.arange(k) * 512
+            fr["frame_sample"][i, sl] = pos + starts
             fr["frame_segment"][i, sl] = j
             sg["segment_start"][i, j] = pos
             sg["segment_length"][i, j] = n
@@ -136,6 +139,10 @@ def build_dataset(
                 sg["segment_t0"][i, j] = c.utc(seg.fit.t0_gps_ns)
                 sg["segment_fs"][i, j] = seg.fit.fs
                 sg["segment_fit_rms"][i, j] = seg.fit.residual_rms_s
+            elif seg.timing == "receipt" and seg.receipt_t0_gps_ns >= 0:
+                sg["segment_t0"][i, j] = c.utc(seg.receipt_t0_gps_ns)
+                sg["segment_fs"][i, j] = seg.fit.fs
+            sg["segment_timing"][i, j] = "gps" if seg.fit.ok else seg.timing if seg.timing == "receipt" else "none"
             sg["segment_end"][i, j] = seg.end_reason
             pos += n
             fpos += k
@@ -155,10 +162,14 @@ def build_dataset(
         per["position_source"].append(src)
         per["sample_rate"].append(c.sample_rate)
         first_fit = next((s for s in c.segments if s.fit.ok), None)
-        if c.segments and c.segments[0].fit.ok:
-            per["start_time"].append(c.utc(c.segments[0].fit.t0_gps_ns))
+        seg0 = c.segments[0] if c.segments else None
+        if seg0 is not None and seg0.fit.ok:
+            per["start_time"].append(c.utc(seg0.fit.t0_gps_ns))
+        elif seg0 is not None and seg0.timing == "receipt" and seg0.receipt_t0_gps_ns >= 0:
+            per["start_time"].append(c.utc(seg0.receipt_t0_gps_ns))
         else:
             per["start_time"].append(np.datetime64("NaT", "ns"))
+        per["timing"].append(c.timing)
         per["n_samples"].append(c.n_samples)
         rssi = np.concatenate([s.frame_rssi_dbm[s.frame_received] for s in c.segments])
         per["rssi_dbm"].append(float(10 * np.log10(np.mean(10 ** (rssi / 10.0)))) if rssi.size else np.nan)
@@ -167,7 +178,8 @@ def build_dataset(
         per["gps_status"].append(_gps_status(c))
         per["receiver_version"].append(info.version if info else "")
         per["rx_chans"].append(info.rx_chans if info else 0)
-        per["hw"].append(f"KiwiSDR v{info.version} rx_chans={info.rx_chans}" if info else "KiwiSDR")
+        kind = "KiwiSDR" if c.timing != "receipt" else "KiwiSDR-compatible server without GPS timestamps"
+        per["hw"].append(f"{kind} v{info.version} rx_chans={info.rx_chans}" if info else kind)
         per["name"].append((info.name if info and info.name else (st.name if st else c.station)))
         per["status"].append(status_by[c.station].status if c.station in status_by else "ok")
 
@@ -185,7 +197,10 @@ def build_dataset(
         "sample_rate": ("station", np.array(per["sample_rate"], float),
                         {"units": "Hz", "long_name": "measured sample rate (GPS fit)"}),
         "start_time": ("station", np.array(per["start_time"], dtype="datetime64[ns]"),
-                       {"long_name": "UTC of sample 0 (GPS fit)"}),
+                       {"long_name": "UTC of sample 0 (GPS fit; receipt time where timing is 'receipt')"}),
+        "timing": ("station", np.array(per["timing"], dtype=object),
+                   {"long_name": "time base: gps (GPS-stamped frames), receipt (host receipt times only), none",
+                    "comment": "only gps-timed stations support time-difference analyses such as TDoA"}),
         "n_samples": ("station", np.array(per["n_samples"], np.int64),
                       {"long_name": "valid samples (the rest is padding)"}),
         "rssi_dbm": ("station", np.array(per["rssi_dbm"], float),
@@ -221,6 +236,8 @@ def build_dataset(
     for name, values in sg.items():
         data_vars[name] = (("station", "segment"), values)
     data_vars["segment_fs"] = (("station", "segment"), sg["segment_fs"], {"units": "Hz"})
+    data_vars["segment_timing"] = (("station", "segment"), sg["segment_timing"],
+                                   {"long_name": "time base of segment_t0 / segment_fs: gps, receipt or none"})
     data_vars["segment_fit_rms"] = (("station", "segment"), sg["segment_fit_rms"], {"units": "s"})
 
     c0 = caps[0]

@@ -22,6 +22,7 @@ import math
 import os
 import secrets
 import threading
+import time
 import urllib.parse
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -162,6 +163,14 @@ class Segment:
     #: punctual frame of the segment (wall clock; diagnostics only, never used for time).  A
     #: client or link that cannot keep up shows a lag that grows with the capture length.
     lag_s: float = float("nan")
+    #: ``gps``: frames with the GPS block (``fit`` says whether a time fit was possible);
+    #: ``receipt``: frames without it (a server posing as a KiwiSDR, e.g. UberSDR's emulation):
+    #: times are only the host clock's receipt times, ``receipt_t0_gps_ns`` at the nominal rate
+    timing: str = "gps"
+    #: first sample of each frame within the segment when frames are not all 512 samples long
+    frame_start: npt.NDArray[np.int64] | None = None
+    #: receipt-time estimate of sample 0 (GPS ns from the host clock; -1 = none)
+    receipt_t0_gps_ns: int = -1
 
     @property
     def n_samples(self) -> int:
@@ -197,6 +206,16 @@ class Capture:
 
     def utc(self, gps_ns: int) -> np.datetime64:
         return timing.gps_ns_to_utc(gps_ns, self.gps_utc_offset_s)
+
+    @property
+    def timing(self) -> str:
+        """``gps`` when a segment has a GPS time fit, ``receipt`` when the receiver sent frames
+        without GPS stamps (times from the host clock only), else ``none``."""
+        if any(s.fit.ok for s in self.segments):
+            return "gps"
+        if any(s.timing == "receipt" for s in self.segments):
+            return "receipt"
+        return "none"
 
 
 # ---- outcomes of one connection (internal) ---------------------------------------------------
@@ -286,6 +305,11 @@ class _Connection:
         self._min_behind = 0.0  # min over frames of arrival - (seq - first_seq) * frame period
         self._behind = 0.0
         self._frame_period = 0.0
+        #: frames without the GPS block (KiwiSDR emulations): (seq, flags, smeter, samples, receipt ns)
+        self._headerless = False
+        self._rx_meta: list[tuple[int, int, int, int, int]] = []
+        self._rx_samples = 0
+        self._pre_tune = 0
 
     # -- lifecycle --
     async def run(self) -> None:
@@ -382,7 +406,8 @@ class _Connection:
         assert self.rx.on_progress is not None
         try:
             rate = self._sample_rate or (self.cap.info.sample_rate if self.cap.info else 0.0) or 12000.0
-            self.rx.on_progress(self.cap.n_samples + self._frames * kw.SAMPLES_PER_FRAME, float(rate))
+            got = self._rx_samples if self._headerless else self._frames * kw.SAMPLES_PER_FRAME
+            self.rx.on_progress(self.cap.n_samples + got, float(rate))
         except Exception:  # a display must never cost the capture
             log.debug("progress callback failed", exc_info=True)
 
@@ -421,8 +446,8 @@ class _Connection:
             self._bad_frame(f"frame with unknown tag {bytes(tag)!r}")
 
     def _on_snd(self, msg: memoryview) -> None:
-        if len(msg) != kw.IQ_FRAME_SIZE:
-            self._bad_frame(f"SND frame of {len(msg)} bytes, expected {kw.IQ_FRAME_SIZE} (IQ mode)")
+        if len(msg) != kw.IQ_FRAME_SIZE or self._headerless:
+            self._on_other_snd(msg)
             return
         flags = msg[3]
         if flags & kw.FLAG_COMPRESSED:
@@ -454,6 +479,46 @@ class _Connection:
             self._send("SET keepalive")
             self._last_ka = now
         if self._want is not None and (seq - self._first_seq + 1) * kw.SAMPLES_PER_FRAME >= self._want:
+            self._finish()
+
+    def _on_other_snd(self, msg: memoryview) -> None:
+        """A SND frame that is not a 2068-byte IQ frame: before our tune (a KiwiSDR emulation
+        streams its default mode at once: ignored), IQ without the GPS block (UberSDR's KiwiSDR
+        emulation: kept, timed by receipt), or garbage."""
+        flags = msg[3]
+        if not self._setup_sent:
+            self._pre_tune += 1
+            return
+        body = len(msg) - kw.AUDIO_HEADER_SIZE
+        plain = not flags & (kw.FLAG_STEREO | kw.FLAG_COMPRESSED)
+        if not (plain and body > 0 and body % 4 == 0 and (self._headerless or not self._frames)):
+            self._bad_frame(f"SND frame of {len(msg)} bytes, expected {kw.IQ_FRAME_SIZE} (IQ mode)")
+            return
+        if not self._headerless:
+            self._headerless = True
+            self.cap.events.append(
+                "IQ frames without the GPS block (a server posing as a KiwiSDR, e.g. UberSDR's emulation): "
+                "data kept, timed by receipt on this host, not by GPS")
+        seq = int.from_bytes(msg[4:8], "little")
+        if self._rx_meta and seq <= self._rx_meta[-1][0]:
+            self.cap.events.append(f"duplicate or out-of-order frame seq {seq} dropped")
+            return
+        now = self.loop.time()
+        n = body // 4
+        if not self._rx_meta:
+            self._min_behind = now
+        behind = now - self._rx_samples / (self._sample_rate or 12000.0)
+        self._min_behind = min(self._min_behind, behind)
+        self._behind = behind
+        self._rx_meta.append((seq, flags, int.from_bytes(msg[8:10], "big"), n, time.time_ns()))
+        self._data += msg[kw.AUDIO_HEADER_SIZE:]
+        self._rx_samples += n
+        self._frames += 1
+        self._last_frame_t = now
+        if now - self._last_ka >= self.opt.keepalive_interval:
+            self._send("SET keepalive")
+            self._last_ka = now
+        if self._want is not None and self._rx_samples >= self._want:
             self._finish()
 
     def _bad_frame(self, what: str) -> None:
@@ -570,15 +635,23 @@ class _Connection:
 
     # -- segment assembly --
     def _finish_segment(self) -> None:
-        if not self._hdrs:
+        if not self._hdrs and not self._rx_meta:
             return
         reason = "complete"
         if self.done.done() and self.done.exception() is not None:
             reason = str(self.done.exception())
-        seg = build_segment(
-            bytes(self._hdrs), bytes(self._data), nominal_fs=self._sample_rate or 12000.0,
-            gps_utc_offset_s=self.opt.gps_utc_offset_s, end_reason=reason,
-        )
+        if self._rx_meta:
+            seg = build_receipt_segment(
+                self._rx_meta, bytes(self._data), nominal_fs=self._sample_rate or 12000.0,
+                gps_utc_offset_s=self.opt.gps_utc_offset_s, end_reason=reason,
+            )
+            self._rx_meta = []
+            self._rx_samples = 0
+        else:
+            seg = build_segment(
+                bytes(self._hdrs), bytes(self._data), nominal_fs=self._sample_rate or 12000.0,
+                gps_utc_offset_s=self.opt.gps_utc_offset_s, end_reason=reason,
+            )
         seg.lag_s = self._behind - self._min_behind
         self._hdrs.clear()
         self._data.clear()
@@ -665,6 +738,70 @@ def build_segment(
         end_reason=end_reason,
         seq_gaps=gaps,
         missing_frames=missing,
+    )
+
+
+def build_receipt_segment(
+    frames: list[tuple[int, int, int, int, int]],
+    data: bytes,
+    *,
+    nominal_fs: float,
+    gps_utc_offset_s: int = timing.DEFAULT_GPS_UTC_OFFSET_S,
+    end_reason: str = "complete",
+) -> Segment:
+    """A :class:`Segment` from SND IQ frames without the GPS block (``frames``: seq, flags,
+    S-meter, samples, host receipt time in unix ns; ``data``: their sample bytes in order).
+
+    Frames may hold any number of samples; a missing seq is zero-filled with the median frame
+    length.  No GPS fit is claimed: ``timing`` is ``receipt`` and ``receipt_t0_gps_ns`` the
+    earliest-arrival estimate of sample 0 at the nominal rate (every sample was taken before the
+    frame that holds it arrived; network and server latency are not removed)."""
+    meta = np.array(frames, dtype=np.int64).reshape(-1, 5)
+    seq, flags, smeter, counts, arrival = (meta[:, i] for i in range(5))
+    le = (flags & kw.FLAG_LITTLE_ENDIAN).astype(bool)
+    raw = np.frombuffer(data, dtype=np.uint8)
+    ends = np.cumsum(counts) * 4
+    chunks = []
+    for i, (a, b) in enumerate(zip(np.r_[0, ends[:-1]], ends)):
+        chunks.append(raw[a:b].view("<i2" if le[i] else ">i2").astype(np.int16))
+    slot = seq - seq[0]
+    total = int(slot[-1]) + 1
+    fill = int(np.median(counts))
+    lengths = np.full(total, fill, dtype=np.int64)
+    lengths[slot] = counts
+    starts = np.r_[0, np.cumsum(lengths)[:-1]].astype(np.int64)
+    samples = np.zeros((int(lengths.sum()), 2), dtype=np.int16)
+    for i, k in enumerate(slot):
+        samples[starts[k] : starts[k] + counts[i]] = chunks[i].reshape(-1, 2)
+    received = np.zeros(total, dtype=bool)
+    received[slot] = True
+
+    def spread(values: npt.NDArray[np.generic], fillv: object, dtype: npt.DTypeLike) -> npt.NDArray[np.generic]:
+        out = np.full(total, fillv, dtype=dtype)
+        out[slot] = values
+        return out
+
+    host_gps = arrival - timing.GPS_EPOCH_UNIX_S * timing.NS + gps_utc_offset_s * timing.NS
+    sample_end = starts[slot] + counts
+    t0 = int(np.min(host_gps - np.rint(sample_end / nominal_fs * timing.NS).astype(np.int64)))
+    fit = timing.TimeFit(-1, float(nominal_fs), float("nan"), 0, 0,
+                         "no GPS timestamps (frames without the GPS block: receipt times only)")
+    rssi = np.clip(0.1 * smeter.astype(np.float32) - 127.0, -127.0, 3.4)
+    return Segment(
+        samples=samples,
+        frame_seq=(seq[0] + np.arange(total)).astype(np.uint32),
+        frame_flags=spread(flags.astype(np.uint8), 0, np.uint8),  # type: ignore[arg-type]
+        frame_rssi_dbm=spread(rssi.astype(np.float32), np.nan, np.float32),  # type: ignore[arg-type]
+        frame_last_gps=np.full(total, kw.GPS_NO_CLOCK, dtype=np.uint8),
+        frame_gps_ns=np.full(total, -1, dtype=np.int64),
+        frame_received=received,
+        fit=fit,
+        end_reason=end_reason,
+        seq_gaps=int(np.count_nonzero(np.diff(slot) > 1)) if slot.size > 1 else 0,
+        missing_frames=total - slot.size,
+        timing="receipt",
+        frame_start=starts,
+        receipt_t0_gps_ns=t0,
     )
 
 

@@ -17,6 +17,8 @@ import numpy.typing as npt
 #: an SND frame in IQ mode: 20-byte header + 512 complex int16 samples
 SAMPLES_PER_FRAME = 512
 HEADER_SIZE = 20
+#: header of SND frames without the GPS block (mono audio modes; KiwiSDR emulations in every mode)
+AUDIO_HEADER_SIZE = 10
 IQ_FRAME_SIZE = HEADER_SIZE + SAMPLES_PER_FRAME * 4  # 2068
 
 # flags byte (reference section 5)

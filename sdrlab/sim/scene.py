@@ -1,33 +1,54 @@
 """The simulator's known scene: transmitters, receivers, propagation and noise.
 
 The scene is the ground truth tests measure against.  Everything a receiver outputs is a pure
-function of the scene, the stream's GPS start time and a seed:
+function of the scene, the stream's GPS start time, the client's settings and a seed.
 
-* received baseband at receiver r tuned to ``f_tune``, for sample n at GPS time t_n = t0 + n/fs_r:
-  ``g_r * (1 + m * msg(t_n - d_r)) * exp(j*(2*pi*(f_tx - f_tune)*t_n - 2*pi*f_tx*d_r + phi))``
-  with ``d_r`` = WGS84 geodesic distance / c (the propagation delay) and ``g_r`` from free-space path
-  loss.  ``msg`` is a seeded sum of tones (AM) or zero (CW), with unit RMS, evaluated exactly at
-  any time, so fractional delays are exact and TDoA analysis can recover them;
-* plus seeded complex Gaussian noise of a known power per sample (dBFS);
-* quantised to int16 with full scale 32767 <=> amplitude 1.0 (0 dBFS).
+* Each transmitter sends a signal model of :mod:`sdrlab.sim.signals` (``modulation``: CW, AM by a
+  comb of tones, AM broadcast with speech or music, a DCF77-like time signal, Morse, SSB voice, OFDM
+  as in DRM), a complex envelope ``s(t)`` exact at any instant, scaled so that its mean power is the
+  transmitter's power.
+* Propagation: the ground wave arrives after the WGS84 geodesic distance / c, attenuated by
+  free-space path loss; optionally (``sky_wave``) a one-hop ionospheric path as well, longer by the
+  reflection geometry (about 1 ms at a few hundred km), with its own Doppler shift and Rayleigh
+  fading.
+* Each receiver (:class:`SimReceiver`) samples the antenna at its real, non-nominal rate, adds seeded
+  complex Gaussian noise of a known density and runs the KiwiSDR receive chain of
+  :mod:`sdrlab.sim.frontend`: the passband FIR the client asked for, the S-meter, AGC or manual
+  gain, int16 output, ADC overflow.  Its samples lag their GPS stamps by its processing delay, and
+  the stamps jitter (both truth, invisible to the client).
+
+Received baseband at receiver r tuned to ``f_tune``, for the sample the receiver stamps ``T``
+(true sampling time ``tau = T - processing_delay``), before the receive chain, summed over paths p
+with delay ``d_p``: ``a_p g_p(tau) s(tau - d_p) exp(j(2 pi (f_tx + f_D,p - f_tune) tau - 2 pi f_tx d_p
++ phi))`` (``g_p`` the fading of a sky path, 1 for the ground wave).  Levels: amplitude 1 is 0 dBFS
+at the reference manual gain (``manGain=50``); ``full_scale_dbm`` is the antenna power in dBm that
+maps to 0 dBFS.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 from geographiclib.geodesic import Geodesic
+from scipy.signal import oaconvolve
 
 from ..receivers.kiwiwire import SAMPLES_PER_FRAME
+from . import frontend as fe
+from .frontend import AgcSettings
+from .signals import Fading, Signal, make_signal
 
 C_M_S = 299_792_458.0
 FULL_SCALE = 32768.0  # amplitude 1.0 (0 dBFS); samples clip at 32767
 NS = 1_000_000_000
+EARTH_RADIUS_M = 6_371_000.0
+#: modulation names kept from the first scene model
+_ALIASES = {"am": "am-tones"}
 
 
 def geodesic_distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -41,6 +62,25 @@ def fspl_db(distance_m: float, frequency_hz: float) -> float:
     return 20.0 * math.log10(4.0 * math.pi * d * frequency_hz / C_M_S)
 
 
+def sky_path_m(ground_m: float, height_m: float) -> float:
+    """Length of a one-hop ionospheric path over a spherical Earth, reflected at ``height_m`` midway."""
+    theta = ground_m / EARTH_RADIUS_M
+    r, rh = EARTH_RADIUS_M, EARTH_RADIUS_M + height_m
+    return 2.0 * math.sqrt(r * r + rh * rh - 2.0 * r * rh * math.cos(theta / 2.0))
+
+
+@dataclass(frozen=True)
+class SkyWave:
+    """An HF one-hop sky wave beside the ground wave: ``relative_db`` its mean power against the
+    ground wave, reflected at a virtual height ``height_km``, shifted by ``doppler_hz`` and faded
+    (Rayleigh, Doppler spread ``fading_spread_hz``)."""
+
+    relative_db: float = -6.0
+    height_km: float = 250.0
+    doppler_hz: float = 0.1
+    fading_spread_hz: float = 0.2
+
+
 @dataclass(frozen=True)
 class Transmitter:
     id: str
@@ -48,12 +88,33 @@ class Transmitter:
     longitude: float
     frequency_hz: float
     power_dbm: float = 40.0
-    modulation: Literal["cw", "am"] = "am"
-    #: RMS modulation depth of the AM message (msg has unit RMS)
+    #: a model of :mod:`sdrlab.sim.signals` by name: ``cw``, ``am`` (a comb of tones, the first
+    #: model), ``am-broadcast``, ``dcf77``, ``morse``, ``ssb``, ``ofdm``
+    modulation: str = "am"
+    #: RMS modulation depth of AM models (the message has unit RMS)
     mod_index: float = 0.3
     n_tones: int = 24
     tone_band_hz: tuple[float, float] = (150.0, 2800.0)
     phase_rad: float = 0.0
+    #: further parameters of the signal model, e.g. ``(("program", "music"),)``
+    params: tuple[tuple[str, Any], ...] = ()
+    sky_wave: SkyWave | None = None
+
+
+@functools.lru_cache(maxsize=256)
+def waveform(tx: Transmitter, scene_seed: int) -> Signal:
+    """The signal model a transmitter sends (one function of time, the same at every receiver)."""
+    name = _ALIASES.get(tx.modulation, tx.modulation)
+    kw: dict[str, Any] = dict(tx.params)
+    if name == "am-tones":
+        kw.setdefault("mod_index", tx.mod_index)
+        kw.setdefault("n_tones", tx.n_tones)
+        kw.setdefault("band_hz", tx.tone_band_hz)
+    elif name == "am-broadcast":
+        kw.setdefault("mod_index", tx.mod_index)
+    if name != "cw":
+        kw.setdefault("seed", (scene_seed * 1_000_003 + zlib.crc32(tx.id.encode())) & 0x7FFFFFFF)
+    return make_signal(name, **kw)
 
 
 @dataclass(frozen=True)
@@ -130,7 +191,8 @@ class SimReceiver:
     #: much, as a real Kiwi's running clock estimate does; only the GPS fit finds the true rate
     announced_rate_error_ppm: float = 0.0
     rx_chans: int = 4
-    #: total noise power per complex sample, dBFS, over the full sample bandwidth
+    #: total noise power per complex sample, dBFS, over the full sample bandwidth before the
+    #: passband filter (density ``noise_dbfs - 10 log10(sample_rate)`` dBFS/Hz)
     noise_dbfs: float = -75.0
     password: str = ""
     #: the admin's time-limit exemption password (``tlimit_exempt_pwd``): a client whose
@@ -139,9 +201,21 @@ class SimReceiver:
     tlimit_password: str = ""
     #: seconds between GPS fixes (last_gps_solution resets to 0)
     gps_fix_interval_s: float = 4.0
+    #: how much later than their GPS stamps the receiver's samples hold the antenna signal: the
+    #: part of its processing delay the server does not compensate (truth; tens of microseconds
+    #: between real Kiwis)
+    processing_delay_s: float = 0.0
+    #: standard deviation of the independent error of each GPS stamp, seconds (truth)
+    gps_jitter_s: float = 0.0
+    #: peak antenna power (dBm) above which the ADC clips and frames carry the overflow flag
+    adc_clip_dbm: float = 0.0
     version: tuple[int, int] = (1, 711)
     antenna: str = "simulated active loop"
     faults: Faults = field(default_factory=Faults)
+    #: ``kiwisdr``, or ``ubersdr``: a server posing as a KiwiSDR (UberSDR's KiwiSDR emulation,
+    #: :mod:`sdrlab.sim.uber`): no GPS clock, IQ frames without the GPS block, sample rate
+    #: announced as the nominal integer
+    kind: Literal["kiwisdr", "ubersdr"] = "kiwisdr"
 
     @property
     def announced_sample_rate(self) -> float:
@@ -153,11 +227,22 @@ class SimReceiver:
 
 
 @dataclass(frozen=True)
+class Path:
+    """One way a transmitter's signal reaches a receiver."""
+
+    kind: Literal["ground", "sky"]
+    delay_s: float
+    amplitude: float
+    doppler_hz: float = 0.0
+    fading_spread_hz: float = 0.0
+
+
+@dataclass(frozen=True)
 class Scene:
     transmitters: tuple[Transmitter, ...]
     receivers: tuple[SimReceiver, ...]
     seed: int = 0
-    #: power in dBm that maps to 0 dBFS (the receiver's calibration)
+    #: power in dBm that maps to 0 dBFS (the receivers' calibration at manGain 50)
     full_scale_dbm: float = -10.0
     name: str = "custom"
 
@@ -185,45 +270,87 @@ class Scene:
         )
         return replace(self, receivers=rxs)
 
+    def signal(self, tx: Transmitter) -> Signal:
+        """The transmitter's signal model in this scene (seeded by the scene's seed)."""
+        return waveform(tx, self.seed)
+
     # ---- propagation truth -------------------------------------------------------------------
     def distance_m(self, rx: SimReceiver, tx: Transmitter) -> float:
         return geodesic_distance_m(rx.latitude, rx.longitude, tx.latitude, tx.longitude)
 
     def delay_s(self, rx: SimReceiver, tx: Transmitter) -> float:
+        """Propagation delay of the ground wave (the first arrival)."""
         return self.distance_m(rx, tx) / C_M_S
 
+    def arrival_s(self, rx: SimReceiver, tx: Transmitter) -> float:
+        """When the ground wave appears to arrive on the receiver's GPS time base: propagation
+        delay plus the receiver's processing delay (what TDoA measures)."""
+        return self.delay_s(rx, tx) + rx.processing_delay_s
+
     def carrier_amplitude(self, rx: SimReceiver, tx: Transmitter) -> float:
-        """Carrier amplitude (full scale = 1) at the receiver from free-space path loss."""
+        """Ground-wave amplitude (full scale = 1) at the receiver from free-space path loss.  The
+        transmitter's power is its signal's mean power, so for AM models this is the carrier."""
         p_dbm = tx.power_dbm - fspl_db(self.distance_m(rx, tx), tx.frequency_hz)
-        # the power budget is the total AM power, so scale the carrier down by (1 + m^2)
         total_dbfs = p_dbm - self.full_scale_dbm
-        mod = tx.mod_index if tx.modulation == "am" else 0.0
-        return math.sqrt(10.0 ** (total_dbfs / 10.0) / (1.0 + mod * mod))
+        return math.sqrt(10.0 ** (total_dbfs / 10.0) / self.signal(tx).mean_power)
+
+    def paths(self, rx: SimReceiver, tx: Transmitter) -> list[Path]:
+        ground = self.distance_m(rx, tx)
+        amp = self.carrier_amplitude(rx, tx)
+        out = [Path("ground", ground / C_M_S, amp)]
+        sw = tx.sky_wave
+        if sw is not None:
+            out.append(Path("sky", sky_path_m(ground, sw.height_km * 1e3) / C_M_S,
+                            amp * 10.0 ** (sw.relative_db / 20.0), sw.doppler_hz, sw.fading_spread_hz))
+        return out
 
     def in_passband(self, tx: Transmitter, tuned_hz: float, rx: SimReceiver, low: float, high: float) -> bool:
+        """Whether any of the transmitter's band reaches the passband (skirt included)."""
         off = tx.frequency_hz - tuned_hz
+        b0, b1 = self.signal(tx).band_hz
         half = rx.sample_rate / 2.0
-        return max(low, -half) <= off <= min(high, half)
+        margin = 4.0 * rx.sample_rate / fe.KIWI_FIR_TAPS
+        lo, hi = max(low - margin, -half), min(high + margin, half)
+        return off + b1 >= lo and off + b0 <= hi and -half < off < half
 
-    def truth(self, receiver_id: str, tuned_hz: float) -> dict[str, float]:
-        """What a perfect measurement at this receiver, tuned to ``tuned_hz``, would find
-        (the first transmitter)."""
+    def truth(self, receiver_id: str, tuned_hz: float, low_cut: float = -5000.0,
+              high_cut: float = 5000.0) -> dict[str, float]:
+        """What a perfect measurement at this receiver, tuned to ``tuned_hz`` with passband
+        ``low_cut .. high_cut`` and the reference gain, would find for the first transmitter.
+
+        ``signal_power_dbfs``: the signal as the receiver delivers it (after its passband filter,
+        the sky wave's mean power included); ``noise_density_dbfs_hz``: the noise density inside
+        the passband; ``snr_db``: S / (N0 B) with B the passband width (``noise_bandwidth_hz``);
+        ``cn0_dbhz``: S / N0; ``arrival_s``: the ground wave's propagation delay plus the
+        receiver's processing delay."""
         rx = self.receiver(receiver_id)
         tx = self.transmitters[0]
-        amp = self.carrier_amplitude(rx, tx)
-        mod = tx.mod_index if tx.modulation == "am" else 0.0
-        sig = amp * amp * (1.0 + mod * mod)
-        noise = 10.0 ** (rx.noise_dbfs / 10.0)
+        fs = rx.sample_rate
+        lo, hi = max(low_cut, -fs / 2 + 1.0), min(high_cut, fs / 2 - 1.0)
+        paths = self.paths(rx, tx)
+        off = tx.frequency_hz - tuned_hz
+        sigm = self.signal(tx)
+        frac = passband_fraction(sigm, off, lo, hi, fs)
+        sig = sum(p.amplitude**2 for p in paths) * sigm.mean_power * frac
+        carrier = paths[0].amplitude ** 2 * float(fe.passband_response(_taps(lo, hi, fs), fs, [off])[0])
+        n0 = 10.0 ** (rx.noise_dbfs / 10.0) / fs
+        bw = hi - lo
         return {
             "distance_m": self.distance_m(rx, tx),
             "delay_s": self.delay_s(rx, tx),
-            "frequency_offset_hz": tx.frequency_hz - tuned_hz,
-            "carrier_power_dbfs": 10.0 * math.log10(amp * amp),
-            "signal_power_dbfs": 10.0 * math.log10(sig),
-            "noise_power_dbfs": rx.noise_dbfs,
-            "noise_density_dbfs_hz": rx.noise_dbfs - 10.0 * math.log10(rx.sample_rate),
-            "snr_db": 10.0 * math.log10(sig / noise),
-            "sample_rate": rx.sample_rate,
+            "arrival_s": self.arrival_s(rx, tx),
+            "processing_delay_s": rx.processing_delay_s,
+            "frequency_offset_hz": off,
+            "carrier_power_dbfs": _db(carrier),
+            "signal_power_dbfs": _db(sig),
+            "noise_power_dbfs": _db(n0 * bw),
+            "noise_density_dbfs_hz": _db(n0),
+            "noise_bandwidth_hz": bw,
+            "passband_low_hz": lo,
+            "passband_high_hz": hi,
+            "snr_db": _db(sig / (n0 * bw)),
+            "cn0_dbhz": _db(sig / n0),
+            "sample_rate": fs,
         }
 
     # ---- signal synthesis --------------------------------------------------------------------
@@ -238,96 +365,216 @@ class Scene:
         high_cut: float = 5000.0,
         stream_seed: int = 0,
         loop_frames: int | None = None,
+        agc: AgcSettings = AgcSettings(),
     ) -> FrameSource:
-        """The frames a receiver produces for a stream whose sample 0 is at GPS time ``t0_gps_ns``.
+        """The frames a receiver produces for a stream whose frame 0 is stamped ``t0_gps_ns``.
 
         ``t_ref_gps_ns`` is the scene's common time origin: every stream of one simulator shares
         it, so the transmitted signal is the same function of absolute time at every receiver.
         """
         rx = self.receiver(receiver_id)
         idx = self.index_of(receiver_id)
-        txs = [tx for tx in self.transmitters if self.in_passband(tx, tuned_hz, rx, low_cut, high_cut)]
-        return FrameSource(self, rx, idx, txs, tuned_hz, t0_gps_ns, t_ref_gps_ns, stream_seed, loop_frames)
+        return FrameSource(self, rx, idx, tuned_hz, t0_gps_ns, t_ref_gps_ns, low_cut, high_cut, stream_seed,
+                           loop_frames, agc)
+
+
+def _db(x: float) -> float:
+    return 10.0 * math.log10(x) if x > 0 else -math.inf
+
+
+@functools.lru_cache(maxsize=256)
+def _taps(low: float, high: float, fs: float) -> npt.NDArray[np.complex128]:
+    return fe.passband_taps(low, high, fs)
+
+
+@functools.lru_cache(maxsize=256)
+def passband_fraction(sig: Signal, offset_hz: float, low: float, high: float, fs: float,
+                      seconds: float = 8.0) -> float:
+    """Share of a signal's mean power that passes the receiver's passband filter when it sits
+    ``offset_hz`` from the tuned frequency (measured on ``seconds`` of the noise-free signal)."""
+    n = int(seconds * fs)
+    z = sig.sample(0.0, 1.0 / fs, n) * np.exp(2j * math.pi * offset_hz * np.arange(n) / fs)
+    h = _taps(low, high, fs)
+    y = oaconvolve(z, h, mode="valid")
+    half = (h.size - 1) // 2
+    zz = z[half : half + y.size]
+    return float(np.mean(np.abs(y) ** 2) / max(float(np.mean(np.abs(zz) ** 2)), 1e-300))
 
 
 class FrameSource:
     """Consecutive 512-sample int16 frames of one receiver's stream (frame k covers samples
-    512k ... 512k+511)."""
+    512k ... 512k+511), through the receive chain of :mod:`sdrlab.sim.frontend`.
+
+    :meth:`frame` returns the samples and sets ``overflow`` (ADC flag), ``smeter`` (the S-meter
+    field) and ``clipped`` (int16 clips); :meth:`header` gives the GPS block.  Without AGC any frame
+    can be produced in any order; with AGC the gain is a recursion over the samples, so frames
+    are produced in order (asking for an earlier frame replays the stream from its start).
+    """
 
     def __init__(
         self,
         scene: Scene,
         rx: SimReceiver,
         rx_index: int,
-        txs: list[Transmitter],
         tuned_hz: float,
         t0_gps_ns: int,
         t_ref_gps_ns: int,
+        low_cut: float,
+        high_cut: float,
         stream_seed: int,
         loop_frames: int | None,
+        agc: AgcSettings = AgcSettings(),
     ) -> None:
+        self.scene = scene
         self.rx = rx
-        self.fs = rx.sample_rate
+        self.rx_index = rx_index
+        self.fs = fs = rx.sample_rate
+        self.frame_s = SAMPLES_PER_FRAME / fs
         self.t0_gps_ns = t0_gps_ns
-        self._t0_rel = (t0_gps_ns - t_ref_gps_ns) / NS
-        self._dt = np.arange(SAMPLES_PER_FRAME, dtype=np.float64) / self.fs
-        self._rng = np.random.default_rng([scene.seed, rx_index, stream_seed])
+        self.t_ref_gps_ns = t_ref_gps_ns
+        self.stream_seed = stream_seed
+        self.tuned_hz = tuned_hz
+        self.low_cut, self.high_cut = max(low_cut, -fs / 2 + 1.0), min(high_cut, fs / 2 - 1.0)
+        #: true sampling time of sample 0 relative to the scene origin, seconds
+        self._tau0 = (t0_gps_ns - t_ref_gps_ns) / NS - rx.processing_delay_s
+        self._taps = _taps(self.low_cut, self.high_cut, fs)
+        self._half = (self._taps.size - 1) // 2
         self._noise_sigma = math.sqrt(10.0 ** (rx.noise_dbfs / 10.0) / 2.0)
-        self._parts = []
-        for tx in txs:
-            amp = scene.carrier_amplitude(rx, tx)
-            d = scene.delay_s(rx, tx)
-            df = tx.frequency_hz - tuned_hz
-            tone_f = np.zeros(0)
-            tone_a = np.zeros(0)
-            tone_p = np.zeros(0)
-            if tx.modulation == "am" and tx.n_tones > 0:
-                # message tones depend on the transmitter only (the same signal everywhere)
-                trng = np.random.default_rng([scene.seed, 7919, zlib.crc32(tx.id.encode())])
-                lo, hi = tx.tone_band_hz
-                tone_f = trng.uniform(lo, hi, tx.n_tones)
-                tone_p = trng.uniform(0.0, 2.0 * math.pi, tx.n_tones)
-                tone_a = np.full(tx.n_tones, math.sqrt(2.0 / tx.n_tones))  # unit RMS
-            self._parts.append(
-                (
-                    amp,
-                    d,
-                    df,
-                    tx.frequency_hz,
-                    tx.phase_rad,
-                    tx.mod_index if tx.modulation == "am" else 0.0,
-                    2.0 * math.pi * tone_f,
-                    tone_a * np.exp(1j * tone_p),
-                    np.exp(1j * 2.0 * math.pi * np.outer(tone_f, self._dt)),
-                    np.exp(1j * 2.0 * math.pi * df * self._dt),
-                )
-            )
+        self._clip_amp = math.sqrt(10.0 ** ((rx.adc_clip_dbm - scene.full_scale_dbm) / 10.0))
+        self._k = np.arange(SAMPLES_PER_FRAME, dtype=np.float64)
+        # (path, transmitter, signal, fading or None, baseband offset Hz, constant phase)
+        self._parts: list[tuple[Path, Transmitter, Signal, Fading | None, float, float]] = []
+        self._out_of_band_peak = 0.0
+        for t, tx in enumerate(scene.transmitters):
+            sig = scene.signal(tx)
+            inside = scene.in_passband(tx, tuned_hz, rx, self.low_cut, self.high_cut)
+            for p in scene.paths(rx, tx):
+                if not inside:
+                    self._out_of_band_peak += p.amplitude * sig.peak_amplitude
+                    continue
+                fading = None
+                if p.kind == "sky":
+                    seed = (scene.seed * 7919 + rx_index * 104_729 + t * 31 + zlib.crc32(tx.id.encode())) & 0x7FFFFFFF
+                    fading = Fading(spread_hz=p.fading_spread_hz, seed=seed)
+                df = tx.frequency_hz + p.doppler_hz - tuned_hz
+                phase = tx.phase_rad - 2.0 * math.pi * tx.frequency_hz * p.delay_s
+                self._parts.append((p, tx, sig, fading, df, phase))
+        self._raw: dict[int, npt.NDArray[np.complex128]] = {}
+        self._raw_peak: dict[int, float] = {}
+        self._filt: dict[int, npt.NDArray[np.complex128]] = {}
+        self.agc_settings = agc
+        self._agc = fe.Agc(agc, fs)
+        self._gains: dict[int, npt.NDArray[np.float64]] = {}
+        self._agc_next = 0  # next block the AGC has to see
         self.overflow = False
-        self._loop: list[npt.NDArray[np.int16]] | None = None
+        self.smeter = 0
+        self.clipped = 0
+        self._loop: list[tuple[npt.NDArray[np.int16], bool, int, int]] | None = None
         if loop_frames:
-            self._loop = [self._make(k) for k in range(loop_frames)]
+            loop = []
+            for k in range(loop_frames):
+                iq = self._make(k)
+                loop.append((iq, self.overflow, self.smeter, self.clipped))
+            self._loop = loop
 
+    # ---- public ----------------------------------------------------------------------------
     def frame(self, k: int) -> npt.NDArray[np.int16]:
-        """Frame k as a (512, 2) int16 array (I, Q); sets ``overflow`` if it clipped."""
+        """Frame k as a (512, 2) int16 array (I, Q); sets ``overflow``, ``smeter``, ``clipped``."""
         if self._loop is not None:
-            return self._loop[k % len(self._loop)]
+            iq, self.overflow, self.smeter, self.clipped = self._loop[k % len(self._loop)]
+            return iq
         return self._make(k)
 
+    def stamp_ns(self, k: int) -> int:
+        """The GPS time (ns) the receiver stamps on frame k: its clock plus the stamp's jitter."""
+        stamp = self.t0_gps_ns + round(SAMPLES_PER_FRAME * k * 1e9 / self.fs)
+        if self.rx.gps_jitter_s > 0.0:
+            rng = np.random.default_rng([self.scene.seed, self.rx_index, self.stream_seed, k, 2])
+            stamp += int(round(float(rng.normal()) * self.rx.gps_jitter_s * NS))
+        return stamp
+
+    def header(self, k: int) -> tuple[int, int, int]:
+        """(last_gps_solution, gpssec, gpsnsec) of frame k."""
+        rx = self.rx
+        interval = rx.gps_fix_interval_s
+        phase = (self.rx_index * 0.37) % interval if interval > 0 else 0.0
+        return fe.gps_header(self.stamp_ns(k), k, mode=rx.faults.gps, fix_interval_s=interval,
+                             fix_phase_s=phase, frame_s=self.frame_s)
+
+    def set_agc(self, agc: AgcSettings) -> None:
+        """New AGC parameters from the next frame produced on (the averagers keep their state)."""
+        self.agc_settings = agc
+        self._agc.configure(agc)
+
+    # ---- the chain -------------------------------------------------------------------------
+    def _raw_block(self, b: int) -> npt.NDArray[np.complex128]:
+        """Antenna signal plus noise of samples 512b ... 512b+511, before the receive chain."""
+        hit = self._raw.get(b)
+        if hit is not None:
+            return hit
+        n = SAMPLES_PER_FRAME
+        tau0 = self._tau0 + n * b / self.fs
+        dt = 1.0 / self.fs
+        rng = np.random.default_rng([self.scene.seed, self.rx_index, self.stream_seed, b + (1 << 40), 1])
+        z: npt.NDArray[np.complex128] = self._noise_sigma * (rng.standard_normal(n) + 1j * rng.standard_normal(n))
+        peak = self._out_of_band_peak
+        for p, _tx, sig, fading, df, phase in self._parts:
+            s = sig.sample(tau0 - p.delay_s, dt, n, epoch_gps_ns=self.t_ref_gps_ns)
+            if fading is not None:
+                s = s * fading.gain(tau0 - p.delay_s, dt, n)
+            s = p.amplitude * s
+            peak += float(np.abs(s).max()) if n else 0.0
+            rot = np.exp(1j * (2.0 * math.pi * df * (tau0 + self._k * dt) + phase))
+            z += s * rot
+        if peak > self._clip_amp:
+            # the clipped ADC spreads distortion over the band: a crude 1 % of the excess power
+            extra = math.sqrt(0.01 * (peak * peak - self._clip_amp**2) / 2.0)
+            z += extra * (rng.standard_normal(n) + 1j * rng.standard_normal(n))
+        self._raw_peak[b] = peak
+        if len(self._raw) > 6:
+            for old in sorted(self._raw)[:-4]:
+                del self._raw[old]
+                self._raw_peak.pop(old, None)
+        self._raw[b] = z
+        return z
+
+    def _filtered(self, b: int) -> npt.NDArray[np.complex128]:
+        """Block b after the passband FIR (centred: the server compensates its group delay)."""
+        hit = self._filt.get(b)
+        if hit is not None:
+            return hit
+        h = self._half
+        n = SAMPLES_PER_FRAME
+        x = np.concatenate([self._raw_block(b - 1)[n - h:], self._raw_block(b), self._raw_block(b + 1)[:h]])
+        out: npt.NDArray[np.complex128] = oaconvolve(x, self._taps, mode="valid")
+        if len(self._filt) > 4:
+            for old in sorted(self._filt)[:-3]:
+                del self._filt[old]
+        self._filt[b] = out
+        return out
+
+    def _gain(self, b: int) -> npt.NDArray[np.float64]:
+        """Gain for each sample of block b (the AGC's gain ``delay`` samples later)."""
+        if not self.agc_settings.on:
+            return self._agc.gains(np.zeros(SAMPLES_PER_FRAME, dtype=np.complex128))
+        if b + 1 < self._agc_next - 3:  # an earlier frame: replay the AGC from the stream start
+            self._agc = fe.Agc(self.agc_settings, self.fs)
+            self._gains.clear()
+            self._agc_next = 0
+        while self._agc_next <= b + 1:
+            blk = self._agc_next
+            self._gains[blk] = self._agc.gains(self._filtered(blk) * FULL_SCALE)
+            self._agc_next += 1
+        for old in [x for x in self._gains if x < b - 2]:
+            del self._gains[old]
+        d = self._agc.delay
+        g = np.concatenate([self._gains[b], self._gains[b + 1]])
+        return g[d : d + SAMPLES_PER_FRAME]
+
     def _make(self, k: int) -> npt.NDArray[np.int16]:
-        tk = self._t0_rel + SAMPLES_PER_FRAME * k / self.fs
-        y = self._noise_sigma * self._rng.standard_normal((SAMPLES_PER_FRAME, 2))
-        z = np.zeros(SAMPLES_PER_FRAME, dtype=np.complex128)
-        for amp, d, df, ftx, phi, mod, w, tone_c, tone_e, car_e in self._parts:
-            env = np.ones(SAMPLES_PER_FRAME)
-            if mod:
-                v = tone_c * np.exp(1j * w * (tk - d))
-                env = env + mod * (v @ tone_e).real
-            ph = 2.0 * math.pi * (df * tk - ftx * d) + phi
-            z += amp * env * car_e * complex(math.cos(ph), math.sin(ph))
-        y[:, 0] += z.real
-        y[:, 1] += z.imag
-        y *= FULL_SCALE
-        np.rint(y, out=y)
-        self.overflow = bool(np.any(y > 32767) or np.any(y < -32768))
-        np.clip(y, -32768, 32767, out=y)
-        return y.astype(np.int16)
+        y = self._filtered(k)
+        self.overflow = self._raw_peak.get(k, 0.0) > self._clip_amp
+        power = float(np.mean(y.real**2 + y.imag**2))
+        self.smeter = fe.smeter(power, self.scene.full_scale_dbm)
+        iq, self.clipped = fe.quantise(y * self._gain(k))
+        return iq

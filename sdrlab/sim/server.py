@@ -30,10 +30,11 @@ from websockets.http11 import Request, Response
 
 from ..receivers.kiwiwire import encode_msg
 from ..timing import gps_now_ns
-from . import status
+from . import status, uber
 from .scene import Faults, Scene
 from .session import ReceiverHub, Session, SimCore, StreamRecord, Watchdogs
 from .sound import SndSession
+from .uber import UberSndSession
 from .waterfall import WfSession
 
 __all__ = ["SimServer", "StreamRecord", "Watchdogs", "run_forever", "parse_path"]
@@ -248,7 +249,9 @@ class SimServer:
         if path.split("?", 1)[0] == "/status":
             users = len(hub.channels)
             uptime = asyncio.get_running_loop().time() - hub.started
-            return connection.respond(http.HTTPStatus.OK, status.status_page(hub.rx, users=users, uptime_s=uptime))
+            page = (uber.status_page if hub.rx.kind == "ubersdr" else status.status_page)(
+                hub.rx, users=users, uptime_s=uptime)
+            return connection.respond(http.HTTPStatus.OK, page)
         if parse_path(path) is None:
             return connection.respond(http.HTTPStatus.NOT_FOUND, "Not Found\n")
         to_port = hub.rx.faults.http_redirect_to_port
@@ -288,7 +291,8 @@ class SimServer:
             return
         seed = hub.accepted if self._core.seed_streams else 0
         hub.accepted += 1
-        session = SndSession(self._core, hub, ws, route.path, route.ts, channel=channel, stream_seed=seed)
+        kind = UberSndSession if hub.rx.kind == "ubersdr" else SndSession
+        session: Session = kind(self._core, hub, ws, route.path, route.ts, channel=channel, stream_seed=seed)
         hub.channels[channel] = session
         hub.max_in_use = max(hub.max_in_use, len(hub.channels))
         hub.snd_ts.add((ip, route.ts))

@@ -23,6 +23,7 @@ from websockets.protocol import State
 
 from ..receivers.kiwiwire import encode_msg
 from . import status
+from .frontend import AgcSettings
 from .scene import Scene, SimReceiver
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,8 @@ class StreamRecord:
     #: malformed frames sent by the garbage fault (not counted in ``frames_sent``)
     garbage_sent: int = 0
     retunes: list[tuple[int, float, float, float, str]] = field(default_factory=list)
+    #: the AGC / manual gain settings the client asked for (the latest)
+    agc: AgcSettings = field(default_factory=AgcSettings)
 
 
 @dataclass

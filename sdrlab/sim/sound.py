@@ -32,16 +32,15 @@ from ..receivers.kiwiwire import (
     FLAG_NEW_FREQ,
     FLAG_RESTART,
     FLAG_STEREO,
-    GPS_LAST_CAP,
-    GPS_NO_CLOCK,
     SAMPLES_PER_FRAME,
     dbm_to_smeter,
     encode_msg,
     pack_snd_frame,
     samples_to_wire,
 )
-from ..timing import NS, WEEK_S, gps_now_ns
+from ..timing import NS, gps_now_ns
 from . import status
+from .frontend import AgcSettings, gps_header
 from .scene import FULL_SCALE
 from .session import ReceiverHub, Session, SimCore, StreamRecord, scanf
 
@@ -115,6 +114,7 @@ class SndSession(Session):
         self.low_cut = 0.0
         self.high_cut = 0.0
         self.compression = 1  # the server's default (never applied to IQ)
+        self.agc = AgcSettings()
         self.little_endian = False
         self.pending_flags = 0
         # streaming state
@@ -168,6 +168,12 @@ class SndSession(Session):
             vals = scanf("SET agc=%d hang=%d thresh=%d slope=%d decay=%d manGain=%d", cmd)
             if len(vals) == 6:
                 self.cmd_recv |= CMD_AGC
+                self.agc = AgcSettings.from_command(vals)
+                if self.source is not None:
+                    self.source.set_agc(self.agc)
+                    self._cache.clear()
+                if self.record is not None:
+                    self.record.agc = self.agc
         elif cmd.startswith("SET AR OK"):
             vals = scanf("SET AR OK in=%d out=%d", cmd)
             if len(vals) == 2 and vals[1] != 0:
@@ -240,6 +246,7 @@ class SndSession(Session):
             high_cut=self.high_cut,
             stream_seed=self.stream_seed,
             loop_frames=core.loop_frames,
+            agc=self.agc,
         )
 
     def _start(self) -> None:
@@ -274,6 +281,7 @@ class SndSession(Session):
             loop_frames=core.loop_frames,
             mode=self.mode or "",
             channel=self.channel,
+            agc=self.agc,
         )
         core.streams.append(self.record)
         self.streaming = True
@@ -336,7 +344,7 @@ class SndSession(Session):
         if self.little_endian:
             flags |= FLAG_LITTLE_ENDIAN
         if self.stereo:
-            last, gsec, gnsec = self._gps(k)
+            last, gsec, gnsec = self.source.header(k) if self.source is not None else (0, 0, 0)
             data = pack_snd_frame(flags=flags | FLAG_STEREO, seq=seq, smeter=smeter, last_gps_solution=last,
                                   gpssec=gsec, gpsnsec=gnsec, samples=wire)
         else:
@@ -358,35 +366,26 @@ class SndSession(Session):
             hit = self._cache.get(key)
             if hit is None:
                 iq = src.frame(k)
-                hit = self._cache[key] = self._encode(iq, src.overflow)
+                hit = self._cache[key] = self._encode(iq, src.smeter, src.overflow)
             return hit
         iq = src.frame(k)
-        return self._encode(iq, src.overflow)
+        return self._encode(iq, src.smeter, src.overflow)
 
-    def _encode(self, iq: npt.NDArray[np.int16], overflow: bool) -> tuple[bytes, int, bool]:
+    def _encode(self, iq: npt.NDArray[np.int16], smeter: int, overflow: bool) -> tuple[bytes, int, bool]:
         if self.stereo:
             wire = samples_to_wire(iq, self.little_endian)
         else:
             wire = np.ascontiguousarray(iq[:, 0], dtype="<i2" if self.little_endian else ">i2").tobytes()
-        return wire, smeter_of(iq, self.core.scene.full_scale_dbm), overflow
+        return wire, smeter, overflow
 
     def _gps(self, k: int) -> tuple[int, int, int]:
-        """(last_gps_solution, gpssec, gpsnsec) of frame k."""
-        mode = self.rx.faults.gps
-        if k == 0 or mode == "disabled":
-            return 0, 0, 0
-        stamp = self.t0_gps_ns + round(SAMPLES_PER_FRAME * k * 1e9 / self.fs)
-        gsec = (stamp // NS) % WEEK_S
-        gnsec = stamp % NS
-        if mode == "no_fix":
-            return GPS_NO_CLOCK, gsec, gnsec
+        """(last_gps_solution, gpssec, gpsnsec) of frame k without stamp jitter (the header logic of
+        :func:`sdrlab.sim.frontend.gps_header`; streams use their source's :meth:`header`)."""
         interval = self.rx.gps_fix_interval_s
-        if interval <= 0:
-            return min(GPS_LAST_CAP, int(k * self.frame_s)), gsec, gnsec
-        # fixes happen at GPS times n * interval + a per-receiver phase, whoever is connected
-        phase = (self.hub.index * 0.37) % interval
-        since = math.fmod(stamp / NS - phase, interval)
-        return min(GPS_LAST_CAP, int(since)), gsec, gnsec
+        stamp = self.t0_gps_ns + round(SAMPLES_PER_FRAME * k * 1e9 / self.fs)
+        return gps_header(stamp, k, mode=self.rx.faults.gps, fix_interval_s=interval,
+                          fix_phase_s=(self.hub.index * 0.37) % interval if interval > 0 else 0.0,
+                          frame_s=self.frame_s)
 
     def _send_garbage(self, seq: int) -> None:
         """Malformed output: SND frames of the wrong length, or random bytes with an unknown tag."""

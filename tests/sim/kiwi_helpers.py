@@ -138,13 +138,6 @@ def rx_gps(cfg: dict[str, Any]) -> tuple[float, float]:
     return lat, lon
 
 
-def expected_smeter(iq: np.ndarray, full_scale_dbm: float) -> int:
-    x = iq.astype(np.float64) / 32767.0
-    p = float(np.mean(np.sum(x * x, axis=1)))
-    dbm = min(max(10.0 * math.log10(p) + full_scale_dbm, -127.0), 3.4)
-    return int(round((dbm + 127.0) * 10.0))
-
-
 # ---- client -----------------------------------------------------------------------------------
 
 class Kiwi:

@@ -17,7 +17,6 @@ from .kiwi_helpers import (
     TUNE_KHZ,
     WEEK_S,
     Kiwi,
-    expected_smeter,
     parse_iq,
     run,
     running,
@@ -75,7 +74,8 @@ def test_iq_frames_exact_against_scene(little_endian: bool) -> None:
             assert rec.frames is not None and rec.frames[:n] == raw
             truth = scene.stream("rx-a", tuned_hz=rec.tuned_hz, t0_gps_ns=rec.t0_gps_ns,
                                  t_ref_gps_ns=srv.t_ref_gps_ns, low_cut=rec.low_cut, high_cut=rec.high_cut,
-                                 stream_seed=rec.stream_seed)
+                                 stream_seed=rec.stream_seed, agc=rec.agc)
+            assert rec.agc.on  # kiwiclient's SET agc=1 ...
             frames = [parse_iq(b) for b in raw]
             for k_, (buf, f) in enumerate(zip(raw, frames)):
                 assert len(buf) == IQ_FRAME_LEN
@@ -88,8 +88,8 @@ def test_iq_frames_exact_against_scene(little_endian: bool) -> None:
                 want = iq.astype("<i2" if little_endian else ">i2").tobytes()
                 assert buf[20:] == want, f"frame {k_} samples differ"
                 assert np.array_equal(f.samples(), iq)
-                # same formula; allow one step (0.1 dB) for float rounding at a .05 boundary
-                assert abs(f.smeter - expected_smeter(iq, scene.full_scale_dbm)) <= 1
+                # the S-meter reads the passband signal before the AGC
+                assert f.smeter == truth.smeter
             # the first frame has no GPS data; later stamps follow the real rate from t0
             assert (frames[0].last, frames[0].gpssec, frames[0].gpsnsec) == (0, 0, 0)
             for k_, f in enumerate(frames[1:], start=1):
@@ -171,11 +171,11 @@ def test_retune_keeps_seq_and_t0_and_switches_tuning() -> None:
             assert frames[at].flags & 0x05 == 0x05
             assert all(f.flags & 0x05 == 0 for f in frames[1:at] + frames[at + 1:])
             before = scene.stream("rx-a", tuned_hz=rec.tuned_hz, t0_gps_ns=rec.t0_gps_ns,
-                                  t_ref_gps_ns=srv.t_ref_gps_ns, stream_seed=rec.stream_seed)
+                                  t_ref_gps_ns=srv.t_ref_gps_ns, stream_seed=rec.stream_seed, agc=rec.agc)
             for i in range(at):
                 assert k.snd[i][20:] == before.frame(i).astype(">i2").tobytes()
             after = scene.stream("rx-a", tuned_hz=tuned, t0_gps_ns=rec.t0_gps_ns, t_ref_gps_ns=srv.t_ref_gps_ns,
-                                 low_cut=lo, high_cut=hi, stream_seed=rec.stream_seed)
+                                 low_cut=lo, high_cut=hi, stream_seed=rec.stream_seed, agc=rec.agc)
             for i in range(at, len(frames)):
                 assert k.snd[i][20:] == after.frame(i).astype(">i2").tobytes()
             # stamps continue on the same time line
@@ -242,16 +242,15 @@ def test_adc_overflow_flag() -> None:
             await k.close()
             rec = srv.streams[0]
             truth = scene.stream("rx-a", tuned_hz=rec.tuned_hz, t0_gps_ns=rec.t0_gps_ns,
-                                 t_ref_gps_ns=srv.t_ref_gps_ns, stream_seed=rec.stream_seed)
+                                 t_ref_gps_ns=srv.t_ref_gps_ns, stream_seed=rec.stream_seed, agc=rec.agc)
             flags = []
             for i, b in enumerate(raw):
                 truth.frame(i)
                 flags.append(bool(parse_iq(b).flags & 0x02))
                 assert flags[-1] == truth.overflow
             assert any(flags)
-            # clipped samples: |z|^2 <= 2 full scale, so the S-meter sits just under full_scale_dbm + 3 dB
-            rssi = parse_iq(raw[0]).rssi
-            assert scene.full_scale_dbm - 3.0 <= rssi <= scene.full_scale_dbm + 3.1
+            # the S-meter reads the antenna power (+12 dBm here): pinned at its +3.4 dBm ceiling
+            assert parse_iq(raw[0]).rssi == pytest.approx(3.4, abs=0.05)
 
     run(body())
 
@@ -269,7 +268,7 @@ def test_mono_frames_in_audio_modes() -> None:
             rec = srv.streams[0]
             truth = scene.stream("rx-a", tuned_hz=rec.tuned_hz, t0_gps_ns=rec.t0_gps_ns,
                                  t_ref_gps_ns=srv.t_ref_gps_ns, low_cut=rec.low_cut, high_cut=rec.high_cut,
-                                 stream_seed=rec.stream_seed)
+                                 stream_seed=rec.stream_seed, agc=rec.agc)
         for i, b in enumerate(raw):
             assert len(b) == 10 + 1024 and b[:3] == b"SND"
             assert not b[3] & 0x08 and not b[3] & 0x10

@@ -1,0 +1,172 @@
+"""The simulated KiwiSDR receive chain (sdrlab.sim.frontend and Scene.stream): passband filter, AGC,
+manual gain, S-meter, ADC overflow, processing delay and GPS stamp jitter, measured against the
+scene's truth."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from sdrlab import metrics
+from sdrlab.receivers import kiwiwire as kw
+from sdrlab.sim import frontend as fe
+from sdrlab.sim.frontend import AgcSettings
+from sdrlab.sim.scene import Scene, SimReceiver, Transmitter
+
+FS = 12001.188
+TUNE = 9_749_000.0
+T0 = 1_400_000_000 * 10**9
+
+
+def _scene(**rx_changes: object) -> Scene:
+    tx = Transmitter(id="tx", latitude=50.4, longitude=8.9, frequency_hz=9_750_000.0, power_dbm=40.0, modulation="cw")
+    rx = SimReceiver(id="rx", name="rx", latitude=52.0, longitude=9.0, sample_rate=FS, noise_dbfs=-70.0)
+    return Scene(transmitters=(tx,), receivers=(replace(rx, **rx_changes),), seed=3)  # type: ignore[arg-type]
+
+
+def _capture(scene: Scene, n_frames: int, **kw_stream: object) -> tuple[np.ndarray, list[int], list[bool]]:
+    src = scene.stream("rx", tuned_hz=TUNE, t0_gps_ns=T0, t_ref_gps_ns=T0, **kw_stream)  # type: ignore[arg-type]
+    frames, smeters, overflow = [], [], []
+    for k in range(n_frames):
+        iq = src.frame(k)
+        frames.append(iq[:, 0] / 32768.0 + 1j * iq[:, 1] / 32768.0)
+        smeters.append(src.smeter)
+        overflow.append(src.overflow)
+    return np.concatenate(frames), smeters, overflow
+
+
+def _psd_db(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    p = metrics.psd(z[None, :], FS)
+    return p["frequency"].values, 10 * np.log10(p.values[0])
+
+
+def test_passband_filter_is_the_kiwi_fir() -> None:
+    h = fe.passband_taps(-500.0, 500.0, FS)
+    assert h.size == 513
+    r = 10 * np.log10(fe.passband_response(h, FS, [0.0, 300.0, -400.0, 500.0, -500.0, 600.0, -650.0, 1000.0, 4000.0]))
+    assert np.all(np.abs(r[:3]) < 0.05)  # flat passband
+    assert r[3] == pytest.approx(-6.02, abs=0.1) and r[4] == pytest.approx(-6.02, abs=0.1)  # -6 dB at the edges
+    assert np.all(r[5:] < -90)  # Blackman-Nuttall stopband within ~100 Hz
+    usb = fe.passband_taps(300.0, 2700.0, FS)
+    r2 = 10 * np.log10(fe.passband_response(usb, FS, [1500.0, -1500.0, 0.0, 300.0, 2700.0]))
+    assert abs(r2[0]) < 0.05 and r2[1] < -100 and r2[2] < -90
+    assert r2[3] == pytest.approx(-6.02, abs=0.1) and r2[4] == pytest.approx(-6.02, abs=0.1)
+
+
+@pytest.mark.parametrize("low, high", [(-500.0, 500.0), (-5000.0, 5000.0), (300.0, 2700.0)])
+def test_noise_is_filtered_to_the_passband_and_quantised_outside(low: float, high: float) -> None:
+    scene = _scene()
+    z, _, _ = _capture(scene, 160, low_cut=low, high_cut=high)
+    f, p = _psd_db(z)
+    truth = scene.truth("rx", TUNE, low, high)
+    inner = (f > low + 150) & (f < high - 150) & (np.abs(f - 1000.0) > 30)
+    assert np.median(p[inner]) == pytest.approx(truth["noise_density_dbfs_hz"], abs=0.5)
+    outside = (f < low - 200) | (f > high + 200)
+    if outside.any():
+        # int16 rounding: 2/12 LSB^2 per sample over fs -> -138.9 dBFS/Hz at 12 kHz
+        quant = 10 * math.log10(2 / 12 / 32768**2 / FS)
+        assert np.median(p[outside]) == pytest.approx(quant, abs=1.0)
+
+
+def test_band_limited_snr_matches_the_truth() -> None:
+    scene = _scene()
+    z, _, _ = _capture(scene, 240, low_cut=-2500.0, high_cut=2500.0)
+    truth = scene.truth("rx", TUNE, -2500.0, 2500.0)
+    m = metrics.metrics(z[None, :], fs=FS, passband=(-2400.0, 2400.0), bandwidth_hz=truth["noise_bandwidth_hz"])
+    assert m["noise_floor_dbfs_hz"].item() == pytest.approx(truth["noise_density_dbfs_hz"], abs=0.5)
+    assert m["signal_power_dbfs"].item() == pytest.approx(truth["signal_power_dbfs"], abs=0.3)
+    assert m["snr_db"].item() == pytest.approx(truth["snr_db"], abs=0.5)
+
+
+def test_manual_gain_scales_the_output_not_the_s_meter() -> None:
+    scene = _scene()
+    ref, s_ref, _ = _capture(scene, 40)
+    loud, s_loud, _ = _capture(scene, 40, agc=AgcSettings(man_gain_db=62))
+    gain_db = 10 * math.log10(np.mean(np.abs(loud) ** 2) / np.mean(np.abs(ref) ** 2))
+    assert gain_db == pytest.approx(12.0, abs=0.05)
+    assert s_loud == s_ref  # the S-meter reads the antenna, before the gain
+    truth = scene.truth("rx", TUNE)
+    rssi = 10 * math.log10(np.mean(10 ** (np.array([kw.smeter_to_dbm(v) for v in s_ref]) / 10)))
+    want = 10 * math.log10(10 ** (truth["signal_power_dbfs"] / 10) + 10 ** (truth["noise_power_dbfs"] / 10))
+    assert rssi == pytest.approx(want + scene.full_scale_dbm, abs=0.2)
+
+
+def test_agc_levels_the_output_and_its_gain_changes_are_visible() -> None:
+    # a weak and a 30 dB stronger receiver: with AGC both come out near the same level
+    weak = _scene(noise_dbfs=-100.0)
+    strong = replace(weak, transmitters=(replace(weak.transmitters[0], power_dbm=70.0),))
+    on = AgcSettings(on=True)
+    zw, sw, _ = _capture(weak, 60, agc=on)
+    zs, ss, _ = _capture(strong, 60, agc=on)
+    pw = 10 * math.log10(np.mean(np.abs(zw[20 * 512:]) ** 2))
+    ps = 10 * math.log10(np.mean(np.abs(zs[20 * 512:]) ** 2))
+    assert abs(ps - pw) < 3.0  # slope 6: 30 dB in -> ~1.8 dB out
+    assert -10.0 < ps < -2.0  # the CuteSDR AGC holds the peak near 0.7 of full scale
+    # the S-meter still tells them apart by 30 dB: IQ power minus RSSI is the AGC's gain
+    rw = np.mean([kw.smeter_to_dbm(v) for v in sw[20:]])
+    rs = np.mean([kw.smeter_to_dbm(v) for v in ss[20:]])
+    assert rs - rw == pytest.approx(30.0, abs=0.3)
+    # manual gain: the output follows the input
+    zw_m, _, _ = _capture(weak, 20)
+    zs_m, _, _ = _capture(strong, 20)
+    assert 10 * math.log10(np.mean(np.abs(zs_m) ** 2) / np.mean(np.abs(zw_m) ** 2)) == pytest.approx(30.0, abs=0.2)
+
+
+def test_agc_follows_a_fading_signal_and_hang_holds_the_gain() -> None:
+    agc = fe.Agc(AgcSettings(on=True, decay_ms=500), FS)
+    n = int(FS * 5)
+    drop = int(FS)
+    x = np.full(n, 3000.0 + 0j)
+    x[drop : 4 * drop] = 30.0  # 40 dB down for three seconds
+    g = np.concatenate([agc.gains(x[i : i + 512]) for i in range(0, n, 512)])
+    loud, quiet = g[drop - 100], g[4 * drop - 100]
+    assert 20 * math.log10(quiet / loud) == pytest.approx(40 * 0.94, abs=0.5)  # gain rises by (1 - slope) x drop
+    # the gain recovers with the 500 ms decay time constant, not at once
+    rise = 20 * math.log10(g[drop + int(0.5 * FS)] / loud)
+    assert rise == pytest.approx(40 * 0.94 * (1 - math.exp(-1)), abs=2.0)
+    # and falls within milliseconds when the signal returns (attack)
+    assert 20 * math.log10(g[4 * drop + int(0.02 * FS)] / loud) < 1.0
+    hang = fe.Agc(AgcSettings(on=True, hang=True, decay_ms=500), FS)
+    gh = np.concatenate([hang.gains(x[i : i + 512]) for i in range(0, n, 512)])
+    # with hang the gain stays put for the hang time (decay), then releases fast (50 ms)
+    assert 20 * math.log10(gh[drop + int(0.4 * FS)] / gh[drop - 100]) < 1.0
+    assert 20 * math.log10(gh[drop + int(0.8 * FS)] / gh[drop - 100]) > 30.0
+
+
+def test_processing_delay_shifts_the_samples_not_the_stamps() -> None:
+    base = _scene(noise_dbfs=-140.0)
+    tx = replace(base.transmitters[0], modulation="am", n_tones=30, tone_band_hz=(100.0, 2400.0))
+    base = replace(base, transmitters=(tx,))
+    late = replace(base, receivers=(replace(base.receivers[0], processing_delay_s=250e-6),))
+    a = base.stream("rx", tuned_hz=TUNE, t0_gps_ns=T0, t_ref_gps_ns=T0)
+    b = late.stream("rx", tuned_hz=TUNE, t0_gps_ns=T0, t_ref_gps_ns=T0)
+    assert [a.stamp_ns(k) for k in range(5)] == [b.stamp_ns(k) for k in range(5)]
+    za = np.concatenate([a.frame(k)[:, 0] + 1j * a.frame(k)[:, 1] for k in range(40)]).astype(complex)
+    zb = np.concatenate([b.frame(k)[:, 0] + 1j * b.frame(k)[:, 1] for k in range(40)]).astype(complex)
+    # envelopes: b is a delayed by 250 us (3 samples at 12 kHz)
+    ea, eb = np.abs(za) - np.abs(za).mean(), np.abs(zb) - np.abs(zb).mean()
+    lags = np.arange(-10, 11)
+    c = [np.dot(ea[20:-20], np.roll(eb, -lag)[20:-20]) for lag in lags]
+    assert lags[int(np.argmax(c))] == round(250e-6 * FS)
+
+
+def test_gps_stamps_jitter_as_configured() -> None:
+    scene = _scene(gps_jitter_s=2e-6)
+    src = scene.stream("rx", tuned_hz=TUNE, t0_gps_ns=T0, t_ref_gps_ns=T0)
+    k = np.arange(1, 4001)
+    err = np.array([src.stamp_ns(int(i)) - (T0 + round(512 * int(i) * 1e9 / FS)) for i in k]) / 1e9
+    assert np.std(err) == pytest.approx(2e-6, rel=0.1)
+    assert abs(np.mean(err)) < 2e-7
+    again = scene.stream("rx", tuned_hz=TUNE, t0_gps_ns=T0, t_ref_gps_ns=T0)
+    assert again.stamp_ns(17) == src.stamp_ns(17)  # seeded: part of the truth
+
+
+def test_adc_overflow_at_high_input_power() -> None:
+    quiet = _scene()
+    near = replace(quiet, transmitters=(replace(quiet.transmitters[0], latitude=52.001, longitude=9.0, power_dbm=80.0),))
+    _, _, ov_quiet = _capture(quiet, 10)
+    _, _, ov_near = _capture(near, 10)
+    assert not any(ov_quiet) and all(ov_near)
