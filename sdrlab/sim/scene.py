@@ -28,6 +28,7 @@ maps to 0 dBFS.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import zlib
 from dataclasses import dataclass, field, replace
@@ -36,17 +37,21 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 from geographiclib.geodesic import Geodesic
+from scipy import fft as sp_fft
 from scipy.signal import oaconvolve
 
 from ..receivers.kiwiwire import SAMPLES_PER_FRAME
 from . import frontend as fe
 from .frontend import AgcSettings
-from .signals import Fading, Signal, make_signal
+from .signals import SIGNALS, Fading, Signal, make_signal
 
 C_M_S = 299_792_458.0
 FULL_SCALE = 32768.0  # amplitude 1.0 (0 dBFS); samples clip at 32767
 NS = 1_000_000_000
 EARTH_RADIUS_M = 6_371_000.0
+#: frames synthesised at once by a FrameSource (one FFT filter pass, one noise draw)
+CHUNK_FRAMES = 8
+CHUNK = CHUNK_FRAMES * SAMPLES_PER_FRAME
 #: modulation names kept from the first scene model
 _ALIASES = {"am": "am-tones"}
 
@@ -112,7 +117,7 @@ def waveform(tx: Transmitter, scene_seed: int) -> Signal:
         kw.setdefault("band_hz", tx.tone_band_hz)
     elif name == "am-broadcast":
         kw.setdefault("mod_index", tx.mod_index)
-    if name != "cw":
+    if name in SIGNALS and "seed" in inspect.signature(SIGNALS[name]).parameters:
         kw.setdefault("seed", (scene_seed * 1_000_003 + zlib.crc32(tx.id.encode())) & 0x7FFFFFFF)
     return make_signal(name, **kw)
 
@@ -388,6 +393,15 @@ def _taps(low: float, high: float, fs: float) -> npt.NDArray[np.complex128]:
 
 
 @functools.lru_cache(maxsize=256)
+def _taps_fft(low: float, high: float, fs: float) -> npt.NDArray[np.complex128]:
+    """FFT of the passband taps at the length the chunked filter uses."""
+    h = _taps(low, high, fs)
+    n = sp_fft.next_fast_len(CHUNK + 2 * h.size - 2)
+    out: npt.NDArray[np.complex128] = sp_fft.fft(h, n)
+    return out
+
+
+@functools.lru_cache(maxsize=256)
 def passband_fraction(sig: Signal, offset_hz: float, low: float, high: float, fs: float,
                       seconds: float = 8.0) -> float:
     """Share of a signal's mean power that passes the receiver's passband filter when it sits
@@ -441,7 +455,6 @@ class FrameSource:
         self._half = (self._taps.size - 1) // 2
         self._noise_sigma = math.sqrt(10.0 ** (rx.noise_dbfs / 10.0) / 2.0)
         self._clip_amp = math.sqrt(10.0 ** ((rx.adc_clip_dbm - scene.full_scale_dbm) / 10.0))
-        self._k = np.arange(SAMPLES_PER_FRAME, dtype=np.float64)
         # (path, transmitter, signal, fading or None, baseband offset Hz, constant phase)
         self._parts: list[tuple[Path, Transmitter, Signal, Fading | None, float, float]] = []
         self._out_of_band_peak = 0.0
@@ -459,8 +472,9 @@ class FrameSource:
                 df = tx.frequency_hz + p.doppler_hz - tuned_hz
                 phase = tx.phase_rad - 2.0 * math.pi * tx.frequency_hz * p.delay_s
                 self._parts.append((p, tx, sig, fading, df, phase))
+        self._h_fft = _taps_fft(self.low_cut, self.high_cut, fs)
         self._raw: dict[int, npt.NDArray[np.complex128]] = {}
-        self._raw_peak: dict[int, float] = {}
+        self._raw_peak: dict[int, npt.NDArray[np.float64]] = {}
         self._filt: dict[int, npt.NDArray[np.complex128]] = {}
         self.agc_settings = agc
         self._agc = fe.Agc(agc, fs)
@@ -506,52 +520,62 @@ class FrameSource:
         self.agc_settings = agc
         self._agc.configure(agc)
 
-    # ---- the chain -------------------------------------------------------------------------
-    def _raw_block(self, b: int) -> npt.NDArray[np.complex128]:
-        """Antenna signal plus noise of samples 512b ... 512b+511, before the receive chain."""
-        hit = self._raw.get(b)
+    # ---- the chain: computed a chunk of CHUNK_FRAMES frames at a time --------------------------
+    def _raw_chunk(self, c: int) -> npt.NDArray[np.complex128]:
+        """Antenna signal plus noise of chunk c (samples CHUNK c ... CHUNK (c+1) - 1), before the
+        receive chain; the wideband peak of each of its frames in ``_raw_peak``."""
+        hit = self._raw.get(c)
         if hit is not None:
             return hit
-        n = SAMPLES_PER_FRAME
-        tau0 = self._tau0 + n * b / self.fs
+        n = CHUNK
+        tau0 = self._tau0 + n * c / self.fs
         dt = 1.0 / self.fs
-        rng = np.random.default_rng([self.scene.seed, self.rx_index, self.stream_seed, b + (1 << 40), 1])
-        z: npt.NDArray[np.complex128] = self._noise_sigma * (rng.standard_normal(n) + 1j * rng.standard_normal(n))
-        peak = self._out_of_band_peak
+        rng = np.random.default_rng([self.scene.seed, self.rx_index, self.stream_seed, c + (1 << 40), 1])
+        z = np.empty(n, dtype=np.complex128)
+        z.real = rng.standard_normal(n)
+        z.imag = rng.standard_normal(n)
+        z *= self._noise_sigma
+        peak = np.full(CHUNK_FRAMES, self._out_of_band_peak)
+        if self._parts:
+            k = np.arange(n, dtype=np.float64) * dt
         for p, _tx, sig, fading, df, phase in self._parts:
-            s = sig.sample(tau0 - p.delay_s, dt, n, epoch_gps_ns=self.t_ref_gps_ns)
+            sp = sig.sample(tau0 - p.delay_s, dt, n, epoch_gps_ns=self.t_ref_gps_ns)
             if fading is not None:
-                s = s * fading.gain(tau0 - p.delay_s, dt, n)
-            s = p.amplitude * s
-            peak += float(np.abs(s).max()) if n else 0.0
-            rot = np.exp(1j * (2.0 * math.pi * df * (tau0 + self._k * dt) + phase))
-            z += s * rot
-        if peak > self._clip_amp:
+                sp = sp * fading.gain(tau0 - p.delay_s, dt, n)
+            mag = np.abs(sp).reshape(CHUNK_FRAMES, SAMPLES_PER_FRAME).max(axis=1)
+            peak += p.amplitude * mag
+            z += p.amplitude * sp * np.exp(1j * (2.0 * math.pi * df * (tau0 + k) + phase))
+        over = peak > self._clip_amp
+        if over.any():
             # the clipped ADC spreads distortion over the band: a crude 1 % of the excess power
-            extra = math.sqrt(0.01 * (peak * peak - self._clip_amp**2) / 2.0)
-            z += extra * (rng.standard_normal(n) + 1j * rng.standard_normal(n))
-        self._raw_peak[b] = peak
-        if len(self._raw) > 6:
-            for old in sorted(self._raw)[:-4]:
-                del self._raw[old]
-                self._raw_peak.pop(old, None)
-        self._raw[b] = z
+            extra = np.sqrt(np.where(over, 0.01 * (peak**2 - self._clip_amp**2) / 2.0, 0.0))
+            noise = rng.standard_normal(n) + 1j * rng.standard_normal(n)
+            z += np.repeat(extra, SAMPLES_PER_FRAME) * noise
+        for old in [x for x in self._raw if x < c - 2 or x > c + 2]:
+            del self._raw[old]
+            self._raw_peak.pop(old, None)
+        self._raw[c] = z
+        self._raw_peak[c] = peak
         return z
 
-    def _filtered(self, b: int) -> npt.NDArray[np.complex128]:
-        """Block b after the passband FIR (centred: the server compensates its group delay)."""
-        hit = self._filt.get(b)
+    def _filtered_chunk(self, c: int) -> npt.NDArray[np.complex128]:
+        """Chunk c after the passband FIR (centred: the server compensates its group delay)."""
+        hit = self._filt.get(c)
         if hit is not None:
             return hit
         h = self._half
-        n = SAMPLES_PER_FRAME
-        x = np.concatenate([self._raw_block(b - 1)[n - h:], self._raw_block(b), self._raw_block(b + 1)[:h]])
-        out: npt.NDArray[np.complex128] = oaconvolve(x, self._taps, mode="valid")
-        if len(self._filt) > 4:
-            for old in sorted(self._filt)[:-3]:
-                del self._filt[old]
-        self._filt[b] = out
+        x = np.concatenate([self._raw_chunk(c - 1)[CHUNK - h:], self._raw_chunk(c), self._raw_chunk(c + 1)[:h]])
+        nfft = self._h_fft.size
+        y = sp_fft.ifft(sp_fft.fft(x, nfft) * self._h_fft)
+        out: npt.NDArray[np.complex128] = np.ascontiguousarray(y[2 * h : 2 * h + CHUNK])
+        for old in [x for x in self._filt if x < c - 1 or x > c + 1]:
+            del self._filt[old]
+        self._filt[c] = out
         return out
+
+    def _filtered(self, b: int) -> npt.NDArray[np.complex128]:
+        c, i = divmod(b, CHUNK_FRAMES)
+        return self._filtered_chunk(c)[i * SAMPLES_PER_FRAME : (i + 1) * SAMPLES_PER_FRAME]
 
     def _gain(self, b: int) -> npt.NDArray[np.float64]:
         """Gain for each sample of block b (the AGC's gain ``delay`` samples later)."""
@@ -573,7 +597,8 @@ class FrameSource:
 
     def _make(self, k: int) -> npt.NDArray[np.int16]:
         y = self._filtered(k)
-        self.overflow = self._raw_peak.get(k, 0.0) > self._clip_amp
+        c, i = divmod(k, CHUNK_FRAMES)
+        self.overflow = bool(self._raw_peak[c][i] > self._clip_amp) if c in self._raw_peak else False
         power = float(np.mean(y.real**2 + y.imag**2))
         self.smeter = fe.smeter(power, self.scene.full_scale_dbm)
         iq, self.clipped = fe.quantise(y * self._gain(k))

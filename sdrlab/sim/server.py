@@ -146,6 +146,7 @@ class SimServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
+        _blas_single_thread(True)
         self._core.t_ref_gps_ns = gps_now_ns()
         try:
             for hub in self._hubs.values():
@@ -185,6 +186,7 @@ class SimServer:
         await self._close_servers()
         if self._core.tasks:
             await asyncio.gather(*tuple(self._core.tasks), return_exceptions=True)
+        _blas_single_thread(False)
         logger.info("simulator stopped")
 
     async def _close_servers(self) -> None:
@@ -345,6 +347,32 @@ class SimServer:
                     except Exception:
                         _fail(session, "watchdog")
             await asyncio.sleep(TICK_S)
+
+
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limit: Any = None
+
+
+def _blas_single_thread(on: bool) -> None:
+    """BLAS on one thread while any simulator runs in this process (restored after the last).
+
+    The receive chain's small matrix products (512 x tens of tones or carriers per frame) run many
+    times slower on a threaded BLAS, worst on a busy 2-core machine, and would stall the pacing loop.
+    """
+    global _blas_users, _blas_limit
+    from threadpoolctl import threadpool_limits
+
+    with _blas_lock:
+        if on:
+            _blas_users += 1
+            if _blas_users == 1:
+                _blas_limit = threadpool_limits(limits=1, user_api="blas")
+        elif _blas_users > 0:
+            _blas_users -= 1
+            if _blas_users == 0 and _blas_limit is not None:
+                _blas_limit.restore_original_limits()
+                _blas_limit = None
 
 
 def _fail(session: Session, what: str) -> None:
