@@ -21,7 +21,7 @@ Models (name in :func:`make_signal`; mean power = long-run time average of |s|^2
 * ``am-broadcast`` :class:`AmBroadcast`: s = 1 + L(m a(T)), a = unit-RMS programme (below), L a
   smooth limiter: identity for -0.75 <= u <= 1, tanh knees saturating at -0.95 (so s >= 0.05) and
   +1.25 (|s| <= 2.25).  Mean power 1 + m^2 + D, D = the limiter's effect averaged over 30 s of this
-  seed's programme (audio-rate samples, computed once on first use; |D| ~ 0.01 dB for m = 0.3).
+  seed's programme (audio-rate samples, computed once on first use; |D| <= 0.01 dB for m = 0.3).
   Band (-hi, hi) of ``audio_band_hz``.
 * ``ssb`` :class:`Ssb`: s = g Lc(a(T)) (USB) or its conjugate (LSB), a the analytic programme
   (one-sided spectrum inside ``audio_band_hz``), Lc a smooth magnitude limiter (identity up to |a| = 3,
@@ -50,9 +50,10 @@ Models (name in :func:`make_signal`; mean power = long-run time average of |s|^2
   spectrum occupancy (0: 1..91, 1: 1..103, 2: -91..91 w/o 0, 3: -103..103 w/o 0, 4: -103..267 w/o 0,
   5: -103..279 w/o 0), X uniform random square QAM (4/16/64) seeded per 75-symbol block.  Adjacent
   symbols are cross-faded with complementary raised-cosine tapers of 1 ms centred on the symbol
-  boundary (transmit windowing, inside the guard interval), so s is continuous; scaled so the mean
-  power is exactly 1 (E|X|^2 = 1 per carrier, / sqrt(K (1 - Tw/(4 Ts)))).  No pilots.
-  |s| <= sqrt(K / (1 - Tw/(4 Ts))) max|X|.  Band (k_min df - df/2, k_max df + df/2).
+  boundary (transmit windowing, inside the guard interval), so s is continuous; scaled to unit
+  mean power (E|X|^2 = 1 per carrier, / sqrt(K (1 - Tw/(4 Ts)))), then peak-limited like SSB
+  (identity up to 3, saturating at 4: |s| <= 4; it takes ~1e-5 of the power, computed for Gaussian
+  samples, so the mean power is 1 - 1e-5).  No pilots.  Band (k_min df - df/2, k_max df + df/2).
 
 The programme a(T) of ``am-broadcast`` and ``ssb``: seeded white Gaussian noise at Fa = 12 kHz
 (complex for SSB), shaped by a 1025-tap FIR (speech: rising to ~200 Hz, flat to 500 Hz, -6 dB/oct
@@ -66,9 +67,12 @@ flat to 0.002 dB up to 5.1 kHz, images > 74 dB down; the kernel is a degree-9 po
 tap interval, within 3e-9 of the closed form and evaluated exactly at every instant: a Farrow
 structure, no phase table).  Slots start at GPS time 0.
 
-Cost of one 512-sample frame (``python -m sdrlab.sim.signals`` prints it): 0.005-0.3 ms per model.
+:class:`Fading` (not a Signal; ``gain(t0, dt, n)``, same time convention) is a dimensionless
+Rayleigh gain for sky-wave paths: g(T) = sum_p exp(j (2 pi f_p T + theta_p)) / sqrt(N), N paths,
+Doppler f_p Gaussian with std ``spread_hz`` (stratified, so no two coincide), theta_p ~ U(0, 2 pi);
+long-run mean power exactly 1 (|g| <= sqrt(N)).
 
-:class:`Fading` (not a Signal) gives a unit-mean-power Rayleigh gain for sky-wave paths.
+Cost of one 512-sample frame (``python -m sdrlab.sim.signals`` prints it): 0.005-0.3 ms per model.
 """
 
 from __future__ import annotations
@@ -512,8 +516,9 @@ def _am_limit(u: FloatArray) -> FloatArray:
     return out
 
 
-def _ssb_limit(a: ComplexArray) -> ComplexArray:
-    """Smooth magnitude limiter: identity up to |a| = 3, tanh knee saturating at 4."""
+def _magnitude_limit(a: ComplexArray) -> ComplexArray:
+    """Smooth magnitude limiter (SSB ALC, OFDM peak clipping): identity up to |a| = 3 (9.5 dB
+    above unit RMS), tanh knee saturating at 4."""
     mag = np.abs(a)
     hi = mag > 3.0
     if not hi.any():
@@ -530,7 +535,7 @@ def _limiter_stats(kind: str, program: str, band: tuple[float, float], seed: int
     prog = _Programme(program, band, seed, analytic=kind == "ssb")
     a = prog.audio_samples(math.ceil(_STATS_SECONDS / prog.slot_s))
     if kind == "ssb":
-        return float(np.mean(np.abs(a) ** 2 - np.abs(_ssb_limit(a.astype(np.complex128))) ** 2))
+        return float(np.mean(np.abs(a) ** 2 - np.abs(_magnitude_limit(a.astype(np.complex128))) ** 2))
     u = mod_index * a.real
     return float(np.mean((1.0 + _am_limit(u)) ** 2 - (1.0 + u) ** 2))
 
@@ -604,7 +609,7 @@ class Ssb(Signal):
         return 1.0 / math.sqrt(1.0 - _limiter_stats("ssb", self.program, self.audio_band_hz, self.seed, 0.0))
 
     def _eval(self, s: int, f: float, dt: float, n: int) -> ComplexArray:
-        a = self._gain * _ssb_limit(self._prog.values(s, f, dt, n).astype(np.complex128))
+        a = self._gain * _magnitude_limit(self._prog.values(s, f, dt, n).astype(np.complex128))
         return a if self.sideband == "usb" else a.conj()
 
     @property
@@ -843,10 +848,12 @@ class Morse(Signal):
 
     def _eval(self, s: int, f: float, dt: float, n: int) -> ComplexArray:
         u = np.mod(math.fmod(s, self.period_s) + f + np.arange(n) * dt, self.period_s)
-        k = np.maximum(np.searchsorted(self.starts, u, side="right") - 1, 0)
+        k = np.maximum(np.searchsorted(self.starts, u, side="right") - 1, 0)  # the element begun last
         on, off, r = u - self.starts[k], u - self.stops[k], self.rise_s
-        env = np.where(on < 0.0, 0.0, np.where(off < 0.0, 1.0, np.where(off < r, 0.5 + 0.5 * np.cos(np.pi * off / r), 0.0)))
-        rising = (on >= 0.0) & (on < r)
+        env = (off < 0.0).astype(np.float64)
+        falling = (off >= 0.0) & (off < r)
+        env[falling] = 0.5 + 0.5 * np.cos(np.pi * off[falling] / r)
+        rising = on < r  # elements are longer than rise_s, so this is inside the element
         env[rising] = 0.5 - 0.5 * np.cos(np.pi * on[rising] / r)
         return env.astype(np.complex128)
 
@@ -875,6 +882,14 @@ OFDM_TAPER_S = 0.001  # raised-cosine cross-fade between symbols
 _OFDM_BLOCK = 75  # symbols per 2 s (symbol 0 starts at GPS time 0)
 #: mode B carrier ranges by DRM spectrum occupancy (k = 0 is never used)
 OFDM_CARRIERS = {0: (1, 91), 1: (1, 103), 2: (-91, 91), 3: (-103, 103), 4: (-103, 267), 5: (-103, 279)}
+
+
+@functools.cache
+def _gaussian_limit_loss() -> float:
+    """E|z|^2 - E|limit(z)|^2 for unit-power complex Gaussian z (OFDM samples): ~1e-5."""
+    r = np.linspace(3.0, 12.0, 90001)
+    lost = (r * r - (3.0 + np.tanh(r - 3.0)) ** 2) * 2.0 * r * np.exp(-r * r)
+    return float(np.sum((lost[1:] + lost[:-1]) / 2.0) * (r[1] - r[0]))
 
 
 class Ofdm(Signal):
@@ -938,18 +953,18 @@ class Ofdm(Signal):
                 seg = steps[i_a:i_b] @ v
                 _taper(tau, seg)
                 out[start + i_a : start + i_b] += seg
-        return out
+        return _magnitude_limit(out)
 
     def _step_matrix(self, dt: float, n: int) -> ComplexArray:
         return self._steps.get((dt, n), self._step)
 
     @property
     def mean_power(self) -> float:
-        return 1.0
+        return 1.0 - _gaussian_limit_loss()
 
     @property
     def peak_amplitude(self) -> float:
-        return math.sqrt(2.0) * (self._levels - 1) * self._scale * len(self.carriers)
+        return 4.0
 
     @property
     def band_hz(self) -> tuple[float, float]:
