@@ -847,7 +847,7 @@ class Morse(Signal):
         self.period_s = float(self.stops[-1]) + self.gap_s
 
     def _eval(self, s: int, f: float, dt: float, n: int) -> ComplexArray:
-        u = np.mod(math.fmod(s, self.period_s) + f + np.arange(n) * dt, self.period_s)
+        u: FloatArray = np.mod(math.fmod(s, self.period_s) + f + np.arange(n, dtype=np.float64) * dt, self.period_s)
         k = np.maximum(np.searchsorted(self.starts, u, side="right") - 1, 0)  # the element begun last
         on, off, r = u - self.starts[k], u - self.stops[k], self.rise_s
         env = (off < 0.0).astype(np.float64)
