@@ -478,6 +478,13 @@ class _Programme:
         whole = np.floor(x)
         nu = x - whole - 0.5
         idx = s * AUDIO_RATE + whole.astype(np.int64)  # audio sample at or before each instant
+        cuts = np.flatnonzero(np.diff(idx) > 4 * _HALF_TAPS) + 1  # sparse grids: runs apart
+        if not len(cuts):
+            return self._interpolate(idx, nu)
+        bounds = [0, *cuts.tolist(), n]
+        return np.concatenate([self._interpolate(idx[a:b], nu[a:b]) for a, b in zip(bounds[:-1], bounds[1:])])
+
+    def _interpolate(self, idx: IntArray, nu: FloatArray) -> Audio:
         first, last = int(idx[0]) - _HALF_TAPS + 1, int(idx[-1]) + _HALF_TAPS
         ext = self.span(first, last + 1)
         rel = idx - (_HALF_TAPS - 1) - first  # window of each instant: samples idx-15 .. idx+16
@@ -740,14 +747,14 @@ class Dcf77(Signal):
 
     def _eval(self, s: int, f: float, dt: float, n: int) -> ComplexArray:
         tl: FloatArray = f + np.arange(n, dtype=np.float64) * dt
+        whole = np.floor(tl)
+        bounds = [0, *(np.flatnonzero(np.diff(whole)) + 1).tolist(), n]
         out = np.empty(n, dtype=np.complex128)
-        k0 = 0
-        for sec in range(math.floor(tl[0]), math.floor(tl[-1]) + 1):  # each UTC second in turn
-            k1 = int(np.searchsorted(tl, sec + 1.0))
+        for a, b in zip(bounds[:-1], bounds[1:]):  # each UTC second holding samples, in turn
+            sec = int(whole[a])
             minute, second = divmod(s - GPS_UTC_OFFSET_S + sec, 60)
             bit = int(self.time_code(minute)[second])
-            out[k0:k1] = self._second(tl[k0:k1] - sec, bit, second == 59)
-            k0 = k1
+            out[a:b] = self._second(tl[a:b] - sec, bit, second == 59)
         return out
 
     def _second(self, u: FloatArray, bit: int, minute_mark: bool) -> ComplexArray:
@@ -940,7 +947,12 @@ class Ofdm(Signal):
             m = min(step_n, n - start)
             first = math.floor((u0 - half) / OFDM_TS_S)
             last = math.floor((u0 + (m - 1) * dt + half) / OFDM_TS_S)
-            for j in range(first, last + 1):
+            symbols: Sequence[int] = range(first, last + 1)
+            if len(symbols) > m:  # sparse grid: only the symbols around some sample
+                u = u0 + np.arange(m) * dt
+                near = np.floor((u[:, None] + [-half, half]) / OFDM_TS_S).astype(np.int64)
+                symbols = np.unique(near).tolist()
+            for j in symbols:
                 tau0 = u0 - j * OFDM_TS_S  # symbol j's own time at sample `start`
                 i_a = max(0, math.ceil((-half - tau0) / dt))
                 i_b = min(m, math.floor((OFDM_TS_S + half - tau0) / dt) + 1)
