@@ -112,7 +112,7 @@ _V = TypeVar("_V")
 
 # ---- helpers ---------------------------------------------------------------------------------
 class _Lru(Generic[_K, _V]):
-    """A small thread-safe LRU cache (emptied when pickled)."""
+    """A small thread-safe LRU cache (emptied when pickled); cached arrays are made read-only."""
 
     def __init__(self, size: int) -> None:
         self._size = size
@@ -125,6 +125,8 @@ class _Lru(Generic[_K, _V]):
                 self._items.move_to_end(key)
                 return self._items[key]
         value = make(key)
+        if isinstance(value, np.ndarray):
+            value.flags.writeable = False
         with self._lock:
             self._items[key] = value
             while len(self._items) > self._size:
@@ -298,7 +300,7 @@ class ToneAm(Signal):
         self.mod_index = float(mod_index)
         self.n_tones = int(n_tones)
         self.tone_band_hz = _band(band_hz, "band_hz")
-        self.seed: int | list[int] = seed if isinstance(seed, int) else [int(x) for x in seed]
+        self.seed: int | list[int] = int(seed) if isinstance(seed, (int, np.integer)) else [int(x) for x in seed]
         if self.mod_index < 0 or self.n_tones < 0:
             raise ConfigError("mod_index and n_tones must be >= 0")
         rng = np.random.default_rng(self.seed)
@@ -357,7 +359,9 @@ def _farrow() -> FloatArray:
     vander = np.vander(nodes, _DEGREE + 1, increasing=True)
     offsets = np.arange(-_HALF_TAPS + 1, _HALF_TAPS + 1)
     values = np.stack([_kernel(nodes + 0.5 - j) for j in offsets], axis=1)  # (nodes, taps)
-    return np.asarray(np.linalg.solve(vander, values).T, dtype=np.float64)
+    coef = np.ascontiguousarray(np.linalg.solve(vander, values).T, dtype=np.float64)
+    coef.flags.writeable = False
+    return coef
 
 
 def _shape(program: str, f: FloatArray) -> FloatArray:
@@ -655,7 +659,9 @@ def dcf77_chips() -> IntArray:
     c = [1] * 9
     while len(c) < 511:
         c.append(c[-5] ^ c[-9])
-    return np.array([*c, 0], dtype=np.int64)
+    chips = np.array([*c, 0], dtype=np.int64)
+    chips.flags.writeable = False
+    return chips
 
 
 def _bcd(value: int, weights: Sequence[int]) -> list[int]:
