@@ -34,8 +34,11 @@ def test_accessor_forwards_to_the_model_and_metrics(ds):
     assert float((p * float(p["frequency"][1] - p["frequency"][0])).sum("frequency").max()) > 0
     m = ds.sdr.metrics().compute()
     truth = testing.truth(ds)
+    width = ds.attrs["passband_high_hz"] - ds.attrs["passband_low_hz"]
     for i, sid in enumerate(m["station"].values):
-        assert float(m["snr_db"].sel(station=sid)) == pytest.approx(truth[str(sid)]["snr_db"], abs=0.5)
+        t = truth[str(sid)]  # SNR over fs; the metric's is over the passband (noise white over fs)
+        assert float(m["snr_db"].sel(station=sid)) == pytest.approx(
+            t["snr_db"] + 10 * np.log10(t["sample_rate"] / width), abs=0.5)
         assert float(m["frequency_offset_hz"].sel(station=sid)) == pytest.approx(
             truth[str(sid)]["frequency_offset_hz"], abs=1.0)
     t = ds.sdr.metrics_table()
@@ -122,7 +125,8 @@ def test_stored_metrics_say_how_they_were_measured_and_table_recomputes(ds):
     t_default = d.sdr.metrics_table()
     t_narrow = d.sdr.metrics_table(bandwidth_hz=2500.0)
     diff = t_narrow["snr_db"] - t_default["snr_db"]
-    np.testing.assert_allclose(diff, 10 * np.log10(d["sample_rate"].values / 2500.0), atol=0.05)
+    assert (t_default["noise_bandwidth_hz"] == 10000.0).all()  # the recorded passband's width
+    np.testing.assert_allclose(diff, 10 * np.log10(10000.0 / 2500.0), atol=0.05)
 
 
 def test_dataarray_accessor_time_spectrogram_and_passband(ds):

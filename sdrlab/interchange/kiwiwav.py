@@ -42,6 +42,7 @@ from .. import model, timing
 from ..errors import ConfigError, StorageError
 from ..receivers import kiwiwire as kw
 from ..receivers.kiwisdr import HEADER_DTYPE, Capture, ReceiverInfo, Segment, build_segment
+from ..welch import PASSBAND_NOT_RECORDED
 
 log = logging.getLogger(__name__)
 
@@ -355,8 +356,11 @@ def import_kiwi_wav(
     parse is an error.  ``session_id`` defaults to a new id made from the earliest start time, so
     imported sessions sort among live ones by capture time.
 
-    The file keeps neither the passband nor the receiver's version or S-meter: the passband attrs
-    are the whole sampled band (+-rate/2), ``hw`` is "KiwiSDR" and RSSI is NaN.
+    The file keeps neither the passband nor the receiver's version or S-meter: ``hw`` is "KiwiSDR",
+    RSSI is NaN, and the passband is recorded as unknown (``passband_low_hz`` / ``passband_high_hz``
+    None, ``passband_source`` "not recorded"), never as the sampled band: the receiver filtered the
+    IQ to whatever its client asked for, which the metrics detect from the spectrum's skirts
+    (:func:`sdrlab.metrics.passband`).
     """
     items = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
     if not items:
@@ -412,5 +416,6 @@ def import_kiwi_wav(
         "comment": "imported from kiwirecorder --kiwi-wav files; passband and S-meter not recorded",
     }
     ds = model.build_dataset(captures, {}, session_id=session_id, attrs=attrs)
+    ds.attrs.update(passband_low_hz=None, passband_high_hz=None, passband_source=PASSBAND_NOT_RECORDED)
     hw = ds["hw"]
     return ds.assign_coords(hw=("station", np.full(ds.sizes["station"], "KiwiSDR", dtype=object), hw.attrs))

@@ -54,6 +54,7 @@ from ..errors import ConfigError, StorageError
 from ..receivers import kiwiwire as kw
 from ..receivers.kiwisdr import Capture, ReceiverInfo, Segment
 from ..model import StationStatus
+from ..welch import PASSBAND_NOT_RECORDED, recorded_passband
 from .kiwiwav import session_id_for
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,9 @@ def _sigmf_errors(sg: Any) -> tuple[type[BaseException], ...]:
 
 # ---- small conversions -----------------------------------------------------------------------
 def _num(x: Any) -> float | None:
-    """A finite float, or None (JSON has no NaN)."""
+    """A finite float, or None (JSON has no NaN; an attr that is None stays None)."""
+    if x is None:
+        return None
     v = float(x)
     return v if math.isfinite(v) else None
 
@@ -173,6 +176,7 @@ def recording_metadata(ds: xr.Dataset, station: str) -> dict[str, Any]:
     freq = float(ds.attrs[model.K_FREQUENCY])
     name = str(s["name"].values) if "name" in s.coords else station
     geo = _geolocation(float(s["latitude"]), float(s["longitude"]), float(s["altitude"]))
+    passband = recorded_passband(ds.attrs)
     glob: dict[str, Any] = {
         K_DATATYPE: DATATYPE,
         K_SAMPLE_RATE: float(base[K_SAMPLE_RATE]),
@@ -190,8 +194,8 @@ def recording_metadata(ds: xr.Dataset, station: str) -> dict[str, Any]:
         S_RX_CHANS: int(s["rx_chans"]),
         S_GPS_STATUS: str(s["gps_status"].values),
         S_RSSI: _num(s["rssi_dbm"]),
-        S_PASSBAND_LOW: _num(ds.attrs.get("passband_low_hz", math.nan)),
-        S_PASSBAND_HIGH: _num(ds.attrs.get("passband_high_hz", math.nan)),
+        S_PASSBAND_LOW: _num(passband[0]) if passband else None,  # null: the passband is not recorded
+        S_PASSBAND_HIGH: _num(passband[1]) if passband else None,
         S_REQUESTED: _num(ds.attrs.get("requested_duration_s", math.nan)),
         S_GPS_UTC_OFFSET: int(ds.attrs.get("gps_utc_offset_s", timing.DEFAULT_GPS_UTC_OFFSET_S)),
         S_PROTOCOL: str(ds.attrs.get("protocol", "kiwisdr")),
@@ -503,6 +507,9 @@ def import_sigmf(paths: Sequence[str | Path], *, session_id: str | None = None) 
         attrs["source_session_id"] = ",".join(sources)
     ds = model.build_dataset(
         [r.capture for r in recs], {}, statuses=[r.status for r in recs], session_id=session_id, attrs=attrs)
+    if globs[0].get(S_PASSBAND_LOW) is None or globs[0].get(S_PASSBAND_HIGH) is None:
+        # the session's passband is its first recording's: unknown there, unknown here (not +-fs/2)
+        ds.attrs.update(passband_low_hz=None, passband_high_hz=None, passband_source=PASSBAND_NOT_RECORDED)
     order = {s: i for i, s in enumerate(ds["station"].values)}
     by = sorted(recs, key=lambda r: order[r.capture.station])
     return ds.assign_coords(
