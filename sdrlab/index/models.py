@@ -12,7 +12,9 @@ from datetime import datetime
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 1
+#: 2: the metric columns of issue 12 (C/N0, noise bandwidth, passband and its source, passband_filled,
+#: AGC gain range and flag), added to an existing database by ``init_db`` (``sdrlab db upgrade``)
+SCHEMA_VERSION = 2
 
 
 class Base(DeclarativeBase):
@@ -95,6 +97,15 @@ class MetricRow(Base):
     rssi_mean_dbm: Mapped[float | None] = mapped_column(Float, nullable=True)
     clipped_fraction: Mapped[float | None] = mapped_column(Float, nullable=True)
     overload_fraction: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # schema 2
+    cn0_dbhz: Mapped[float | None] = mapped_column(Float, nullable=True)
+    noise_bandwidth_hz: Mapped[float | None] = mapped_column(Float, nullable=True)
+    passband_low_hz: Mapped[float | None] = mapped_column(Float, nullable=True)
+    passband_high_hz: Mapped[float | None] = mapped_column(Float, nullable=True)
+    passband_source: Mapped[float | None] = mapped_column(Float, nullable=True)
+    passband_filled: Mapped[float | None] = mapped_column(Float, nullable=True)
+    agc_gain_range_db: Mapped[float | None] = mapped_column(Float, nullable=True)
+    agc_gain_changed: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     __table_args__ = (Index("ix_metrics_station_time", "station_id", "time"),
                       Index("ix_metrics_session", "session_id"))
@@ -140,15 +151,37 @@ class MetricHourlyRow(Base):
     clipped_fraction_n: Mapped[int] = mapped_column(Integer, default=0)
     overload_fraction_sum: Mapped[float | None] = mapped_column(Float, nullable=True)
     overload_fraction_n: Mapped[int] = mapped_column(Integer, default=0)
+    # schema 2
+    cn0_dbhz_sum: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cn0_dbhz_n: Mapped[int] = mapped_column(Integer, default=0)
+    noise_bandwidth_hz_sum: Mapped[float | None] = mapped_column(Float, nullable=True)
+    noise_bandwidth_hz_n: Mapped[int] = mapped_column(Integer, default=0)
+    passband_low_hz_sum: Mapped[float | None] = mapped_column(Float, nullable=True)
+    passband_low_hz_n: Mapped[int] = mapped_column(Integer, default=0)
+    passband_high_hz_sum: Mapped[float | None] = mapped_column(Float, nullable=True)
+    passband_high_hz_n: Mapped[int] = mapped_column(Integer, default=0)
+    passband_source_sum: Mapped[float | None] = mapped_column(Float, nullable=True)
+    passband_source_n: Mapped[int] = mapped_column(Integer, default=0)
+    passband_filled_sum: Mapped[float | None] = mapped_column(Float, nullable=True)
+    passband_filled_n: Mapped[int] = mapped_column(Integer, default=0)
+    agc_gain_range_db_sum: Mapped[float | None] = mapped_column(Float, nullable=True)
+    agc_gain_range_db_n: Mapped[int] = mapped_column(Integer, default=0)
+    agc_gain_changed_sum: Mapped[float | None] = mapped_column(Float, nullable=True)
+    agc_gain_changed_n: Mapped[int] = mapped_column(Integer, default=0)
 
 
-#: metric columns, in the order of sdrlab.metrics.UNITS
+#: metric columns: every per-capture metric of sdrlab.metrics.UNITS except the RSSI min/max (the
+#: schema-1 columns first, then those schema 2 added, each group in the order of UNITS).  Flags
+#: (passband_filled, agc_gain_changed: 0/1) average to the fraction of captures flagged.
 METRIC_COLUMNS = (
     "snr_db", "noise_floor_dbfs_hz", "signal_power_dbfs", "total_power_dbfs", "frequency_offset_hz",
     "occupied_bandwidth_hz", "rssi_mean_dbm", "clipped_fraction", "overload_fraction",
+    "cn0_dbhz", "noise_bandwidth_hz", "passband_low_hz", "passband_high_hz", "passband_source",
+    "passband_filled", "agc_gain_range_db", "agc_gain_changed",
 )
 #: metrics in dB: averaged in linear power over time buckets
-DB_METRICS = frozenset({"snr_db", "noise_floor_dbfs_hz", "signal_power_dbfs", "total_power_dbfs", "rssi_mean_dbm"})
+DB_METRICS = frozenset({"snr_db", "noise_floor_dbfs_hz", "signal_power_dbfs", "total_power_dbfs", "rssi_mean_dbm",
+                        "cn0_dbhz"})
 
 
 class RunRow(Base):

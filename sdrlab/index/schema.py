@@ -1,6 +1,9 @@
 """Schema set-up, chosen by the database URL: SQLite (embedded default), PostgreSQL with
 TimescaleDB when the extension is available, plain PostgreSQL otherwise.  Idempotent: running it
-again changes nothing (``sdrlab db init`` / ``upgrade``)."""
+again changes nothing (``sdrlab db init`` / ``upgrade``).  Upgrades: tables a newer schema adds are
+created, and metric columns it adds to ``capture_metrics`` / ``metric_hourly`` are added in place
+(``ALTER TABLE ... ADD COLUMN``: NULL in the rows already there, count 0 in the rollup, which is
+what rebuilding the rollup from those rows would give)."""
 
 from __future__ import annotations
 
@@ -10,11 +13,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, insert, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select, text
 
 from ..config import mask_url
 from ..errors import IndexStoreError
-from .models import SCHEMA_VERSION, Base, SchemaVersion
+from .models import SCHEMA_VERSION, Base, MetricHourlyRow, MetricRow, SchemaVersion
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,9 @@ def init_db(engine: Engine, *, retention_days: int = 365) -> str:
             if kind == "timescaledb":
                 c.execute(text("create extension if not exists timescaledb"))
             Base.metadata.create_all(c)
+            added = _add_columns(c)
+            if added:
+                log.info("index at %s upgraded: added %s", where, ", ".join(added))
             if kind == "timescaledb":
                 _timescale(c, retention_days)
             elif kind == "postgresql":
@@ -95,6 +101,25 @@ def init_db(engine: Engine, *, retention_days: int = 365) -> str:
         raise IndexStoreError(f"setting up the index at {where} failed: {type(exc).__name__}: {exc}"[:500]) from None
     log.info("index schema v%d ready on %s (%s)", SCHEMA_VERSION, where, kind)
     return kind
+
+
+def _add_columns(c: Connection) -> list[str]:
+    """Add the columns of the metric tables that an existing database lacks (``create_all`` only
+    creates missing tables); returns them as ``table.column``.  New metric columns are nullable;
+    the rollup's new counts are NOT NULL DEFAULT 0."""
+    added = []
+    insp = inspect(c)
+    for table in (Base.metadata.tables[MetricRow.__tablename__], Base.metadata.tables[MetricHourlyRow.__tablename__]):
+        have = {col["name"] for col in insp.get_columns(table.name)}
+        for col in table.columns:
+            if col.name in have:
+                continue
+            ddl = f"alter table {table.name} add column {col.name} {col.type.compile(dialect=c.dialect)}"
+            if not col.nullable:
+                ddl += " not null default 0"
+            c.execute(text(ddl))
+            added.append(f"{table.name}.{col.name}")
+    return added
 
 
 def _timescale(c: Any, retention_days: int) -> None:

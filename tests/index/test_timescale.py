@@ -277,3 +277,27 @@ def test_a_changed_retention_takes_effect(ts_engine):
     jobs = _rows(ts_engine, "select config from timescaledb_information.jobs where proc_name = 'policy_retention'")
     assert len(jobs) == 1 and "90 days" in str(jobs[0]["config"])
     init_db(ts_engine)  # back to the default for the other tests
+
+
+def test_upgrade_adds_metric_columns_to_the_compressed_hypertable(ts_engine):
+    """``sdrlab db upgrade`` of a schema-1 TimescaleDB index: the schema-2 metric columns go into the
+    hypertable, compressed chunks included (their rows read NULL there), and new rows fill them."""
+    new = ("cn0_dbhz", "passband_filled", "agc_gain_changed")
+    with ts_engine.begin() as c:
+        for col in new:
+            c.execute(text(f"alter table capture_metrics drop column {col}"))
+            c.execute(text(f"alter table metric_hourly drop column {col}_sum"))
+            c.execute(text(f"alter table metric_hourly drop column {col}_n"))
+    assert init_db(ts_engine) == "timescaledb"
+    cols = {r["column_name"] for r in _rows(ts_engine, "select column_name from information_schema.columns "
+                                                       "where table_name = 'capture_metrics'")}
+    assert set(new) <= cols
+    now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    with ts_engine.begin() as c:
+        c.execute(insert(MetricRow), [{"time": now, "station_id": "new", "session_id": "new0", "frequency_hz": 10e6,
+                                       "snr_db": 20.0, "cn0_dbhz": 60.0, "passband_filled": 1.0}])
+    old = _rows(ts_engine, "select cn0_dbhz, passband_filled from capture_metrics where station_id = 'old'")
+    assert len(old) == 2 and all(r["cn0_dbhz"] is None and r["passband_filled"] is None for r in old)
+    assert _scalar(ts_engine, "select cn0_dbhz from capture_metrics where station_id = 'new'") == 60.0
+    df = metric_over_time(ts_engine, "passband_filled", bucket_s=3600, stations=["new"])
+    assert list(df["value"]) == [1.0] and list(df["n"]) == [1]
