@@ -612,6 +612,27 @@ def _gain_metrics(ds: xr.Dataset, frames: FramePowers) -> xr.Dataset:
     return _dataset(outs, _GAIN)
 
 
+def _session_frame_kernel(
+    power: npt.NDArray[Any], rssi: npt.NDArray[Any], received: npt.NDArray[Any], flags: npt.NDArray[Any],
+    sample: npt.NDArray[Any], n_samples: npt.NDArray[Any], *, first: npt.NDArray[np.int64],
+) -> tuple[FloatArray, ...]:
+    """``_FRAMES + _GAIN`` in one task per station chunk."""
+    return _frame_kernel(rssi, received, flags) + _gain_kernel(power, rssi, received, sample, n_samples, first=first)
+
+
+def _session_frame_metrics(ds: xr.Dataset, frames: FramePowers) -> xr.Dataset:
+    """The S-meter, overload and AGC metrics of a session (what :func:`metrics` adds for one)."""
+    names = _FRAMES + _GAIN
+    outs = xr.apply_ufunc(
+        functools.partial(_session_frame_kernel, first=frames.first), frames.power,
+        *(ds[v].reset_coords(drop=True) for v in ("frame_rssi_dbm", "frame_received", "frame_flags", "frame_sample")),
+        ds["n_samples"].reset_coords(drop=True),
+        input_core_dims=[["_chunk", "_slot"]] + [["frame"]] * 4 + [[]], output_core_dims=[[]] * len(names),
+        dask="parallelized", output_dtypes=[np.float64] * len(names), dask_gufunc_kwargs={"allow_rechunk": True},
+    )
+    return _dataset(outs, names)
+
+
 _FRAME_VARS = {"frame_rssi_dbm", "frame_received", "frame_flags", "frame_sample"}
 
 
@@ -705,7 +726,7 @@ def metrics(
     )
     out = _dataset(outs, names, fraction=fraction, bandwidth_hz=bandwidth_hz, mode=mode)
     if isinstance(ds, xr.Dataset) and _FRAME_VARS <= set(ds.data_vars):
-        out = out.merge(_frame_metrics(ds)).merge(_gain_metrics(ds, frames))
+        out = out.merge(_session_frame_metrics(ds, frames))
     out = out[[v for v in UNITS if v in out.data_vars]]
     source = {"detect": "detected where detectable, else whole band (passband_source per station)"}.get(mode, mode)
     out.attrs = {
