@@ -7,6 +7,7 @@ function of :mod:`sdrlab.model`, :mod:`sdrlab.metrics`, :mod:`sdrlab.spectrogram
     ds.sdr.psd()             Welch PSD (station, frequency), FS^2/Hz
     ds.sdr.spectrogram()     (station, time, frequency), FS^2/Hz
     ds.sdr.metrics()         per-station metrics as a Dataset (lazy on dask)
+    ds.sdr.passband()        the passband the metrics use per station (recorded, or detected)
     ds.sdr.metrics_table()   the same as a tidy pandas DataFrame
     ds.sdr.plot_psd() / plot_spectrogram() / plot_map() / plot_metrics()   matplotlib Figures
 """
@@ -65,6 +66,11 @@ class SdrDatasetAccessor:
         from .metrics import metrics_table
 
         return metrics_table(self._ds, **kw)
+
+    def passband(self, **kw: Any) -> xr.Dataset:
+        from .metrics import passband
+
+        return passband(self._ds, **kw)
 
     def sigmf(self, station: str) -> dict[str, Any]:
         return model.sigmf_attrs(self._ds, station)
@@ -158,6 +164,11 @@ class SdrDataArrayAccessor:
         from .metrics import metrics
 
         return metrics(self.iq(), **kw)
+
+    def passband(self, **kw: Any) -> xr.Dataset:
+        from .metrics import passband
+
+        return passband(self.iq(), **kw)
 
     def plot_psd(self, **kw: Any) -> Figure:
         from . import plots

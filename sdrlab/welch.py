@@ -301,8 +301,10 @@ def passband_mode(attrs: dict[str, Any], passband: PassbandArg, *, session: bool
     * ``"given"``: the ``passband`` argument (a (low, high) pair in Hz);
     * ``"receiver"``: the passband the source records (:func:`recorded_passband`);
     * ``"detect"``: detected from the PSD's skirts, per station (``passband="detect"``; the default
-      for a session Dataset, or a source marked ``passband_source = "not recorded"``, whose
-      passband is not recorded: a receiver always filters, so its skirts are in the spectrum);
+      for a session Dataset whose passband is not recorded, and for any source whose attrs mark
+      it unknown: ``passband_source = "not recorded"``, or passband attrs that are None, as
+      :func:`sdrlab.model.to_complex` copies them from a kiwi-wav import.  A receiver always
+      filters, so its skirts are in the spectrum);
     * ``"whole band"``: a bare array or DataArray that says nothing about a receiver (+-fs/2).
 
     ``low``/``high`` are NaN unless the mode is "given" or "receiver".
@@ -320,7 +322,9 @@ def passband_mode(attrs: dict[str, Any], passband: PassbandArg, *, session: bool
     rec = recorded_passband(attrs)
     if rec is not None:
         return "receiver", rec[0], rec[1]
-    if session or str(attrs.get("passband_source", "")) == PASSBAND_NOT_RECORDED:
+    marked = str(attrs.get("passband_source", "")) == PASSBAND_NOT_RECORDED
+    unknown = "passband_low_hz" in attrs or "passband_high_hz" in attrs  # present but not a passband
+    if session or marked or unknown:
         return "detect", nan, nan
     return "whole band", nan, nan
 
@@ -534,7 +538,7 @@ def _psd_from_sums(inp: _Input, sums: xr.DataArray, *, nperseg: int, step: int, 
     rec = recorded_passband(inp.attrs)
     if rec is not None:
         dens.attrs["passband_low_hz"], dens.attrs["passband_high_hz"] = rec
-    elif inp.is_session or str(inp.attrs.get("passband_source", "")) == PASSBAND_NOT_RECORDED:
+    elif passband_mode(inp.attrs, None, session=inp.is_session)[0] == "detect":
         dens.attrs["passband_source"] = PASSBAND_NOT_RECORDED  # the metrics detect it from this PSD
     return dens
 

@@ -138,3 +138,18 @@ def test_dataarray_accessor_time_spectrogram_and_passband(ds):
     t = z.sdr.time()
     assert t.dims == ("station", "sample")
     assert (t.isel(sample=0) == ds["start_time"]).all()
+
+
+def test_passband_recorded_and_detected_through_the_accessor():
+    from tests.test_metrics import N0, received, session_of, tone_sig
+
+    z = [received(tone_sig(N0 + 50.0, 1000.0), 300.0, 2700.0, 12000 * 4, seed=9)]
+    recorded = session_of(z, lo=300.0, hi=2700.0)
+    pb = recorded.sdr.passband()
+    assert (float(pb["passband_low_hz"][0]), float(pb["passband_high_hz"][0]), int(pb["passband_source"][0])) == (
+        300.0, 2700.0, 1)
+    unknown = session_of(z, lo=300.0, hi=2700.0, recorded=False)
+    for got in (unknown.sdr.passband(), unknown.sdr.iq().sdr.passband(), recorded.sdr.passband(passband="detect")):
+        assert int(got["passband_source"][0]) == 2
+        assert abs(float(got["passband_low_hz"][0]) - 300.0) < 24.0
+        assert abs(float(got["passband_high_hz"][0]) - 2700.0) < 24.0

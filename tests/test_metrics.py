@@ -634,6 +634,10 @@ def test_dcf77_real_recordings(dcf77_dir: Any) -> None:
     assert ((m["snr_db"] > 10.0) & (m["snr_db"] < 30.0)).all()
     assert ((m["cn0_dbhz"] > 40.0) & (m["cn0_dbhz"] < 60.0)).all()
     assert np.isnan(m["agc_gain_range_db"]).all()  # the files keep no S-meter
+    # the complex samples (to_complex copies the None passband attrs) are measured alike
+    mc = M.metrics(model.to_complex(ds))
+    for name in ("passband_low_hz", "passband_high_hz", "noise_floor_dbfs_hz", "snr_db", "passband_filled"):
+        np.testing.assert_allclose(mc[name].values, m[name].values, rtol=1e-4, atol=1e-3, err_msg=name)
     # a session imported before the importer said "not recorded" (+-rate/2 claimed) reads the same
     legacy = ds.copy()
     legacy.attrs.update(passband_low_hz=-6000.5, passband_high_hz=6000.5)
