@@ -5,24 +5,39 @@ Pure functions on the session Dataset (no I/O), in the order the analysis runs:
 1. :func:`station_times`: each station's GPS time base, refitted from the raw frame stamps
    (``frame_gps_ns``): the consistent majority of all stamps first, then the fresh ones within
    it, so a stale or jumping stamp is counted and ignored and samples after a time step are cut
-   off.  The stored segment fit is the fallback; a station with no GPS time is dropped.
+   off.  The stored segment fit is the fallback; a station with no GPS time is dropped.  The
+   stamps' scatter about the line gives the time base's own uncertainty.
 2. :func:`common_grid`: the span all stations cover (at least ``min_overlap_s``; a station that
    shortens it below that is dropped) on one sample clock at the lowest measured rate.
-3. :func:`resample_envelopes`: each station's AM envelope ``|z|`` at the common sample times
+3. :func:`resample_baseband`: each station's complex baseband at the common sample times
    (windowed-sinc interpolation at the GPS-measured rate, never the nominal one).
-4. :func:`pair_lags`: per station pair, the cross-correlation in windows (``window_s``), searched
+4. :func:`sdrlab.tdoa.signal.analyse`: what the signal carries -- a carrier (whose frequency at
+   each receiver gives the receivers' relative offsets, removed), the band where the stations'
+   baseband is coherent -- and so the method: ``coherent`` (complex cross-correlation, each
+   station whitened, the band weighted by its coherence, the carrier line notched) or
+   ``envelope`` (AM envelope, when nothing is coherent).  The choice and its reason are kept.
+5. :func:`pair_lags`: per station pair, the cross-correlation in windows (``window_s``), searched
    within the baseline (``|lag| <= distance / c + margin_s``) around the peak of the
    window-averaged correlation, a sub-sample peak by band-limited interpolation, grossly
    disagreeing windows rejected; the pair's mean lag, spread, standard error and correlation.
-5. :func:`locate`: a likelihood map on a latitude/longitude grid around the stations (WGS84
-   geodesics, vectorised), its best maxima refined by least squares with exact geodesics
-   (geographiclib), pairs weighted by their correlation strength.  The covariance comes from the
-   window-to-window scatter of the lags (pairs sharing windows correlated, plus a per-station
-   GPS timing error), the ellipse at ``confidence`` with Hotelling's small-sample factor.  No
+6. :func:`sdrlab.tdoa.consistency.closures`: every station triangle's closure
+   ``lag(a,b) + lag(b,c) - lag(a,c)`` (station timing offsets cancel in it) against its
+   window-to-window standard error; a pair or a station that explains the failures is not used,
+   otherwise the failing triangles' pairs get a wider uncertainty.
+7. :func:`locate`: a likelihood map on a latitude/longitude grid around the stations (WGS84
+   geodesics, vectorised), its best maxima refined by generalised least squares with exact
+   geodesics (geographiclib).  The lags' covariance: the window-to-window scatter (pairs sharing
+   windows correlated), plus per station an unknown processing delay (``station_delay_sigma_s``,
+   default 20 us: real KiwiSDRs differ by tens of microseconds), its GPS timing
+   (``timing_sigma_s``) and the fit of its time base.  The ellipse at ``confidence`` with
+   Hotelling's small-sample factor at the effective degrees of freedom.  With four or more
+   stations a station whose lags look delayed beyond its prior is named and down-weighted.  No
    position is claimed when the hyperbolas cross twice or at a grazing angle (points far outside
    the ellipse fit the lags as well as its edge), rather than a wrong confident one.
 
-:func:`tdoa` runs them all and returns a :class:`TdoaResult` (``to_dict()``, ``summary()``).
+:func:`tdoa` runs them all and returns a :class:`TdoaResult` (``to_dict()``, ``summary()``);
+:func:`calibrate` measures the stations' relative delays against a known transmitter, for
+``tdoa(..., station_delays_s=...)``.
 
 Sign convention: the lag of pair (a, b) is ``t_b - t_a``, the arrival time at b minus that at a
 (positive when b is further from the transmitter).
@@ -30,164 +45,38 @@ Sign convention: the lag of pair (a, b) is ``t_b - t_a``, the arrival time at b 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import xarray as xr
+from scipy import stats
 
 from .. import timing
 from ..errors import ConfigError
-from .geodesy import C_M_S, FArray, _inverse, _move, geodesic_distance, local_offset_km
+from .calibrate import Calibration, calibrate
+from .consistency import Closure, closures, judge
+from .geodesy import C_M_S, FArray, geodesic_distance, local_offset_km
 from .lags import PairLag, pair_lags
 from .locate import Ellipse, Fix, hotelling_scale2, lag_covariance, likelihood_map, locate
-from .timebase import CommonGrid, StationTime, common_grid, resample_envelopes, station_times
+from .result import TdoaResult
+from .signal import SignalAnalysis, analyse, whiten
+from .timebase import (CommonGrid, StationTime, common_grid, envelopes, resample_baseband, resample_envelopes,
+                       station_times)
 
 __all__ = [
-    "C_M_S", "CommonGrid", "Ellipse", "Fix", "PairLag", "StationTime", "TdoaResult", "common_grid",
-    "geodesic_distance", "hotelling_scale2", "lag_covariance", "likelihood_map", "local_offset_km", "locate",
-    "pair_lags", "resample_envelopes", "station_times", "tdoa",
+    "C_M_S", "Calibration", "Closure", "CommonGrid", "Ellipse", "Fix", "PairLag", "SignalAnalysis", "StationTime",
+    "TdoaResult", "calibrate", "closures", "common_grid", "geodesic_distance", "hotelling_scale2", "lag_covariance",
+    "likelihood_map", "local_offset_km", "locate", "pair_lags", "resample_baseband", "resample_envelopes",
+    "station_times", "tdoa",
 ]
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class TdoaResult:
-    """What :func:`tdoa` found.  ``position`` is (lat, lon) or None (``reason`` says why)."""
-
-    position: tuple[float, float] | None
-    reason: str | None
-    ellipse: Ellipse | None
-    covariance_km2: FArray | None
-    gdop: float | None
-    pairs: list[PairLag]
-    stations_used: list[str]
-    stations_dropped: dict[str, str]
-    positions: dict[str, tuple[float, float]]
-    timing: dict[str, StationTime]
-    n_windows: int
-    window_centres_s: FArray
-    overlap_start: np.datetime64 | None
-    overlap_s: float
-    sample_rate: float
-    likelihood: xr.DataArray | None = None
-    chi2: float | None = None
-    dof: int = 0
-    ambiguous: bool = False
-    alternatives: list[tuple[float, float]] = field(default_factory=list)
-    truth: tuple[float, float] | None = None
-    notes: list[str] = field(default_factory=list)
-    params: dict[str, Any] = field(default_factory=dict)
-    scale2: float = math.nan
-
-    def pair(self, a: str, b: str) -> PairLag:
-        """The pair of stations a and b, in either order (its lag is ``t[pl.b] - t[pl.a]``)."""
-        for pl in self.pairs:
-            if {pl.a, pl.b} == {a, b}:
-                return pl
-        raise KeyError((a, b))
-
-    def error_km(self, truth: tuple[float, float] | None = None) -> float | None:
-        t = truth or self.truth
-        if t is None or self.position is None:
-            return None
-        return _inverse(self.position[0], self.position[1], t[0], t[1])[0] / 1e3
-
-    def ellipse_outline(self, n: int = 120) -> tuple[FArray, FArray]:
-        """(latitudes, longitudes) of the uncertainty ellipse, along geodesics from the estimate."""
-        if self.position is None or self.covariance_km2 is None:
-            return np.zeros(0), np.zeros(0)
-        chol = np.linalg.cholesky(self.covariance_km2 + 1e-18 * np.eye(2))
-        t = np.linspace(0.0, 2 * math.pi, n)
-        en = math.sqrt(self.scale2) * chol @ np.vstack([np.cos(t), np.sin(t)]) * 1e3
-        pts = [_move(self.position[0], self.position[1], float(e), float(nn)) for e, nn in en.T]
-        return np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
-
-    def contains(self, point: tuple[float, float]) -> bool:
-        """Whether ``point`` lies inside the uncertainty ellipse."""
-        if self.position is None or self.covariance_km2 is None:
-            return False
-        v = np.array(local_offset_km(self.position[0], self.position[1], point[0], point[1]))
-        return bool(v @ np.linalg.solve(self.covariance_km2, v) <= self.scale2)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe (NaN and inf become None)."""
-        def num(x: float | None, nd: int = 6) -> float | None:
-            return None if x is None or not math.isfinite(x) else round(float(x), nd)
-
-        unc = None
-        if self.ellipse is not None and self.covariance_km2 is not None:
-            unc = {"confidence": self.ellipse.confidence, "semi_major_km": num(self.ellipse.semi_major_km),
-                   "semi_minor_km": num(self.ellipse.semi_minor_km),
-                   "orientation_deg": num(self.ellipse.orientation_deg, 2),
-                   "covariance_km2": [[num(float(v), 9) for v in row] for row in self.covariance_km2]}
-        out: dict[str, Any] = {
-            "position": None if self.position is None else {
-                "latitude": num(self.position[0], 6), "longitude": num(self.position[1], 6)},
-            "position_reason": self.reason,
-            "uncertainty": unc,
-            "gdop": num(self.gdop, 3) if self.gdop is not None else None,
-            "pairs": [{
-                "a": pl.a, "b": pl.b, "lag_us": num(pl.lag_s * 1e6, 3), "spread_us": num(pl.spread_s * 1e6, 3),
-                "stderr_us": num(pl.stderr_s * 1e6, 4), "correlation": num(pl.correlation, 4),
-                "n_windows": pl.n_windows, "n_windows_valid": pl.n_valid, "baseline_km": num(pl.baseline_km, 3),
-                "used": pl.used, "reason": pl.reason,
-                "residual_us": num(pl.residual_s * 1e6, 3) if pl.residual_s is not None else None,
-            } for pl in self.pairs],
-            "residuals_us": {pl.name: num(pl.residual_s * 1e6, 3) for pl in self.pairs if pl.residual_s is not None},
-            "stations_used": list(self.stations_used),
-            "stations_dropped": dict(self.stations_dropped),
-            "n_windows": self.n_windows,
-            "overlap_s": num(self.overlap_s, 3),
-            "overlap_start": None if self.overlap_start is None else str(self.overlap_start) + "Z",
-            "sample_rate_hz": num(self.sample_rate, 6),
-            "chi2": num(self.chi2, 3) if self.chi2 is not None else None,
-            "dof": self.dof,
-            "ambiguous": self.ambiguous,
-            "alternatives": [{"latitude": num(a, 6), "longitude": num(b, 6)} for a, b in self.alternatives],
-            "truth": None if self.truth is None else {"latitude": self.truth[0], "longitude": self.truth[1]},
-            "error_km": num(self.error_km(), 4) if self.error_km() is not None else None,
-            "timing": {sid: {"sample_rate_hz": num(st.fs, 6), "gps_stamps_rejected": st.n_rejected_stamps,
-                             "source": st.segments[0].source, "notes": st.notes}
-                       for sid, st in self.timing.items()},
-            "notes": list(self.notes),
-            "parameters": dict(self.params),
-        }
-        json.dumps(out, allow_nan=False)
-        return out
-
-    def summary(self) -> str:
-        """Line 1: ``position <lat> <lon>`` or ``position none (<reason>)``; then the uncertainty,
-        the lag per pair in microseconds with its spread, and the stations dropped."""
-        lines = []
-        if self.position is None:
-            lines.append(f"position none ({self.reason})")
-        else:
-            lines.append(f"position {self.position[0]:.5f} {self.position[1]:.5f}")
-            if self.ellipse is not None:
-                e = self.ellipse
-                lines.append(f"uncertainty {e.confidence * 100:g}% ellipse {e.semi_major_km:.3f} x "
-                             f"{e.semi_minor_km:.3f} km (semi-axes), major axis {e.orientation_deg:.0f} deg from "
-                             f"north; GDOP {self.gdop:.2f}")
-        lines.append(f"{len(self.stations_used)} stations, {self.n_windows} windows of "
-                     f"{self.params.get('window_s', 1.0):g} s over {self.overlap_s:.1f} s")
-        for pl in self.pairs:
-            if math.isfinite(pl.lag_s):
-                txt = (f"lag {pl.a} -> {pl.b}: {pl.lag_s * 1e6:+.2f} us +- {pl.spread_s * 1e6:.2f} us"
-                       f" (r={pl.correlation:.3f}, {pl.n_windows}/{pl.n_valid} windows")
-                if pl.residual_s is not None:
-                    txt += f", residual {pl.residual_s * 1e6:+.2f} us"
-                lines.append(txt + ")" + ("" if pl.used else f" not used: {pl.reason}"))
-            else:
-                lines.append(f"lag {pl.a} -> {pl.b}: none ({pl.reason})")
-        for sid, why in self.stations_dropped.items():
-            lines.append(f"dropped {sid}: {why}")
-        lines.extend(self.notes)
-        return "\n".join(lines)
+METHODS = ("auto", "coherent", "envelope")
+#: family-wise significance of the test that names a station whose lags look delayed
+DELAY_TEST_ALPHA = 1e-3
 
 
 def _truth_of(ds: xr.Dataset) -> tuple[float, float] | None:
@@ -195,88 +84,39 @@ def _truth_of(ds: xr.Dataset) -> tuple[float, float] | None:
     return None if lat is None or lon is None else (float(lat), float(lon))
 
 
-def _check_parameters(**kw: float) -> None:
+def _check_parameters(**kw: object) -> None:
     """Bad parameters are named before any work (a CLI maps ConfigError to exit 2)."""
-    for name in ("window_s", "min_overlap_s", "margin_s", "timing_sigma_s"):
+    for name in ("window_s", "min_overlap_s", "margin_s", "timing_sigma_s", "station_delay_sigma_s"):
         v = kw[name]
-        ok = isinstance(v, (int, float)) and math.isfinite(v) and (v >= 0 if name == "timing_sigma_s" else v > 0)
+        nonneg = name in ("timing_sigma_s", "station_delay_sigma_s")
+        ok = isinstance(v, (int, float)) and math.isfinite(v) and (v >= 0 if nonneg else v > 0)
         if not ok:
-            raise ConfigError(f"{name} must be a finite positive number of seconds, got {v!r}")
-    if not (isinstance(kw["confidence"], (int, float)) and 0 < kw["confidence"] < 1):
-        raise ConfigError(f"confidence must be between 0 and 1, got {kw['confidence']!r}")
-    if not (isinstance(kw["grid_points"], int) and kw["grid_points"] >= 3):
-        raise ConfigError(f"grid_points must be an integer of at least 3, got {kw['grid_points']!r}")
-    if kw["window_s"] > kw["min_overlap_s"]:
-        raise ConfigError(f"window_s ({kw['window_s']:g} s) is longer than min_overlap_s ({kw['min_overlap_s']:g} s):"
+            what = "a finite non-negative" if nonneg else "a finite positive"
+            raise ConfigError(f"{name} must be {what} number of seconds, got {v!r}")
+    conf = kw["confidence"]
+    if not (isinstance(conf, (int, float)) and 0 < conf < 1):
+        raise ConfigError(f"confidence must be between 0 and 1, got {conf!r}")
+    gp = kw["grid_points"]
+    if not (isinstance(gp, int) and gp >= 3):
+        raise ConfigError(f"grid_points must be an integer of at least 3, got {gp!r}")
+    if kw["method"] not in METHODS:
+        raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {kw['method']!r}")
+    delays = kw["station_delays_s"]
+    if delays is not None:
+        bad = {k: v for k, v in dict(delays).items()  # type: ignore[call-overload]
+               if not (isinstance(v, (int, float)) and math.isfinite(v))}
+        if bad:
+            raise ConfigError(f"station_delays_s must map station ids to finite seconds, got {bad!r}")
+    w, mo = kw["window_s"], kw["min_overlap_s"]
+    assert isinstance(w, (int, float)) and isinstance(mo, (int, float))
+    if w > mo:
+        raise ConfigError(f"window_s ({w:g} s) is longer than min_overlap_s ({mo:g} s):"
                           " no window would fit in the shared span")
 
 
-def tdoa(
-    ds: xr.Dataset,
-    *,
-    stations: Sequence[str] | None = None,
-    window_s: float = 1.0,
-    min_overlap_s: float = 10.0,
-    margin_s: float = 2e-4,
-    confidence: float = 0.95,
-    outlier_z: float = 5.0,
-    outlier_min_samples: float = 0.5,
-    min_window_fraction: float = 0.5,
-    detection_sigma: float = 6.0,
-    band_hz: tuple[float, float] | None = None,
-    grid_points: int = 121,
-    timing_sigma_s: float = 20e-9,
-    stamp_tolerance_s: float | None = None,
-    truth: tuple[float, float] | None = None,
-) -> TdoaResult:
-    """Locate the transmitter heard by the session's stations (module docstring).
-
-    ``stations`` restricts the analysis to those ids.  ``timing_sigma_s`` is each receiver's
-    GPS timing error (independent per station) added to the scatter of the lags.  ``truth``
-    (lat, lon), default the Dataset's ``transmitter_latitude/longitude``, is only carried along
-    for the error and the plots.
-    """
-    _check_parameters(window_s=window_s, min_overlap_s=min_overlap_s, margin_s=margin_s, confidence=confidence,
-                      grid_points=grid_points, timing_sigma_s=timing_sigma_s)
-    params = {"window_s": window_s, "min_overlap_s": min_overlap_s, "margin_s": margin_s,
-              "confidence": confidence, "outlier_z": outlier_z,
-              "outlier_min_samples": outlier_min_samples, "min_window_fraction": min_window_fraction,
-              "detection_sigma": detection_sigma, "band_hz": list(band_hz) if band_hz else None,
-              "grid_points": grid_points, "timing_sigma_s": timing_sigma_s,
-              "stamp_tolerance_s": stamp_tolerance_s}
-    if stations is not None:
-        known = {str(s) for s in ds["station"].values}
-        unknown = [s for s in stations if s not in known]
-        if unknown:
-            raise ConfigError(f"station(s) not in the session: {', '.join(unknown)} "
-                              f"(it has {', '.join(sorted(known))})")
-        ds = ds.sel(station=list(stations))
-    positions = {str(s): (float(a), float(b)) for s, a, b in
-                 zip(ds["station"].values, ds["latitude"].values, ds["longitude"].values)}
-    times, dropped = station_times(ds, stamp_tolerance_s=stamp_tolerance_s)
-    timing_all = dict(times)
-    truth = truth or _truth_of(ds)
-    grid, short = common_grid(times, min_overlap_s=min_overlap_s)
-    dropped.update(short)
-    times = {sid: st for sid, st in times.items() if sid not in short}
-
-    def empty(reason: str, pairs: list[PairLag] | None = None, n_win: int = 0,
-              centres: FArray | None = None) -> TdoaResult:
-        return TdoaResult(None, reason, None, None, None, pairs or [], [], dropped, positions, timing_all,
-                          n_win, centres if centres is not None else np.zeros(0), None if grid is None else
-                          timing.gps_ns_to_utc(grid.t0_gps_ns, int(ds.attrs.get("gps_utc_offset_s", 18))),
-                          0.0 if grid is None else grid.duration_s, math.nan if grid is None else grid.fs,
-                          truth=truth, params=params)
-
-    if grid is None:
-        return empty(f"no {min_overlap_s:g} s overlap between at least 2 stations with GPS time")
-    ids, env, valid = resample_envelopes(ds, times, grid, band_hz=band_hz)
-    pairs, centres = pair_lags(ids, env, valid, grid, positions, window_s=window_s, margin_s=margin_s,
-                               outlier_z=outlier_z, outlier_min_samples=outlier_min_samples,
-                               min_window_fraction=min_window_fraction,
-                               detection_sigma=detection_sigma)
-    n_win = len(centres)
-    # stations: the largest group connected by used pairs
+def _main_group(ids: Sequence[str], pairs: Sequence[PairLag], dropped: dict[str, str]) -> list[str]:
+    """The largest group of stations connected by used pairs; the others are dropped (with the
+    reason) and their pairs not used."""
     adj: dict[str, set[str]] = {s: set() for s in ids}
     for pl in pairs:
         if pl.used:
@@ -296,6 +136,8 @@ def tdoa(
     if len(best) < 2:
         best = set()
     for s in ids:
+        if s in dropped:
+            continue
         if not adj[s]:
             dropped[s] = "no significant correlation with any other station"
         elif s not in best:
@@ -303,22 +145,184 @@ def tdoa(
     for pl in pairs:
         if pl.used and pl.a not in best:
             pl.used, pl.reason = False, "outside the main group of stations"
-    used_ids = [s for s in ids if s in best]
-    result = empty("", pairs, n_win, centres)
+    return [s for s in ids if s in best]
+
+
+def _pair_uncertainty(pl: PairLag, sigma: dict[str, float]) -> None:
+    """The pair's standard uncertainty (windows' standard error, both stations' timing terms,
+    widening, the estimator's floor), its Welch-Satterthwaite degrees of freedom and 95 %
+    half-width."""
+    se2 = pl.stderr_s**2 if math.isfinite(pl.stderr_s) else 0.0
+    fixed = sigma.get(pl.a, 0.0) ** 2 + sigma.get(pl.b, 0.0) ** 2 + pl.extra_var_s2 + pl.floor_s**2
+    pl.sigma_s = math.sqrt(se2 + fixed)
+    n = pl.n_windows
+    if se2 > 0 and n >= 2:
+        pl.dof = (se2 + fixed) ** 2 / (se2**2 / (n - 1))
+    else:
+        pl.dof = math.inf if fixed > 0 else math.nan
+    q = stats.norm.ppf(0.975) if math.isinf(pl.dof) else stats.t.ppf(0.975, pl.dof) if pl.dof > 0 else math.nan
+    pl.ci95_s = float(q) * pl.sigma_s
+
+
+def _apply_closures(pairs: list[PairLag], fs: float, dropped: dict[str, str]) -> tuple[list[Closure], list[str]]:
+    """Test every triangle; not use the pair or drop the station the failures point to, or widen."""
+    found = closures(pairs, fs)
+    n_st = len({s for pl in pairs if pl.used for s in (pl.a, pl.b)})
+    verdict = judge(found, n_st)
+    for pl in pairs:
+        key = "|".join(sorted((pl.a, pl.b)))
+        if key in verdict.bad_pairs and pl.used:
+            pl.used, pl.reason = False, verdict.bad_pairs[key]
+        for sid, why in verdict.bad_stations.items():
+            if sid in (pl.a, pl.b) and pl.used:
+                pl.used, pl.reason = False, f"{sid} dropped: {why}"
+        pl.extra_var_s2 = verdict.widen.get(key, 0.0)
+    for sid, why in verdict.bad_stations.items():
+        dropped[sid] = why
+    if verdict.bad_pairs or verdict.bad_stations:  # the closures of what is still used
+        found = closures(pairs, fs)
+    return found, verdict.notes
+
+
+def tdoa(
+    ds: xr.Dataset,
+    *,
+    stations: Sequence[str] | None = None,
+    window_s: float = 1.0,
+    min_overlap_s: float = 10.0,
+    margin_s: float = 2e-4,
+    confidence: float = 0.95,
+    outlier_z: float = 5.0,
+    outlier_min_samples: float = 0.5,
+    min_window_fraction: float = 0.5,
+    detection_sigma: float = 6.0,
+    band_hz: tuple[float, float] | None = None,
+    grid_points: int = 121,
+    timing_sigma_s: float = 20e-9,
+    station_delay_sigma_s: float = 20e-6,
+    station_delays_s: dict[str, float] | None = None,
+    method: str = "auto",
+    stamp_tolerance_s: float | None = None,
+    truth: tuple[float, float] | None = None,
+) -> TdoaResult:
+    """Locate the transmitter heard by the session's stations (module docstring).
+
+    ``stations`` restricts the analysis to those ids.  ``method``: ``auto`` (chosen from what
+    the signal carries), ``coherent`` or ``envelope``.  ``band_hz``: the band to correlate
+    (coherent: baseband Hz from the tuned frequency; envelope: envelope frequencies).
+
+    Error model, per station and independent: ``station_delay_sigma_s`` is the spread of the
+    receivers' unknown processing delays (default 20 us, what separates real KiwiSDRs; 0 for
+    receivers calibrated with :func:`calibrate`), ``timing_sigma_s`` their GPS timing error; the
+    fit of each station's time base to its stamps adds its own term.  ``station_delays_s``
+    (station -> seconds late, e.g. :attr:`Calibration.delays_s`) are subtracted from the lags.
+    ``truth`` (lat, lon), default the Dataset's ``transmitter_latitude/longitude``, is only
+    carried along for the error and the plots.
+    """
+    _check_parameters(window_s=window_s, min_overlap_s=min_overlap_s, margin_s=margin_s, confidence=confidence,
+                      grid_points=grid_points, timing_sigma_s=timing_sigma_s,
+                      station_delay_sigma_s=station_delay_sigma_s, method=method, station_delays_s=station_delays_s)
+    params = {"window_s": window_s, "min_overlap_s": min_overlap_s, "margin_s": margin_s,
+              "confidence": confidence, "outlier_z": outlier_z,
+              "outlier_min_samples": outlier_min_samples, "min_window_fraction": min_window_fraction,
+              "detection_sigma": detection_sigma, "band_hz": list(band_hz) if band_hz else None,
+              "grid_points": grid_points, "timing_sigma_s": timing_sigma_s,
+              "station_delay_sigma_s": station_delay_sigma_s,
+              "station_delays_s": dict(station_delays_s) if station_delays_s else None, "method": method,
+              "stamp_tolerance_s": stamp_tolerance_s}
+    if stations is not None:
+        known = {str(s) for s in ds["station"].values}
+        unknown = [s for s in stations if s not in known]
+        if unknown:
+            raise ConfigError(f"station(s) not in the session: {', '.join(unknown)} "
+                              f"(it has {', '.join(sorted(known))})")
+        ds = ds.sel(station=list(stations))
+    positions = {str(s): (float(a), float(b)) for s, a, b in
+                 zip(ds["station"].values, ds["latitude"].values, ds["longitude"].values)}
+    times, dropped = station_times(ds, stamp_tolerance_s=stamp_tolerance_s)
+    timing_all = dict(times)
+    truth = truth or _truth_of(ds)
+    grid, short = common_grid(times, min_overlap_s=min_overlap_s)
+    dropped.update(short)
+    times = {sid: st for sid, st in times.items() if sid not in short}
+    gps_notes = [f"{sid}: {n}" for sid, st in timing_all.items() for n in st.notes]
+
+    def empty(reason: str, pairs: list[PairLag] | None = None, n_win: int = 0,
+              centres: FArray | None = None) -> TdoaResult:
+        return TdoaResult(None, reason, None, None, None, pairs or [], [], dropped, positions, timing_all,
+                          n_win, centres if centres is not None else np.zeros(0), None if grid is None else
+                          timing.gps_ns_to_utc(grid.t0_gps_ns, int(ds.attrs.get("gps_utc_offset_s", 18))),
+                          0.0 if grid is None else grid.duration_s, math.nan if grid is None else grid.fs,
+                          truth=truth, params=params, notes=list(gps_notes))
+
+    if grid is None:
+        return empty(f"no {min_overlap_s:g} s overlap between at least 2 stations with GPS time")
+    ids, z, valid = resample_baseband(ds, times, grid)
+    analysis = analyse(ids, z, valid, grid.fs, method=method, band_hz=band_hz)
+    if analysis.method == "coherent":
+        x, ok = whiten(z, valid, analysis)
+        pairs, centres = pair_lags(ids, x, ok, grid, positions, window_s=window_s, margin_s=margin_s,
+                                   outlier_z=outlier_z, outlier_min_samples=outlier_min_samples,
+                                   min_window_fraction=min_window_fraction, detection_sigma=detection_sigma,
+                                   effective_fraction=analysis.effective_fraction, method="coherent")
+    else:
+        env = envelopes(z, valid, grid.fs, band_hz)
+        pairs, centres = pair_lags(ids, env, valid, grid, positions, window_s=window_s, margin_s=margin_s,
+                                   outlier_z=outlier_z, outlier_min_samples=outlier_min_samples,
+                                   min_window_fraction=min_window_fraction, detection_sigma=detection_sigma,
+                                   method="envelope")
+    del z
+    for pl in pairs:
+        corr = (station_delays_s or {}).get(pl.b, 0.0) - (station_delays_s or {}).get(pl.a, 0.0)
+        if corr:
+            pl.lag_s -= corr
+            pl.window_lag_s = pl.window_lag_s - corr
+            pl.delay_correction_s = corr
+    found, closure_notes = _apply_closures(pairs, grid.fs, dropped)
+    used_ids = _main_group(ids, pairs, dropped)
+    result = empty("", pairs, len(centres), centres)
     result.stations_used = used_ids
+    result.method, result.signal, result.closures = analysis.method, analysis, found
+    sigma = {s: math.sqrt(station_delay_sigma_s**2 + timing_sigma_s**2 + times[s].sigma_s**2) for s in ids}
+    for pl in pairs:
+        _pair_uncertainty(pl, sigma)
+    result.notes = gps_notes + analysis.notes + closure_notes
     if len(used_ids) < 2:
         result.reason = "no station pair with a significant correlation peak"
-        result.notes = [f"{sid}: {n}" for sid, st in timing_all.items() for n in st.notes]
         return result
-    sigma = {s: math.hypot(timing_sigma_s, max((seg.fit_rms_s / math.sqrt(max(seg.n_stamps, 1))
-                                                for seg in times[s].segments if math.isfinite(seg.fit_rms_s)),
-                                               default=0.0))
-             for s in used_ids}
     fix = locate(pairs, positions, station_sigma_s=sigma, confidence=confidence, grid_points=grid_points)
+    fix, downweighted = _check_station_delays(fix, pairs, positions, sigma, confidence, grid_points)
+    for pl in pairs:
+        _pair_uncertainty(pl, sigma)
+    result.station_sigma_s = {s: sigma[s] for s in used_ids}
+    result.stations_downweighted = downweighted
     result.position, result.reason = fix.position, fix.reason
     result.ellipse, result.covariance_km2, result.gdop = fix.ellipse, fix.covariance_km2, fix.gdop
     result.likelihood, result.chi2, result.dof = fix.likelihood, fix.chi2, fix.dof
     result.ambiguous, result.alternatives, result.scale2 = fix.ambiguous, fix.alternatives, fix.scale2
-    result.notes = [f"{sid}: {n}" for sid, st in timing_all.items() for n in st.notes] + fix.notes
+    result.station_offsets_s, result.dof_eff = fix.station_offsets, fix.dof_eff
+    result.notes += fix.notes
     log.info("tdoa: %s", result.summary().splitlines()[0])
     return result
+
+
+def _check_station_delays(fix: Fix, pairs: list[PairLag], positions: dict[str, tuple[float, float]],
+                          sigma: dict[str, float], confidence: float, grid_points: int) -> tuple[Fix, dict[str, str]]:
+    """With four or more stations: the station whose apparent delay is furthest beyond its prior
+    (two-sided, Bonferroni over the stations at ``DELAY_TEST_ALPHA``) is named and down-weighted
+    -- its timing variance grows by the square of that delay -- and the position refitted."""
+    offs = fix.station_offsets
+    if not offs or fix.position is None:
+        return fix, {}
+    zcrit = float(stats.norm.isf(DELAY_TEST_ALPHA / (2 * len(offs))))
+    score = {s: abs(d) / math.sqrt(sigma[s] ** 2 + se**2) for s, (d, se) in offs.items() if se >= 0}
+    worst = max(score, key=lambda s: score[s], default=None)
+    if worst is None or score[worst] <= zcrit:
+        return fix, {}
+    d, se = offs[worst]
+    why = (f"its lags look {abs(d) * 1e6:.1f} +- {se * 1e6:.1f} us {'late' if d > 0 else 'early'} against the other "
+           f"stations, beyond its timing uncertainty of {sigma[worst] * 1e6:.1f} us: down-weighted")
+    sigma[worst] = math.sqrt(sigma[worst] ** 2 + d * d)
+    new = locate(pairs, positions, station_sigma_s=sigma, confidence=confidence, grid_points=grid_points)
+    new.notes.insert(0, f"{worst}: {why}")
+    return new, {worst: why}

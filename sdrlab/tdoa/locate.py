@@ -1,4 +1,15 @@
-"""Step 5 of TDoA: the likelihood map, least-squares refinement, covariance, ellipse and GDOP."""
+"""Step 5 of TDoA: the likelihood map, least-squares refinement, covariance, ellipse and GDOP.
+
+The error model of the lags: the window-to-window scatter of each pair's mean lag (pairs sharing
+windows correlated), plus per station an independent timing error ``station_sigma_s`` (its
+unknown processing delay, GPS timing and the fit of its time base; it enters every pair with the
+station, so pairs sharing a station are correlated), plus any variance a triangle that did not
+close added to its pairs (:mod:`sdrlab.tdoa.consistency`).  Positions come from generalised
+least squares with that covariance (window part modelled from the correlation strength, not
+from the same windows' scatter); the ellipse uses the full covariance and Hotelling's
+small-sample factor at the Welch-Satterthwaite degrees of freedom (only the window part is
+estimated; the station part is a stated prior).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +26,9 @@ from .lags import PairLag
 
 log = logging.getLogger(__name__)
 
+#: a crossing further than this from every station is on the far side of the globe
+FAR_SIDE_M = 10_000e3
+
 # ---- 5. position -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Ellipse:
@@ -27,7 +41,7 @@ class Ellipse:
     confidence: float
 
 
-def hotelling_scale2(n: int, confidence: float) -> float:
+def hotelling_scale2(n: float, confidence: float) -> float:
     """Squared Mahalanobis radius of a ``confidence`` region for a 2-D mean of ``n`` samples with
     an estimated covariance (Hotelling's T^2: 2(n-1)/(n-2) F(2, n-2); F(2, m) in closed form)."""
     if n <= 2:
@@ -47,7 +61,15 @@ def _incidence(pairs: Sequence[PairLag], ids: Sequence[str]) -> FArray:
 
 def lag_covariance(pairs: Sequence[PairLag], station_sigma_s: dict[str, float]) -> FArray:
     """Covariance of the pairs' mean lags (s^2) from the window-to-window scatter, pairs
-    sharing windows correlated (pairwise-complete), plus independent per-station timing errors."""
+    sharing windows correlated (pairwise-complete), plus independent per-station timing errors
+    and each pair's ``extra_var_s2`` and systematic floor."""
+    win, fixed = _covariance_parts(pairs, station_sigma_s)
+    out: FArray = win + fixed
+    return out
+
+
+def _covariance_parts(pairs: Sequence[PairLag], station_sigma_s: dict[str, float]) -> tuple[FArray, FArray]:
+    """(window-scatter covariance, stated covariance: stations' timing and pairs' extra)."""
     lags = np.array([np.where(pl.kept, pl.window_lag_s, np.nan) for pl in pairs])
     means = np.array([pl.lag_s for pl in pairs])
     d = lags - means[:, None]
@@ -61,8 +83,16 @@ def lag_covariance(pairs: Sequence[PairLag], station_sigma_s: dict[str, float]) 
     ids = sorted({pl.a for pl in pairs} | {pl.b for pl in pairs})
     a = _incidence(pairs, ids)
     s2 = np.array([station_sigma_s.get(s, 0.0) ** 2 for s in ids])
-    out: FArray = cov + (a * s2) @ a.T
-    return out
+    fixed: FArray = (a * s2) @ a.T + np.diag([pl.extra_var_s2 + pl.floor_s**2 for pl in pairs])
+    return np.asarray(cov, dtype=np.float64), fixed
+
+
+def satterthwaite(c_win: float, c_fixed: float, n_windows: float) -> float:
+    """Effective degrees of freedom of a variance ``c_win + c_fixed`` whose first part is
+    estimated from ``n_windows`` windows and whose second is stated (infinite dof)."""
+    if c_win <= 0 or n_windows <= 1:
+        return math.inf if c_fixed > 0 or n_windows > 1 else 0.0
+    return float((c_win + c_fixed) ** 2 / (c_win**2 / (n_windows - 1)))
 
 
 def _predict(lat: float, lon: float, pairs: Sequence[PairLag],
@@ -80,22 +110,25 @@ def _predict(lat: float, lon: float, pairs: Sequence[PairLag],
 
 def _refine_position(lat: float, lon: float, pairs: Sequence[PairLag], positions: dict[str, tuple[float, float]],
                      weights: FArray, iterations: int = 30) -> tuple[float, float, float]:
-    """Weighted Gauss-Newton (with step halving) from (lat, lon); returns (lat, lon, cost)."""
+    """Generalised least squares (weight matrix ``weights``) by Gauss-Newton with step halving
+    from (lat, lon); returns (lat, lon, cost)."""
     meas = np.array([pl.lag_s for pl in pairs])
     pred, g = _predict(lat, lon, pairs, positions)
-    cost = float(weights @ (meas - pred) ** 2)
+    r = meas - pred
+    cost = float(r @ weights @ r)
     for _ in range(iterations):
         r = meas - pred
-        h = g.T @ (weights[:, None] * g)
+        h = g.T @ weights @ g
         try:
-            step = np.linalg.solve(h + 1e-12 * np.trace(h) * np.eye(2), g.T @ (weights * r))
+            step = np.linalg.solve(h + 1e-12 * np.trace(h) * np.eye(2), g.T @ weights @ r)
         except np.linalg.LinAlgError:
             break
         lam = 1.0
         while lam > 1e-4:
             nlat, nlon = _move(lat, lon, lam * step[0], lam * step[1])
             npred, ng = _predict(nlat, nlon, pairs, positions)
-            ncost = float(weights @ (meas - npred) ** 2)
+            nr = meas - npred
+            ncost = float(nr @ weights @ nr)
             if ncost <= cost:
                 break
             lam /= 2
@@ -122,6 +155,11 @@ class Fix:
     alternatives: list[tuple[float, float]] = field(default_factory=list)
     likelihood: xr.DataArray | None = None
     notes: list[str] = field(default_factory=list)
+    #: effective degrees of freedom of the position covariance (Welch-Satterthwaite)
+    dof_eff: float = math.nan
+    #: per station (with four or more): its apparent extra delay and that delay's standard error
+    #: (s), from the fit with one delay parameter for that station
+    station_offsets: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def likelihood_map(pairs: Sequence[PairLag], positions: dict[str, tuple[float, float]], sigma_s: FArray,
@@ -182,6 +220,50 @@ def _gdop(lat: float, lon: float, ids: Sequence[str], positions: dict[str, tuple
         return math.inf
 
 
+def _weights(used: Sequence[PairLag], win: FArray, fixed: FArray) -> FArray:
+    """GLS weight matrix: the inverse of the modelled covariance, whose window part comes from the
+    correlation strength (lag variance ~ (1 - r^2) / r^2 for one common signal) scaled to the
+    windows' variances -- weights from the same windows' scatter would favour the pairs that
+    scattered little by chance and understate the uncertainty -- plus the stated part."""
+    var = np.maximum(np.diag(win), 1e-24)
+    rr = np.clip([pl.correlation for pl in used], 1e-3, 0.999)
+    shape = (1 - rr**2) / rr**2
+    model = np.diag(shape * float(np.median(var / shape))) + fixed
+    w: FArray = np.asarray(np.linalg.pinv(model, rcond=1e-12, hermitian=True), dtype=np.float64)
+    return w
+
+
+def station_offsets(lat: float, lon: float, used: Sequence[PairLag], positions: dict[str, tuple[float, float]],
+                    station_sigma_s: dict[str, float], win: FArray) -> dict[str, tuple[float, float]]:
+    """For each station, the delay that best explains the residuals at (lat, lon) if it alone were
+    late, fitted jointly with the position (linearised), and its standard error from the other
+    stations' terms and the windows' scatter.  Needs one degree of freedom more than the
+    position: four stations or more."""
+    ids = sorted({pl.a for pl in used} | {pl.b for pl in used})
+    if len(ids) < 4:
+        return {}
+    meas = np.array([pl.lag_s for pl in used])
+    pred, g = _predict(lat, lon, used, positions)
+    resid = meas - pred
+    a = _incidence(used, ids)
+    out: dict[str, tuple[float, float]] = {}
+    for j, sid in enumerate(ids):
+        others = {k: v for k, v in station_sigma_s.items() if k != sid}
+        w_part, fixed = _covariance_parts(used, others)
+        cov = w_part + fixed
+        wm = _weights(used, w_part, fixed)
+        x = np.column_stack([g, a[:, j]])
+        h = x.T @ wm @ x
+        try:
+            k = np.linalg.solve(h, x.T @ wm)
+        except np.linalg.LinAlgError:
+            continue
+        beta = k @ resid
+        var = float((k @ cov @ k.T)[2, 2])
+        out[sid] = (float(beta[2]), math.sqrt(max(var, 0.0)))
+    return out
+
+
 def locate(
     pairs: Sequence[PairLag],
     positions: dict[str, tuple[float, float]],
@@ -191,19 +273,16 @@ def locate(
     grid_points: int = 121,
 ) -> Fix:
     """Position from the used pairs (at least three stations): likelihood map, the best local
-    maxima refined by weighted least squares, covariance and ellipse (module docstring)."""
+    maxima refined by generalised least squares, covariance and ellipse (module docstring)."""
     used = [pl for pl in pairs if pl.used]
     ids = sorted({pl.a for pl in used} | {pl.b for pl in used})
     if len(ids) < 2:
         return Fix(None, "no station pair with usable lags")
-    cov = lag_covariance(used, station_sigma_s or {})
-    var = np.maximum(np.diag(cov), 1e-18)
-    # weights from the correlation strength (lag variance ~ (1 - r^2) / r^2 for one common
-    # signal), scaled to inverse variances: weights taken from the same windows' scatter would
-    # favour the pairs that scattered little by chance and understate the uncertainty
-    rr = np.clip([pl.correlation for pl in used], 1e-3, 0.999)
-    shape = (1 - rr**2) / rr**2
-    w = 1.0 / (shape * float(np.median(var / shape)))
+    sig_st = station_sigma_s or {}
+    win, fixed = _covariance_parts(used, sig_st)
+    cov = win + fixed
+    var = np.maximum(np.diag(cov), 1e-24)
+    w = _weights(used, win, fixed)
     ll, pred_grid = _likelihood_map(used, positions, np.sqrt(var), grid_points)
     if len(ids) < 3:
         return Fix(None, f"only {len(ids)} stations with usable lags; a position needs at least 3", likelihood=ll)
@@ -214,15 +293,18 @@ def locate(
     sols.sort(key=lambda s: s[2])
     lat, lon, cost = sols[0]
     _, g = _predict(lat, lon, used, positions)
-    h = g.T @ (w[:, None] * g)
+    h = g.T @ w @ g
     fix = Fix((lat, lon), None, likelihood=ll)
     try:
-        k = np.linalg.solve(h, g.T * w)
+        k = np.linalg.solve(h, g.T @ w)
     except np.linalg.LinAlgError:
         return Fix(None, "degenerate geometry (the stations' hyperbolas do not cross)", likelihood=ll)
-    cov_m2 = k @ cov @ k.T
-    # consistency of the residuals with the lags' scatter (station-difference space)
+    cov_win_m2 = k @ win @ k.T
+    cov_m2 = cov_win_m2 + k @ fixed @ k.T
     n_eff = int(min(pl.n_windows for pl in used))
+    nu = satterthwaite(float(np.trace(cov_win_m2)), float(np.trace(cov_m2 - cov_win_m2)), n_eff)
+    fix.dof_eff = nu
+    # consistency of the residuals with the lags' covariance (station-difference space)
     a = _incidence(used, ids)
     pinv = np.linalg.pinv(a)
     meas = np.array([pl.lag_s for pl in used])
@@ -237,18 +319,26 @@ def locate(
     if dof >= 1:
         chi2 = float(rho @ np.linalg.pinv(c_rho, rcond=1e-10) @ rho)
         fix.chi2 = chi2
-        if n_eff > dof + 1:
-            from scipy.stats import f as f_dist
+        nu_r = satterthwaite(float(np.trace(pinv @ win @ pinv.T)), float(np.trace(pinv @ fixed @ pinv.T)), n_eff)
+        from scipy.stats import chi2 as chi2_dist
+        from scipy.stats import f as f_dist
 
+        if math.isinf(nu_r):
+            pval = float(chi2_dist.sf(chi2, dof))
+        elif nu_r + 1 > dof + 1:
             # Hotelling's T^2 over the dof residual dimensions: T^2 (n-q) / (q (n-1)) ~ F(q, n-q)
-            pval = float(f_dist.sf(chi2 * (n_eff - dof) / (dof * (n_eff - 1)), dof, n_eff - dof))
-            if pval < 1e-3:
-                scale = chi2 / dof
-                cov_m2 = cov_m2 * scale
-                fix.notes.append(f"residuals inconsistent with the lag scatter (chi2 {chi2:.1f}, {dof} dof): "
-                                 f"uncertainty scaled by {math.sqrt(scale):.1f}")
+            n_r = nu_r + 1
+            pval = float(f_dist.sf(chi2 * (n_r - dof) / (dof * (n_r - 1)), dof, n_r - dof))
+        else:
+            pval = 1.0
+        if pval < 1e-3:
+            scale = chi2 / dof
+            cov_m2 = cov_m2 * scale
+            fix.notes.append(f"residuals inconsistent with the lags' uncertainty (chi2 {chi2:.1f}, {dof} dof): "
+                             f"uncertainty scaled by {math.sqrt(scale):.1f}")
+        fix.station_offsets = station_offsets(lat, lon, used, positions, sig_st, win)
     fix.covariance_km2 = cov_m2 / 1e6
-    fix.scale2 = hotelling_scale2(n_eff, confidence)
+    fix.scale2 = hotelling_scale2(nu + 1, confidence) if math.isfinite(nu) else hotelling_scale2(10**9, confidence)
     evals, evecs = np.linalg.eigh(fix.covariance_km2)
     major = evecs[:, 1]
     orient = math.degrees(math.atan2(major[0], major[1])) % 180.0
@@ -261,17 +351,25 @@ def locate(
     # the uncertainty: no position is claimed then
     h_sigma = float(np.trace(h @ cov_m2))
     q = fix.scale2 * h_sigma / 2
-    dcost = np.einsum("p,pij->ij", w, (meas[:, None, None] - pred_grid) ** 2) - cost
+    dr = meas[:, None, None] - pred_grid
+    dcost = np.einsum("pq,pij,qij->ij", w, dr, dr) - cost
     glat, glon = ll["latitude"].values, ll["longitude"].values
     north = (glat[:, None] - lat) * 111.2e3 + 0.0 * glon[None, :]
     east = (glon[None, :] - lon) * 111.32e3 * np.cos(np.radians(glat[:, None]))
     d2_lin = h[0, 0] * east**2 + 2 * h[0, 1] * east * north + h[1, 1] * north**2
     stray = (dcost <= q) & (d2_lin > 4 * q)
     far: list[tuple[float, float]] = []
+    outside: list[tuple[float, float]] = []
     for alat, alon, acost in sols[1:]:  # refined local optima: sharp second crossings the grid misses
         if (acost - cost <= q and _inverse(lat, lon, alat, alon)[0] > 2e3 * max(1.0, fix.ellipse.semi_major_km)
-                and all(_inverse(alat, alon, *o)[0] > 1e3 for o in far)):
-            far.append((alat, alon))
+                and all(_inverse(alat, alon, *o)[0] > 1e3 for o in far + outside)):
+            # two closed hyperbolas on the globe also cross on its far side: a crossing more than a
+            # quarter circumference from every station is reported, not weighed against this one
+            near = min(_inverse(alat, alon, *positions[sid])[0] for sid in ids) < FAR_SIDE_M
+            (far if near else outside).append((alat, alon))
+    for alat, alon in outside:
+        fix.notes.append(f"the hyperbolas also cross near {alat:.3f} {alon:.3f}, on the far side of the globe "
+                         "(not considered)")
     if stray.any() or far:
         note = [f"best point {lat:.4f} {lon:.4f} (not claimed; see the likelihood map)"]
         if far:

@@ -1,5 +1,5 @@
 """Steps 1-3 of TDoA: each station's GPS time base from its raw stamps, the span all stations share, and
-the envelopes resampled on one clock."""
+the complex baseband (or its envelope) resampled on one clock."""
 
 from __future__ import annotations
 
@@ -38,6 +38,22 @@ class SegmentTime:
     n_stamps: int
     n_rejected: int
     source: str  # "raw stamps" | "stored fit"
+    #: stamps the final line was fitted to (the fresh ones when there are enough)
+    n_fit: int = 0
+    #: scatter of the stamps about the line within each fix interval (s): the stamps' jitter
+    jitter_s: float = math.nan
+    #: standard uncertainty of the line near the middle of the record (s)
+    time_sigma_s: float = math.nan
+    #: ``all stamps`` or ``fresh stamps`` (when the stale ones are biased against the fresh)
+    fit_stamps: str = ""
+
+    @property
+    def sigma_s(self) -> float:
+        """Standard uncertainty (s) of this segment's time base near the middle of the record
+        (the stored fit's rms when only that is known)."""
+        if math.isfinite(self.time_sigma_s):
+            return self.time_sigma_s
+        return self.fit_rms_s if math.isfinite(self.fit_rms_s) else 0.0
 
 
 @dataclass
@@ -56,6 +72,11 @@ class StationTime:
     def n_rejected_stamps(self) -> int:
         return sum(s.n_rejected for s in self.segments)
 
+    @property
+    def sigma_s(self) -> float:
+        """Standard uncertainty (s) of the station's GPS time base (its worst segment)."""
+        return max(s.sigma_s for s in self.segments)
+
     def span_gps_ns(self) -> tuple[int, int]:
         starts = [s.t0_gps_ns + round((s.usable_start - s.start) / s.fs * NS) for s in self.segments]
         ends = [s.t0_gps_ns + round((s.usable_stop - s.start) / s.fs * NS) for s in self.segments]
@@ -68,6 +89,50 @@ def _select_fresh(last: npt.NDArray[np.int64], has: npt.NDArray[np.bool_]) -> np
     drop = has & np.r_[False, np.diff(last) < 0]
     zero = has & (last == 0)
     return drop if drop.sum() >= 2 else zero if zero.sum() >= 2 else has
+
+
+def _stale_biased(n_rel: npt.NDArray[np.int64], gps: npt.NDArray[np.int64], last: npt.NDArray[np.int64],
+                  fit: timing.TimeFit, agree: npt.NDArray[np.bool_], fresh: npt.NDArray[np.bool_]) -> bool:
+    """Whether the stamps drift away from the line with the time since the last GPS solution
+    (``last_gps_solution``): the receiver's clock runs off between fixes, its stale stamps are
+    extrapolations, and only the fresh ones measure time.  Tested by the slope of the residuals
+    against that age (significant at four standard errors, and worth more than 50 ns on
+    average).  Otherwise every stamp is an equally good measurement and all of them make the
+    better line (jitter averages over hundreds of stamps, not over the few fresh ones)."""
+    if fresh.sum() < 2 or np.ptp(n_rel[fresh]) < 0.25 * np.ptp(n_rel[agree]):
+        return False
+    age = last[agree].astype(np.float64)
+    r = ((gps - fit.t0_gps_ns) / NS - n_rel / fit.fs)[agree]
+    if age.size < 10 or np.ptp(age) == 0:
+        return False
+    a = age - age.mean()
+    beta = float(a @ (r - r.mean()) / (a @ a))
+    resid = r - r.mean() - beta * a
+    se = math.sqrt(float(resid @ resid) / max(age.size - 2, 1) / float(a @ a))
+    return abs(beta) > 4.0 * se and abs(beta) * float(age.mean()) > 50e-9
+
+
+def _line_uncertainty(resid: FArray, good: npt.NDArray[np.bool_], fresh: npt.NDArray[np.bool_], n_fit: int,
+                      how: str) -> tuple[float, float]:
+    """(jitter, standard uncertainty of the line) from the stamps' residuals.  The stamps are cut
+    into fix intervals (each starting at a fresh stamp); the jitter is the scatter within them;
+    the line's uncertainty is the spread of the intervals' means over the root of their number
+    (batch means: drift that is common within an interval counts once per interval, white
+    jitter averages).  A line through the fresh stamps only: the scatter of all stamps about it
+    over the root of the number of fresh stamps."""
+    r = resid[good]
+    if r.size < 2:
+        return 0.0, 0.0
+    block = np.cumsum(fresh[good])
+    ids, inv, counts = np.unique(block, return_inverse=True, return_counts=True)
+    means = np.bincount(inv, weights=r) / counts
+    within = r - means[inv]
+    jitter = math.sqrt(float(np.sum(within**2)) / max(r.size - ids.size, 1))
+    if how == "fresh stamps":
+        return jitter, math.sqrt(float(np.mean(r**2))) / math.sqrt(max(n_fit, 1))
+    if ids.size >= 3:
+        return jitter, math.sqrt(float(np.var(means, ddof=1)) / ids.size)
+    return jitter, math.sqrt(float(np.mean(r**2)) / r.size)
 
 
 def _segment_time(
@@ -103,9 +168,11 @@ def _segment_time(
             return None, f"no GPS time ({fit.status})"
         agree = has & (np.abs((gps - fit.t0_gps_ns) / NS - n_rel / fit.fs) <= 1.0 / fit.fs)
         fresh = _select_fresh(last, has) & agree
-        if fresh.sum() >= 2 and np.ptp(n_rel[fresh]) >= 0.25 * np.ptp(n_rel[agree]):
+        n_fit, how = fit.n_stamps - fit.n_outliers, "all stamps"
+        if _stale_biased(n_rel, gps, last, fit, agree, fresh):
             refit = timing.fit_time(n_rel[fresh], gps[fresh], nominal_fs=fit.fs)
-            fit = refit if refit.ok else fit
+            if refit.ok:
+                fit, n_fit, how = refit, refit.n_stamps - refit.n_outliers, "fresh stamps"
         fs, t0 = fit.fs, fit.t0_gps_ns
         tol = stamp_tolerance_s if stamp_tolerance_s is not None else 1.0 / fs
         resid = (gps - t0) / NS - n_rel / fs
@@ -113,6 +180,7 @@ def _segment_time(
         n_rej = int(np.count_nonzero(has & ~good))
         if not good.any():
             return None, "no GPS stamp agrees with the fit"
+        jitter, sigma = _line_uncertainty(resid, good, fresh, n_fit, how)
         first, last_good = int(np.argmax(good)), int(len(good) - 1 - np.argmax(good[::-1]))
         u0 = start + max(0, int(n_rel[first]))
         u1 = start + min(length, int(n_rel[last_good]) + SAMPLES_PER_FRAME)
@@ -123,10 +191,11 @@ def _segment_time(
             if dt > tol:
                 off = f"stored GPS fit off the raw stamps by {dt * 1e6:.1f} us (refitted)"
                 note = f"{note}; {off}" if note else off
-        return SegmentTime(start, u0, u1, t0, fs, fit.residual_rms_s, int(has.sum()), n_rej, "raw stamps"), note
+        return SegmentTime(start, u0, u1, t0, fs, fit.residual_rms_s, int(has.sum()), n_rej, "raw stamps",
+                           max(n_fit, 1), jitter, sigma, how), note
     if stored is not None:
         return SegmentTime(start, start, start + length, stored[0], stored[1],
-                           float(ds["segment_fit_rms"].values[i, j]), 0, 0, "stored fit"), note
+                           float(ds["segment_fit_rms"].values[i, j]), 0, 0, "stored fit", 1), note
     status = str(ds["gps_status"].values[i]) if "gps_status" in ds.coords else ""
     return None, f"no GPS time ({status if status and status != 'ok' else 'no GPS timestamps'})"
 
@@ -241,67 +310,111 @@ def _kernel_table(half: int, cutoff: float) -> FArray:
     return tab
 
 
-def _interpolate(x: FArray, u: FArray, half: int, cutoff: float) -> FArray:
-    """``x`` at fractional indices ``u`` (all within ``[half, len(x) - half)``)."""
-    tab = _kernel_table(half, cutoff)
-    m = np.arange(-half + 1, half + 1)
-    out = np.empty(u.shape, dtype=np.float64)
-    step = max(1, (1 << 21) // (2 * half))
+def _interpolate(x: npt.NDArray[np.complex64], u: FArray, half: int, cutoff: float) -> npt.NDArray[np.complex64]:
+    """``x`` at fractional indices ``u`` (all within ``[half, len(x) - half)``), in single
+    precision (ample for int16 samples, and several times faster).
+
+    Where ``u`` advances one sample per output sample (the receivers' rates differ by a few ppm)
+    the taps are contiguous slices of ``x`` between the rare points where ``floor(u)`` skips or
+    repeats a sample, so the filter runs as a few streaming multiply-adds per run; otherwise
+    (very different rates) the taps are gathered."""
+    tab = _kernel_table(half, cutoff).astype(np.float32)
+    taps = 2 * half
+    out = np.empty(u.shape, dtype=np.complex64)
+    n0 = np.floor(u)
+    ph = np.rint((u - n0) * _PHASES).astype(np.intp)
+    n0i = n0.astype(np.intp) - half + 1  # index of the first tap
+    breaks = np.flatnonzero(np.diff(n0i) != 1) + 1
+    if breaks.size <= u.size // 1000:
+        tab_t = np.ascontiguousarray(tab.T)
+        for a, b in zip(np.r_[0, breaks], np.r_[breaks, u.size]):
+            a, b = int(a), int(b)
+            base, length, phs = int(n0i[a]), b - a, ph[a:b]
+            acc = x[base : base + length] * tab_t[0][phs]
+            for j in range(1, taps):
+                acc += x[base + j : base + j + length] * tab_t[j][phs]
+            out[a:b] = acc
+        return out
+    m = np.arange(taps)
+    step = max(1, (1 << 20) // taps)
     for a in range(0, u.size, step):
-        uu = u[a : a + step]
-        n0 = np.floor(uu)
-        ph = np.rint((uu - n0) * _PHASES).astype(np.intp)
-        taps = x[n0.astype(np.intp)[:, None] + m[None, :]]
-        out[a : a + step] = np.einsum("ij,ij->i", taps, tab[ph])
+        idx = n0i[a : a + step]
+        out[a : a + step] = np.einsum("ij,ij->i", x[idx[:, None] + m[None, :]], tab[ph[a : a + step]])
     return out
 
 
-def resample_envelopes(
-    ds: xr.Dataset, times: dict[str, StationTime], grid: CommonGrid, *, band_hz: tuple[float, float] | None = None,
-) -> tuple[list[str], FArray, npt.NDArray[np.bool_]]:
-    """Each station's AM envelope ``|z|`` (full-scale units) at the common grid's sample times:
-    (station ids, envelopes (station, k), valid (station, k)).  Samples whose interpolation
-    support reaches a missing frame, a segment edge or a span with bad stamps are not valid.
-    ``band_hz`` band-limits the envelopes (FFT mask) before the correlation."""
+def _frames_ok(ds: xr.Dataset, i: int, n_native: int) -> npt.NDArray[np.bool_]:
+    """Native samples of station i that arrived (frames received)."""
+    ok = np.zeros(n_native, dtype=bool)
+    if "frame_received" in ds:
+        fs_idx = ds["frame_sample"].values[i]
+        got = ds["frame_received"].values[i] & (fs_idx >= 0)
+        for s0 in fs_idx[got]:
+            ok[int(s0) : int(s0) + SAMPLES_PER_FRAME] = True
+    else:
+        ok[:] = True
+    return ok
+
+
+def resample_baseband(
+    ds: xr.Dataset, times: dict[str, StationTime], grid: CommonGrid,
+) -> tuple[list[str], npt.NDArray[np.complex64], npt.NDArray[np.bool_]]:
+    """Each station's complex baseband (complex64, full-scale units) at the common grid's sample times:
+    (station ids, samples (station, k), valid (station, k)).  Windowed-sinc interpolation at the
+    GPS-measured rate, never the nominal one; a sample whose interpolation support reaches a
+    missing frame, a segment edge or a span with bad stamps is not valid (and is 0)."""
     ids = list(times)
-    env = np.zeros((len(ids), grid.n), dtype=np.float64)
+    z = np.zeros((len(ids), grid.n), dtype=np.complex64)
     valid = np.zeros((len(ids), grid.n), dtype=bool)
     k = np.arange(grid.n, dtype=np.float64)
     sta = [str(s) for s in ds["station"].values]
     for r, sid in enumerate(ids):
         i = sta.index(sid)
-        iq = np.asarray(ds["iq"].isel(station=i).values)
         n_native = int(ds["n_samples"].values[i])
-        z = np.hypot(iq[:n_native, 0].astype(np.float64), iq[:n_native, 1].astype(np.float64)) / 32768.0
-        ok = np.zeros(n_native, dtype=bool)
-        if "frame_received" in ds:
-            fs_idx = ds["frame_sample"].values[i]
-            got = ds["frame_received"].values[i] & (fs_idx >= 0)
-            for s0 in fs_idx[got]:
-                ok[int(s0) : int(s0) + SAMPLES_PER_FRAME] = True
-        else:
-            ok[:] = True
+        iq = np.asarray(ds["iq"].isel(station=i).values)[:n_native]
+        x = np.empty(n_native, dtype=np.complex64)
+        x.real = iq[:, 0] / np.float32(32768.0)
+        x.imag = iq[:, 1] / np.float32(32768.0)
+        ok = _frames_ok(ds, i, n_native)
         for seg in times[sid].segments:
-            fs = seg.fs
-            ratio = grid.fs / fs
+            ratio = grid.fs / seg.fs
             cutoff = 0.95 * min(1.0, ratio)
             half = math.ceil(RESAMPLE_HALF_WIDTH / min(1.0, ratio))
             seg_ok = np.zeros(n_native + 1, dtype=bool)
             seg_ok[seg.usable_start : seg.usable_stop] = ok[seg.usable_start : seg.usable_stop]
             bad_cum = np.concatenate([[0], np.cumsum(~seg_ok)])
             # native index of each grid sample
-            u = seg.start + ((grid.t0_gps_ns - seg.t0_gps_ns) / NS + k / grid.fs) * fs
+            u = seg.start + ((grid.t0_gps_ns - seg.t0_gps_ns) / NS + k / grid.fs) * seg.fs
             inside = (u >= half) & (u < n_native - half - 1)
             n0 = np.floor(np.where(inside, u, half)).astype(np.intp)
             clean = inside & (bad_cum[n0 + half + 1] - bad_cum[n0 - half + 1] == 0)
             if clean.any():
-                env[r, clean] = _interpolate(z, u[clean], half, cutoff)
+                z[r, clean] = _interpolate(x, u[clean], half, cutoff)
                 valid[r, clean] = True
+    return ids, z, valid
+
+
+def envelopes(z: npt.NDArray[np.complex64], valid: npt.NDArray[np.bool_], fs: float,
+              band_hz: tuple[float, float] | None = None) -> FArray:
+    """The AM envelope ``|z|`` of resampled baseband, band-limited to ``band_hz`` (FFT mask
+    over the mean-removed envelope) when given."""
+    env: FArray = np.where(valid, np.abs(z).astype(np.float64), 0.0)
     if band_hz is not None:
-        f = np.fft.rfftfreq(grid.n, 1.0 / grid.fs)
+        n = env.shape[1]
+        f = np.fft.rfftfreq(n, 1.0 / fs)
         mask = (f >= band_hz[0]) & (f <= band_hz[1])
-        for r in range(len(ids)):
+        for r in range(env.shape[0]):
             mean = env[r, valid[r]].mean() if valid[r].any() else 0.0
             x = np.where(valid[r], env[r] - mean, 0.0)
-            env[r] = np.fft.irfft(np.fft.rfft(x) * mask, grid.n)
-    return ids, env, valid
+            env[r] = np.fft.irfft(np.fft.rfft(x) * mask, n)
+    return env
+
+
+def resample_envelopes(
+    ds: xr.Dataset, times: dict[str, StationTime], grid: CommonGrid, *, band_hz: tuple[float, float] | None = None,
+) -> tuple[list[str], FArray, npt.NDArray[np.bool_]]:
+    """Each station's AM envelope ``|z|`` at the common grid's sample times (the magnitude of
+    :func:`resample_baseband`): (station ids, envelopes (station, k), valid (station, k)).
+    ``band_hz`` band-limits the envelopes (FFT mask) before the correlation."""
+    ids, z, valid = resample_baseband(ds, times, grid)
+    return ids, envelopes(z, valid, grid.fs, band_hz), valid
