@@ -260,8 +260,9 @@ def plot_tdoa_map(result: TdoaResult, *, truth: tuple[float, float] | None = Non
 
 def plot_tdoa_lags(result: TdoaResult, *, ncols: int = 3, title: str | None = None) -> Figure:
     """Per pair, the lag of every window (us) over time: kept windows as dots, rejected ones
-    (outlier, no peak) as crosses, the mean with its spread, the lag predicted at the estimate
-    and, when the truth is known, the true lag."""
+    (outlier, no peak) as crosses, the mean with its spread (the text: its 95 % interval, which
+    also holds the stations' timing terms), the lag predicted at the estimate and, when the truth
+    is known, the true lag; the title names the correlation method."""
     from .tdoa import C_M_S, geodesic_distance
 
     pairs = result.pairs
@@ -297,7 +298,8 @@ def plot_tdoa_lags(result: TdoaResult, *, ncols: int = 3, title: str | None = No
                                   np.array([result.positions[pl.a][1], result.positions[pl.b][1]]))
             ax.axhline((d[1] - d[0]) / C_M_S * 1e6, color="tab:green", ls=":", lw=1.2)
         sp = f" +- {pl.spread_s * 1e6:.2f}" if np.isfinite(pl.spread_s) else ""
-        ax.text(0.02, 0.96, f"{m:+.2f}{sp} us, r={pl.correlation:.2f}" + ("" if pl.used else " (not used)"),
+        ci = f", 95 % +-{pl.ci95_s * 1e6:.1f}" if np.isfinite(pl.ci95_s) else ""
+        ax.text(0.02, 0.96, f"{m:+.2f}{sp} us{ci}, r={pl.correlation:.2f}" + ("" if pl.used else " (not used)"),
                 transform=ax.transAxes, va="top", fontsize="x-small")
         ax.set_xlabel("Time since overlap start (s)", fontsize="x-small")
         ax.set_ylabel("Lag (us)", fontsize="x-small")
@@ -310,5 +312,6 @@ def plot_tdoa_lags(result: TdoaResult, *, ncols: int = 3, title: str | None = No
         legend.append(("", "tab:green", ":", "true lag"))
     handles = [axes[0][0].plot([], [], marker=mk, color=c, ls=ls or "none")[0] for mk, c, ls, _ in legend]
     fig.legend(handles, [lab for *_, lab in legend], loc="outside lower center", ncols=len(legend), fontsize="small")
-    fig.suptitle(title or "TDoA lag per window and station pair")
+    how = f" ({result.method} correlation)" if result.method else ""
+    fig.suptitle(title or f"TDoA lag per window and station pair{how}")
     return fig

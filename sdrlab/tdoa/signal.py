@@ -369,7 +369,7 @@ def _weight_span(f: FArray, weight: FArray) -> tuple[float, float]:
 def whiten(z: CArray, valid: BArray, analysis: SignalAnalysis) -> tuple[CArray, BArray]:
     """Each station's baseband filtered by ``sqrt(weight / psd)`` (zero-phase FIR as long as a
     coherence segment, Hann-tapered), and what stays valid: samples whose filter support
-    reaches an invalid one are not."""
+    reaches an invalid one or the record's ends are not."""
     from scipy.signal import fftconvolve
 
     nseg = analysis.freqs.size
@@ -384,8 +384,10 @@ def whiten(z: CArray, valid: BArray, analysis: SignalAnalysis) -> tuple[CArray, 
         hc = sfft.ifft(w)
         h = (np.concatenate([hc[-half:], hc[: half + 1]]) * taper).astype(np.complex64)
         out[r] = fftconvolve(np.where(valid[r], z[r], np.complex64(0)), h, mode="full")[half : half + n]
+        # the record's ends count as invalid too: the filter's start-up is not the signal
         bad = np.concatenate([[0], np.cumsum(~valid[r])])
-        lo = np.clip(np.arange(n) - half, 0, n)
-        hi = np.clip(np.arange(n) + half + 1, 0, n)
-        ok[r] = bad[hi] - bad[lo] == 0
+        k = np.arange(n)
+        lo = np.clip(k - half, 0, n)
+        hi = np.clip(k + half + 1, 0, n)
+        ok[r] = (bad[hi] - bad[lo] == 0) & (k >= half) & (k < n - half)
     return out, ok
