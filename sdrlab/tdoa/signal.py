@@ -63,6 +63,9 @@ COHERENCE_CAP = 0.99
 MIN_COHERENT_BINS = 4
 #: coherence segments per second (resolution ~1/12 s -> ~12 Hz at 12 kHz)
 _SEGMENTS_PER_S = 16.0
+#: at most this many coherence segments, spread over the record (about two minutes at 12 kHz):
+#: the estimate is as good as it needs to be well before, and memory stays bounded
+MAX_SEGMENTS = 1500
 
 CArray = npt.NDArray[np.complex64]
 BArray = npt.NDArray[np.bool_]
@@ -211,6 +214,8 @@ def _segment_spectra(z: CArray, valid: BArray, nseg: int) -> tuple[npt.NDArray[n
     n = z.shape[1]
     step = nseg // 2
     starts = np.arange(0, max(n - nseg + 1, 0), step)
+    if starts.size > MAX_SEGMENTS:
+        starts = starts[np.linspace(0, starts.size - 1, MAX_SEGMENTS).round().astype(np.intp)]
     win = np.hanning(nseg + 1)[:-1].astype(np.float32)
     spec = np.zeros((z.shape[0], starts.size, nseg), dtype=np.complex64)
     ok = np.zeros((z.shape[0], starts.size), dtype=bool)
