@@ -155,6 +155,10 @@ def _per_station(value: float | Sequence[float] | None, default: Sequence[float]
     return vals
 
 
+#: the passband synthetic captures claim (+-5 kHz; the noise itself is white over fs)
+PASSBAND_WIDTH_HZ = 10_000.0
+
+
 def synthetic_dataset(
     n_stations: int = 7,
     duration_s: float = 60.0,
@@ -184,7 +188,8 @@ def synthetic_dataset(
     truth are then NaN).  Passband +-5 kHz, tuned to ``center_hz``.  ``chunks`` (e.g.
     ``{"station": 1, "sample": 2**17}``) makes it dask-backed.
 
-    ``attrs['truth']`` (JSON; :func:`truth`) holds per station: ``snr_db``, ``frequency_offset_hz``,
+    ``attrs['truth']`` (JSON; :func:`truth`) holds per station: ``snr_db`` (over ``fs``),
+    ``snr_passband_db`` (over the 10 kHz passband width, the metrics' default), ``cn0_dbhz``, ``frequency_offset_hz``,
     ``sample_rate``, ``signal_power_dbfs``, ``noise_power_dbfs``, ``noise_density_dbfs_hz``,
     ``total_power_dbfs``, ``n_samples``, ``rssi_mean_dbm``, ``rssi_min_dbm``, ``rssi_max_dbm``,
     ``clipped_fraction`` (counted on the int16 samples) and ``overload_fraction``.
@@ -245,8 +250,12 @@ def synthetic_dataset(
         sig = noise_dbfs + snrs[i]
         nan = float("nan")
         lin = float(np.mean(10.0 ** (rssi.astype(np.float64) / 10.0)))
+        n0_lin = 10.0 ** (noise_density_dbfs_hz(noise_dbfs, fs_i) / 10.0)
         table[sid] = {
             "snr_db": snrs[i] if clean else nan,
+            # the capture says +-5 kHz, so the metrics' default noise bandwidth is 10 kHz
+            "snr_passband_db": sig - 10.0 * math.log10(n0_lin * PASSBAND_WIDTH_HZ) if clean else nan,
+            "cn0_dbhz": sig - 10.0 * math.log10(n0_lin) if clean else nan,
             "frequency_offset_hz": offs[i],
             "sample_rate": fs_i,
             "signal_power_dbfs": sig if clean else nan,

@@ -616,6 +616,7 @@ _FLAT_MIN_HZ = 200.0  # a signal-free region holds min(200 Hz, 20 % of the inner
 _FLAT_MIN_FRACTION = 0.2
 _GAP_P = 0.01  # the smoothed in-band minimum must not fall below the chi2 (0.01 / bins) quantile of N0
 _GAP_MARGIN_DB = 0.5  # ... less this margin
+_MIN_DOF = 8.0  # noise floor: bins averaged until their scatter is that of this many segments
 _BIN_CORR = 1.94  # variance of a long mean of adjacent Hann bins over independent ones: 1 + 2 (4/9 + 1/36)
 
 
@@ -719,9 +720,24 @@ def _noise_floor_rows(
 ) -> tuple[FloatArray, FloatArray]:
     """(N0, passband_filled) per row from the inner-passband bins; see :func:`noise_floor`."""
     m = inner.sum(axis=-1)
-    x = np.sort(np.where(inner, p, np.inf), axis=-1)
-    n0 = _sorted_quantile(x, m, _START_Q) / chi2_quantile_ratio(k, _START_Q)
-    r_clip, r_mid = chi2_quantile_ratio(k, _CLIP_P), chi2_quantile_ratio(k, 0.5 * _CLIP_P)
+    dfm = float(np.nanmean(df)) if np.isfinite(df).any() else 1.0
+    kc = np.asarray(k, dtype=np.float64)
+    # few segments (short captures): average adjacent bins first, so that the clipping below works
+    # on values of about _MIN_DOF segments' scatter (a mean of w Hann bins of K segments is
+    # ~ Gamma(K w / 1.94)); a single segment's bins scatter so widely that weak sidebands would
+    # pass the clip and pull the estimate up
+    kmin = float(np.nanmin(kc)) if np.isfinite(kc).any() and kc.size else 1.0
+    ws = int(min(max(1, math.ceil(_MIN_DOF * _BIN_CORR / max(kmin, 1.0))), max(1, int(m.min()) // 8)))
+    if ws > 1 and kmin < _MIN_DOF:
+        means, whole_s = _window_means(p, inner, ws)
+        x = np.sort(np.where(whole_s, means, np.inf), axis=-1)
+        m_x = whole_s.sum(axis=-1)
+        kc = np.maximum(np.floor(kc * ws / _BIN_CORR), 1.0)
+    else:
+        x = np.sort(np.where(inner, p, np.inf), axis=-1)
+        m_x = m
+    n0 = _sorted_quantile(x, m_x, _START_Q) / chi2_quantile_ratio(kc, _START_Q)
+    r_clip, r_mid = chi2_quantile_ratio(kc, _CLIP_P), chi2_quantile_ratio(kc, 0.5 * _CLIP_P)
     for _ in range(_ITERATIONS):
         with np.errstate(invalid="ignore"):
             kept = (x <= (r_clip * n0)[:, None]).sum(axis=-1)
@@ -729,7 +745,6 @@ def _noise_floor_rows(
     # is that cluster a flat, signal-free floor?  the running mean of the in-band PSD must not go
     # well below it, and must sit at it over min(200 Hz, 20 %) of the inner passband.  A mean of w
     # Hann bins of K segments is ~ Gamma(K w / 1.94) / (K w / 1.94) (adjacent bins correlate)
-    dfm = float(np.nanmean(df)) if np.isfinite(df).any() else 1.0
     w = int(np.clip(round(_FLAT_HZ / dfm), 1, max(1, int(m.min()) // 4)))
     means, whole = _window_means(p, inner, w)
     k_eff = np.maximum(np.floor(k * w / _BIN_CORR), 1.0)

@@ -60,6 +60,11 @@ def run_sim() -> Iterator[Any]:
         sim.stop_thread()
 
 
+def exact_clocks(scene: Scene) -> Scene:
+    """The scene with every receiver's GPS stamp jitter removed (tests of the time-fit arithmetic)."""
+    return replace(scene, receivers=tuple(replace(rx, gps_jitter_s=0.0) for rx in scene.receivers))
+
+
 def station_for(sim: Any, scene: Scene, rx_id: str) -> Station:
     rx = scene.receiver(rx_id)
     return Station(

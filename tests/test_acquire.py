@@ -23,6 +23,7 @@ from sdrlab.errors import CatalogError, ConfigError
 from sdrlab.sim.networks import DEMO7_TUNE_HZ
 from sdrlab.sim.scene import Faults
 from sdrlab.stations import load_catalog
+from tests.conftest import exact_clocks
 
 SETTINGS = Settings(progress=False)
 
@@ -41,6 +42,10 @@ def envelope_lag_s(a: np.ndarray, b: np.ndarray, fs: float, center: int, max_lag
     return (k + frac) / fs
 
 
+#: long enough for two GPS fixes everywhere and a noise floor to 1 dB under the music programme
+DEMO_S = 8.0
+
+
 @pytest.fixture(scope="module")
 def demo_session():
     from sdrlab.sim.networks import demo7
@@ -48,7 +53,7 @@ def demo_session():
 
     scene = demo7(seed=3)
     with SimServer(scene, base_port=0, speed=10) as sim:
-        session = acquire(demo7_stations(sim.ports), DEMO7_TUNE_HZ, 4.0, settings=SETTINGS, write=False)
+        session = acquire(demo7_stations(sim.ports), DEMO7_TUNE_HZ, DEMO_S, settings=SETTINGS, write=False)
         streams = {r.receiver_id: r for r in sim.streams}
     return scene, session, streams
 
@@ -60,10 +65,12 @@ def test_all_seven_captured_with_gps_times(demo_session):
     assert ds.sizes["station"] == 7
     for rx in scene.receivers:
         s = ds.sel(station=rx.id)
-        assert int(s["n_samples"]) >= 4.0 * rx.sample_rate
-        assert float(s["sample_rate"]) == pytest.approx(rx.sample_rate, abs=1e-3)
+        assert int(s["n_samples"]) >= DEMO_S * rx.sample_rate
+        # GPS time to within the receiver's stamp errors (one per fix; demo7: 0.1-1 us)
+        slack = 1e-7 + 5 * rx.gps_jitter_s
+        assert abs(float(s["sample_rate"]) - rx.sample_rate) / rx.sample_rate * DEMO_S < slack
         t0 = np.datetime64(timing_utc(streams[rx.id].t0_gps_ns))
-        assert abs((s["start_time"].values - t0) / np.timedelta64(1, "ns")) < 1_000
+        assert abs((s["start_time"].values - t0) / np.timedelta64(1, "ns")) < slack * 1e9
         assert s["gps_status"].item() == "ok"
         assert float(s["latitude"]) == pytest.approx(rx.latitude, abs=1e-4)
 
@@ -185,7 +192,7 @@ def test_scheduler_address_gives_the_same_dataset(dask_processes):
     from sdrlab.sim.networks import demo7
     from sdrlab.sim.server import SimServer
 
-    scene = demo7(seed=6)
+    scene = exact_clocks(demo7(seed=6))
     with SimServer(scene, base_port=0, speed=10) as sim:
         stations = demo7_stations(sim.ports)
         local = acquire(stations, DEMO7_TUNE_HZ, 1.0, settings=SETTINGS, write=False).dataset
@@ -273,7 +280,7 @@ def test_capture_metrics_travel_with_the_session_and_match_the_scene(demo_sessio
         truth = scene.truth(rx.id, DEMO7_TUNE_HZ)
         s = ds.sel(station=rx.id)
         assert float(s["frequency_offset_hz"]) == pytest.approx(truth["frequency_offset_hz"], abs=1.0)
-        assert float(s["noise_floor_dbfs_hz"]) == pytest.approx(truth["noise_density_dbfs_hz"], abs=0.5)
+        assert float(s["noise_floor_dbfs_hz"]) == pytest.approx(truth["noise_density_dbfs_hz"], abs=1.0)
         assert float(s["signal_power_dbfs"]) == pytest.approx(truth["signal_power_dbfs"], abs=0.5)
         assert float(s["snr_db"]) == pytest.approx(truth["snr_db"], abs=0.5)
     table = session.status()

@@ -327,6 +327,7 @@ def test_session_browser_on_an_empty_store(tmp_path: Path) -> None:
 
 
 def test_session_browser_reports_a_session_deleted_under_it(tmp_path: Path) -> None:
+    from sdrlab import testing
     from sdrlab.testing import synthetic_dataset
 
     store = Store(f"file://{tmp_path}/store")
@@ -335,8 +336,9 @@ def test_session_browser_reports_a_session_deleted_under_it(tmp_path: Path) -> N
     assert browser.selector.value == "synthetic-0"
     ds = browser.open()  # no stored metrics: the summary computes them
     summary = parse_table(browser.summary.value[browser.summary.value.index("<table"):])
-    for sid, snr in zip(("syn0", "syn1", "syn2"), (10.0, 20.0, 31.0)):
-        assert float(summary[sid]["SNR (dB)"]) == pytest.approx(snr, abs=0.6)
+    truth = testing.truth(ds)
+    for sid in ("syn0", "syn1", "syn2"):
+        assert float(summary[sid]["SNR (dB)"]) == pytest.approx(truth[sid]["snr_passband_db"], abs=0.6)
     assert ds.sizes["station"] == 3
     store.delete("synthetic-0")
     browser.dataset = None

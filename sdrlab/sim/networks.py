@@ -4,7 +4,8 @@ programme) inside their hull.
 
 The receivers differ as real KiwiSDRs do: each its own real sample rate, noise level and GPS fix
 cadence, an uncompensated processing delay of 8-45 us (one 39 us late, like a public receiver in a
-real DCF77 set) and 0.8-3 us of GPS stamp jitter."""
+real DCF77 set) and GPS stamp errors of 0.1-1 us RMS, one per GPS fix (the real DCF77
+recordings' stamps fit a line to 70-80 ns RMS)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ _DEMO7_NOISE = (-76.0, -74.0, -78.0, -73.0, -75.0, -77.0, -72.0)
 _DEMO7_ANNOUNCE_PPM = (1.5, -2.0, 0.8, -1.2, 2.5, -0.6, 1.1)
 #: uncompensated processing delays and GPS stamp jitter, microseconds (truth, invisible to clients)
 _DEMO7_DELAY_US = (18.0, 8.0, 39.0, 12.0, 27.0, 45.0, 22.0)
-_DEMO7_JITTER_US = (1.0, 2.0, 1.5, 3.0, 0.8, 1.2, 2.5)
+_DEMO7_JITTER_US = (0.1, 0.3, 0.2, 1.0, 0.1, 0.2, 0.5)
 
 DEMO7_TX = Transmitter(
     id="tx-hesse",

@@ -210,7 +210,8 @@ class SimReceiver:
     #: part of its processing delay the server does not compensate (truth; tens of microseconds
     #: between real Kiwis)
     processing_delay_s: float = 0.0
-    #: standard deviation of the independent error of each GPS stamp, seconds (truth)
+    #: standard deviation of the GPS stamp error, seconds (truth): one draw per GPS fix interval,
+    #: as the receiver's clock model changes at each fix (real Kiwis: ~0.1 us RMS about a line)
     gps_jitter_s: float = 0.0
     #: peak antenna power (dBm) above which the ADC clips and frames carry the overflow flag
     adc_clip_dbm: float = 0.0
@@ -500,11 +501,18 @@ class FrameSource:
         return self._make(k)
 
     def stamp_ns(self, k: int) -> int:
-        """The GPS time (ns) the receiver stamps on frame k: its clock plus the stamp's jitter."""
+        """The GPS time (ns) the receiver stamps on frame k: its clock, plus the error of its clock
+        model since the last GPS fix.  A Kiwi derives every stamp from its ADC sample counter and a
+        clock model it updates at each fix, so the error is one draw per fix interval (shared by all
+        streams of the receiver), not independent per frame."""
         stamp = self.t0_gps_ns + round(SAMPLES_PER_FRAME * k * 1e9 / self.fs)
-        if self.rx.gps_jitter_s > 0.0:
-            rng = np.random.default_rng([self.scene.seed, self.rx_index, self.stream_seed, k, 2])
-            stamp += int(round(float(rng.normal()) * self.rx.gps_jitter_s * NS))
+        rx = self.rx
+        if rx.gps_jitter_s > 0.0:
+            interval = rx.gps_fix_interval_s if rx.gps_fix_interval_s > 0 else 1.0
+            phase = (self.rx_index * 0.37) % interval
+            fix = math.floor((stamp / NS - phase) / interval)
+            rng = np.random.default_rng([self.scene.seed, self.rx_index, fix % (1 << 62), 2])
+            stamp += int(round(float(rng.normal()) * rx.gps_jitter_s * NS))
         return stamp
 
     def header(self, k: int) -> tuple[int, int, int]:

@@ -22,7 +22,7 @@ from sdrlab.receivers import kiwiwire as kw
 from sdrlab.receivers.kiwisdr import KiwiReceiver, next_ts
 from sdrlab.sim.networks import DEMO7_TUNE_HZ
 from sdrlab.sim.scene import Faults
-from tests.conftest import receiver_for
+from tests.conftest import exact_clocks, receiver_for
 
 RX = "demo-berlin"
 
@@ -71,6 +71,7 @@ def test_frames_byte_exact(run_sim, scene, fast_options, little_endian):
 
 
 def test_time_fit_matches_scene(run_sim, scene, fast_options):
+    scene = exact_clocks(scene)
     with run_sim(scene, speed=20) as sim:
         cap = capture(receiver_for(sim, scene, RX, fast_options), 6.0)
         rec = sim.streams[-1]
@@ -92,7 +93,24 @@ def test_time_fit_matches_scene(run_sim, scene, fast_options):
     assert cap.info.position == pytest.approx((rxs.latitude, rxs.longitude), abs=1e-4)
 
 
+def test_time_fit_with_stamp_errors(run_sim, scene, fast_options):
+    """Stamps that err by microseconds, one error per GPS fix (the receiver's clock model): the fit
+    scatters by that much and its start time is good to a few of it."""
+    sigma = 2e-6
+    scene = scene.replace_receiver(RX, gps_jitter_s=sigma, gps_fix_interval_s=1.0)
+    with run_sim(scene, speed=20) as sim:
+        cap = capture(receiver_for(sim, scene, RX, fast_options), 12.0)
+        rec = sim.streams[-1]
+    seg = cap.segments[0]
+    assert seg.fit.ok and seg.fit.n_stamps >= 8
+    assert 0.3 * sigma < seg.fit.residual_rms_s < 2.0 * sigma
+    assert abs(seg.fit.t0_gps_ns - rec.t0_gps_ns) < 3 * sigma * 1e9
+    truth_fs = scene.receiver(RX).sample_rate
+    assert abs(seg.fit.fs - truth_fs) / truth_fs * 12.0 < 4 * sigma
+
+
 def test_gps_utc_offset_is_configurable(run_sim, scene, fast_options):
+    scene = exact_clocks(scene)
     with run_sim(scene, speed=20) as sim:
         cap = capture(receiver_for(sim, scene, RX, fast_options, gps_utc_offset_s=17), 1.0)
         rec = sim.streams[-1]

@@ -153,15 +153,23 @@ def test_processing_delay_shifts_the_samples_not_the_stamps() -> None:
     assert lags[int(np.argmax(c))] == round(250e-6 * FS)
 
 
-def test_gps_stamps_jitter_as_configured() -> None:
-    scene = _scene(gps_jitter_s=2e-6)
+def test_gps_stamps_err_once_per_fix_as_configured() -> None:
+    scene = _scene(gps_jitter_s=2e-6, gps_fix_interval_s=1.0)
     src = scene.stream("rx", tuned_hz=TUNE, t0_gps_ns=T0, t_ref_gps_ns=T0)
-    k = np.arange(1, 4001)
+    k = np.arange(1, 23_440)  # ~1000 fixes
     err = np.array([src.stamp_ns(int(i)) - (T0 + round(512 * int(i) * 1e9 / FS)) for i in k]) / 1e9
-    assert np.std(err) == pytest.approx(2e-6, rel=0.1)
-    assert abs(np.mean(err)) < 2e-7
-    again = scene.stream("rx", tuned_hz=TUNE, t0_gps_ns=T0, t_ref_gps_ns=T0)
-    assert again.stamp_ns(17) == src.stamp_ns(17)  # seeded: part of the truth
+    jumps = np.flatnonzero(np.diff(err))
+    assert 900 < jumps.size < 1100  # one new error per fix
+    per_fix = err[np.r_[0, jumps + 1]]
+    assert np.std(per_fix) == pytest.approx(2e-6, rel=0.1)
+    assert abs(np.mean(per_fix)) < 3e-7
+    # another stream of the receiver, started 1/3 s later, shares its clock model's error
+    other = scene.stream("rx", tuned_hz=TUNE, t0_gps_ns=T0 + 333_333_333, t_ref_gps_ns=T0, stream_seed=5)
+    e_other = other.stamp_ns(100) - (T0 + 333_333_333 + round(512 * 100 * 1e9 / FS))
+    k_same = round((333_333_333 / 1e9 + 100 * 512 / FS) * FS / 512)
+    if (T0 + 333_333_333 + round(512 * 100 * 1e9 / FS)) // 10**9 == (T0 + round(512 * k_same * 1e9 / FS)) // 10**9:
+        assert abs(e_other - (src.stamp_ns(k_same) - (T0 + round(512 * k_same * 1e9 / FS)))) == 0
+    assert scene.stream("rx", tuned_hz=TUNE, t0_gps_ns=T0, t_ref_gps_ns=T0).stamp_ns(17) == src.stamp_ns(17)
 
 
 def test_adc_overflow_at_high_input_power() -> None:
