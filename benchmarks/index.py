@@ -86,6 +86,14 @@ def synthetic_metrics(n: int, n_stations: int, seed: int = 1) -> pd.DataFrame:
         "rssi_mean_dbm": -90 + rng.normal(0, 5, n_stations)[st] + 4 * diurnal + rng.normal(0, 2, n),
         "clipped_fraction": rng.beta(0.5, 200, n),
         "overload_fraction": np.where(rng.random(n) < 0.95, 0.0, rng.exponential(1e-3, n)),
+        "cn0_dbhz": snr + 40.0,
+        "noise_bandwidth_hz": np.full(n, 10_000.0),
+        "passband_low_hz": np.full(n, -5000.0),
+        "passband_high_hz": np.full(n, 5000.0),
+        "passband_source": np.ones(n),
+        "passband_filled": (rng.random(n) < 0.02).astype(np.float64),
+        "agc_gain_range_db": np.abs(rng.normal(0.1, 0.05, n)),
+        "agc_gain_changed": np.zeros(n),
     }
     missing = set(METRIC_COLUMNS) ^ set(cols)
     assert not missing, f"synthetic columns out of step with METRIC_COLUMNS: {missing}"
