@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 
 MAX_FREQUENCY_HZ = 30_000_000.0  # KiwiSDR: HF, 0-30 MHz
 #: the metrics shown in the per-station table (all of them are stored in the Dataset)
-TABLE_METRICS = ("snr_db", "signal_power_dbfs", "noise_floor_dbfs_hz", "frequency_offset_hz")
+TABLE_METRICS = ("snr_db", "cn0_dbhz", "signal_power_dbfs", "noise_floor_dbfs_hz", "frequency_offset_hz")
+#: metric flags behind the table's notes
+NOTE_METRICS = ("passband_filled", "agc_gain_changed", "clipped_fraction", "overload_fraction")
 MAX_DURATION_S = 24 * 3600.0
 
 #: ``on_progress`` receives one dict per event: ``station``, ``state`` (``queued``,
@@ -104,9 +106,28 @@ class Session:
                     segments=int((s["segment_start"] >= 0).sum()),
                 )
                 row.update({k: float(s[k]) for k in TABLE_METRICS if k in s.variables})
+                notes = measurement_notes({k: float(s[k]) for k in NOTE_METRICS if k in s.variables},
+                                          timing=str(s["timing"].values) if "timing" in s.coords else "gps")
+                row["notes"] = notes
             row["error"] = f"{r.error_class}: {r.message}" if r.error_class else ""
             rows.append(row)
         return pd.DataFrame(rows).set_index("station")
+
+
+def measurement_notes(flags: dict[str, float], *, timing: str = "gps") -> str:
+    """What a reader must know before trusting a station's numbers, in a few words."""
+    notes = []
+    if flags.get("passband_filled", 0.0) >= 0.5:
+        notes.append("signal fills the passband: noise floor an upper bound, SNR a lower bound")
+    if flags.get("agc_gain_changed", 0.0) >= 0.5:
+        notes.append("AGC changed the gain")
+    if flags.get("clipped_fraction", 0.0) > 0.0:
+        notes.append("clipped samples")
+    if flags.get("overload_fraction", 0.0) > 0.0:
+        notes.append("ADC overload")
+    if timing == "receipt":
+        notes.append("no GPS time (receipt times only)")
+    return "; ".join(notes)
 
 
 def attach_metrics(ds: xr.Dataset, results: Sequence[StationResult]) -> xr.Dataset:

@@ -23,6 +23,9 @@ LABELS = {
     "frequency_offset_hz": "Frequency offset", "occupied_bandwidth_hz": "Occupied bandwidth",
     "total_power_dbfs": "Total power", "rssi_mean_dbm": "RSSI", "rssi_min_dbm": "RSSI min",
     "rssi_max_dbm": "RSSI max", "clipped_fraction": "Clipped", "overload_fraction": "ADC overload",
+    "cn0_dbhz": "C/N0", "noise_bandwidth_hz": "Noise bandwidth", "passband_low_hz": "Passband low",
+    "passband_high_hz": "Passband high", "passband_source": "Passband source", "passband_filled": "Passband filled",
+    "agc_gain_range_db": "AGC gain range", "agc_gain_changed": "AGC gain changed",
 }
 
 
