@@ -6,6 +6,7 @@ Exit codes: 0 success; 1 the job failed (e.g. no station delivered data); 2 bad 
 from __future__ import annotations
 
 import argparse
+import math
 import logging
 import sys
 from pathlib import Path
@@ -76,6 +77,14 @@ def _parser() -> argparse.ArgumentParser:
     td.add_argument("--station", action="append", metavar="ID", help="use only these stations (repeatable)")
     td.add_argument("--json", action="store_true", help="print the result as one JSON object")
     td.add_argument("--map", metavar="PNG", help="also draw the map (stations, hyperbolas, likelihood, ellipse)")
+    td.add_argument("--method", choices=("auto", "coherent", "envelope"), default="auto",
+                    help="how lags are measured (default: chosen from what the signal carries)")
+    td.add_argument("--station-delay-sigma", type=float, default=20.0, metavar="US",
+                    help="each receiver's unknown processing delay, standard deviation in us (default 20; "
+                         "0 for calibrated receivers)")
+    td.add_argument("--calibrate", metavar="LAT,LON",
+                    help="instead of locating: measure the stations' relative delays against a transmitter "
+                         "at this known position")
     td.add_argument("--store", metavar="URL")
 
     rep = sub.add_parser("report", help="render an executed notebook as a self-contained HTML report")
@@ -295,10 +304,29 @@ def _cmd_tdoa(a: argparse.Namespace) -> int:
             raise ConfigError(f"--map {a.map}: give a .png, .svg or .pdf file")
         if not where.parent.is_dir():
             raise ConfigError(f"--map {a.map}: the directory {where.parent} does not exist")
+    sigma = a.station_delay_sigma
+    if not (math.isfinite(sigma) and sigma >= 0):
+        raise ConfigError(f"--station-delay-sigma must be a finite number of microseconds >= 0, got {sigma}")
+    known = _lat_lon(a.calibrate) if a.calibrate else None
     store = _store(a.store)
     sid = pick_session(store, a.session)
     ds = store.open(sid)
-    result = tdoa(ds, stations=a.station, window_s=a.window, min_overlap_s=a.min_overlap)
+    if known is not None:
+        from .tdoa import calibrate
+
+        cal = calibrate(ds, known, stations=a.station, window_s=a.window, min_overlap_s=a.min_overlap,
+                        method=a.method)
+        if a.json:
+            print(json.dumps({"session_id": sid, **cal.to_dict()}, sort_keys=True))
+        else:
+            print(f"session {sid}")
+            for st, d in cal.delays_s.items():
+                print(f"delay {st}: {d * 1e6:+.2f} us +- {cal.sigma_s[st] * 1e6:.2f} us")
+            for note in cal.notes:
+                print(note)
+        return 0
+    result = tdoa(ds, stations=a.station, window_s=a.window, min_overlap_s=a.min_overlap, method=a.method,
+                  station_delay_sigma_s=sigma * 1e-6)
     if a.map:
         from .plots import plot_tdoa_map
 
@@ -314,6 +342,16 @@ def _cmd_tdoa(a: argparse.Namespace) -> int:
         if a.map:
             print(f"map: {a.map}")
     return 0
+
+
+def _lat_lon(text: str) -> tuple[float, float]:
+    try:
+        lat, lon = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--calibrate {text!r}: give LAT,LON in degrees, e.g. 50.0152,9.0112") from None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise ConfigError(f"--calibrate {text!r}: not a latitude, longitude pair")
+    return lat, lon
 
 
 def _cmd_report(a: argparse.Namespace) -> int:

@@ -343,7 +343,8 @@ def test_tdoa_prints_position_lags_and_map(tdoa_session, tmp_path, capsys):
     assert out[0] == f"session {sid}"
     _, lat, lon = out[1].split()
     assert out[1].startswith("position ")
-    assert float(geodesic_distance(float(lat), float(lon), DEMO7_TX.latitude, DEMO7_TX.longitude)) < 1000.0
+    # demo7's receivers differ by 8-45 us of processing delay: kilometres, inside the ellipse
+    assert float(geodesic_distance(float(lat), float(lon), DEMO7_TX.latitude, DEMO7_TX.longitude)) < 5000.0
     assert out[2].startswith("uncertainty 95% ellipse")
     lags = [line for line in out if line.startswith("lag ")]
     assert len(lags) == 21 and all(" us +- " in line for line in lags)
@@ -354,7 +355,7 @@ def test_tdoa_json_is_one_object_with_the_same_answer(tdoa_session, capsys):
     store, sid = tdoa_session
     assert main(["tdoa", "latest", "--store", store, "--json", "--window", "2", "--min-overlap", "8"]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert d["session_id"] == sid and d["error_km"] < 1.0
+    assert d["session_id"] == sid and d["error_km"] < 5.0
     assert d["parameters"]["window_s"] == 2.0 and d["parameters"]["min_overlap_s"] == 8.0
     assert len(d["stations_used"]) == 7 and d["stations_dropped"] == {}
     assert {p["a"] for p in d["pairs"]} | {p["b"] for p in d["pairs"]} == set(d["stations_used"])
@@ -401,5 +402,22 @@ def test_tdoa_map_with_a_station_without_position(tdoa_session):
     lost = str(ds["station"].values[0])
     result = tdoa(ds)
     assert lost in result.stations_dropped and "position" in result.stations_dropped[lost]
-    assert result.position is not None and result.error_km() < 1.0
+    assert result.position is not None and result.error_km() < 5.0
     assert plot_tdoa_map(result).axes
+
+
+def test_tdoa_calibrate_then_locate_with_the_delays(tdoa_session, capsys):
+    """--calibrate on the known transmitter prints each receiver's relative delay: demo7's truth."""
+    from sdrlab.sim.networks import DEMO7_TX, demo7
+
+    store, sid = tdoa_session
+    where = f"{DEMO7_TX.latitude},{DEMO7_TX.longitude}"
+    assert main(["tdoa", sid, "--store", store, "--calibrate", where, "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    truth = {rx.id: rx.processing_delay_s * 1e6 for rx in demo7().receivers}
+    mean = np.mean([truth[s] for s in d["delays_us"]])
+    for sid_, us in d["delays_us"].items():
+        assert abs(us - (truth[sid_] - mean)) < 1.5, sid_
+    assert main(["tdoa", sid, "--store", store, "--calibrate", "91,0"]) == 2
+    assert "not a latitude, longitude pair" in capsys.readouterr().err
+    assert main(["tdoa", sid, "--store", store, "--station-delay-sigma", "-1"]) == 2

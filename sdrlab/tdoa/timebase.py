@@ -193,7 +193,8 @@ def _segment_time(
                 note = f"{note}; {off}" if note else off
         return SegmentTime(start, u0, u1, t0, fs, fit.residual_rms_s, int(has.sum()), n_rej, "raw stamps",
                            max(n_fit, 1), jitter, sigma, how), note
-    if stored is not None:
+    timed = str(ds["segment_timing"].values[i, j]) if "segment_timing" in ds else "gps"
+    if stored is not None and timed in ("gps", ""):
         return SegmentTime(start, start, start + length, stored[0], stored[1],
                            float(ds["segment_fit_rms"].values[i, j]), 0, 0, "stored fit", 1), note
     status = str(ds["gps_status"].values[i]) if "gps_status" in ds.coords else ""
@@ -219,6 +220,11 @@ def station_times(
             continue
         if int(n_valid[i]) <= 0:
             dropped[sid] = "no samples"
+            continue
+        kind = str(ds["timing"].values[i]) if "timing" in ds.coords else "gps"
+        if kind == "receipt":
+            dropped[sid] = ("timing is not GPS: its frames carry no GPS stamps (a server posing as a KiwiSDR, "
+                            "e.g. UberSDR); receipt times cannot time a lag")
             continue
         segs: list[SegmentTime] = []
         notes: list[str] = []

@@ -76,3 +76,22 @@ def test_a_real_kiwi_beside_it_keeps_gps_time(run_sim, uber_scene, fast_options)
     with run_sim(uber_scene, speed=10.0) as sim:
         kiwi = capture(receiver_for(sim, uber_scene, "demo-paris", fast_options), 1.0)
     assert kiwi.timing == "gps" and kiwi.segments[0].fit.ok
+
+
+def test_tdoa_leaves_it_out_with_the_reason(run_sim, uber_scene, fast_options) -> None:
+    """Three GPS-timed Kiwis and the emulation in one session: TDoA uses the three, names the
+    fourth and why."""
+    from sdrlab.acquire import acquire
+    from sdrlab.config import Settings
+    from sdrlab.demo import demo7_stations
+
+    with run_sim(uber_scene, speed=10.0) as sim:
+        stations = [s for s in demo7_stations(sim.ports)
+                    if s.id in ("demo-enschede", "demo-munich", "demo-paris", UBER)]
+        session = acquire(stations, DEMO7_TUNE_HZ, 12.0, settings=Settings(progress=False), write=False)
+    ds = session.dataset
+    assert dict(zip(ds["station"].values, ds["timing"].values))[UBER] == "receipt"
+    r = ds.sdr.tdoa()
+    assert UBER in r.stations_dropped and "not GPS" in r.stations_dropped[UBER]
+    assert sorted(r.stations_used) == ["demo-enschede", "demo-munich", "demo-paris"]
+    assert r.position is not None
