@@ -314,12 +314,27 @@ def tdoa_markdown(result: Any, heading: str = "### Where the signal comes from (
         if d["gdop"] is not None:
             text += f", GDOP {d['gdop']:.2f}"
         lines.append(text + ".")
-        if d["error_km"] is not None:
+        if d["error_km"] is not None and result.truth is not None:
+            inside = "inside" if result.contains(result.truth) else "outside"
             lines.append("")
-            lines.append(f"The transmitter the session records is {d['error_km']:.3f} km from the estimate.")
+            lines.append(f"The transmitter the session records is {d['error_km']:.3f} km from the estimate, "
+                         f"{inside} the ellipse.")
     lines.append("")
     lines.append(f"From {len(d['stations_used'])} GPS-timed stations: {len(d['pairs'])} pairs cross-correlated in "
                  f"{d['n_windows']} windows over {d['overlap_s']:.1f} s of shared time.")
+    if d.get("method"):
+        sig = d.get("signal") or {}
+        why = f" ({sig['reason']})" if sig.get("reason") else ""
+        lines.append(f"Lags by the **{d['method']}** method{why}.")
+    closures = d.get("closures") or []
+    if closures:
+        bad = [c for c in closures if not c.get("ok", True)]
+        lines.append(f"{len(closures) - len(bad)} of {len(closures)} station triangles close within their "
+                     "uncertainty.")
+    prior = (d.get("parameters") or {}).get("station_delay_sigma_s")
+    if prior:
+        lines.append(f"The uncertainty allows {prior * 1e6:g} µs of unknown processing delay per receiver "
+                     "(calibrate on a known transmitter to remove it).")
     for sid, why in d["stations_dropped"].items():
         lines.append(f"- dropped {sid}: {why}")
     return "\n".join(lines)
@@ -330,9 +345,10 @@ def tdoa_pairs(result: Any) -> pd.DataFrame:
     import pandas as pd
 
     rows = [{"pair": f"{p['a']} → {p['b']}", "lag (µs)": p["lag_us"], "spread (µs)": p["spread_us"],
+             "± 95 % (µs)": p.get("ci95_us"),
              "correlation": p["correlation"], "windows kept": f"{p['n_windows']}/{p['n_windows_valid']}",
              "baseline (km)": p["baseline_km"], "residual (µs)": p["residual_us"],
              "used": "yes" if p["used"] else f"no: {p['reason']}"} for p in result.to_dict()["pairs"]]
-    columns = ["pair", "lag (µs)", "spread (µs)", "correlation", "windows kept", "baseline (km)", "residual (µs)",
-               "used"]
+    columns = ["pair", "lag (µs)", "spread (µs)", "± 95 % (µs)", "correlation", "windows kept", "baseline (km)",
+               "residual (µs)", "used"]
     return pd.DataFrame(rows, columns=columns).set_index("pair")

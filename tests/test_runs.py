@@ -279,8 +279,9 @@ def test_an_unusable_index_url_never_undoes_a_good_run(tmp_path):
 
 
 def test_report_has_a_tdoa_section_for_three_or_more_gps_timed_stations(tmp_path):
-    """A 12 s demo7 session: the report locates the transmitter (within 1 km of the scene's) and
-    draws the TDoA map; a 1 s session (the lab fixture) says why it cannot."""
+    """A 12 s demo7 session: the report locates the transmitter (inside its ellipse; demo7's
+    receivers differ by tens of microseconds of processing delay, so kilometres) and draws the
+    TDoA map; a 1 s session (the lab fixture) says why it cannot."""
     store = tmp_path / "store"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SDRLAB_DB", f"sqlite:///{tmp_path}/index.db")
@@ -289,8 +290,10 @@ def test_report_has_a_tdoa_section_for_three_or_more_gps_timed_stations(tmp_path
                      output=tmp_path / "r.ipynb", html=tmp_path / "r.html", engine=make_engine(f"sqlite:///{tmp_path}/i.db"))
     html = Path(r.html).read_text()
     assert "Where the signal comes from (TDoA)" in html and "Most likely position" in html
-    km = float(re.search(r"The transmitter the session records is ([\d.]+) km from the estimate", html).group(1))
-    assert km < 1.0
+    m = re.search(r"The transmitter the session records is ([\d.]+) km from the estimate, (inside|outside) the ellipse",
+                  html)
+    assert m is not None and float(m.group(1)) < 5.0 and m.group(2) == "inside"
+    assert "coherent</strong> method" in html and "station triangles close" in html
     assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', html)) == 5  # + the TDoA map
     assert html.count("demo-berlin → demo-paris") == 1  # the pairs table
 

@@ -377,6 +377,7 @@ def test_sample_rate_after_ar_ok_order(run_sim, scene, fast_options):
 
 
 def test_measured_rate_is_the_true_rate_not_the_announced_one(run_sim, scene, fast_options):
+    scene = exact_clocks(scene)
     rx = scene.receiver(RX)
     assert abs(rx.announced_sample_rate - rx.sample_rate) > 0.005  # the scene makes them differ
     with run_sim(scene, speed=20) as sim:
