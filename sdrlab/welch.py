@@ -715,6 +715,31 @@ def _passband_rows(
 
 
 # ---- the noise floor -------------------------------------------------------------------------
+def _lowest_region(p: FloatArray, inner: npt.NDArray[np.bool_], k: FloatArray, df: FloatArray,
+                   n0: FloatArray) -> FloatArray:
+    """The clipped cluster's N0, or the level of the lowest stretch of the passband where that is
+    clearly lower.  Weak sidebands spread over most of a passband (an AM broadcast a few dB over
+    the noise) sit inside the chi-square spread of the noise bins and pull the cluster up; the
+    signal-free stretch (beyond the audio band) then reads lower as a whole.  The lowest mean over
+    stretches of min(200 Hz, 20 %) is corrected for being the least of the stretches (the expected
+    minimum of that many independent normal means) and used when it lies below the cluster by
+    more than three of its standard errors."""
+    m = inner.sum(axis=-1)
+    dfm = float(np.nanmean(df)) if np.isfinite(df).any() else 1.0
+    width = np.minimum(_FLAT_MIN_HZ, _FLAT_MIN_FRACTION * m * dfm)
+    w = int(np.clip(round(float(np.nanmin(width)) / dfm), 2, max(2, int(m.min()) // 2)))
+    means, whole = _window_means(p, inner, w)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lowest = np.where(whole, means, np.inf).min(axis=-1)
+        rel = 1.0 / np.sqrt(np.maximum(k, 1.0) * w / _BIN_CORR)  # relative sd of one stretch's mean
+        n_indep = np.maximum(m / w, 1.0)
+        z = np.sqrt(2.0 * np.log(np.maximum(n_indep, 1.0)))  # expected least of n_indep normals, in sds
+        corrected = lowest / np.maximum(1.0 - z * rel, 0.5)
+        clearly = np.isfinite(corrected) & (corrected < n0 * (1.0 - 3.0 * rel))
+    return np.where(clearly, corrected, n0)
+
+
+
 def _noise_floor_rows(
     p: FloatArray, inner: npt.NDArray[np.bool_], k: FloatArray, df: FloatArray
 ) -> tuple[FloatArray, FloatArray]:
@@ -761,5 +786,5 @@ def _noise_floor_rows(
         floor_q = np.array([float(chi2_quantile_ratio(ke, _GAP_P / max(int(mm), 1))) for ke, mm in zip(k_eff, m)])
         deep = gap > _GAP_MARGIN_DB - _db(floor_q)
         filled = np.isfinite(bottom) & (deep | (flat < need))
-    n0 = np.where(filled, bottom, n0)
+    n0 = np.where(filled, bottom, _lowest_region(p, inner, k, df, n0))
     return n0, np.where(np.isfinite(n0), filled.astype(np.float64), np.nan)
