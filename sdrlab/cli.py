@@ -535,6 +535,8 @@ def _cmd_stations(a: argparse.Namespace) -> int:
         for r in reports:
             state = "-" if r["up"] is None else ("up" if r["up"] else "DOWN")
             extra = f" {r['latency_ms']} ms" if r["up"] else (f" {r['error']}" if r["error"] else "")
+            if r.get("gps") == "no fixes":
+                extra += " no GPS fixes (gps_good but fixes=0): not GPS-timed, no TDoA"
             print(f"{r['station']:20s} {state}{extra}")
         print(f"{len(reports)} station(s) synced")
         return 0

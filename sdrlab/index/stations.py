@@ -37,6 +37,23 @@ class StatusPage:
         return int(v) if v.isdigit() else None
 
     @property
+    def gps_timing(self) -> str:
+        """Whether the receiver's frames can carry GPS time: ``ok`` (fixes are coming in), ``no
+        fixes`` (``gps_good`` claims a GPS but ``fixes`` and ``fixes_hour`` are 0, as servers
+        posing as KiwiSDRs answer, e.g. UberSDR's emulation: no GPS timestamps, no TDoA), or
+        ``unknown``."""
+        def num(key: str) -> int | None:
+            v = self.fields.get(key, "")
+            return int(v) if v.lstrip("-").isdigit() else None
+
+        fixes, hour = num("fixes"), num("fixes_hour")
+        if fixes is None and hour is None:
+            return "unknown"
+        if not fixes and not hour:
+            return "no fixes"
+        return "ok"
+
+    @property
     def bands_hz(self) -> tuple[float, float] | None:
         lo, sep, hi = self.fields.get("bands", "").partition("-")
         try:
@@ -88,13 +105,15 @@ def sync_stations(engine: Engine, stations: Iterable[Station], *, probe: bool = 
                     "latitude": st.latitude, "longitude": st.longitude, "altitude": st.altitude,
                     "channels": st.channels, "active": True, "notes": st.notes, "updated_at": now,
                 }
-                report: dict[str, object] = {"station": st.id, "up": None, "latency_ms": None, "error": None}
+                report: dict[str, object] = {"station": st.id, "up": None, "latency_ms": None, "error": None,
+                                             "gps": None, "hw": None}
                 if probe:
                     page, latency, error = fetch_status(st)
                     report.update(up=page is not None, latency_ms=round(latency, 1), error=error)
                     c.execute(insert(AvailabilityRow).values(time=datetime.now(timezone.utc), station_id=st.id,
                                                              up=page is not None, latency_ms=latency, error=error))
                     if page is not None:
+                        report.update(gps=page.gps_timing, hw=page.fields.get("sdr_hw"))
                         if page.antenna:
                             row["antenna"] = page.antenna
                         if page.users_max:

@@ -42,3 +42,12 @@ def test_sync_fills_from_status_and_records_availability(engine):
 def test_parse_status():
     page = parse_status("status=active\nname=My Kiwi\nusers_max=8\nbands=0-30000000\nantenna=loop\n")
     assert page.name == "My Kiwi" and page.users_max == 8 and page.bands_hz == (0.0, 30e6)
+
+
+def test_sync_tells_a_server_without_gps_fixes(engine):
+    """UberSDR's KiwiSDR emulation says gps_good=1 with fixes=0, fixes_hour=0: not GPS-timed."""
+    scene = demo7().replace_receiver("demo-berlin", kind="ubersdr", sample_rate=12000.02)
+    with SimServer(scene, base_port=0) as sim:
+        reports = {r["station"]: r for r in sync_stations(engine, demo7_stations(sim.ports))}
+    assert reports["demo-berlin"]["gps"] == "no fixes" and str(reports["demo-berlin"]["hw"]).startswith("UberSDR")
+    assert reports["demo-paris"]["gps"] == "ok" and str(reports["demo-paris"]["hw"]).startswith("KiwiSDR")
