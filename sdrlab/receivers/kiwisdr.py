@@ -660,6 +660,21 @@ class _Connection:
             self._want = max(0, self._want - seg.n_samples)
 
 
+def _spread(values: npt.NDArray[Any], slot: npt.NDArray[np.int64], total: int, fill: object,
+            dtype: npt.DTypeLike) -> npt.NDArray[np.generic]:
+    """Per-frame values at their slots of a gap-filled sequence of ``total`` frames, ``fill`` elsewhere."""
+    out = np.full(total, fill, dtype=dtype)
+    out[slot] = values
+    return out
+
+
+def _rssi_dbm(smeter: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+    """RSSI in dBm from S-meter fields: 0.1 v - 127, clamped to -127 ... +3.4 (section 4)."""
+    out: npt.NDArray[np.float32] = np.clip(0.1 * np.asarray(smeter).astype(np.float32) - 127.0, -127.0,
+                                           3.4).astype(np.float32)
+    return out
+
+
 def build_segment(
     headers: bytes,
     data: bytes,
@@ -687,16 +702,10 @@ def build_segment(
     full[slot] = rows
     received = np.zeros(total, dtype=bool)
     received[slot] = True
-
-    def spread(values: npt.NDArray[np.generic], fill: object, dtype: npt.DTypeLike) -> npt.NDArray[np.generic]:
-        out = np.full(total, fill, dtype=dtype)
-        out[slot] = values
-        return out
-
     frame_seq = (seq[0] + np.arange(total)).astype(np.uint32)
-    flags = spread(h["flags"], 0, np.uint8)
-    rssi = spread(np.clip(0.1 * h["smeter"].astype(np.float32) - 127.0, -127.0, 3.4), np.nan, np.float32)
-    last = spread(h["last_gps"], kw.GPS_NO_CLOCK, np.uint8)
+    flags = _spread(h["flags"], slot, total, 0, np.uint8)
+    rssi = _spread(_rssi_dbm(h["smeter"]), slot, total, np.nan, np.float32)
+    last = _spread(h["last_gps"], slot, total, kw.GPS_NO_CLOCK, np.uint8)
 
     # GPS stamps -> ns since the GPS epoch (week from the host clock, section 7)
     host = timing.gps_now_ns(gps_utc_offset_s) if host_gps_ns is None else host_gps_ns
@@ -710,7 +719,7 @@ def build_segment(
         wk = np.full(nf, week, dtype=np.int64)
         wk[gsec < gsec[first] - timing.WEEK_S // 2] += 1  # rollover inside the segment
         gps_ns[has] = (wk[has] * timing.WEEK_S + gsec[has]) * timing.NS + gnsec[has]
-    frame_gps = spread(gps_ns, -1, np.int64)
+    frame_gps = _spread(gps_ns, slot, total, -1, np.int64)
 
     # fresh stamps: the frame where last_gps_solution drops (a new fix arrived; TDoA's
     # proc_kiwi_iq_wav.m uses diff(gpslast) < 0).  Stamps later in a fix interval may drift.
@@ -775,23 +784,16 @@ def build_receipt_segment(
         samples[starts[k] : starts[k] + counts[i]] = chunks[i].reshape(-1, 2)
     received = np.zeros(total, dtype=bool)
     received[slot] = True
-
-    def spread(values: npt.NDArray[np.generic], fillv: object, dtype: npt.DTypeLike) -> npt.NDArray[np.generic]:
-        out = np.full(total, fillv, dtype=dtype)
-        out[slot] = values
-        return out
-
     host_gps = arrival - timing.GPS_EPOCH_UNIX_S * timing.NS + gps_utc_offset_s * timing.NS
     sample_end = starts[slot] + counts
     t0 = int(np.min(host_gps - np.rint(sample_end / nominal_fs * timing.NS).astype(np.int64)))
     fit = timing.TimeFit(-1, float(nominal_fs), float("nan"), 0, 0,
                          "no GPS timestamps (frames without the GPS block: receipt times only)")
-    rssi = np.clip(0.1 * smeter.astype(np.float32) - 127.0, -127.0, 3.4)
     return Segment(
         samples=samples,
         frame_seq=(seq[0] + np.arange(total)).astype(np.uint32),
-        frame_flags=spread(flags.astype(np.uint8), 0, np.uint8),  # type: ignore[arg-type]
-        frame_rssi_dbm=spread(rssi.astype(np.float32), np.nan, np.float32),  # type: ignore[arg-type]
+        frame_flags=_spread(flags.astype(np.uint8), slot, total, 0, np.uint8),  # type: ignore[arg-type]
+        frame_rssi_dbm=_spread(_rssi_dbm(smeter), slot, total, np.nan, np.float32),  # type: ignore[arg-type]
         frame_last_gps=np.full(total, kw.GPS_NO_CLOCK, dtype=np.uint8),
         frame_gps_ns=np.full(total, -1, dtype=np.int64),
         frame_received=received,
