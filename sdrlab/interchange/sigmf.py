@@ -109,6 +109,8 @@ S_LAST_GPS = "sdrlab:frame_last_gps_solution"
 S_GPS_NS = "sdrlab:frame_gps_ns"
 S_FRAME_RSSI = "sdrlab:frame_rssi_dbm"
 S_MISSING = "sdrlab:frames_missing"
+#: ``receipt``: the capture's frames had no GPS stamps; its datetime is the host's receipt estimate
+S_TIMING = "sdrlab:timing"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _DATETIME = re.compile(r"^(?P<base>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(?P<frac>\d+))?Z$")
@@ -227,6 +229,13 @@ def recording_metadata(ds: xr.Dataset, station: str) -> dict[str, Any]:
         cap[S_SEG_FS] = _num(fs)
         cap[S_FIT_RMS] = _num(rms)
         cap[S_END_REASON] = str(end)
+        timed = str(s["segment_timing"].values[j]) if "segment_timing" in s else "gps"
+        if timed == "receipt":
+            # frames of any length (a KiwiSDR emulation's packets): no per-frame record of 512-sample
+            # frames to write; the datetime is the receipt-time estimate, said so
+            cap[S_TIMING] = "receipt"
+            captures.append(cap)
+            continue
         sel = fseg == j
         seq = frame["frame_seq"][sel].astype(np.int64)
         if seq.size and np.array_equal(seq, seq[0] + np.arange(seq.size)):
@@ -333,6 +342,16 @@ def _segment(
     fs = cap.get(S_SEG_FS)
     fs = float(fs) if fs is not None else fs_default
     rms = cap.get(S_FIT_RMS)
+    if cap.get(S_TIMING) == "receipt":
+        return Segment(
+            samples=samples, frame_seq=np.zeros(0, np.uint32), frame_flags=np.zeros(0, np.uint8),
+            frame_rssi_dbm=np.zeros(0, np.float32), frame_last_gps=np.zeros(0, np.uint8),
+            frame_gps_ns=np.zeros(0, np.int64), frame_received=np.zeros(0, bool),
+            fit=timing.TimeFit(-1, fs, math.nan, 0, 0, "no GPS timestamps (receipt times only)"),
+            end_reason=str(cap.get(S_END_REASON, "complete")), seq_gaps=0, missing_frames=0, timing="receipt",
+            frame_start=np.zeros(0, np.int64),
+            receipt_t0_gps_ns=timing.utc_to_gps_ns(t0, gps_utc_offset_s) if t0 is not None else -1,
+        )
     if t0 is not None:
         fit = timing.TimeFit(timing.utc_to_gps_ns(t0, gps_utc_offset_s), fs,
                              float(rms) if rms is not None else math.nan, 0, 0, "ok")

@@ -95,3 +95,17 @@ def test_tdoa_leaves_it_out_with_the_reason(run_sim, uber_scene, fast_options) -
     assert UBER in r.stations_dropped and "not GPS" in r.stations_dropped[UBER]
     assert sorted(r.stations_used) == ["demo-enschede", "demo-munich", "demo-paris"]
     assert r.position is not None
+
+
+def test_sigmf_round_trip_keeps_receipt_timing(run_sim, uber_scene, fast_options, tmp_path) -> None:
+    from sdrlab.interchange.sigmf import export_sigmf, import_sigmf
+
+    with run_sim(uber_scene, speed=5.0) as sim:
+        cap = capture(receiver_for(sim, uber_scene, UBER, fast_options), 0.5)
+    ds = model.build_dataset([cap], {}, session_id="uber-1")
+    back = import_sigmf(export_sigmf(ds, tmp_path))
+    assert back["timing"].values.tolist() == ["receipt"]  # never promoted to GPS time
+    assert back["segment_timing"].values[0, 0] == "receipt"
+    n = int(ds["n_samples"].values[0])
+    assert np.array_equal(back["iq"].values[0, :n], ds["iq"].values[0, :n])
+    assert abs(int(timing.utc_to_gps_ns(back["start_time"].values[0])) - cap.segments[0].receipt_t0_gps_ns) < 1000
