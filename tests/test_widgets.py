@@ -245,7 +245,7 @@ def test_bad_input_shows_the_message_and_starts_nothing(khz: float, seconds: flo
 def test_failed_stations_are_reported_and_never_lost(run_sim: Any) -> None:
     scene = demo7(seed=4).with_faults(demo_paris=Faults(down=True))
     with run_sim(scene, speed=10.0) as sim:
-        panel = AcquisitionPanel(demo7_stations(sim.ports), frequency_hz=DEMO7_TUNE_HZ, duration_s=1.0,
+        panel = AcquisitionPanel(demo7_stations(sim.ports), frequency_hz=DEMO7_TUNE_HZ, duration_s=2.0,
                                  selected=["demo-enschede", "demo-paris", "demo-berlin"])
         panel.acquire_button.click()
         first = panel.wait(timeout=60)
