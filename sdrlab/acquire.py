@@ -109,6 +109,8 @@ class Session:
                 notes = measurement_notes({k: float(s[k]) for k in NOTE_METRICS if k in s.variables},
                                           timing=str(s["timing"].values) if "timing" in s.coords else "gps")
                 row["notes"] = notes
+            if not r.error_class and r.message:  # completed in pieces: what the gaps were
+                row["notes"] = "; ".join(x for x in (r.message, row.get("notes", "")) if x)
             row["error"] = f"{r.error_class}: {r.message}" if r.error_class else ""
             rows.append(row)
         return pd.DataFrame(rows).set_index("station")
@@ -278,6 +280,9 @@ def _capture(
                 cap = asyncio.run(receiver.capture(frequency_hz, duration_s))
         else:
             cap = asyncio.run(receiver.capture(frequency_hz, duration_s))
+        gaps = describe_gaps(cap)
+        if gaps:  # the samples came in pieces: usable, but not one uninterrupted capture
+            return StationResult(station.id, "partial", cap, None, gaps, time.perf_counter() - t)
         return StationResult(station.id, "ok", cap, elapsed_s=time.perf_counter() - t)
     except ReceiverError as exc:
         part = exc.partial if isinstance(exc.partial, Capture) and exc.partial.n_samples else None
@@ -289,6 +294,26 @@ def _capture(
     except Exception as exc:  # a bug or an unexpected condition: report it, keep the others
         log.exception("station %s: unexpected error", station.id)
         return StationResult(station.id, "failed", None, type(exc).__name__, str(exc), time.perf_counter() - t)
+
+
+def describe_gaps(cap: Capture) -> str:
+    """Where a capture that completed is not one uninterrupted stretch, in words (empty when it is):
+    each reconnect with why the segment before it ended and how long the gap was (GPS time), and
+    the frames missing inside segments (zero-filled)."""
+    parts: list[str] = []
+    segs = cap.segments
+    for a, b in zip(segs, segs[1:]):
+        gap = ""
+        if a.fit.ok and b.fit.ok:
+            end_ns = a.fit.t0_gps_ns + round(a.n_samples / a.fit.fs * 1e9)
+            gap = f", {max(b.fit.t0_gps_ns - end_ns, 0) / 1e9:.1f} s lost"
+        parts.append(f"reconnected after {a.n_samples / (a.fit.fs or 12000.0):.1f} s ({a.end_reason}{gap})")
+    missing = sum(sg.missing_frames for sg in segs)
+    if missing:
+        parts.append(f"{missing} frame(s) missing, zero-filled")
+    if not parts:
+        return ""
+    return f"{len(segs)} segment(s): " + "; ".join(parts)
 
 
 def _resolve(stations: Iterable[Station | str], catalog: Catalog | None, settings: Settings) -> list[Station]:

@@ -369,3 +369,27 @@ def test_extra_attrs_travel_with_the_session_but_cannot_replace_sdrlabs(run_sim,
     # every attribute sdrlab sets is reserved
     assert set(s.dataset.attrs) - {"experiment"} <= RESERVED_ATTRS
     assert set(build_dataset([s.results[st.id].capture], {st.id: st}).attrs) <= RESERVED_ATTRS
+
+
+def test_a_receiver_that_keeps_dropping_is_partial_with_its_gaps_named():
+    """A receiver that drops the connection every 3 s of stream: the capture completes from its
+    reconnects, but the station is partial and the message names each gap and its cause."""
+    from sdrlab.receivers.kiwisdr import KiwiOptions
+    from sdrlab.sim.networks import demo7
+    from sdrlab.sim.server import SimServer
+
+    scene = demo7(seed=8).with_faults(demo_paris=Faults(close_after_s=3.0, close_times=-1))
+    opts = KiwiOptions(reconnect_delay=0.05, connect_delay=0.05, read_timeout=2.0, reconnect_retries=10)
+    with SimServer(scene, base_port=0, speed=10) as sim:
+        stations = [s for s in demo7_stations(sim.ports) if s.id in ("demo-paris", "demo-berlin")]
+        session = acquire(stations, DEMO7_TUNE_HZ, 8.0, settings=SETTINGS, write=False, options=opts)
+    paris, berlin = session.results["demo-paris"], session.results["demo-berlin"]
+    assert berlin.status == "ok" and not berlin.message
+    assert paris.status == "partial" and paris.capture is not None
+    assert len(paris.capture.segments) >= 3
+    assert paris.message.startswith(f"{len(paris.capture.segments)} segment(s)")
+    assert paris.message.count("reconnected after 3.0 s") == len(paris.capture.segments) - 1
+    assert "s lost" in paris.message
+    table = session.status()
+    assert table.loc["demo-paris", "status"] == "partial" and "reconnected" in table.loc["demo-paris", "notes"]
+    assert int(session.dataset.sel(station="demo-paris")["n_samples"]) >= 8.0 * 12000
