@@ -377,6 +377,15 @@ def acquire(
         raise ConfigError(f"attrs: {', '.join(map(repr, reserved))} set by sdrlab, cannot be replaced")
     if write and store is None:
         store = settings.store_obj()
+    if write and index is None:
+        # a URL that cannot even make an engine is a configuration error, named before anything is
+        # acquired; an index that is merely down is met after the store commit (index_error)
+        from .errors import IndexStoreError
+
+        try:
+            index = settings.engine()
+        except IndexStoreError as exc:
+            raise ConfigError(f"the metrics index: {exc}") from None
     options = options or KiwiOptions(gps_utc_offset_s=settings.gps_utc_offset_s)
     show = settings.progress if progress is None else progress
     sid = new_session_id()
@@ -402,7 +411,7 @@ def acquire(
     session = Session(sid, float(frequency_hz), float(duration_s), ordered, ds,
                       timings={"acquire_s": t_acq, "build_s": time.perf_counter() - t0 - t_acq})
     if write and ds is not None:
-        save(session, store, index=settings.engine() if index is None else index)
+        save(session, store, index=index)
     return session
 
 
@@ -440,6 +449,9 @@ def add_to_index(session: Session, engine: Any) -> Session:
     except IndexStoreError as exc:
         log.error("session %s stored but not indexed: %s", session.session_id, exc)
         session.index_error = str(exc)
+    except Exception as exc:  # never let the index cost a stored session
+        log.exception("session %s stored but not indexed", session.session_id)
+        session.index_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
     session.timings["index_s"] = time.perf_counter() - t
     return session
 

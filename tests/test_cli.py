@@ -421,3 +421,25 @@ def test_tdoa_calibrate_then_locate_with_the_delays(tdoa_session, capsys):
     assert main(["tdoa", sid, "--store", store, "--calibrate", "91,0"]) == 2
     assert "not a latitude, longitude pair" in capsys.readouterr().err
     assert main(["tdoa", sid, "--store", store, "--station-delay-sigma", "-1"]) == 2
+
+
+@pytest.mark.parametrize("db, problem", [
+    ("postgresqlx://u@127.0.0.1:5/x", "index URL"),
+    ("postgresql+psycopg2://u@127.0.0.1:5/x", "driver is not installed"),
+    ("sqlite:///{tmp}/afile/index.db", "cannot use it"),
+])
+def test_acquire_with_an_index_url_that_cannot_work_exits_2_before_capturing(tmp_path, run_sim, capsys,
+                                                                             monkeypatch, db, problem):
+    """An index URL that cannot even make an engine is named before anything is acquired (issue
+    13: it used to throw a finished acquisition away with a traceback)."""
+    (tmp_path / "afile").write_text("not a directory")
+    monkeypatch.setenv("SDRLAB_DB", db.format(tmp=tmp_path))
+    monkeypatch.setenv("SDRLAB_PROGRESS", "0")
+    with run_sim(demo7(), speed=10) as sim:
+        cat = _catalog(tmp_path, sim.ports)
+        rc = main(["acquire", "--station", "demo-berlin", "--frequency", str(DEMO7_TUNE_HZ), "--duration", "1",
+                   "--out", str(tmp_path / "store"), "--catalog", str(cat)])
+        arrivals = sim.connection_count("demo-berlin")
+    err = capsys.readouterr().err
+    assert rc == 2 and "metrics index" in err and problem in err and "Traceback" not in err
+    assert arrivals == 0  # nothing was acquired, so nothing was thrown away

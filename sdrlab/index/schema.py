@@ -36,20 +36,28 @@ def _sqlite_functions(dbapi_conn: Any, _record: Any) -> None:
 
 
 def make_engine(url: str) -> Engine:
-    """The SQLAlchemy engine for ``sqlite:///PATH`` or ``postgresql+psycopg://...``."""
-    if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):]
-        if path and path != ":memory:":
-            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url)
-        event.listen(engine, "connect", _sqlite_functions)
-        return engine
-    if url.startswith("postgresql"):
-        try:
+    """The SQLAlchemy engine for ``sqlite:///PATH`` or ``postgresql+psycopg://...``.  A URL that
+    cannot make an engine (unknown scheme or driver, an SQLite path under a file) is an
+    :class:`~sdrlab.errors.IndexStoreError` naming the URL (password masked) and the reason."""
+    shown = mask_url(url)
+    try:
+        if url.startswith("sqlite:///"):
+            path = url[len("sqlite:///"):]
+            if path and path != ":memory:":
+                Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(url)
+            event.listen(engine, "connect", _sqlite_functions)
+            return engine
+        if url.startswith(("postgresql://", "postgresql+")):
             return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
-        except ImportError:
-            raise IndexStoreError("a PostgreSQL index needs psycopg: pip install 'sdrlab[db]'") from None
-    raise IndexStoreError(f"unsupported index URL {mask_url(url)!r} (sqlite:///PATH or postgresql+psycopg://...)")
+    except ImportError as exc:
+        hint = " (pip install 'sdrlab[db]' for postgresql+psycopg)" if "psycopg" in str(exc) or "psycopg" in url else ""
+        raise IndexStoreError(f"index URL {shown!r}: its driver is not installed: {exc}{hint}") from None
+    except (OSError, ValueError) as exc:
+        raise IndexStoreError(f"index URL {shown!r}: cannot use it: {exc}") from None
+    except Exception as exc:  # sqlalchemy.exc.ArgumentError / NoSuchModuleError: a bad URL
+        raise IndexStoreError(f"index URL {shown!r}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+    raise IndexStoreError(f"unsupported index URL {shown!r} (sqlite:///PATH or postgresql+psycopg://...)")
 
 
 def backend(engine: Engine) -> str:
