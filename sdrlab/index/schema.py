@@ -35,9 +35,21 @@ def _sqlite_functions(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.execute("PRAGMA foreign_keys=ON")
 
 
-def make_engine(url: str) -> Engine:
-    """The SQLAlchemy engine for ``sqlite:///PATH`` or ``postgresql+psycopg://...``.  A URL that
-    cannot make an engine (unknown scheme or driver, an SQLite path under a file) is an
+#: advisory lock key of schema set-up (PostgreSQL)
+SCHEMA_LOCK = 0x5D71AC
+#: PostgreSQL: a statement waiting this long for a lock, or running this long, fails instead of
+#: hanging (an acquisition's index step must end; what is stored stays stored)
+LOCK_TIMEOUT_S = 15.0
+STATEMENT_TIMEOUT_S = 600.0
+#: SQLite: how long a writer waits for another's lock
+SQLITE_BUSY_TIMEOUT_S = 15.0
+
+
+def make_engine(url: str, *, lock_timeout_s: float = LOCK_TIMEOUT_S,
+                statement_timeout_s: float = STATEMENT_TIMEOUT_S) -> Engine:
+    """The SQLAlchemy engine for ``sqlite:///PATH`` or ``postgresql+psycopg://...``, with timeouts
+    on connecting (5 s), waiting for locks and running statements.  A URL that cannot make an
+    engine (unknown scheme or driver, an SQLite path under a file) is an
     :class:`~sdrlab.errors.IndexStoreError` naming the URL (password masked) and the reason."""
     shown = mask_url(url)
     try:
@@ -45,11 +57,13 @@ def make_engine(url: str) -> Engine:
             path = url[len("sqlite:///"):]
             if path and path != ":memory:":
                 Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            engine = create_engine(url)
+            engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
             event.listen(engine, "connect", _sqlite_functions)
             return engine
         if url.startswith(("postgresql://", "postgresql+")):
-            return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+            opts = (f"-c lock_timeout={int(lock_timeout_s * 1000)} "
+                    f"-c statement_timeout={int(statement_timeout_s * 1000)}")
+            return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5, "options": opts})
     except ImportError as exc:
         hint = " (pip install 'sdrlab[db]' for postgresql+psycopg)" if "psycopg" in str(exc) or "psycopg" in url else ""
         raise IndexStoreError(f"index URL {shown!r}: its driver is not installed: {exc}{hint}") from None
@@ -80,6 +94,8 @@ def init_db(engine: Engine, *, retention_days: int = 365) -> str:
     where = mask_url(str(engine.url.render_as_string(hide_password=True)))
     try:
         with engine.begin() as c:
+            if kind != "sqlite":  # concurrent set-ups run one after another (CREATE TABLE races)
+                c.execute(text("select pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK})
             if kind == "timescaledb":
                 c.execute(text("create extension if not exists timescaledb"))
             Base.metadata.create_all(c)
