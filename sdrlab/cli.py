@@ -420,12 +420,20 @@ def _cmd_index(a: argparse.Namespace) -> int:
     store = _store(a.store)
     engine = settings.engine()
     init_db(engine)
+    from .errors import IndexStoreError, StorageError
+
     ids = list(store.sessions().index)
+    failed = 0
     for sid in ids:
-        rows = index_session(engine, store.open(sid), store.session_url(sid))
+        try:
+            rows = index_session(engine, store.open(sid), store.session_url(sid))
+        except (StorageError, IndexStoreError) as exc:  # one damaged session must not stop the rest
+            failed += 1
+            print(f"skipped {sid}: {exc}", file=sys.stderr)
+            continue
         print(f"indexed {sid}: {rows} metric rows")
-    print(f"{len(ids)} session(s) indexed from {store.where}")
-    return 0
+    print(f"{len(ids) - failed} session(s) indexed from {store.where}" + (f", {failed} skipped" if failed else ""))
+    return 1 if failed else 0
 
 
 def _cmd_query(a: argparse.Namespace) -> int:
@@ -469,9 +477,20 @@ def _cmd_store(a: argparse.Namespace) -> int:
     from .index import init_db
     from .index.ingest import consistency
 
+    from .errors import StorageError
+
     found = store.fsck(remove=a.remove, min_age_s=a.min_age)
+    damaged = 0
     for sid in found:
-        print(f"{'removed' if a.remove else 'uncommitted'} {sid}")
+        try:
+            gone = store.missing_objects(sid)
+        except StorageError:
+            gone = []
+        if gone:
+            damaged += 1
+            print(f"damaged {sid}: {len(gone)} object(s) missing, e.g. {gone[0]} (kept; it will not open)")
+        else:
+            print(f"{'removed' if a.remove else 'uncommitted'} {sid}")
     engine = Settings.from_env().engine()
     init_db(engine)
     orphan_rows, unindexed = consistency(engine, store, remove=a.remove)
@@ -481,7 +500,7 @@ def _cmd_store(a: argparse.Namespace) -> int:
         print(f"not indexed: {sid} (run `sdrlab index rebuild`)")
     problems = len(found) + len(orphan_rows) + len(unindexed)
     print(f"{problems} problem(s) {'handled' if a.remove else 'found'} in {store.where} and its index")
-    return 1 if (found or orphan_rows) and not a.remove or unindexed else 0
+    return 1 if (found or orphan_rows) and not a.remove or unindexed or damaged else 0
 
 
 def _cmd_export(a: argparse.Namespace) -> int:

@@ -259,10 +259,12 @@ class Store:
                 # whole group in memory, then PUT every object concurrently
                 objects = _encode_in_memory(out)
                 self.fs.pipe({f"{prefix}/{k}": v for k, v in objects.items()})
+                summary["objects"] = sorted(objects)
             else:
                 with _quiet_consolidation():
                     out.to_zarr(target, mode="w", zarr_format=model.ZARR_FORMAT, consolidated=model.CONSOLIDATED,
                                 encoding=model.encoding(out), storage_options=self._zarr_options())
+                summary["objects"] = self._relative_keys(sid)
             self._put_atomic(self._commit_key(sid), json.dumps(summary, indent=1).encode())
             return ref
 
@@ -293,13 +295,35 @@ class Store:
         if not self.fs.exists(bucket):
             self.fs.mkdir(bucket)
 
+    def _relative_keys(self, session_id: str) -> list[str]:
+        """The session's zarr object keys, relative to its group."""
+        prefix = self._path(SESSIONS, session_id)
+        n = len(prefix) + 1
+        return sorted(k[n:] for k in self._keys(prefix) if k.startswith(prefix + "/"))
+
+    def missing_objects(self, session_id: str) -> list[str]:
+        """Objects the commit record lists that are not in the store (a damaged session); empty
+        for a session committed before records listed their objects."""
+        listed = self.summary(session_id).get("objects")
+        if not listed:
+            return []
+        present = set(self._relative_keys(session_id))
+        return [k for k in listed if k not in present]
+
     def open(self, session_id: str) -> xr.Dataset:
-        """A committed session, lazily (dask-backed, chunks as stored)."""
+        """A committed session, lazily (dask-backed, chunks as stored).  A session whose objects
+        are not all there is a :class:`StorageError` naming them (zarr would read the missing
+        chunks as zeros)."""
         check_session_id(session_id)
 
         def run() -> xr.Dataset:
             if not self._committed(session_id):
                 raise StorageError(f"no committed session {session_id!r} in {self.where}")
+            gone = self.missing_objects(session_id)
+            if gone:
+                raise StorageError(f"session {session_id} in {self.where} is damaged: {len(gone)} object(s) "
+                                   f"missing ({', '.join(gone[:5])}{', ...' if len(gone) > 5 else ''}); "
+                                   "run `sdrlab store fsck`")
             with _quiet_consolidation():
                 ds: xr.Dataset = xr.open_zarr(self._zarr_url(session_id), consolidated=model.CONSOLIDATED,
                                               zarr_format=model.ZARR_FORMAT, storage_options=self._zarr_options())
@@ -410,17 +434,21 @@ class Store:
 
     def fsck(self, *, remove: bool = False, min_age_s: float = FSCK_MIN_AGE_S) -> list[str]:
         """Session prefixes without a commit record (interrupted writes), commit records without
-        data and unreadable commit records; removed with ``remove`` -- but a prefix written to in
-        the last ``min_age_s`` seconds is left alone (a write may still be in progress)."""
+        data, unreadable commit records, and damaged sessions (objects their record lists are
+        missing).  With ``remove`` the first three are removed -- but a prefix written to in the
+        last ``min_age_s`` seconds is left alone (a write may still be in progress); a damaged
+        session is only reported (what is left of it may still be worth reading)."""
         def run() -> list[str]:
             committed = set(self._markers())
             dirs = set(self._session_dirs())
             leftovers = sorted(dirs - committed)
             orphans = sorted(committed - dirs)
             unreadable = []
+            damaged = []
             for d in sorted(committed & dirs):
                 try:
-                    self.summary(d)
+                    if self.missing_objects(d):
+                        damaged.append(d)
                 except StorageError:
                     unreadable.append(d)
             if remove:
@@ -432,7 +460,9 @@ class Store:
                     self.fs.rm(self._path(SESSIONS, d), recursive=True)
                 for d in orphans + unreadable:
                     self.fs.rm(self._commit_key(d))
-            return leftovers + orphans + unreadable
+            if damaged:  # never removed: what is left of them may still be worth reading
+                log.warning("fsck: damaged session(s) (objects missing): %s", ", ".join(damaged))
+            return leftovers + orphans + unreadable + damaged
 
         return self._do("checking the store", run)
 

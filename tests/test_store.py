@@ -252,3 +252,32 @@ def test_metrics_of_a_stored_session_are_lazy_per_station(tmp_path):
     want = metrics(ds).compute()
     for v in ("snr_db", "noise_floor_dbfs_hz", "frequency_offset_hz"):
         np.testing.assert_allclose(got[v].values, want[v].values, rtol=1e-6, atol=1e-6)
+
+
+def test_a_session_with_missing_chunk_objects_is_damaged_not_zeros(store, session, tmp_path, monkeypatch, capsys):
+    """A committed session loses chunk objects (issue 13: it opened and read as zeros, fsck said 0
+    problems, and `index rebuild` indexed none of the store's sessions): open names the missing
+    objects, fsck reports it (and keeps it), and `index rebuild` skips it and indexes the rest."""
+    from sdrlab.cli import main
+
+    good = session.copy()
+    good.attrs = {**session.attrs, "session_id": "20261124T080000Z-aaa111"}
+    bad = session.copy()
+    bad.attrs = {**session.attrs, "session_id": "20261124T090000Z-bbb222"}
+    store.write(good)
+    store.write(bad)
+    chunks = [k for k in store.objects("20261124T090000Z-bbb222") if "/iq/c/" in k]
+    assert chunks
+    store.fs.rm(f"{store.root}/{chunks[0]}")
+    with pytest.raises(StorageError, match=r"damaged: 1 object\(s\) missing"):
+        store.open("20261124T090000Z-bbb222")
+    xr.testing.assert_identical(store.open("20261124T080000Z-aaa111").load(), good)
+    assert store.fsck() == ["20261124T090000Z-bbb222"]
+    assert store.fsck(remove=True, min_age_s=0) == ["20261124T090000Z-bbb222"]
+    assert "20261124T090000Z-bbb222" in store.sessions().index  # kept: what is left may be read
+    if store.protocol == "file":
+        monkeypatch.setenv("SDRLAB_DB", f"sqlite:///{tmp_path}/index.db")
+        assert main(["index", "rebuild", "--store", store.url]) == 1
+        out = capsys.readouterr()
+        assert "indexed 20261124T080000Z-aaa111" in out.out and "1 skipped" in out.out
+        assert "skipped 20261124T090000Z-bbb222" in out.err and "damaged" in out.err
