@@ -68,7 +68,8 @@ def test_all_seven_captured_with_gps_times(demo_session):
         assert int(s["n_samples"]) >= DEMO_S * rx.sample_rate
         # GPS time to within the receiver's stamp errors (one per fix; demo7: 0.1-1 us)
         slack = 1e-7 + 5 * rx.gps_jitter_s
-        assert abs(float(s["sample_rate"]) - rx.sample_rate) / rx.sample_rate * DEMO_S < slack
+        # the rate comes from two or three fixes: its error over the capture is a few stamp errors
+        assert abs(float(s["sample_rate"]) - rx.sample_rate) / rx.sample_rate * DEMO_S < 2 * slack
         t0 = np.datetime64(timing_utc(streams[rx.id].t0_gps_ns))
         assert abs((s["start_time"].values - t0) / np.timedelta64(1, "ns")) < slack * 1e9
         assert s["gps_status"].item() == "ok"
