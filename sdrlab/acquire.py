@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -215,11 +216,38 @@ def _progress_emitter(topic: str | None) -> Callable[[dict[str, Any]], None] | N
     return emit
 
 
+def _stop_poller(name: str | None) -> Callable[[], bool] | None:
+    """Inside a dask worker: whether the cluster-wide Event ``name`` is set, asked of the scheduler
+    at most once a second (through the worker's own scheduler connection: a worker Client would
+    become the process's default one).  Elsewhere, or without a name: None."""
+    if name is None:
+        return None
+    try:
+        from distributed import get_worker
+        from distributed.utils import sync
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return None
+    state = {"at": 0.0, "set": False}
+
+    def poll() -> bool:
+        now = time.monotonic()
+        if not state["set"] and now - state["at"] >= 1.0:
+            state["at"] = now
+            state["set"] = bool(sync(worker.loop, worker.scheduler.event_is_set, name=name))
+        return bool(state["set"])
+
+    return poll
+
+
 def capture_station(
     station: Station, frequency_hz: float, duration_s: float, options: KiwiOptions, shared_endpoint: bool = False,
-    progress_topic: str | None = None,
+    progress_topic: str | None = None, stop_event: str | None = None,
 ) -> StationResult:
-    """The dask task: capture one station; never raises for receiver trouble.
+    """The dask task: capture one station; never raises for receiver trouble.  With ``stop_event``
+    (the name of a distributed Event) the capture ends as soon as that event is set, keeping what
+    has arrived (status ``partial``).
 
     With ``shared_endpoint`` (several stations of one acquisition on the same host:port, e.g.
     multi-channel capture from one Kiwi), a cluster-wide semaphore keeps the connections to that
@@ -244,7 +272,19 @@ def capture_station(
 
         if hasattr(receiver, "on_progress"):
             receiver.on_progress = on_samples
+    poll = _stop_poller(stop_event)
+    if poll is not None and hasattr(receiver, "should_stop"):
+        receiver.should_stop = poll
     result = _capture(receiver, station, frequency_hz, duration_s, shared_endpoint, t)
+    if getattr(receiver, "stopped", False):
+        got = result.capture.n_samples / (result.capture.sample_rate or 12000.0) if result.capture else 0.0
+        if result.capture is not None and result.capture.n_samples:
+            result.status = "partial"
+            note = f"stopped by request after {got:.1f} s of the {duration_s:g} s asked for"
+            result.message = "; ".join(x for x in (note, result.message) if x)
+        elif result.status != "failed":
+            result.status, result.capture = "failed", None
+            result.error_class, result.message = "Stopped", "stopped by request before any data arrived"
     if result.capture is not None:
         try:
             result.metrics, result.metric_attrs = capture_metrics(result.capture, station)
@@ -350,6 +390,7 @@ def acquire(
     index: Any = None,
     on_progress: ProgressCallback | None = None,
     attrs: dict[str, Any] | None = None,
+    stop: threading.Event | None = None,
 ) -> Session:
     """Acquire ``duration_s`` of IQ at ``frequency_hz`` from every station, in parallel, and
     write the session to the store as soon as it is complete.
@@ -368,6 +409,10 @@ def acquire(
 
     ``on_progress`` is called with per-station events (:data:`ProgressCallback`) from a
     background thread while the acquisition runs; widgets use it to draw progress bars.
+
+    ``stop``: setting this event (e.g. from a SIGINT/SIGTERM handler, as the CLI does) ends every
+    station's capture within about two seconds; what has arrived is kept and stored as usual
+    (those stations ``partial``).
     """
     settings = settings or Settings.from_env()
     validate_request(frequency_hz, duration_s)
@@ -391,10 +436,10 @@ def acquire(
     sid = new_session_id()
     t0 = time.perf_counter()
     if client is not None:
-        results = _run(client, chosen, frequency_hz, duration_s, options, sid, show, on_progress)
+        results = _run(client, chosen, frequency_hz, duration_s, options, sid, show, on_progress, stop)
     else:
         with settings.dask_client(scheduler, n_threads=len(chosen)) as c:
-            results = _run(c, chosen, frequency_hz, duration_s, options, sid, show, on_progress)
+            results = _run(c, chosen, frequency_hz, duration_s, options, sid, show, on_progress, stop)
     t_acq = time.perf_counter() - t0
     ordered = {s.id: results[s.id] for s in chosen}
     caps = [r.capture for r in ordered.values() if r.capture is not None]
@@ -459,8 +504,9 @@ def add_to_index(session: Session, engine: Any) -> Session:
 def _run(
     client: Any, chosen: list[Station], frequency_hz: float, duration_s: float,
     options: KiwiOptions, sid: str, show: bool, on_progress: ProgressCallback | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[str, StationResult]:
-    from distributed import as_completed
+    from distributed import Event, as_completed
 
     per_endpoint: dict[tuple[str, int], int] = {}
     for st in chosen:
@@ -469,6 +515,19 @@ def _run(
     notify = _safe_callback(on_progress)
     bar = None
     results: dict[str, StationResult] = {}
+    stop_name = f"sdrlab-stop-{sid}" if stop is not None else None
+    finished = threading.Event()
+    if stop is not None:
+        def relay() -> None:  # the caller's stop -> the cluster-wide event the tasks poll
+            while not finished.is_set():
+                if stop.wait(0.2):
+                    try:
+                        Event(stop_name, client=client).set()
+                    except Exception:
+                        log.exception("could not pass the stop request to the cluster")
+                    return
+
+        threading.Thread(target=relay, name=f"sdrlab-stop-{sid}", daemon=True).start()
     try:
         if notify is not None:
             topic = f"sdrlab-progress-{sid}"
@@ -478,7 +537,7 @@ def _run(
         futures = {
             client.submit(
                 capture_station, st, frequency_hz, duration_s, options, per_endpoint[(st.host, st.port)] > 1, topic,
-                key=f"acquire-{st.id}-{sid}", pure=False, retries=0,
+                stop_name, key=f"acquire-{st.id}-{sid}", pure=False, retries=0,
             ): st.id
             for st in chosen
         }
@@ -500,6 +559,7 @@ def _run(
                     bar.set_postfix_str(f"{sid_}: {res.status}")
                     bar.update(1)
     finally:
+        finished.set()
         if bar is not None:
             bar.close()
         if topic is not None:

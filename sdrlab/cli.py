@@ -6,11 +6,14 @@ Exit codes: 0 success; 1 the job failed (e.g. no station delivered data); 2 bad 
 from __future__ import annotations
 
 import argparse
-import math
+import contextlib
 import logging
+import math
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from ._version import __version__
 from .errors import (
@@ -243,6 +246,32 @@ def _save_or_rescue(session: Any) -> int:
     return 1
 
 
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """SIGINT / SIGTERM stop the capture at once and keep what has arrived (it is stored as
+    usual); a second signal aborts.  Only in the main thread (elsewhere: an event nobody sets)."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, _frame: object) -> None:
+        print(f"sdrlab: {signal.Signals(signum).name}: stopping, keeping what has arrived "
+              "(again to abort)", file=sys.stderr, flush=True)
+        stop.set()
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+    for sig in old:
+        signal.signal(sig, handler)
+    try:
+        yield stop
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
 def _cmd_acquire(a: argparse.Namespace) -> int:
     from .acquire import acquire
     from .config import Settings
@@ -252,8 +281,9 @@ def _cmd_acquire(a: argparse.Namespace) -> int:
     store.health()  # a bad or unreachable store is named before anything is acquired
     catalog = settings.catalog_obj()
     ids = catalog.ids if a.all else a.station
-    session = acquire(ids, a.frequency, a.duration, catalog=catalog, settings=settings,
-                      progress=not a.no_progress and settings.progress, store=store)
+    with _stop_on_signals() as stop:
+        session = acquire(ids, a.frequency, a.duration, catalog=catalog, settings=settings,
+                          progress=not a.no_progress and settings.progress, store=store, stop=stop)
     rc = _save_or_rescue(session)  # non-zero if no station delivered data or the store failed
     print_session(session)
     return rc

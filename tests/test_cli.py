@@ -443,3 +443,35 @@ def test_acquire_with_an_index_url_that_cannot_work_exits_2_before_capturing(tmp
     err = capsys.readouterr().err
     assert rc == 2 and "metrics index" in err and problem in err and "Traceback" not in err
     assert arrivals == 0  # nothing was acquired, so nothing was thrown away
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_the_capture_at_once_and_keeps_what_arrived(tmp_path, run_sim, sig):
+    """SIGTERM or Ctrl-C 4 s into a 60 s acquisition (issue 13: it captured on to the end, then
+    threw everything away): the command ends within seconds and stores the ~4 s each station sent,
+    the stations partial with the reason."""
+    with run_sim(demo7(), speed=1.0) as sim:
+        cat = _catalog(tmp_path, sim.ports)
+        env = {**os.environ, "SDRLAB_PROGRESS": "0", "SDRLAB_DB": f"sqlite:///{tmp_path}/index.db"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sdrlab.cli", "acquire", "--station", "demo-berlin", "--station", "demo-paris",
+             "--frequency", str(DEMO7_TUNE_HZ), "--duration", "60", "--out", str(tmp_path / "store"),
+             "--catalog", str(cat)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while sim.connections("demo-paris") == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(4.0)
+        t = time.monotonic()
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+        stopped_in = time.monotonic() - t
+    assert proc.returncode == 0, err
+    assert stopped_in < 15.0
+    assert "stopping, keeping what has arrived" in err
+    [path] = (tmp_path / "store" / "sessions").iterdir()
+    ds = open_session(path)
+    for sid in ("demo-berlin", "demo-paris"):
+        s = ds.sel(station=sid)
+        assert 2.5 * 12000 < int(s["n_samples"]) < 20 * 12000
+        assert str(s["status"].values) == "partial"
+    assert "stopped by request" in out

@@ -385,6 +385,10 @@ class _Connection:
     def _tick(self) -> None:
         if self.done.done():
             return
+        if self.rx.stop_requested():
+            self.cap.events.append("stopped by request")
+            self._finish()  # a normal end: the segment so far is kept, no reconnect
+            return
         now = self.loop.time()
         if self._setup_sent and now - self._last_ka >= self.opt.keepalive_interval:
             self._send("SET keepalive")
@@ -830,6 +834,31 @@ class KiwiReceiver:
         #: called about twice a second while IQ arrives, with (samples received so far, sample
         #: rate); for progress displays only, and an exception in it never costs the capture
         self.on_progress: Callable[[int, float], None] | None = None
+        #: polled about twice a second: when it returns True the capture ends at once, keeping
+        #: what has arrived (``stopped`` is then True); an exception in it counts as "go on"
+        self.should_stop: Callable[[], bool] | None = None
+        self.stopped = False
+
+    def stop_requested(self) -> bool:
+        if self.stopped:
+            return True
+        if self.should_stop is None:
+            return False
+        try:
+            self.stopped = bool(self.should_stop())
+        except Exception:
+            log.debug("should_stop failed", exc_info=True)
+        return self.stopped
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep between attempts; False when a stop was requested meanwhile."""
+        end = asyncio.get_running_loop().time() + seconds
+        while not self.stop_requested():
+            left = end - asyncio.get_running_loop().time()
+            if left <= 0:
+                return True
+            await asyncio.sleep(min(left, 0.25))
+        return False
 
     def __repr__(self) -> str:
         return f"KiwiReceiver({self.station!r}, {self.host}:{self.port}, channels={self.channels})"
@@ -844,6 +873,8 @@ class KiwiReceiver:
         while True:
             conn: _Connection | None = None
             n_segments = len(cap.segments)
+            if self.stop_requested():
+                return cap
             try:
                 async with CHANNELS.hold(host, port, self.channels):
                     conn = _Connection(self, cap, host, port, want)
@@ -861,13 +892,15 @@ class KiwiReceiver:
                 cap.events.append(f"busy ({exc.detail}), attempt {busy}")
                 if busy > opt.busy_retries:
                     raise self._err(ReceiverBusy, f"{exc.detail}; gave up after {busy} attempts", cap) from None
-                await asyncio.sleep(opt.backoff(opt.busy_delay, busy))
+                if not await self._pause(opt.backoff(opt.busy_delay, busy)):
+                    return cap
             except _ConnectFailed as exc:
                 connect += 1
                 cap.events.append(f"{exc}, attempt {connect}")
                 if connect > opt.connect_retries:
                     raise self._err(ReceiverUnreachable, f"{exc} (gave up after {connect} attempts)", cap) from None
-                await asyncio.sleep(opt.backoff(opt.connect_delay, connect))
+                if not await self._pause(opt.backoff(opt.connect_delay, connect)):
+                    return cap
             except _SegmentEnded as exc:
                 added = cap.segments[n_segments:]
                 rate = cap.info.sample_rate if cap.info and cap.info.sample_rate else 12000.0
@@ -879,7 +912,8 @@ class KiwiReceiver:
                     raise self._err(
                         ReceiverStalled, f"{exc}; gave up after {reconnect - 1} reconnects in a row", cap
                     ) from None
-                await asyncio.sleep(opt.reconnect_delay)
+                if not await self._pause(opt.reconnect_delay):
+                    return cap
             except ReceiverError as exc:
                 raise self._err(type(exc), exc.detail, cap) from None
             finally:
