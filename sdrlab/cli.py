@@ -219,10 +219,12 @@ def _store(url: str | None = None, out: str | None = None) -> Any:
     from .config import Settings
     from .store import Store
 
-    if out:
-        return Store(f"file://{Path(out).expanduser().resolve()}")
     settings = Settings.from_env()
-    return Store(url, settings.storage_options(url)) if url else settings.store_obj()
+    if out:
+        return Store(f"file://{Path(out).expanduser().resolve()}", timeout_s=settings.store_timeout_s)
+    if url:
+        return Store(url, settings.storage_options(url), timeout_s=settings.store_timeout_s)
+    return settings.store_obj()
 
 
 def _save_or_rescue(session: Any) -> int:

@@ -7,6 +7,7 @@ masked whenever they are shown.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tempfile
@@ -64,8 +65,14 @@ class Settings:
     run_id: str | None = None
     s3_key: str | None = field(default=None, repr=False)
     s3_secret: str | None = field(default=None, repr=False)
+    #: the longest one store operation may take before it is an error (a frozen server)
+    store_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.store_timeout_s, (int, float)) and math.isfinite(self.store_timeout_s)
+                and self.store_timeout_s > 0):
+            raise ConfigError(f"SDRLAB_STORE_TIMEOUT_S must be a positive number of seconds, got "
+                              f"{self.store_timeout_s!r}")
         scheme = urlsplit(self.store).scheme
         if scheme not in ("file", "s3"):
             raise ConfigError(f"SDRLAB_STORE must be file://PATH or s3://BUCKET/PREFIX, got {mask_url(self.store)!r}")
@@ -95,6 +102,11 @@ class Settings:
                 if low not in _TRUE | _FALSE:
                     raise ConfigError(f"SDRLAB_PROGRESS must be 0/1/true/false, got {raw!r}")
                 kw[f.name] = low in _TRUE
+            elif f.name == "store_timeout_s":
+                try:
+                    kw[f.name] = float(raw)
+                except ValueError:
+                    raise ConfigError(f"SDRLAB_STORE_TIMEOUT_S must be a number of seconds, got {raw!r}") from None
             elif f.name == "gps_utc_offset_s":
                 try:
                     kw[f.name] = int(raw)
@@ -133,7 +145,7 @@ class Settings:
         """The session store (:class:`sdrlab.store.Store`) these settings name."""
         from .store import Store
 
-        return Store(self.store, self.storage_options())
+        return Store(self.store, self.storage_options(), timeout_s=self.store_timeout_s)
 
     def catalog_obj(self) -> Catalog:
         from .stations import load_catalog

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
+import threading
 import time
 import uuid
 import warnings
@@ -135,6 +137,10 @@ def _summary(ds: xr.Dataset) -> dict[str, Any]:
     }
 
 
+#: the longest any one store operation may take (a write of a long session included)
+OPERATION_TIMEOUT_S = 300.0
+
+
 class Store:
     """The session store at ``url`` (``file://PATH`` or ``s3://bucket/prefix``).
 
@@ -142,8 +148,12 @@ class Store:
     :class:`~sdrlab.config.Settings` object makes them (``Settings.store_obj()``).
     """
 
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, *,
+                 timeout_s: float = OPERATION_TIMEOUT_S) -> None:
         parts = urlsplit(url)
+        if not (math.isfinite(timeout_s) and timeout_s > 0):
+            raise StorageError(f"store timeout must be a positive number of seconds, got {timeout_s!r}")
+        self.timeout_s = float(timeout_s)
         if parts.scheme not in ("file", "s3"):
             raise StorageError(f"store URL must be file://PATH or s3://BUCKET/PREFIX, got {url!r}")
         self.url = url.rstrip("/")
@@ -199,8 +209,30 @@ class Store:
         return self.options if self.protocol == "s3" else None
 
     def _do(self, what: str, fn: Callable[[], T]) -> T:
+        """Run a store operation with a deadline (``timeout_s``): a server that stops answering
+        (frozen, or a network that drops packets) ends in a StorageError naming it, instead of a
+        hang.  The operation's thread is left to finish or fail on its own; a write it completes
+        later leaves at most uncommitted objects (``fsck``), never a half session."""
+        box: dict[str, Any] = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                box["value"] = fn()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+                box["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name=f"sdrlab-store-{what[:40]}", daemon=True).start()
+        if not done.wait(self.timeout_s):
+            raise StorageError(f"{what} in {self.where}: no answer within {self.timeout_s:g} s "
+                               "(the server is not responding)")
+        if "error" not in box:
+            value: T = box["value"]
+            return value
         try:
-            return fn()
+            raise box["error"]
         except StorageError:
             raise
         except FileNotFoundError as exc:
