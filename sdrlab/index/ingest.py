@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
@@ -102,7 +103,8 @@ def index_session(engine: Engine, ds: xr.Dataset, store_url: str) -> int:
             if metrics:
                 c.execute(insert(MetricRow), metrics)
             new = _hour_keys(pd.Series([m["time"] for m in metrics], dtype=object),
-                             pd.Series([m["station_id"] for m in metrics], dtype=object))
+                             pd.Series([m["station_id"] for m in metrics], dtype=object),
+                             sqlite=engine.dialect.name == "sqlite")
             _refresh_rollup(c.exec_driver_sql, engine.dialect.name, pd.concat([old, new]))
     except Exception as exc:
         raise IndexStoreError(f"indexing session {sid} failed: {type(exc).__name__}: {exc}"[:500]) from None
@@ -119,7 +121,10 @@ def delete_session(engine: Engine, session_id: str) -> None:
 
 
 def bulk_insert_metrics(engine: Engine, rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> int:
-    """Metric rows in batches: binary COPY on PostgreSQL, executemany batches elsewhere."""
+    """Metric rows in one transaction: binary COPY on PostgreSQL, executemany batches elsewhere.
+    The hourly rollup follows incrementally in the same transaction: the new rows' sums and counts
+    per (hour, station), computed in numpy, are added to metric_hourly (``_rollup_deltas``,
+    ``_add_to_rollup_pg`` / ``_add_to_rollup_sqlite``).  Deletes keep the exact recompute."""
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
     cols = ["time", "station_id", "session_id", "frequency_hz", *[m for m in METRIC_COLUMNS if m in df.columns]]
     df = df[cols]
@@ -139,148 +144,340 @@ def _utc_us(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return np.floor_divide(ns, 1000), nat
 
 
+def _sqlite_us_strings(us: np.ndarray) -> np.ndarray:
+    """Microseconds since the Unix epoch (UTC) as SQLAlchemy's SQLite ``DateTime`` stores them
+    (``YYYY-MM-DD HH:MM:SS.ffffff``, UTC wall time)."""
+    s = np.datetime_as_string(us.astype("datetime64[us]"), unit="us")  # YYYY-MM-DDTHH:MM:SS.ffffff
+    chars = s.view(np.uint32).reshape(len(s), s.dtype.itemsize // 4)  # (UCS-4, NUL padded)
+    if chars.shape[1] > 10 and bool(np.all(chars[:, 10] == ord("T"))):  # years 0001-9999: in place
+        chars[:, 10] = ord(" ")
+    else:
+        s = np.char.replace(s, "T", " ")
+    return s
+
+
 def _sqlite_times(col: pd.Series) -> list[str | None]:
     """The time column as SQLAlchemy's SQLite ``DateTime`` stores it (``YYYY-MM-DD HH:MM:SS.ffffff``,
     UTC wall time, as the ORM stores the UTC datetimes of ``_ts``); None for NaT."""
     us, nat = _utc_us(col)
-    s = np.datetime_as_string(us.astype("datetime64[us]"), unit="us")  # YYYY-MM-DDTHH:MM:SS.ffffff
-    if s.dtype.itemsize == 26 * 4:  # years 0001-9999: replace the "T" in place
-        s.view(np.uint32).reshape(len(s), 26)[:, 10] = ord(" ")
-    else:
-        s = np.char.replace(s, "T", " ")
-    out: list[str | None] = s.tolist()
+    out: list[str | None] = _sqlite_us_strings(us).tolist()
     for i in np.flatnonzero(nat):
         out[i] = None
     return out
 
 
-def _executemany(engine: Engine, df: pd.DataFrame) -> None:
-    """DBAPI executemany batches, values as the ORM would store them (None for NaN/NaT)."""
-    if not len(df):
-        return
-    cols = list(df.columns)
+def _columns(df: pd.DataFrame) -> list[list[Any]]:
+    """The columns of ``df`` as lists of DBAPI parameters, values as the ORM would store them (None
+    for NaN/NaT)."""
     columns: list[list[Any]] = [_sqlite_times(df["time"])]
-    for c in cols[1:]:
+    for c in list(df.columns)[1:]:
         v = df[c].to_numpy(dtype=object)  # Python floats / str, as astype(object) gives
         na = pd.isna(df[c]).to_numpy()
         if na.any():
             v = v.copy()
             v[na] = None
         columns.append(v.tolist())
+    return columns
+
+
+def _executemany(engine: Engine, df: pd.DataFrame) -> None:
+    """DBAPI executemany batches, each converted as it is sent (memory bounded) and its rows
+    zipped lazily, then the rollup increments, one transaction."""
+    if not len(df):
+        return
+    cols = list(df.columns)
     sql = f"INSERT INTO capture_metrics ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-    records = list(zip(*columns))
+    deltas = _rollup_deltas(df, sqlite=True)
     with engine.begin() as c:
-        for start in range(0, len(records), BATCH):
-            c.exec_driver_sql(sql, records[start : start + BATCH])
-        _refresh_rollup(c.exec_driver_sql, engine.dialect.name, _hour_keys(df["time"], df["station_id"]))
+        dbapi = c.connection.dbapi_connection
+        assert dbapi is not None
+        cur: Any = dbapi.cursor()  # sqlite3's: takes an iterator of rows
+        try:
+            for start in range(0, len(df), BATCH):
+                cur.executemany(sql, zip(*_columns(df.iloc[start : start + BATCH])))
+            if deltas is None:
+                _refresh_rollup(c.exec_driver_sql, "sqlite", _hour_keys(df["time"], df["station_id"], sqlite=True))
+            else:
+                _add_to_rollup_sqlite(cur, deltas)
+        finally:
+            cur.close()
 
 
 PG_EPOCH_US = 946_684_800 * 1_000_000  # 2000-01-01 UTC, in us since the Unix epoch
-COPY_BATCH = 100_000
+COPY_BATCH = 50_000
+COPY_FIRST = 5_000  # rows of the first batch
 COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8  # signature, flags, header extension length
 COPY_TRAILER = b"\xff\xff"
 
 
-def _text_field(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """(lengths, -1 for NULL; utf-8 bytes as an (n, width) uint8 array, NUL padded)."""
-    n = len(col)
-    na = pd.isna(col).to_numpy()
-    obj = col.to_numpy(dtype=object)
-    if na.any():
-        obj = obj.copy()
-        obj[na] = ""
-    try:
-        b = obj.astype(str).astype("S")  # ASCII: numpy encodes in C
-    except UnicodeEncodeError:
-        b = np.array([str(x).encode("utf-8") for x in obj], dtype="S")
-    if b.dtype.itemsize == 0:  # all empty
-        b = b.astype("S1")
-    lens = np.char.str_len(b).astype(np.int32)
-    lens[na] = -1
-    return lens, b.view(np.uint8).reshape(n, b.dtype.itemsize)
+@dataclass(frozen=True)
+class _Field:
+    """One column of a binary COPY: the values (castable to ``fmt``: ``>i8``, ``>f8``, ``>i4`` or
+    ``S<width>``) and the field lengths (-1 = NULL; None when no value is NULL or shorter than the
+    field's width)."""
+
+    fmt: str
+    values: np.ndarray
+    lens: np.ndarray | None
+
+    @property
+    def width(self) -> int:
+        return np.dtype(self.fmt).itemsize
 
 
-def _copy_payload(df: pd.DataFrame) -> bytes:
-    """The rows of ``df`` in PostgreSQL's binary COPY tuple format (no header or trailer), built
-    with numpy: every row laid out at fixed offsets in an (n, width) array, then the padding of
-    text and NULL fields dropped with one boolean mask."""
-    n = len(df)
-    fields: list[tuple[np.ndarray, np.ndarray]] = []  # (lengths, -1 = NULL; big-endian data (n, w))
-    for c in df.columns:
-        if c == "time":
-            us, nat = _utc_us(df[c])
-            lens = np.where(nat, -1, 8).astype(np.int32)
-            fields.append((lens, (us - PG_EPOCH_US).astype(">i8").view(np.uint8).reshape(n, 8)))
-        elif c in ("station_id", "session_id"):
-            fields.append(_text_field(df[c]))
-        else:
-            v = df[c].to_numpy(dtype=np.float64, na_value=np.nan)
-            lens = np.where(np.isnan(v), -1, 8).astype(np.int32)
-            fields.append((lens, v.astype(">f8").view(np.uint8).reshape(n, 8)))
-    width = 2 + sum(4 + d.shape[1] for _, d in fields)
-    rec = np.empty((n, width), np.uint8)
-    keep = np.ones((n, width), bool)
-    rec[:, 0:2] = np.full(n, len(fields), ">i2").view(np.uint8).reshape(n, 2)
+def _fixed_field(values: np.ndarray, null: np.ndarray, fmt: str) -> _Field:
+    lens = np.where(null, np.int32(-1), np.int32(np.dtype(fmt).itemsize)) if null.any() else None
+    return _Field(fmt, values, lens)
+
+
+def _time_field(col: pd.Series) -> _Field:
+    """timestamptz: microseconds since 2000-01-01 UTC."""
+    us, nat = _utc_us(col)
+    return _fixed_field(us - PG_EPOCH_US, nat, ">i8")
+
+
+def _float_field(col: pd.Series) -> _Field:
+    v = col.to_numpy(dtype=np.float64, na_value=np.nan)
+    return _fixed_field(v, np.isnan(v), ">f8")
+
+
+def _text_field(col: pd.Series) -> _Field:
+    """text, utf-8: each distinct value encoded once (ids repeat over many rows), NUL padded to
+    the longest."""
+    codes, uniq = pd.factorize(col)  # NA: -1
+    enc = [str(u).encode("utf-8") for u in uniq]
+    table = np.array(enc + [b""], dtype="S")  # last: for NULL
+    lens = np.array([len(b) for b in enc] + [-1], dtype=np.int32)
+    codes = np.where(codes < 0, len(enc), codes)
+    out = lens[codes]
+    return _Field(table.dtype.str, table[codes], None if bool(np.all(out == table.itemsize)) else out)
+
+
+def _payload(fields: Sequence[_Field]) -> bytes:
+    """The rows of ``fields`` in PostgreSQL's binary COPY tuple format (no header or trailer):
+    every row laid out in a packed structured array (typed big-endian field copies), then, if any
+    field is NULL or shorter than its width, the unused bytes dropped with one boolean mask (set
+    only where a field is short)."""
+    n = len(fields[0].values)
+    names, formats, offsets = ["count"], [">i2"], [0]
     off = 2
-    for lens, data in fields:
-        w = data.shape[1]
-        rec[:, off : off + 4] = lens.astype(">i4").view(np.uint8).reshape(n, 4)
-        off += 4
-        rec[:, off : off + w] = data
-        if not np.all(lens == w):
-            keep[:, off : off + w] = np.arange(w)[None, :] < np.maximum(lens, 0)[:, None]
-        off += w
-    return rec[keep].tobytes()
+    for i, f in enumerate(fields):
+        names += [f"len{i}", f"val{i}"]
+        formats += [">i4", f.fmt]
+        offsets += [off, off + 4]
+        off += 4 + f.width
+    rec = np.empty(n, np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": off}))
+    rec["count"] = len(fields)
+    for i, f in enumerate(fields):
+        rec[f"len{i}"] = f.width if f.lens is None else f.lens
+        rec[f"val{i}"] = f.values
+    if all(f.lens is None for f in fields):
+        return rec.tobytes()
+    keep = np.ones((n, off), bool)
+    for i, f in enumerate(fields):
+        if f.lens is None:
+            continue
+        w, o = f.width, offsets[2 + 2 * i]
+        short = np.flatnonzero(f.lens < w)
+        if short.size:
+            keep[short, o : o + w] = np.arange(w) < np.maximum(f.lens[short], 0)[:, None]
+    return rec.view(np.uint8).reshape(n, off)[keep].tobytes()
+
+
+def _metric_fields(df: pd.DataFrame) -> list[_Field]:
+    return [_time_field(df[c]) if c == "time" else _text_field(df[c]) if c in ("station_id", "session_id")
+            else _float_field(df[c]) for c in df.columns]
 
 
 def _copy(engine: Engine, df: pd.DataFrame) -> None:
-    """Binary COPY in batches, one transaction."""
-    if not len(df):
+    """Binary COPY in batches, then the rollup increments, one transaction.  The batches queue to a
+    writer thread (psycopg's QueuedLibpqWriter), so the next batch, and then the rollup increments,
+    are built while the server stores the rows already sent (the first batch is small: the server
+    starts early)."""
+    from psycopg.copy import QueuedLibpqWriter
+
+    n = len(df)
+    if not n:
         return
     cols = list(df.columns)
+    edges = sorted({0, n, *range(min(COPY_FIRST, COPY_BATCH, n), n, COPY_BATCH)})
     raw = engine.raw_connection()
     try:
-        cur = raw.cursor()
-        with cur.copy(f"COPY capture_metrics ({', '.join(cols)}) FROM STDIN (FORMAT binary)") as cp:
+        cur: Any = raw.cursor()  # psycopg's
+        with cur.copy(f"COPY capture_metrics ({', '.join(cols)}) FROM STDIN (FORMAT binary)",
+                      writer=QueuedLibpqWriter(cur)) as cp:
             cp.write(COPY_HEADER)
-            for start in range(0, len(df), COPY_BATCH):
-                cp.write(_copy_payload(df.iloc[start : start + COPY_BATCH]))
+            for start, stop in zip(edges, edges[1:]):
+                cp.write(_payload(_metric_fields(df.iloc[start:stop])))
             cp.write(COPY_TRAILER)
-        _refresh_rollup(cur.execute, "postgresql", _hour_keys(df["time"], df["station_id"]))
+            deltas = _rollup_deltas(df, sqlite=False)
+            payload = None if deltas is None else _rollup_payload(deltas)
+        if deltas is None:
+            _refresh_rollup(cur.execute, "postgresql", _hour_keys(df["time"], df["station_id"]))
+        else:
+            _add_to_rollup_pg(cur, deltas, payload)
         raw.commit()
     finally:
         raw.close()
 
 
-# -- the hourly rollup (metric_hourly), recomputed from capture_metrics for the touched hours ----
+# -- the hourly rollup (metric_hourly) -----------------------------------------------------------
+# Inserts add the new rows' sums and counts to it (``_rollup_deltas``, ``_add_to_rollup_*``);
+# deletes (and re-indexing a session) recompute the touched (hour, station) rows from
+# capture_metrics (``_refresh_rollup``).
 
 ORIGIN_EPOCH = 946_857_600  # 2000-01-03 00:00 UTC, the origin of the queries' time buckets
 HOUR_S = 3600
-ROLLUP_LOCK = 0x5D71AB  # the advisory lock key of rollup refreshes
+ROLLUP_LOCK = 0x5D71AB  # the advisory lock key of rollup writes
 
 
-def _hour_keys(times: pd.Series, stations: pd.Series) -> pd.DataFrame:
-    """The distinct (hour floor in epoch seconds ``h``, station ``s``) pairs of metric rows."""
+def _hour_floor(us: np.ndarray, *, sqlite: bool) -> np.ndarray:
+    """The hour bucket (epoch seconds) of times in epoch microseconds, as the bucket expressions
+    compute it: ``date_bin`` floors; SQLite's integer division truncates toward zero (hours before
+    the origin: the next hour, as the raw SQLite queries bucket them)."""
+    d = np.floor_divide(us, 1_000_000) - ORIGIN_EPOCH
+    q = np.floor_divide(d, HOUR_S)
+    if sqlite:
+        q = np.where(d < 0, -np.floor_divide(-d, HOUR_S), q)
+    out: np.ndarray = q * HOUR_S + ORIGIN_EPOCH
+    return out
+
+
+def _hour_keys(times: pd.Series, stations: pd.Series, *, sqlite: bool = False) -> pd.DataFrame:
+    """The distinct (hour bucket in epoch seconds ``h``, station ``s``) pairs of metric rows."""
     if not len(times):
         return pd.DataFrame({"h": np.array([], np.int64), "s": np.array([], object)})
     us, nat = _utc_us(times.reset_index(drop=True))
-    h = np.floor_divide(np.floor_divide(us, 1_000_000) - ORIGIN_EPOCH, HOUR_S) * HOUR_S + ORIGIN_EPOCH
+    h = _hour_floor(us, sqlite=sqlite)
     keys = pd.DataFrame({"h": h[~nat], "s": stations.reset_index(drop=True).to_numpy(dtype=object)[~nat]})
     return keys.drop_duplicates(ignore_index=True)
 
 
 def _session_keys(c: Connection, session_id: str) -> pd.DataFrame:
     rows = c.execute(select(MetricRow.time, MetricRow.station_id).where(MetricRow.session_id == session_id)).all()
-    return _hour_keys(pd.Series([r[0] for r in rows], dtype=object), pd.Series([r[1] for r in rows], dtype=object))
+    return _hour_keys(pd.Series([r[0] for r in rows], dtype=object), pd.Series([r[1] for r in rows], dtype=object),
+                      sqlite=c.dialect.name == "sqlite")
+
+
+def _rollup_columns() -> list[str]:
+    return [f"{m}_{part}" for m in METRIC_COLUMNS for part in ("sum", "n")]
 
 
 def _rollup_aggregates() -> tuple[str, str]:
     """(column list, aggregate list) of the rollup's metric columns."""
-    cols, aggs = [], []
+    aggs = []
     for m in METRIC_COLUMNS:
-        cols += [f"{m}_sum", f"{m}_n"]
         aggs += [f"sum(power(10.0, {m} / 10.0))" if m in DB_METRICS else f"sum({m})", f"count({m})"]
-    return ", ".join(cols), ", ".join(aggs)
+    return ", ".join(_rollup_columns()), ", ".join(aggs)
+
+
+def _rollup_deltas(df: pd.DataFrame, *, sqlite: bool) -> pd.DataFrame | None:
+    """What the metric rows of ``df`` add to the rollup: per (hour, station) with rows (columns
+    ``h``, the bucket in epoch seconds, and ``station_id``), each metric's ``<m>_sum`` (linear power
+    for DB_METRICS, NaN when no value) and ``<m>_n`` (values that are not NaN, i.e. not NULL),
+    summed in row order as the database sums a fresh group.  None when a sum is not finite (an
+    infinite value, or 10^(x/10) overflowing), a time or station is missing, or two station ids
+    are the same text: the exact recompute from capture_metrics decides then (or the insert has
+    failed)."""
+    us, nat = _utc_us(df["time"])
+    st, uniq = pd.factorize(df["station_id"])
+    names = np.array([str(u) for u in uniq], dtype=object)  # as stored (text)
+    if not len(df) or nat.any() or (st < 0).any() or len(set(names)) < len(names):
+        return None
+    order = np.argsort(names)  # groups in (hour, station) order
+    rank = np.empty(len(names), np.int64)
+    rank[order] = np.arange(len(names))
+    h = _hour_floor(us, sqlite=sqlite)
+    h0, n_st = int(h.min()), len(names)
+    group, keys = pd.factorize((h - h0) // HOUR_S * n_st + rank[st], sort=True)
+    g = len(keys)
+    out: dict[str, Any] = {"h": keys // n_st * HOUR_S + h0, "station_id": names[order][keys % n_st]}
+    for m in METRIC_COLUMNS:
+        s, n = np.full(g, np.nan), np.zeros(g, np.int64)
+        if m in df.columns:
+            v = df[m].to_numpy(dtype=np.float64, na_value=np.nan)
+            ok = ~np.isnan(v)
+            idx, x = (group, v) if ok.all() else (group[ok], v[ok])
+            if m in DB_METRICS:
+                with np.errstate(over="ignore"):
+                    x = np.power(10.0, x / 10.0)
+            n = np.bincount(idx, minlength=g)
+            s = np.bincount(idx, weights=x, minlength=g).astype(np.float64)  # (int when x is empty)
+            if not np.isfinite(s).all():
+                return None
+            s[n == 0] = np.nan
+        out[f"{m}_sum"], out[f"{m}_n"] = s, n
+    return pd.DataFrame(out)
+
+
+def _rollup_upsert_sets() -> str:
+    """ON CONFLICT assignments adding an increment to a rollup row: counts add; sums add, a NULL
+    sum (no value) taking the other side's."""
+    return ", ".join(f"{m}_sum = coalesce(metric_hourly.{m}_sum + excluded.{m}_sum, metric_hourly.{m}_sum, "
+                     f"excluded.{m}_sum), {m}_n = metric_hourly.{m}_n + excluded.{m}_n" for m in METRIC_COLUMNS)
+
+
+def _rollup_payload(deltas: pd.DataFrame) -> bytes:
+    """The increments in binary COPY format, columns ``bucket, station_id,`` then _rollup_columns."""
+    g = len(deltas)
+    present = np.zeros(g, bool)
+    fields = [_fixed_field(deltas["h"].to_numpy(np.int64) * 1_000_000 - PG_EPOCH_US, present, ">i8"),
+              _text_field(deltas["station_id"])]
+    for c in _rollup_columns():
+        fields.append(_float_field(deltas[c]) if c.endswith("_sum") else
+                      _fixed_field(deltas[c].to_numpy().astype(np.int32), present, ">i4"))
+    return _payload(fields)
+
+
+def _copy_in(cur: Any, table: str, columns: str, payload: bytes) -> None:
+    """Binary COPY of a payload of ``_payload``."""
+    with cur.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT binary)") as cp:
+        cp.write(COPY_HEADER)
+        cp.write(payload)
+        cp.write(COPY_TRAILER)
+
+
+def _add_to_rollup_pg(cur: Any, deltas: pd.DataFrame, payload: bytes | None = None) -> None:
+    """Add the increments (``_rollup_deltas``; ``payload``: all of them as ``_rollup_payload``, if
+    built) to metric_hourly under the rollup lock, which every rollup writer takes (each then sees
+    what the others committed, and nobody else adds or removes rollup rows until commit): the
+    (hour, station) rows not there yet by COPY, the others by INSERT ... ON CONFLICT DO UPDATE
+    from a temp table."""
+    columns = f"bucket, station_id, {', '.join(_rollup_columns())}"
+    cur.execute(f"select pg_advisory_xact_lock({ROLLUP_LOCK})")
+    cur.execute("select cast(extract(epoch from bucket) as bigint), station_id from metric_hourly "
+                "where bucket >= to_timestamp(%s) and bucket <= to_timestamp(%s) and station_id = any(%s)",
+                (int(deltas["h"].min()), int(deltas["h"].max()), sorted(set(deltas["station_id"]))))
+    have = cur.fetchall()
+    old = (pd.MultiIndex.from_frame(deltas[["h", "station_id"]]).isin(have) if have
+           else np.zeros(len(deltas), bool))
+    if not old.all():
+        _copy_in(cur, "metric_hourly", columns,
+                 payload if payload is not None and not old.any() else _rollup_payload(deltas[~old]))
+    if old.any():
+        cur.execute("create temp table sdrlab_rollup_add (like metric_hourly) on commit drop")
+        _copy_in(cur, "sdrlab_rollup_add", columns, _rollup_payload(deltas[old]))
+        cur.execute(f"insert into metric_hourly ({columns}) select {columns} from sdrlab_rollup_add "
+                    f"on conflict (bucket, station_id) do update set {_rollup_upsert_sets()}")
+        cur.execute("drop table sdrlab_rollup_add")
+
+
+def _add_to_rollup_sqlite(cur: Any, deltas: pd.DataFrame) -> None:
+    """Add the increments to metric_hourly: executemany of INSERT ... ON CONFLICT DO UPDATE
+    (``cur``: a sqlite3 cursor in the writing transaction)."""
+    cols = _rollup_columns()
+    columns: list[list[Any]] = [_sqlite_us_strings(deltas["h"].to_numpy(np.int64) * 1_000_000).tolist(),
+                                deltas["station_id"].tolist()]
+    for c in cols:
+        if c.endswith("_sum"):
+            v = deltas[c].to_numpy(dtype=object)
+            v[pd.isna(deltas[c]).to_numpy()] = None
+            columns.append(v.tolist())
+        else:
+            columns.append(deltas[c].tolist())
+    cur.executemany(f"insert into metric_hourly (bucket, station_id, {', '.join(cols)}) "
+                    f"values ({', '.join('?' * (2 + len(cols)))}) "
+                    f"on conflict (bucket, station_id) do update set {_rollup_upsert_sets()}", zip(*columns))
 
 
 def _sqlite_hour(epoch_s: int) -> str:
@@ -299,6 +496,8 @@ def rebuild_rollup(c: Connection) -> None:
     does this for a database indexed before the rollup existed)."""
     cols, aggs = _rollup_aggregates()
     bucket = _SQLITE_HOUR if c.dialect.name == "sqlite" else _PG_HOUR
+    if c.dialect.name != "sqlite":  # after concurrent rollup writers, before those that follow
+        c.exec_driver_sql(f"select pg_advisory_xact_lock({ROLLUP_LOCK})")
     c.exec_driver_sql("delete from metric_hourly")
     c.exec_driver_sql(f"insert into metric_hourly (bucket, station_id, {cols}) "
                       f"select {bucket}, station_id, {aggs} from capture_metrics group by 1, 2")
