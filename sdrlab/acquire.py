@@ -241,9 +241,28 @@ def _stop_poller(name: str | None) -> Callable[[], bool] | None:
     return poll
 
 
+def _started_before(name: str) -> bool:
+    """Inside a dask worker: whether a task under this name has started before (a cluster-wide
+    Event set on start, through the worker's scheduler connection).  Elsewhere: False."""
+    try:
+        from distributed import get_worker
+        from distributed.utils import sync
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return False
+    try:
+        if sync(worker.loop, worker.scheduler.event_is_set, name=name):
+            return True
+        sync(worker.loop, worker.scheduler.event_set, name=name)
+    except Exception:  # bookkeeping must never cost a capture
+        log.debug("start marker %s not set", name, exc_info=True)
+    return False
+
+
 def capture_station(
     station: Station, frequency_hz: float, duration_s: float, options: KiwiOptions, shared_endpoint: bool = False,
-    progress_topic: str | None = None, stop_event: str | None = None,
+    progress_topic: str | None = None, stop_event: str | None = None, session_id: str = "",
 ) -> StationResult:
     """The dask task: capture one station; never raises for receiver trouble.  With ``stop_event``
     (the name of a distributed Event) the capture ends as soon as that event is set, keeping what
@@ -256,6 +275,13 @@ def capture_station(
     :data:`ProgressCallback`) to the dask event log under that topic.
     """
     t = time.perf_counter()
+    if session_id and _started_before(f"sdrlab-started-{session_id}-{station.id}"):
+        # the scheduler re-ran this task because the worker running it died: capturing from
+        # scratch, seconds late, would silently break the session's simultaneity
+        return StationResult(station.id, "failed", None, "WorkerDied",
+                             "the dask worker capturing it died mid-capture; what it had received was lost with "
+                             "it, and it is not captured again late (that would not be simultaneous)",
+                             time.perf_counter() - t)
     receiver = make_receiver(station, options)
     emit = _progress_emitter(progress_topic)
     if emit is not None:
@@ -506,7 +532,7 @@ def _run(
     options: KiwiOptions, sid: str, show: bool, on_progress: ProgressCallback | None = None,
     stop: threading.Event | None = None,
 ) -> dict[str, StationResult]:
-    from distributed import Event, as_completed
+    from distributed import Event, wait
 
     per_endpoint: dict[tuple[str, int], int] = {}
     for st in chosen:
@@ -517,6 +543,15 @@ def _run(
     results: dict[str, StationResult] = {}
     stop_name = f"sdrlab-stop-{sid}" if stop is not None else None
     finished = threading.Event()
+
+    def _record(res: StationResult) -> None:
+        results[res.station] = res
+        if notify is not None:
+            notify(final_event(res, duration_s))
+        if bar is not None:
+            bar.set_postfix_str(f"{res.station}: {res.status}")
+            bar.update(1)
+
     if stop is not None:
         def relay() -> None:  # the caller's stop -> the cluster-wide event the tasks poll
             while not finished.is_set():
@@ -537,7 +572,7 @@ def _run(
         futures = {
             client.submit(
                 capture_station, st, frequency_hz, duration_s, options, per_endpoint[(st.host, st.port)] > 1, topic,
-                stop_name, key=f"acquire-{st.id}-{sid}", pure=False, retries=0,
+                stop_name, sid, key=f"acquire-{st.id}-{sid}", pure=False, retries=0,
             ): st.id
             for st in chosen
         }
@@ -546,18 +581,35 @@ def _run(
 
             bar = tqdm(total=len(futures), desc="acquire", unit="station")
         with client.as_current():
-            for fut in as_completed(futures):
-                sid_ = futures[fut]
+            pending = set(futures)
+            lonely_since: float | None = None
+            while pending:
                 try:
-                    res = fut.result()
-                except Exception as exc:  # the worker died or could not run the task
-                    res = StationResult(sid_, "failed", None, type(exc).__name__, f"task failed: {exc}")
-                results[sid_] = res
-                if notify is not None:
-                    notify(final_event(res, duration_s))
-                if bar is not None:
-                    bar.set_postfix_str(f"{sid_}: {res.status}")
-                    bar.update(1)
+                    done_now, pending = wait(pending, timeout=2.0, return_when="FIRST_COMPLETED")
+                except TimeoutError:
+                    done_now = set()
+                for fut in done_now:
+                    sid_ = futures[fut]
+                    try:
+                        res = fut.result()
+                    except Exception as exc:  # the worker died or could not run the task
+                        res = StationResult(sid_, "failed", None, type(exc).__name__, f"task failed: {exc}")
+                    _record(res)
+                if done_now or not pending:
+                    lonely_since = None
+                    continue
+                # no dask worker at all for long: nothing will ever finish (all of them died)
+                if _worker_count(client) > 0:
+                    lonely_since = None
+                elif lonely_since is None:
+                    lonely_since = time.monotonic()
+                elif time.monotonic() - lonely_since > NO_WORKER_GRACE_S:
+                    for fut in pending:
+                        fut.cancel()
+                        _record(StationResult(futures[fut], "failed", None, "NoWorkers",
+                                              f"no dask worker left to run it for {NO_WORKER_GRACE_S:g} s "
+                                              "(every worker died)"))
+                    pending = set()
     finally:
         finished.set()
         if bar is not None:
@@ -568,6 +620,17 @@ def _run(
             except Exception:  # the client may be closing
                 log.debug("unsubscribe %s failed", topic, exc_info=True)
     return results
+
+
+#: how long an acquisition waits with no dask worker at all before its pending stations fail
+NO_WORKER_GRACE_S = 30.0
+
+
+def _worker_count(client: Any) -> int:
+    try:
+        return len(client.scheduler_info().get("workers", {}))
+    except Exception:  # the scheduler itself is gone: count as none
+        return 0
 
 
 def _safe_callback(fn: ProgressCallback | None) -> ProgressCallback | None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -146,9 +149,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def dask_processes(tmp_path):
-    """A `dask scheduler` and a `dask worker`, separate processes on loopback."""
+@contextlib.contextmanager
+def _dask_cluster(tmp_path: Path, n_workers: int = 1, nthreads: int = 8) -> Iterator[tuple[str, list[subprocess.Popen]]]:
+    """A `dask scheduler` and ``n_workers`` `dask worker` processes on loopback."""
     port = _free_port()
     addr = f"tcp://127.0.0.1:{port}"
     bindir = Path(sys.executable).parent
@@ -158,12 +161,12 @@ def dask_processes(tmp_path):
          "--dashboard-address", "127.0.0.1:0", "--no-show"],
         stdout=subprocess.DEVNULL, stderr=open(tmp_path / "scheduler.log", "w"), env=env, cwd=tmp_path,
     )
-    worker = subprocess.Popen(
-        [str(bindir / "dask"), "worker", addr, "--nthreads", "8", "--no-nanny",
+    workers = [subprocess.Popen(
+        [str(bindir / "dask"), "worker", addr, "--nthreads", str(nthreads), "--no-nanny",
          "--dashboard-address", "127.0.0.1:0",
          "--host", "127.0.0.1", "--local-directory", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "worker.log", "w"), env=env, cwd=tmp_path,
-    )
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"worker{i}.log", "w"), env=env, cwd=tmp_path,
+    ) for i in range(n_workers)]
     try:
         from distributed import Client
 
@@ -171,22 +174,30 @@ def dask_processes(tmp_path):
         while True:
             try:
                 with Client(addr, timeout="2s") as c:
-                    if c.scheduler_info()["workers"]:
+                    if len(c.scheduler_info()["workers"]) == n_workers:
                         break
             except OSError:
                 pass
             if time.time() > deadline:
-                raise RuntimeError("dask scheduler/worker did not come up:\n" + (tmp_path / "worker.log").read_text())
+                raise RuntimeError("dask scheduler/workers did not come up:\n" + (tmp_path / "worker0.log").read_text())
             time.sleep(0.3)
-        yield addr
+        yield addr, workers
     finally:
-        for p in (worker, sched):
-            p.terminate()
-        for p in (worker, sched):
+        for p in (*workers, sched):
+            if p.poll() is None:
+                p.terminate()
+        for p in (*workers, sched):
             try:
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+@pytest.fixture
+def dask_processes(tmp_path):
+    """A `dask scheduler` and a `dask worker`, separate processes on loopback."""
+    with _dask_cluster(tmp_path) as (addr, _):
+        yield addr
 
 
 def test_scheduler_address_gives_the_same_dataset(dask_processes):
@@ -398,3 +409,77 @@ def test_a_receiver_that_keeps_dropping_is_partial_with_its_gaps_named():
     table = session.status()
     assert table.loc["demo-paris", "status"] == "partial" and "reconnected" in table.loc["demo-paris", "notes"]
     assert int(session.dataset.sel(station="demo-paris")["n_samples"]) >= 8.0 * 12000
+
+
+def _worker_of(addr: str, key_prefix: str) -> dict[str, str]:
+    """Which worker address is processing each task whose key starts with ``key_prefix``."""
+    from distributed import Client
+
+    with Client(addr, timeout="5s") as c:
+        info = c.processing()
+    return {key: w for w, keys in info.items() for key in keys if str(key).startswith(key_prefix)}
+
+
+def test_a_worker_killed_mid_capture_is_named_not_silently_recaptured_late(tmp_path):
+    """SIGKILL of one of two dask workers mid-acquisition (issue 13: its stations were captured
+    again from scratch 10-31 s late and the table said ok): those stations fail naming the dead
+    worker, the others are ok, nothing hangs."""
+    import signal
+
+    from sdrlab.sim.networks import demo7
+    from sdrlab.sim.server import SimServer
+
+    with _dask_cluster(tmp_path, n_workers=2, nthreads=4) as (addr, workers):
+        with SimServer(demo7(seed=12), base_port=0, speed=1.0) as sim:
+            stations = demo7_stations(sim.ports)[:4]
+            box: dict[str, object] = {}
+            t = threading.Thread(target=lambda: box.update(s=acquire(
+                stations, DEMO7_TUNE_HZ, 12.0, settings=SETTINGS, scheduler=addr, write=False)))
+            t.start()
+            deadline = time.time() + 30
+            while sum(sim.connections(s.id) for s in stations) < 4 and time.time() < deadline:
+                time.sleep(0.1)
+            time.sleep(2.0)
+            where = _worker_of(addr, "acquire-")
+            victim_addr = sorted(set(where.values()))[0]
+            victims = {k.split("-", 1)[1].rsplit("-", 2)[0] for k, w in where.items() if w == victim_addr}
+            from distributed import Client
+
+            with Client(addr, timeout="5s") as c:
+                pids = c.run(os.getpid)
+            os.kill(pids[victim_addr], signal.SIGKILL)
+            t.join(120)
+            assert not t.is_alive()
+    session = box["s"]
+    assert victims
+    for sid, res in session.results.items():
+        if sid in victims:
+            assert res.status == "failed" and res.error_class == "WorkerDied", (sid, res)
+        else:
+            assert res.status == "ok", (sid, res)
+
+
+def test_every_worker_dead_ends_the_acquisition_instead_of_waiting_forever(tmp_path, monkeypatch):
+    import signal
+
+    import sdrlab.acquire as acq
+    from sdrlab.sim.networks import demo7
+    from sdrlab.sim.server import SimServer
+
+    monkeypatch.setattr(acq, "NO_WORKER_GRACE_S", 3.0)
+    with _dask_cluster(tmp_path, n_workers=1, nthreads=4) as (addr, workers):
+        with SimServer(demo7(seed=13), base_port=0, speed=1.0) as sim:
+            stations = demo7_stations(sim.ports)[:2]
+            box: dict[str, object] = {}
+            t = threading.Thread(target=lambda: box.update(s=acquire(
+                stations, DEMO7_TUNE_HZ, 30.0, settings=SETTINGS, scheduler=addr, write=False)))
+            t.start()
+            deadline = time.time() + 30
+            while sum(sim.connections(s.id) for s in stations) < 2 and time.time() < deadline:
+                time.sleep(0.1)
+            t_kill = time.monotonic()
+            workers[0].send_signal(signal.SIGKILL)
+            t.join(60)
+            assert not t.is_alive() and time.monotonic() - t_kill < 30
+    session = box["s"]
+    assert all(r.status == "failed" and r.error_class == "NoWorkers" for r in session.results.values())
