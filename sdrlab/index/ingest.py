@@ -41,6 +41,14 @@ def _f(v: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _session_id_time(session_id: str) -> datetime:
+    """The time a session id carries (``YYYYmmddTHHMMSSZ-...``), else now."""
+    try:
+        return datetime.strptime(session_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return datetime.now(timezone.utc)
+
+
 def session_rows(ds: xr.Dataset, store_url: str) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
     """The rows of one session: (session, captures, metrics)."""
     sid = ds.attrs["session_id"]
@@ -65,17 +73,27 @@ def session_rows(ds: xr.Dataset, store_url: str) -> tuple[dict[str, Any], list[d
         "indexed_at": datetime.now(timezone.utc),
     }
     captures, metrics = [], []
+    timing = ds["timing"].values if "timing" in ds.coords else np.array(["gps"] * ds.sizes["station"])
     for i, st in enumerate(ds["station"].values):
         st = str(st)
         s = ds.isel(station=i)
         t0 = _ts(starts[i])
+        note = (status.get(st) or {}).get("message")
+        when = t0
+        if t0 is None or str(timing[i]) != "gps":
+            # no GPS time: indexed all the same (a capture must not vanish from history), at
+            # its receipt time or else the session's start, and the capture says so
+            when = t0 or session["start_time"] or _session_id_time(sid)
+            flag = (f"time not from GPS ({'receipt time' if t0 is not None else 'the session start'}"
+                    " used for the metrics)")
+            note = f"{note}; {flag}" if note else flag
         captures.append({
             "session_id": sid, "station_id": st, "store_key": f"{store_url}#station={st}", "start_time": t0,
             "sample_rate": _f(fs[i]), "samples": int(n[i]), "status": str(s["status"].values),
-            "error": (status.get(st) or {}).get("message"),
+            "error": note,
         })
-        if t0 is not None:
-            row = {"time": t0, "station_id": st, "session_id": sid, "frequency_hz": freq}
+        if when is not None:
+            row = {"time": when, "station_id": st, "session_id": sid, "frequency_hz": freq}
             row.update({m: _f(s[m].values) if m in s.variables else None for m in METRIC_COLUMNS})
             metrics.append(row)
     for st, v in status.items():  # stations that delivered nothing

@@ -239,3 +239,29 @@ def test_a_held_lock_ends_the_index_step_with_an_error_not_a_hang(pg_server):
     finally:
         tx.rollback()
         holder.close()
+
+
+def test_a_capture_without_gps_time_is_indexed_with_its_time_flagged(engine, session_ds):
+    """Station 1 has no GPS start time (issue 13: it got no metric row, vanished from history,
+    and `latest` then showed an older session): it is indexed at the session's start, and the
+    capture row says the time is not from GPS."""
+    from sdrlab.index import latest_status
+
+    ds = session_ds.copy(deep=True)
+    ds.attrs["session_id"] = "20261124T150000Z-2e2e2e"
+    st = ds["start_time"].values.copy()
+    st[1] = np.datetime64("NaT")
+    ds = ds.assign_coords(start_time=("station", st))
+    assert index_session(engine, ds, "file:///x") == 3
+    no_gps = str(ds["station"].values[1])
+    with engine.connect() as c:
+        caps = {r.station_id: r for r in c.execute(select(CaptureRow).where(
+            CaptureRow.session_id == "20261124T150000Z-2e2e2e")).all()}
+        t = c.execute(select(MetricRow.time).where(MetricRow.station_id == no_gps,
+                                                    MetricRow.session_id == "20261124T150000Z-2e2e2e")).scalar()
+    assert "time not from GPS" in caps[no_gps].error and caps[no_gps].start_time is None
+    got = pd.Timestamp(t)
+    got = got.tz_convert(None) if got.tzinfo is not None else got
+    assert abs(got - pd.Timestamp(st[~np.isnat(st)].min())) < pd.Timedelta("1ms")  # the session's start
+    latest = latest_status(engine).set_index("station_id")
+    assert latest.loc[no_gps, "session_id"] == "20261124T150000Z-2e2e2e"
