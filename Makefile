@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml | $(PG_INITDB)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# PostgreSQL 15 server binaries for sdrlab.testservers.Postgres (docs: test-services.md section 3.1).
+# PostgreSQL 15 server binaries for tests/support/servers.py's Postgres (docs: test-services.md section 3.1).
 # As root: installed from Debian apt. Otherwise: a hint, and tests that need PostgreSQL fail with
 # a RuntimeError saying the same. SDRLAB_PG_BINDIR pointing at another initdb skips all this.
 $(PG_INITDB):

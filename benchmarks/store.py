@@ -11,6 +11,7 @@ session's IQ bytes (int16, as stored before compression) as one object with ``fs
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -18,9 +19,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from sdrlab import testing
-from sdrlab.store import Store
-from sdrlab.testservers import SeaweedS3
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))  # tests.support, from a checkout
+
+from sdrlab import testing  # noqa: E402
+from sdrlab.store import Store  # noqa: E402
+from tests.support.servers import SeaweedS3  # noqa: E402
 
 
 def best(fn: Callable[[], Any], repeat: int) -> float:

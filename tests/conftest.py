@@ -81,7 +81,7 @@ def receiver_for(sim: Any, scene: Scene, rx_id: str, options: KiwiOptions, **cha
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[Any]:
     """A real S3 server (SeaweedFS) on loopback for the whole test run."""
-    from sdrlab.testservers import SeaweedS3
+    from tests.support.servers import SeaweedS3
 
     srv = SeaweedS3().start()
     try:
@@ -92,8 +92,8 @@ def s3_server() -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[Any]:
-    """A real PostgreSQL 15 on loopback for the whole test run (sdrlab.testservers.Postgres)."""
-    from sdrlab.testservers import Postgres
+    """A real PostgreSQL 15 on loopback for the whole test run (tests.support.servers.Postgres)."""
+    from tests.support.servers import Postgres
 
     srv = Postgres().start()
     try:

@@ -335,7 +335,7 @@ def test_store_failure_keeps_the_acquired_session():
     from sdrlab.sim.networks import demo7
     from sdrlab.sim.server import SimServer
     from sdrlab.store import Store
-    from sdrlab.testservers import _free_ports
+    from tests.support.servers import _free_ports
 
     dead = Store("s3://sdrlab-gone/lab", {"key": "k", "secret": "s", "client_kwargs": {
         "endpoint_url": f"http://127.0.0.1:{_free_ports(1)[0]}"}, "config_kwargs": {
@@ -354,7 +354,7 @@ def test_a_down_index_loses_nothing(tmp_path):
     from sdrlab.sim.networks import demo7
     from sdrlab.sim.server import SimServer
     from sdrlab.store import Store
-    from sdrlab.testservers import _free_ports
+    from tests.support.servers import _free_ports
 
     store = Store(f"file://{tmp_path}/store")
     down = make_engine(f"postgresql+psycopg://postgres@127.0.0.1:{_free_ports(1)[0]}/none")

@@ -130,7 +130,7 @@ def test_demo_runs_end_to_end(tmp_path):
 
 
 def test_unusable_store_is_named_before_acquiring(capsys, monkeypatch):
-    from sdrlab.testservers import _free_ports
+    from tests.support.servers import _free_ports
 
     endpoint = f"http://127.0.0.1:{_free_ports(1)[0]}"  # nothing listens here
     monkeypatch.setenv("SDRLAB_STORE", "s3://sdrlab-x/prefix")

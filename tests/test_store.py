@@ -133,7 +133,7 @@ def test_wrong_credentials_name_the_endpoint_not_the_secret(s3_server, bucket, s
 
 
 def test_unreachable_endpoint_is_clear_and_quick(session):
-    from sdrlab.testservers import _free_ports
+    from tests.support.servers import _free_ports
 
     port = _free_ports(1)[0]
     st = Store("s3://sdrlab-nowhere/lab", {"key": "k", "secret": "s", "client_kwargs": {
@@ -148,7 +148,7 @@ def test_unreachable_endpoint_is_clear_and_quick(session):
 def test_server_killed_mid_write_then_rerun_after_restart(tmp_path):
     """Kill the S3 server while a session is being written: nothing lists as a session; after a
     restart (same data) the same write succeeds."""
-    from sdrlab.testservers import SeaweedS3
+    from tests.support.servers import SeaweedS3
 
     big = testing.synthetic_dataset(n_stations=7, duration_s=300.0, seed=9)
     big.attrs["session_id"] = "20261124T090000Z-c0ffee"
@@ -290,7 +290,7 @@ def test_a_frozen_server_ends_in_a_timeout_error_with_the_data_kept(tmp_path):
     import os
     import signal
 
-    from sdrlab.testservers import SeaweedS3
+    from tests.support.servers import SeaweedS3
 
     ds = testing.synthetic_dataset(n_stations=3, duration_s=5.0, seed=4)
     ds.attrs["session_id"] = "20261124T100000Z-f00f00"

@@ -352,7 +352,7 @@ def test_session_browser_reports_a_session_deleted_under_it(tmp_path: Path) -> N
 
 def test_session_browser_reports_an_unreachable_store() -> None:
     pytest.importorskip("s3fs", reason="needs the s3 extra: pip install 'sdrlab[s3]'")
-    from sdrlab.testservers import _free_ports
+    from tests.support.servers import _free_ports
 
     port = _free_ports(1)[0]
     store = Store("s3://sdrlab-nowhere/lab", {"key": "k", "secret": "s", "client_kwargs": {

@@ -1,4 +1,4 @@
-"""sdrlab.testservers.Postgres: a real PostgreSQL 15 on loopback, started, killed and removed."""
+"""tests.support.servers.Postgres: a real PostgreSQL 15 on loopback, started, killed and removed."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from sdrlab import testservers
-from sdrlab.testservers import Postgres
+from tests.support import servers
+from tests.support.servers import Postgres
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -119,7 +119,7 @@ def test_start_failure_reports_the_log_tail() -> None:
 
 def test_missing_binaries_say_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("SDRLAB_PG_BINDIR", raising=False)
-    monkeypatch.setattr(testservers, "PG_DEFAULT_BINDIR", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(servers, "PG_DEFAULT_BINDIR", str(tmp_path / "nowhere"))
     with pytest.raises(RuntimeError, match="apt-get install postgresql-15"):
         Postgres().start()
     monkeypatch.setenv("SDRLAB_PG_BINDIR", str(tmp_path))
