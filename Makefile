@@ -35,10 +35,12 @@ $(PG_INITDB):
 	  echo "make:          to a directory holding initdb, pg_ctl and postgres." >&2; \
 	fi
 
-# Headless chromium for sdrlab.browser (HTML report tests, README screenshots; test-services.md section 4).
+# Headless chromium that tests/support/browser.py drives through Playwright's executable_path (HTML
+# report tests, README screenshots; test-services.md sections 4 and 4.1; never `playwright install`).
 # As root: installed from Debian apt (apt-get update only when the cached lists cannot serve it).
-# Otherwise: a hint, and sdrlab.browser.find_chromium raises saying the same. SDRLAB_CHROMIUM pointing
-# at an executable, or a chromium / chromium-browser / google-chrome already on PATH, skips all this.
+# Otherwise: a hint, and tests/support/browser.py's find_chromium raises saying the same.
+# SDRLAB_CHROMIUM pointing at an executable, or a chromium / chromium-browser / google-chrome already
+# on PATH, skips all this.
 $(CHROMIUM):
 	@if [ -n "$$SDRLAB_CHROMIUM" ] && [ -x "$$SDRLAB_CHROMIUM" ]; then \
 	  echo "make: chromium from SDRLAB_CHROMIUM=$$SDRLAB_CHROMIUM"; \

@@ -8,11 +8,13 @@
   ``@jupyter-widgets/html-manager`` that ipywidgets embeds (fetched with ``npm pack`` from the npm
   registry, never from a CDN), then photographed by headless chromium.
 - ``report.png``: ``notebooks/report.ipynb`` run through :func:`sdrlab.runs.run_notebook` (5 s from
-  the simulator) into its HTML report, photographed by :class:`sdrlab.browser.HeadlessBrowser`
-  (the top of the page only, to keep the PNG small).
+  the simulator) into its HTML report, photographed by ``tests/support/browser.py``'s
+  :class:`HeadlessBrowser` (Playwright driving Debian's chromium; the top of the page only, to keep
+  the PNG small).
 
-Needs chromium (``make test`` installs it; or set ``SDRLAB_CHROMIUM``) and npm on PATH.  Everything
-it acquires goes into a temporary store and index that are removed afterwards.
+Needs the test extra (Playwright), chromium (``make test`` installs it; or set ``SDRLAB_CHROMIUM``)
+and npm on PATH.  Everything it acquires goes into a temporary store and index that are removed
+afterwards.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run from a checkout without an editable install too
+sys.path.insert(0, str(ROOT))  # run from a checkout without an editable install too; tests.support
 
-from sdrlab.browser import HeadlessBrowser
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError  # noqa: E402
+
+from tests.support.browser import HeadlessBrowser  # noqa: E402
 
 PANEL_PNG = "acquisition-panel.png"
 REPORT_PNG = "report.png"
@@ -41,33 +45,29 @@ REPORT_HEIGHT = 1800
 REPORT_WIDTH = 1100
 PANEL_WIDTH = 1280
 
-#: polls until the embedded widgets rendered: the manager's views, the progress bars and the
-#: results table (the HTML widget's <table>), or gives up after ~20 s
-_WAIT_FOR_WIDGETS_JS = r"""
-new Promise(resolve => {
-  const t0 = Date.now();
-  const facts = () => ({
-    widgets: document.querySelectorAll('[class*="widget-"]').length,
-    jupyter_widgets: document.querySelectorAll('.jupyter-widgets').length,
-    progress_bars: document.querySelectorAll('.widget-hprogress, .progress-bar').length,
-    select_options: document.querySelectorAll('.widget-select-multiple option').length,
-    results_tables: document.querySelectorAll('table.sdrlab-table').length,
-    buttons: document.querySelectorAll('button.jupyter-button').length,
-    unrendered_views: document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]')
-      .length - document.querySelectorAll('.widget-subarea, .jupyter-widgets-view').length,
-    width: document.documentElement.scrollWidth,
-    height: document.documentElement.scrollHeight,
-  });
-  const tick = () => {
-    const f = facts();
-    if ((f.results_tables > 0 && f.progress_bars > 0 && f.select_options > 0) || Date.now() - t0 > 20000) {
-      resolve(f);
-    } else {
-      setTimeout(tick, 100);
-    }
-  };
-  tick();
+#: how long the embedded widgets may take to render (the manager's views, the progress bars and
+#: the results table, the HTML widget's <table>)
+WIDGETS_TIMEOUT_S = 20.0
+#: what rendered, counted in the page
+_WIDGET_FACTS_JS = r"""
+() => ({
+  widgets: document.querySelectorAll('[class*="widget-"]').length,
+  jupyter_widgets: document.querySelectorAll('.jupyter-widgets').length,
+  progress_bars: document.querySelectorAll('.widget-hprogress, .progress-bar').length,
+  select_options: document.querySelectorAll('.widget-select-multiple option').length,
+  results_tables: document.querySelectorAll('table.sdrlab-table').length,
+  buttons: document.querySelectorAll('button.jupyter-button').length,
+  unrendered_views: document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]')
+    .length - document.querySelectorAll('.widget-subarea, .jupyter-widgets-view').length,
+  width: document.documentElement.scrollWidth,
+  height: document.documentElement.scrollHeight,
 })
+"""
+#: true once the results table, a progress bar and the station list are there
+_WIDGETS_RENDERED_JS = r"""
+() => document.querySelectorAll('table.sdrlab-table').length > 0
+  && document.querySelectorAll('.widget-hprogress, .progress-bar').length > 0
+  && document.querySelectorAll('.widget-select-multiple option').length > 0
 """
 
 _PAGE_TEMPLATE = """<!DOCTYPE html>
@@ -150,7 +150,11 @@ def panel_page(tmp: Path, embed_js: Path) -> Path:
 
 def shoot_panel(browser: HeadlessBrowser, page: Path, png: Path) -> None:
     browser.open(page, width=PANEL_WIDTH, height=600, settle=0.5)
-    facts = browser.evaluate(_WAIT_FOR_WIDGETS_JS, timeout=40)
+    try:
+        browser.page.wait_for_function(_WIDGETS_RENDERED_JS, timeout=WIDGETS_TIMEOUT_S * 1000, polling=100)
+    except PlaywrightTimeoutError:
+        pass  # named below, with what did render
+    facts = browser.evaluate(_WIDGET_FACTS_JS)
     print(f"panel page: {facts}")
     missing = [k for k in ("jupyter_widgets", "progress_bars", "select_options", "results_tables", "buttons")
                if not facts.get(k)]

@@ -91,7 +91,7 @@ def test_html_report_is_self_contained(report_run):
 
 
 def test_html_report_in_headless_chromium_shows_figures_and_the_metrics_table(report_run, tmp_path):
-    from sdrlab.browser import HeadlessBrowser
+    from tests.support.browser import HeadlessBrowser
 
     with HeadlessBrowser() as browser:
         browser.open(report_run.html)

@@ -117,7 +117,7 @@ def test_same_answers_on_both_backends(tmp_path, pg_server):
 
 def test_database_that_goes_away_is_a_clear_error(tmp_path):
     from sdrlab.errors import IndexStoreError
-    from sdrlab.testservers import Postgres
+    from tests.support.servers import Postgres
 
     srv = Postgres().start()
     eng = make_engine(srv.create_database("gone"))

@@ -12,7 +12,7 @@ from sdrlab.index.models import AvailabilityRow, StationRow
 from sdrlab.index.stations import availability_per_day, parse_status, sync_stations
 from sdrlab.sim.networks import demo7
 from sdrlab.sim.server import SimServer
-from sdrlab.testservers import _free_ports
+from tests.support.servers import _free_ports
 
 
 def test_sync_fills_from_status_and_records_availability(engine):
