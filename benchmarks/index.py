@@ -5,8 +5,8 @@ baselines measured in the same run.
 
 ``--rows`` synthetic metric rows (``--stations`` stations per session, sessions spread evenly over
 30 days, every column of ``sdrlab.index.models.METRIC_COLUMNS``, a few percent NaN) are built
-with numpy.  A real PostgreSQL 15 is started on loopback (``sdrlab.testservers.Postgres``: fsync
-off, as the tests run it) and SQLite uses a temporary file.  On each backend, in the same run:
+with numpy.  A real PostgreSQL 15 is started on loopback (``tests.support.servers.Postgres`` from the
+checkout: fsync off, as the tests run it) and SQLite uses a temporary file.  On each backend, in the same run:
 
 * ingest: ``bulk_insert_metrics(engine, df)`` of all rows into a fresh schema (``init_db``),
   timed once (COPY on PostgreSQL, executemany batches on SQLite), conversion from the DataFrame
@@ -18,6 +18,12 @@ off, as the tests run it) and SQLite uses a temporary file.  On each backend, in
   the ingest).  Baseline: the same aggregation (hourly buckets, linear-power mean, count) in pandas
   on the DataFrame already in memory, best of ``--repeat`` after a warm-up.  Ratio = pandas time /
   query time (above 1: the database is faster).  The query results are checked against pandas.
+  On the raw rows (``_raw=True``: what other bucket sizes and unaligned ranges read), one station
+  and one day, and all stations and one day, best of ``--repeat``, checked the same way.
+* delete / re-index one session (50 rows of a 1M-row table, the hourly rollup refreshed):
+  ``delete_session`` of ``--repeat`` sessions from the middle of the month after one untimed, and
+  ``index_session`` of a Dataset holding another session's rows (replacing them), best of
+  ``--repeat`` after a warm-up; each checked to leave the row count it should.
 
 Targets: ingest >= 100k rows/s on PostgreSQL; the hourly SNR query over all rows < 100 ms on
 PostgreSQL.
@@ -26,22 +32,29 @@ PostgreSQL.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sqlite3
 import sys
 import tempfile
 import time
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, insert, text
+import xarray as xr
+from sqlalchemy import Engine, func, insert, select, text
 
-from sdrlab.index import bulk_insert_metrics, init_db, make_engine, metric_over_time
-from sdrlab.index.ingest import _ts
-from sdrlab.index.models import METRIC_COLUMNS, MetricRow
-from sdrlab.testservers import Postgres
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))  # tests.support, from a checkout
+
+from sdrlab.index import (  # noqa: E402
+    bulk_insert_metrics, delete_session, index_session, init_db, make_engine, metric_over_time,
+)
+from sdrlab.index.ingest import _ts  # noqa: E402
+from sdrlab.index.models import METRIC_COLUMNS, MetricRow  # noqa: E402
+from tests.support.servers import Postgres  # noqa: E402
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 DAYS = 30
@@ -177,10 +190,60 @@ def check(got: pd.DataFrame, want: pd.DataFrame, what: str) -> None:
                              f"{bad_n} wrong counts, {bad_v} wrong values")
 
 
+def session_dataset(df: pd.DataFrame, session_id: str) -> xr.Dataset:
+    """A Dataset as ``index_session`` reads it, holding the metric rows of one session of ``df``
+    (GPS start times as stored, every station ok)."""
+    rows = df[df["session_id"] == session_id]
+    st = rows["station_id"].astype(str).to_numpy()
+    n = len(rows)
+    return xr.Dataset(
+        {"n_samples": ("station", np.full(n, 120_000)), "sample_rate": ("station", np.full(n, 12_000.0)),
+         "status": ("station", np.array(["ok"] * n)),
+         **{m: ("station", rows[m].to_numpy()) for m in METRIC_COLUMNS}},
+        coords={"station": st, "start_time": ("station", rows["time"].dt.tz_convert(None).to_numpy()),
+                "timing": ("station", np.array(["gps"] * n))},
+        attrs={"session_id": session_id, "center_frequency_hz": float(rows["frequency_hz"].iloc[0]),
+               "station_status": json.dumps({s: {"status": "ok"} for s in st})})
+
+
+def count_rows(engine: Engine, session_id: str | None = None) -> int:
+    q = select(func.count()).select_from(MetricRow)
+    if session_id is not None:
+        q = q.where(MetricRow.session_id == session_id)
+    with engine.connect() as c:
+        return int(c.execute(q).scalar_one())
+
+
+def bench_sessions(label: str, engine: Engine, df: pd.DataFrame, repeat: int) -> tuple[float, float]:
+    """(delete_session ms, index_session ms) of one session in the full table."""
+    sids = df["session_id"].unique()
+    mid = len(sids) // 2
+    doomed, again = sids[mid : mid + repeat + 1], sids[mid + repeat + 1]
+    n0 = count_rows(engine)
+    times = []
+    for i, sid in enumerate(doomed):
+        t = time.perf_counter()
+        delete_session(engine, sid)
+        if i:  # the first: untimed warm-up
+            times.append(time.perf_counter() - t)
+        assert count_rows(engine, sid) == 0, f"{label}: session {sid} still has rows"
+    removed = int(df["session_id"].isin(doomed).sum())
+    assert count_rows(engine) == n0 - removed, f"{label}: delete removed other rows"
+    del_ms = min(times) * 1e3
+    ds = session_dataset(df, again)
+    idx_ms, got = best_ms(lambda: index_session(engine, ds, "file:///bench/sessions/" + again), repeat)
+    assert got == ds.sizes["station"] == count_rows(engine, again), f"{label}: re-index of {again}"
+    assert count_rows(engine) == n0 - removed, f"{label}: re-index changed the row count"
+    print(f"{label:6s} delete session {len(df):>9,} rows {del_ms:8.1f} ms  (best of {len(times)}; "
+          f"{removed // len(doomed)} rows each, rollup refreshed)")
+    print(f"{label:6s} index session  {len(df):>9,} rows {idx_ms:8.1f} ms  (re-index: its rows replaced)")
+    return del_ms, idx_ms
+
+
 def bench_backend(label: str, engine: Engine, naive_engine: Engine, df: pd.DataFrame, n_naive: int,
                   repeat: int, filt: dict[str, Any], n_filt: int, pd_ms: dict[str, float],
-                  want: dict[str, pd.DataFrame]) -> tuple[float, float]:
-    """Ingest and query figures of one backend; returns (ingest rows/s, full query ms)."""
+                  want: dict[str, pd.DataFrame]) -> dict[str, float]:
+    """Ingest, query and session figures of one backend: ingest rows/s, query / delete / index ms."""
     kind = init_db(engine)
     init_db(naive_engine)
     n = len(df)
@@ -211,7 +274,16 @@ def bench_backend(label: str, engine: Engine, naive_engine: Engine, df: pd.DataF
     check(got_f, want["filtered"], f"{label} filtered")
     print(f"{label:6s} query 1 st 1 d {n_filt:>9,} rows {q_f:8.1f} ms -> {len(got_f):>6,} buckets  "
           f"ratio to pandas {pd_ms['filtered'] / q_f:.2f}  (pandas {pd_ms['filtered']:.1f} ms)")
-    return rate, q_all
+    day = {"start": filt["start"], "end": filt["end"]}
+    n_day = int(selected(df, **day).sum())
+    for what, kw, n_sel in (("raw 1 st 1 d", filt, n_filt), ("raw 1 d", day, n_day)):
+        raw = partial(metric_over_time, engine, "snr_db", bucket_s=3600, _raw=True, **kw)
+        q_r, got_r = best_ms(raw, repeat)
+        check(got_r, pandas_hourly(df, **kw), f"{label} {what}")
+        print(f"{label:6s} query {what:9s}{n_sel:>9,} rows {q_r:8.1f} ms -> {len(got_r):>6,} buckets  "
+              f"(raw rows, no rollup)")
+    del_ms, idx_ms = bench_sessions(label, engine, df, repeat)
+    return {"rate": rate, "query_ms": q_all, "delete_ms": del_ms, "index_ms": idx_ms}
 
 
 def main() -> int:
@@ -257,13 +329,15 @@ def main() -> int:
         print(f"postgresql {version} on 127.0.0.1:{srv.port} (fsync off); sqlite {sqlite3.sqlite_version} "
               f"in {tmp.name}")
 
-        pg_rate, pg_ms = bench_backend("pg", pg, pg_naive, df, a.naive_rows, a.repeat, filt, n_filt, pd_ms,
-                                       want)
-        lite_rate, lite_ms = bench_backend("sqlite", lite, lite_naive, df, a.naive_rows, a.repeat, filt,
-                                           n_filt, pd_ms, want)
-        ingest_ok, query_ok = pg_rate >= INGEST_TARGET, pg_ms < QUERY_TARGET_MS
-        print(f"RESULT rows={len(df)} ingest_pg_rows_s={pg_rate:.0f} ingest_sqlite_rows_s={lite_rate:.0f} "
-              f"query_pg_ms={pg_ms:.1f} query_sqlite_ms={lite_ms:.1f} "
+        pg_r = bench_backend("pg", pg, pg_naive, df, a.naive_rows, a.repeat, filt, n_filt, pd_ms, want)
+        lite_r = bench_backend("sqlite", lite, lite_naive, df, a.naive_rows, a.repeat, filt, n_filt, pd_ms,
+                               want)
+        ingest_ok, query_ok = pg_r["rate"] >= INGEST_TARGET, pg_r["query_ms"] < QUERY_TARGET_MS
+        print(f"RESULT rows={len(df)} ingest_pg_rows_s={pg_r['rate']:.0f} "
+              f"ingest_sqlite_rows_s={lite_r['rate']:.0f} query_pg_ms={pg_r['query_ms']:.1f} "
+              f"query_sqlite_ms={lite_r['query_ms']:.1f} delete_session_pg_ms={pg_r['delete_ms']:.1f} "
+              f"delete_session_sqlite_ms={lite_r['delete_ms']:.1f} index_session_pg_ms={pg_r['index_ms']:.1f} "
+              f"index_session_sqlite_ms={lite_r['index_ms']:.1f} "
               f"target_ingest_pg>=100000 met={ingest_ok} target_query_pg<100ms met={query_ok}")
     finally:
         for e in engines:
