@@ -2,7 +2,7 @@
 
 ``Settings`` alone turns configuration into live objects: the store location, the dask client, and
 (in later issues) fsspec storage options and the SQLAlchemy engine.  URLs with credentials are
-masked whenever they are shown.
+masked whenever they are shown (:mod:`sdrlab.redact`).
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ import re
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 from urllib.parse import urlsplit
 
 from . import timing
 from .errors import ConfigError
+from .redact import mask_url
 
 if TYPE_CHECKING:
     from .stations import Catalog
@@ -27,24 +29,6 @@ DEFAULT_STORE = "file://./sdrlab-data"
 DEFAULT_DB = "sqlite:///./sdrlab-data/index.db"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-
-
-def mask_url(url: str) -> str:
-    """``scheme://user:***@host/...``: never show a password (even one holding ``@`` or ``/``)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, hostpart = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{hostpart}" if ":" in creds else url
-
-
-_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^:/@\s]*:)\S+@")
-
-
-def mask_urls_in(text: str) -> str:
-    """Every ``scheme://user:password@`` in a free text (an error message) with the password masked."""
-    return _URL_PASSWORD.sub(r"\1***@", text)
 
 
 @dataclass(frozen=True)
@@ -188,3 +172,32 @@ class Settings:
             if cluster is not None:
                 cluster.close()
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+# ---- the workbench's settings -----------------------------------------------------------------
+def project_root(start: Path | None = None) -> Path | None:
+    """The sdrlab checkout this notebook lives in (a parent holding ``pyproject.toml`` and
+    ``notebooks/``), if any."""
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / "pyproject.toml").is_file() and (d / "notebooks").is_dir() and (d / "sdrlab").is_dir():
+            return d
+    return None
+
+
+def workbench_settings(store: str = "", db: str = "") -> Settings:
+    """The settings a notebook uses: ``store``/``db`` parameters when given, else ``SDRLAB_STORE``
+    / ``SDRLAB_DB``; when neither is set and the kernel runs inside an sdrlab checkout (Jupyter
+    starts kernels in the notebook's directory), the checkout's ``./sdrlab-data`` — the same store
+    ``make demo`` and the CLI use from the project root."""
+    overrides: dict[str, Any] = {}
+    root = project_root()
+    if store:
+        overrides["store"] = store
+    elif ENV_PREFIX + "STORE" not in os.environ and root is not None:
+        overrides["store"] = f"file://{root / 'sdrlab-data'}"
+    if db:
+        overrides["db"] = db
+    elif ENV_PREFIX + "DB" not in os.environ and root is not None:
+        overrides["db"] = f"sqlite:///{root / 'sdrlab-data' / 'index.db'}"
+    return Settings.from_env(**overrides)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import ENV_PREFIX, Settings
+from .config import Settings
+from .config import project_root as project_root  # the notebooks call nb.workbench_settings(store, db)
+from .config import workbench_settings as workbench_settings
 from .demo import scene_attrs
 from .errors import ConfigError
 from .stations import Station
@@ -29,35 +29,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 #: simulated networks started by this kernel, reused by later cells: (network, seed, speed) -> server
 _SERVERS: dict[tuple[str, int, float], tuple[SimServer, Scene]] = {}
-
-
-# ---- where ------------------------------------------------------------------------------------
-def project_root(start: Path | None = None) -> Path | None:
-    """The sdrlab checkout this notebook lives in (a parent holding ``pyproject.toml`` and
-    ``notebooks/``), if any."""
-    here = (start or Path.cwd()).resolve()
-    for d in (here, *here.parents):
-        if (d / "pyproject.toml").is_file() and (d / "notebooks").is_dir() and (d / "sdrlab").is_dir():
-            return d
-    return None
-
-
-def workbench_settings(store: str = "", db: str = "") -> Settings:
-    """The settings a notebook uses: ``store``/``db`` parameters when given, else ``SDRLAB_STORE``
-    / ``SDRLAB_DB``; when neither is set and the kernel runs inside an sdrlab checkout (Jupyter
-    starts kernels in the notebook's directory), the checkout's ``./sdrlab-data`` — the same store
-    ``make demo`` and the CLI use from the project root."""
-    overrides: dict[str, Any] = {}
-    root = project_root()
-    if store:
-        overrides["store"] = store
-    elif ENV_PREFIX + "STORE" not in os.environ and root is not None:
-        overrides["store"] = f"file://{root / 'sdrlab-data'}"
-    if db:
-        overrides["db"] = db
-    elif ENV_PREFIX + "DB" not in os.environ and root is not None:
-        overrides["db"] = f"sqlite:///{root / 'sdrlab-data' / 'index.db'}"
-    return Settings.from_env(**overrides)
 
 
 # ---- parameter checks -------------------------------------------------------------------------
@@ -223,7 +194,7 @@ def publish(**facts: Any) -> None:
     type of its own that reports leave out; the text fallback says what was published."""
     from IPython.display import display
 
-    from .runs import PUBLISH_MIME
+    from .runs import PUBLISH_MIME  # papermill and nbformat load with sdrlab.runs only when publishing
 
     clean = {k: v if isinstance(v, (str, int, float, bool)) or v is None else str(v) for k, v in facts.items()}
     text = ", ".join(f"{k}={v}" for k, v in clean.items())

@@ -27,8 +27,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from .config import mask_urls_in
+from .config import workbench_settings
 from .errors import ConfigError, IndexStoreError, NotebookRunError, SdrlabError
+from .redact import mask_urls_in, public_parameters
 
 log = logging.getLogger(__name__)
 
@@ -334,26 +335,12 @@ def _stamp(out: Path, result: RunResult) -> None:
     nbformat.write(nb, str(out))
 
 
-def public_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
-    """Parameters as they may be shown or stored: JSON values, and any password in a URL
-    (``db``, ``store``) masked."""
-    from .config import mask_url
-
-    out: dict[str, Any] = {}
-    for k, v in parameters.items():
-        v = v if isinstance(v, (int, float, bool)) or v is None else str(v)
-        out[k] = mask_url(v) if isinstance(v, str) else v
-    return out
-
-
 def _record(result: RunResult, engine: Any) -> None:
     from .index.runs import record_run
 
     try:
         if engine is None or isinstance(engine, str):
-            from .notebook import workbench_settings  # the index the notebook's kernel uses
-
-            engine = workbench_settings(db=engine or "").engine()
+            engine = workbench_settings(db=engine or "").engine()  # the index the notebook's kernel uses
         record_run(engine, result)
     except Exception as exc:  # a run that happened is never undone by its bookkeeping
         reason = exc if isinstance(exc, (IndexStoreError, ConfigError)) else f"{type(exc).__name__}: {exc}"

@@ -38,10 +38,11 @@ from matplotlib.figure import Figure
 
 from .acquire import FINAL_STATES, Session, final_event, validate_request
 from .acquire import acquire as run_acquisition
-from .config import Settings, mask_url
+from .config import Settings
 from .errors import AcquisitionError, ConfigError
 from .metrics import UNITS
 from .plots import metric_label
+from .redact import mask_url
 from .stations import Catalog, Station
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sdrlab.config import Settings, mask_url
+from sdrlab.config import Settings
+from sdrlab.redact import mask_url
 from sdrlab.errors import ConfigError
 
 

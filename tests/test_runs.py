@@ -237,7 +237,7 @@ def test_demo_ends_with_the_report_of_its_session(tmp_path, capsys, monkeypatch)
 
 
 def test_passwords_in_url_parameters_are_masked_for_the_report_and_the_index():
-    from sdrlab.runs import public_parameters
+    from sdrlab.redact import public_parameters
 
     shown = public_parameters({"db": "postgresql+psycopg://lab:s3cret@127.0.0.1:5432/idx", "n": 3,
                                "store": "s3://bucket/x"})

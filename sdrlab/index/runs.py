@@ -3,21 +3,38 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pandas as pd
 from sqlalchemy import Engine, delete, insert, select
 
 from ..errors import IndexStoreError
 from .models import RunRow, SessionRow
+from ..redact import public_parameters
 from .schema import init_db
-from ..runs import public_parameters
-
-if TYPE_CHECKING:
-    from ..runs import RunResult
 
 
-def record_run(engine: Engine, result: RunResult) -> None:
+class RunRecord(Protocol):
+    """What the index keeps of a notebook run (:class:`sdrlab.runs.RunResult` is one): the index
+    reads runs, it does not depend on the code that makes them."""
+
+    run_id: str
+    notebook: str
+    output: str
+    html: str | None
+    parameters: dict[str, Any]
+    status: str
+    error: str | None
+    failed_cell: int | None
+    started_at: str
+    finished_at: str
+    duration_s: float
+
+    @property
+    def session_ids(self) -> list[str]: ...
+
+
+def record_run(engine: Engine, result: RunRecord) -> None:
     """Insert (or replace) the run with the sessions it published (acquired in the run, or
     reported on).  Sessions acquired inside the run carry its id themselves (``papermill_run_id``)."""
     init_db(engine)

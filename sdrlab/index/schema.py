@@ -15,8 +15,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select, text
 
-from ..config import mask_url
 from ..errors import IndexStoreError
+from ..redact import mask_url
 from .models import SCHEMA_VERSION, Base, MetricHourlyRow, MetricRow, SchemaVersion
 
 log = logging.getLogger(__name__)
