@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import ConfigError
 from .geodesy import C_M_S, _inverse
 from .locate import _incidence, lag_covariance
+from .pipeline import tdoa
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -49,8 +50,6 @@ class Calibration:
 def calibrate(ds: xr.Dataset, transmitter: tuple[float, float], **tdoa_kw: Any) -> Calibration:
     """The stations' relative delays from a session of a transmitter at ``transmitter`` (lat,
     lon); ``tdoa_kw`` go to :func:`sdrlab.tdoa.tdoa` (which runs without a delay prior here)."""
-    from . import tdoa
-
     if "station_delays_s" in tdoa_kw:
         raise ConfigError("calibrate measures the station delays; do not pass station_delays_s")
     res = tdoa(ds, station_delay_sigma_s=0.0, truth=transmitter, **tdoa_kw)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sdrlab import tdoa
-from sdrlab.tdoa import _apply_closures
+from sdrlab.tdoa.pipeline import _apply_closures
 from sdrlab.tdoa.consistency import closures, judge
 
 from .checks import exact_pairs

@@ -20,7 +20,7 @@ from geographiclib.geodesic import Geodesic
 
 from sdrlab import tdoa
 from sdrlab.interchange.kiwiwav import import_kiwi_wav
-from sdrlab.tdoa import _apply_closures
+from sdrlab.tdoa.pipeline import _apply_closures
 
 DCF77 = (50.0152, 9.0112)  # the published position of the DCF77 antenna, Mainflingen
 
