@@ -9,6 +9,24 @@ from __future__ import annotations
 
 from typing import Any
 
+#: the longest quotation of an input in a message (a 10 MB file must not make a 10 MB message)
+QUOTE_CHARS = 200
+#: the most problems a :class:`CatalogError` message lists
+MAX_PROBLEMS = 20
+
+
+def quote(value: object, limit: int = QUOTE_CHARS) -> str:
+    """``repr(value)`` for a message, cut to about ``limit`` characters saying how much was left out."""
+    text = value if isinstance(value, str) else None
+    if text is not None and len(text) > limit:
+        return f"{text[:limit]!r}... ({len(text) - limit} more characters)"
+    shown = repr(value)
+    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(shown) - limit} more characters)"
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
 
 class SdrlabError(Exception):
     """Base class of every sdrlab error."""
@@ -23,8 +41,11 @@ class CatalogError(SdrlabError):
 
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
         self.problems = list(problems or [])
-        if self.problems:
-            message = message + "\n" + "\n".join(f"  - {p}" for p in self.problems)
+        if self.problems:  # the message stays readable (and bounded) however many problems there are
+            shown = [f"  - {_cut(p, 2 * QUOTE_CHARS)}" for p in self.problems[:MAX_PROBLEMS]]
+            if len(self.problems) > MAX_PROBLEMS:
+                shown.append(f"  ... and {len(self.problems) - MAX_PROBLEMS} more")
+            message = message + "\n" + "\n".join(shown)
         super().__init__(message)
 
 

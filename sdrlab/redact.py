@@ -12,8 +12,6 @@ from typing import Any, Iterable, Mapping
 from urllib.parse import unquote
 
 MASK = "***"
-#: the longest quotation of user input in an error message (a 10 MB file must not make a 10 MB message)
-QUOTE_CHARS = 200
 
 
 def mask_url(url: str) -> str:
@@ -72,9 +70,3 @@ def public_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
         out[k] = mask_url(v) if isinstance(v, str) else v
     return out
 
-
-def quote(text: str, limit: int = QUOTE_CHARS) -> str:
-    """``repr(text)`` cut to about ``limit`` characters, saying how much was left out."""
-    if len(text) <= limit:
-        return repr(text)
-    return f"{text[:limit]!r}... ({len(text) - limit} more characters)"

@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-from .errors import CatalogError
+from .errors import CatalogError, quote
 
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 KNOWN_PROTOCOLS = frozenset({"kiwisdr"})
@@ -62,7 +62,7 @@ def _valid_host(host: object) -> bool:
 def _num(entry: Mapping[str, Any], key: str, problems: list[str], where: str) -> float | None:
     v = entry.get(key)
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        problems.append(f"{where}: {key} must be a number, got {v!r}")
+        problems.append(f"{where}: {key} must be a number, got {quote(v)}")
         return None
     return float(v)
 
@@ -77,23 +77,24 @@ def validate_entries(entries: Iterable[Mapping[str, Any]], source: str) -> list[
             problems.append(f"station #{i + 1}: not a table ([[station]] with key = value lines)")
             continue
         sid = entry.get("id")
-        where = f"station #{i + 1}" + (f" ({sid!r})" if isinstance(sid, str) else "")
+        where = f"station #{i + 1}" + (f" ({quote(sid, 70)})" if isinstance(sid, str) else "")
         before = len(problems)
         unknown = set(entry) - _FIELDS
         if unknown:
-            problems.append(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+            problems.append(f"{where}: unknown field(s) {', '.join(quote(k, 70) for k in sorted(unknown)[:10])}"
+                            + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""))
         if not isinstance(sid, str) or not SLUG.fullmatch(sid):
-            problems.append(f"{where}: id must be a slug (a-z, 0-9, '-'), got {sid!r}")
+            problems.append(f"{where}: id must be a slug (a-z, 0-9, '-'), got {quote(sid)}")
         elif sid in seen:
-            problems.append(f"{where}: duplicate id {sid!r} (first at station #{seen[sid] + 1})")
+            problems.append(f"{where}: duplicate id {quote(sid)} (first at station #{seen[sid] + 1})")
         else:
             seen[sid] = i
         host = entry.get("host")
         if not _valid_host(host):
-            problems.append(f"{where}: host must be a host name or address, got {host!r}")
+            problems.append(f"{where}: host must be a host name or address, got {quote(host)}")
         port = entry.get("port")
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-            problems.append(f"{where}: port must be an integer 1-65535, got {port!r}")
+            problems.append(f"{where}: port must be an integer 1-65535, got {quote(port)}")
         lat = _num(entry, "latitude", problems, where)
         if lat is not None and not -90.0 <= lat <= 90.0:
             problems.append(f"{where}: latitude {lat} outside -90...90")
@@ -102,14 +103,14 @@ def validate_entries(entries: Iterable[Mapping[str, Any]], source: str) -> list[
             problems.append(f"{where}: longitude {lon} outside -180...180")
         alt = entry.get("altitude", 0.0)
         if isinstance(alt, bool) or not isinstance(alt, (int, float)):
-            problems.append(f"{where}: altitude must be a number of metres, got {alt!r}")
+            problems.append(f"{where}: altitude must be a number of metres, got {quote(alt)}")
         chans = entry.get("channels", 4)
         if isinstance(chans, bool) or not isinstance(chans, int) or chans < 1:
-            problems.append(f"{where}: channels must be a positive integer, got {chans!r}")
+            problems.append(f"{where}: channels must be a positive integer, got {quote(chans)}")
         proto = entry.get("protocol", "kiwisdr")
         if proto not in KNOWN_PROTOCOLS:
             problems.append(
-                f"{where}: protocol {proto!r} unknown (known: {', '.join(sorted(KNOWN_PROTOCOLS))})"
+                f"{where}: protocol {quote(proto)} unknown (known: {', '.join(sorted(KNOWN_PROTOCOLS))})"
             )
         for key in ("name", "network", "notes", "password"):
             if key in entry and not isinstance(entry[key], str):
@@ -161,8 +162,8 @@ class Catalog:
             return self._by_id[station_id]
         except KeyError:
             raise CatalogError(
-                f"unknown station {station_id!r} in {self.source} "
-                f"(known: {', '.join(self._by_id) or 'none'})"
+                f"unknown station {quote(station_id)} in {self.source} "
+                f"(known: {self._known()})"
             ) from None
 
     def select(self, ids: Iterable[str]) -> list[Station]:
@@ -171,13 +172,19 @@ class Catalog:
         unknown = [i for i in ids if i not in self._by_id]
         if unknown:
             raise CatalogError(
-                f"unknown station(s) {', '.join(map(repr, unknown))} in {self.source} "
-                f"(known: {', '.join(self._by_id) or 'none'})"
+                f"unknown station(s) {', '.join(quote(u, 70) for u in unknown[:10])}"
+                f"{f' and {len(unknown) - 10} more' if len(unknown) > 10 else ''} in {self.source} "
+                f"(known: {self._known()})"
             )
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise CatalogError(f"station(s) named twice: {', '.join(dupes)}")
         return [self._by_id[i] for i in ids]
+
+    def _known(self, most: int = 20) -> str:
+        ids = list(self._by_id)
+        more = f" and {len(ids) - most} more" if len(ids) > most else ""
+        return (", ".join(ids[:most]) + more) or "none"
 
     def network(self, name: str) -> list[Station]:
         return [s for s in self if s.network == name]
@@ -191,7 +198,8 @@ def parse_catalog(text: str, source: str = "<string>") -> Catalog:
     unknown = sorted(set(data) - {"station"})
     if unknown:
         raise CatalogError(
-            f"station catalogue {source}: unknown top-level key(s) {', '.join(map(repr, unknown))} "
+            f"station catalogue {source}: unknown top-level key(s) {', '.join(quote(k, 70) for k in unknown[:10])}"
+            f"{f' and {len(unknown) - 10} more' if len(unknown) > 10 else ''} "
             "(stations are [[station]] tables)"
         )
     entries = data.get("station", [])
@@ -215,4 +223,8 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise CatalogError(f"cannot read station catalogue {p}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:  # a binary file, or text in another encoding
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise CatalogError(f"station catalogue {p} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line "
+                           f"{line}, offset {exc.start}): a catalogue is a TOML file, which is UTF-8") from None
     return parse_catalog(text, str(p))

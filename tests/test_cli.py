@@ -115,6 +115,21 @@ def test_malformed_catalogue_names_every_problem(tmp_path, capsys):
         assert piece in err
 
 
+@pytest.mark.parametrize("content, message", [
+    (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", "is not UTF-8 text (byte 0xff on line 1, offset 0)"),
+    (b"\x00" * 64, "is not valid TOML"),
+    (('[[station]]\nid = "' + "x" * 10_000_000 + '"\nhost = "h"\nport = 1\nlatitude = 0\nlongitude = 0\n').encode(),
+     "id must be a slug"),
+])
+def test_a_catalogue_that_is_binary_or_huge_exits_2_with_a_short_message(tmp_path, capsys, content, message):
+    bad = tmp_path / "stations.toml"
+    bad.write_bytes(content)
+    assert main(["stations", "list", "--catalog", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(bad) in err and "Traceback" not in err
+    assert len(err) < 2_000
+
+
 def test_demo_runs_end_to_end(tmp_path):
     env = {**ENV, "SDRLAB_DB": f"sqlite:///{tmp_path}/index.db"}  # never the working tree's index
     r = subprocess.run([SDRLAB, "demo", "--duration", "1", "--speed", "5", "--out", str(tmp_path), "--no-progress"],

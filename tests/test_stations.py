@@ -286,3 +286,50 @@ def test_misspelt_table_and_empty_catalogue_are_errors(tmp_path):
     empty.write_text("# nothing yet\n")
     with pytest.raises(CatalogError, match="no \\[\\[station\\]\\] entries"):
         load_catalog(empty)
+
+
+# --------------------------------------------------------------------------------------------------
+# files that are not catalogues: a clear, bounded CatalogError, never a traceback or a huge message
+
+
+@pytest.mark.parametrize("content, what", [
+    (b"\xff\xfe\x00\x01binary", "byte 0xff on line 1, offset 0"),
+    ('[[station]]\nid = "caf\u00e9"\n'.encode("latin-1"), "byte 0xe9 on line 2, offset 21"),
+])
+def test_a_file_that_is_not_utf8_is_a_catalog_error_naming_it(tmp_path: Path, content: bytes, what: str) -> None:
+    p = tmp_path / "binary.toml"
+    p.write_bytes(content)
+    with pytest.raises(CatalogError) as ei:
+        load_catalog(p)
+    assert str(p) in str(ei.value) and "not UTF-8" in str(ei.value) and what in str(ei.value)
+
+
+def test_binary_utf8_file_is_a_catalog_error(tmp_path: Path) -> None:
+    p = tmp_path / "zeros.toml"
+    p.write_bytes(b"\x00" * 4096)
+    with pytest.raises(CatalogError, match="not valid TOML"):
+        load_catalog(p)
+
+
+def test_a_huge_bad_catalogue_gives_a_short_message(tmp_path: Path) -> None:
+    """10 MB of bad values: each quoted value is cut, and at most a few dozen problems listed."""
+    huge = "x" * 10_000_000
+    entries = "".join(f'[[station]]\nid = "{huge}"\nhost = "{huge}"\nport = "{huge}"\nlatitude = "{huge}"\n'
+                      f'longitude = 0\n{huge[:100]} = 1\n' for _ in range(1)) + 'station2 = "' + huge + '"\n'
+    p = tmp_path / "huge.toml"
+    p.write_text(entries, encoding="utf-8")
+    with pytest.raises(CatalogError) as ei:
+        load_catalog(p)
+    assert len(str(ei.value)) < 2_000, len(str(ei.value))
+    assert str(p) in str(ei.value) and "more characters" in str(ei.value)
+    many = "".join(_entry(f"s{i}", port=0) for i in range(1000))
+    with pytest.raises(CatalogError) as ei:
+        parse_catalog(many, "many.toml")
+    assert len(ei.value.problems) == 1000  # all kept for a program; the message lists the first ones
+    assert "... and 980 more" in str(ei.value) and len(str(ei.value)) < 5_000
+
+
+def test_unknown_station_ids_are_quoted_short() -> None:
+    with pytest.raises(CatalogError) as ei:
+        load_catalog().get("y" * 100_000)
+    assert len(str(ei.value)) < 1_000
