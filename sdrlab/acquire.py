@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Sequence
 import pandas as pd
 import xarray as xr
 
-from . import model
+from . import model, timing
 from .config import Settings
 from .errors import ConfigError, ReceiverError
 from .receivers import make_receiver
@@ -260,64 +260,187 @@ def _started_before(name: str) -> bool:
     return False
 
 
-def capture_station(
-    station: Station, frequency_hz: float, duration_s: float, options: KiwiOptions, shared_endpoint: bool = False,
-    progress_topic: str | None = None, stop_event: str | None = None, session_id: str = "",
-) -> StationResult:
-    """The dask task: capture one station; never raises for receiver trouble.  With ``stop_event``
-    (the name of a distributed Event) the capture ends as soon as that event is set, keeping what
-    has arrived (status ``partial``).
+def capture_group(
+    stations: Sequence[Station], frequency_hz: float, duration_s: float, options: KiwiOptions, *,
+    session_id: str = "", group: int = 0, progress_topic: str | None = None, stop_event: str | None = None,
+    window_topics: tuple[str, str] | None = None, start_wait_s: float = 20.0,
+) -> list[StationResult]:
+    """The dask task: capture every station of one group at once, in one event loop (one worker
+    thread holds hundreds of streams); never raises for receiver trouble.
 
-    With ``shared_endpoint`` (several stations of one acquisition on the same host:port, e.g.
-    multi-channel capture from one Kiwi), a cluster-wide semaphore keeps the connections to that
-    receiver within its channels even when the tasks run in different worker processes.
-    With ``progress_topic`` the task reports ``connecting`` and ``receiving`` events (see
-    :data:`ProgressCallback`) to the dask event log under that topic.
+    With ``window_topics`` (report, start: topics of the dask event log) the captures share one
+    :class:`~sdrlab.receivers.window.Window`: when every station of the group has its first frame
+    (or ``start_wait_s`` passed) the group reports the latest first time under ``report``, then
+    waits for the session's start under ``start`` (decided by :func:`acquire` from all groups).
+    Without them (no dask worker) the group's own latest first time is the start.
+    ``stop_event`` (the name of a distributed Event) ends every capture as soon as it is set,
+    keeping what has arrived (status ``partial``); ``progress_topic``: ``connecting`` and
+    ``receiving`` events (see :data:`ProgressCallback`) to the event log under that topic.
     """
+    import asyncio
+
     t = time.perf_counter()
-    if session_id and _started_before(f"sdrlab-started-{session_id}-{station.id}"):
+    if session_id and _started_before(f"sdrlab-started-{session_id}-g{group}"):
         # the scheduler re-ran this task because the worker running it died: capturing from
         # scratch, seconds late, would silently break the session's simultaneity
-        return StationResult(station.id, "failed", None, "WorkerDied",
-                             "the dask worker capturing it died mid-capture; what it had received was lost with "
-                             "it, and it is not captured again late (that would not be simultaneous)",
-                             time.perf_counter() - t)
-    receiver = make_receiver(station, options)
+        return [StationResult(st.id, "failed", None, "WorkerDied",
+                              "the dask worker capturing it died mid-capture; what it had received was lost with "
+                              "it, and it is not captured again late (that would not be simultaneous)",
+                              time.perf_counter() - t) for st in stations]
     emit = _progress_emitter(progress_topic)
-    if emit is not None:
-        emit({"station": station.id, "state": "connecting", "fraction": 0.0, "samples": 0, "message": ""})
-        last = [0.0]
-
-        def on_samples(samples: int, rate: float) -> None:
-            now = time.monotonic()
-            if now - last[0] >= _PROGRESS_INTERVAL_S:
-                last[0] = now
-                want = max(1.0, duration_s * rate)
-                emit({"station": station.id, "state": "receiving", "fraction": min(1.0, samples / want),
-                      "samples": int(samples), "message": ""})
-
-        if hasattr(receiver, "on_progress"):
-            receiver.on_progress = on_samples
     poll = _stop_poller(stop_event)
-    if poll is not None and hasattr(receiver, "should_stop"):
-        receiver.should_stop = poll
-    result = _capture(receiver, station, frequency_hz, duration_s, shared_endpoint, t)
-    if getattr(receiver, "stopped", False):
-        got = result.capture.n_samples / (result.capture.sample_rate or 12000.0) if result.capture else 0.0
-        if result.capture is not None and result.capture.n_samples:
-            result.status = "partial"
-            note = f"stopped by request after {got:.1f} s of the {duration_s:g} s asked for"
-            result.message = "; ".join(x for x in (note, result.message) if x)
-        elif result.status != "failed":
-            result.status, result.capture = "failed", None
-            result.error_class, result.message = "Stopped", "stopped by request before any data arrived"
-    if result.capture is not None:
+    results = asyncio.run(_capture_group(stations, frequency_hz, duration_s, options, emit, poll,
+                                         _window_link(window_topics, group), start_wait_s, t))
+    for st, res in zip(stations, results):
+        if res.capture is not None:
+            try:
+                res.metrics, res.metric_attrs = capture_metrics(res.capture, st)
+            except Exception as exc:  # metrics must never cost the capture
+                log.exception("station %s: metrics failed", st.id)
+                res.message = (res.message or "") + f" (metrics failed: {exc})"
+    return results
+
+
+#: (report(first_ns), fetch() -> start_ns or None) of the cluster-wide window, or None
+WindowLink = tuple[Callable[[int | None], None], Callable[[], int | None]] | None
+
+
+def _window_link(topics: tuple[str, str] | None, group: int) -> WindowLink:
+    """Inside a dask worker: how a group reports its candidate start and learns the session's,
+    through the scheduler's event log (works for remote workers).  Elsewhere: None."""
+    if topics is None:
+        return None
+    try:
+        from distributed import get_worker
+        from distributed.utils import sync
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return None
+    report_topic, start_topic = topics
+
+    def report(first_ns: int | None) -> None:
+        worker.log_event(report_topic, {"group": group, "first_ns": first_ns})
+
+    def fetch() -> int | None:
+        events = sync(worker.loop, worker.scheduler.events, topic=start_topic)
+        for _t, msg in events or ():
+            if isinstance(msg, dict) and msg.get("start_ns") is not None:
+                return int(msg["start_ns"])
+        return None
+
+    return report, fetch
+
+
+async def _capture_group(
+    stations: Sequence[Station], frequency_hz: float, duration_s: float, options: KiwiOptions,
+    emit: Callable[[dict[str, Any]], None] | None, poll: Callable[[], bool] | None, link: WindowLink,
+    start_wait_s: float, t: float,
+) -> list[StationResult]:
+    import asyncio
+
+    from .receivers.window import Window
+
+    window = Window(duration_s, [st.id for st in stations], auto=link is None)
+    every = max(_PROGRESS_INTERVAL_S, len(stations) / 200.0)  # the event log carries ~200 events/s
+    receivers = []
+    for st in stations:
+        rx = make_receiver(st, options)
+        rx.window = window
+        if poll is not None:
+            rx.should_stop = poll
+        if emit is not None:
+            emit({"station": st.id, "state": "connecting", "fraction": 0.0, "samples": 0, "message": ""})
+            rx.on_progress = _progress_reporter(emit, st.id, duration_s, every)
+        receivers.append(rx)
+    coordinator = None
+    if link is not None:
+        coordinator = asyncio.create_task(_coordinate(window, link, start_wait_s, poll))
+    elif len(stations) > 1:
+        coordinator = asyncio.create_task(_start_anyway(window, start_wait_s))
+    try:
+        return list(await asyncio.gather(*(
+            _capture_one(rx, st, frequency_hz, duration_s, window, t) for rx, st in zip(receivers, stations))))
+    finally:
+        if coordinator is not None:
+            coordinator.cancel()
+
+
+def _progress_reporter(emit: Callable[[dict[str, Any]], None], station: str, duration_s: float,
+                       every: float) -> Callable[[int, float], None]:
+    last = [0.0]
+
+    def on_samples(samples: int, rate: float) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every:
+            last[0] = now
+            want = max(1.0, duration_s * rate)
+            emit({"station": station, "state": "receiving", "fraction": min(1.0, samples / want),
+                  "samples": int(samples), "message": ""})
+
+    return on_samples
+
+
+async def _start_anyway(window: Any, start_wait_s: float) -> None:
+    """One process, no coordinator: a station that never comes up must not hold the others' start."""
+    if not await window.wait(reported=True, timeout=start_wait_s):
+        cand = window.candidate()
+        window.set_start(cand if cand is not None else timing.gps_now_ns())
+
+
+async def _coordinate(window: Any, link: Any, start_wait_s: float, poll: Callable[[], bool] | None) -> None:
+    """Report this group's candidate start once every station has its first frame (or gave up,
+    or ``start_wait_s`` passed), then poll the event log for the session's start."""
+    import asyncio
+
+    report, fetch = link
+    loop = asyncio.get_running_loop()
+    await window.wait(reported=True, timeout=start_wait_s)
+    if window.start_ns is not None:
+        return
+    try:
+        await loop.run_in_executor(None, report, window.candidate())
+    except Exception:  # the scheduler is going: the fallback below still starts the window
+        log.warning("window candidate not reported to the scheduler", exc_info=True)
+    give_up = time.monotonic() + 3 * start_wait_s + 10.0
+    while window.start_ns is None:
         try:
-            result.metrics, result.metric_attrs = capture_metrics(result.capture, station)
-        except Exception as exc:  # metrics must never cost the capture
-            log.exception("station %s: metrics failed", station.id)
-            result.message = (result.message or "") + f" (metrics failed: {exc})"
-    return result
+            start = await loop.run_in_executor(None, fetch)
+        except Exception:  # the scheduler is busy or going: ask again
+            log.debug("window start not fetched", exc_info=True)
+            start = None
+        if start is not None:
+            window.set_start(start)
+            return
+        if time.monotonic() > give_up:  # no word from the session: never hold the samples forever
+            cand = window.candidate()
+            log.warning("no session start from the scheduler after %.0f s: this group starts on its own",
+                        3 * start_wait_s + 10.0)
+            window.set_start(cand if cand is not None else timing.gps_now_ns())
+            return
+        await asyncio.sleep(0.1)
+
+
+async def _capture_one(rx: Any, station: Station, frequency_hz: float, duration_s: float, window: Any,
+                       t: float) -> StationResult:
+    try:
+        res = await _capture(rx, station, frequency_hz, duration_s, t)
+    finally:
+        window.gave_up(station.id)  # no-op once it arrived: the start never waits for a finished one
+    if getattr(rx, "stopped", False):
+        got = res.capture.n_samples / (res.capture.sample_rate or 12000.0) if res.capture else 0.0
+        if res.capture is not None and res.capture.n_samples:
+            res.status = "partial"
+            note = f"stopped by request after {got:.1f} s of the {duration_s:g} s asked for"
+            res.message = "; ".join(x for x in (note, res.message) if x)
+        elif res.status != "failed":
+            res.status, res.capture = "failed", None
+            res.error_class, res.message = "Stopped", "stopped by request before any data arrived"
+    if res.status != "failed" and (res.capture is None or not res.capture.n_samples):
+        why = res.capture.events[-1] if res.capture is not None and res.capture.events else "nothing arrived in time"
+        res.status, res.capture = "failed", None
+        res.error_class, res.message = "NoData", f"no data inside the session's window ({why})"
+    return res
 
 
 def capture_metrics(capture: Capture, station: Station) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
@@ -332,20 +455,9 @@ def capture_metrics(capture: Capture, station: Station) -> tuple[dict[str, float
     return {str(k): float(v.values[0]) for k, v in m.data_vars.items()}, attrs
 
 
-def _capture(
-    receiver: Any, station: Station, frequency_hz: float, duration_s: float, shared_endpoint: bool, t: float
-) -> StationResult:
-    import asyncio
-
+async def _capture(receiver: Any, station: Station, frequency_hz: float, duration_s: float, t: float) -> StationResult:
     try:
-        if shared_endpoint:
-            from distributed import Semaphore
-
-            sem = Semaphore(max_leases=station.channels, name=f"sdrlab-channels-{station.host}:{station.port}")
-            with sem:
-                cap = asyncio.run(receiver.capture(frequency_hz, duration_s))
-        else:
-            cap = asyncio.run(receiver.capture(frequency_hz, duration_s))
+        cap = await receiver.capture(frequency_hz, duration_s)
         gaps = describe_gaps(cap)
         if gaps:  # the samples came in pieces: usable, but not one uninterrupted capture
             return StationResult(station.id, "partial", cap, None, gaps, time.perf_counter() - t)
@@ -462,12 +574,13 @@ def acquire(
     sid = new_session_id()
     t0 = time.perf_counter()
     if client is not None:
-        results = _run(client, chosen, frequency_hz, duration_s, options, sid, show, on_progress, stop)
+        results, start_ns = _run(client, chosen, frequency_hz, duration_s, options, sid, show, on_progress, stop)
     else:
-        with settings.dask_client(scheduler, n_threads=len(chosen)) as c:
-            results = _run(c, chosen, frequency_hz, duration_s, options, sid, show, on_progress, stop)
+        with settings.dask_client(scheduler, n_threads=2) as c:
+            results, start_ns = _run(c, chosen, frequency_hz, duration_s, options, sid, show, on_progress, stop)
     t_acq = time.perf_counter() - t0
     ordered = {s.id: results[s.id] for s in chosen}
+    _check_window(ordered, start_ns)
     caps = [r.capture for r in ordered.values() if r.capture is not None]
     ds = None
     if caps:
@@ -476,6 +589,7 @@ def acquire(
             session_id=sid,
         )
         ds = attach_metrics(ds, [r for r in ordered.values() if r.capture is not None])
+        ds.attrs.update(window_attrs(ds, start_ns, duration_s, options.gps_utc_offset_s))
         ds.attrs.update({k: v for k, v in (attrs or {}).items() if k not in ds.attrs})
         if settings.run_id:  # acquired inside `sdrlab run`: the index links the session to the run
             ds.attrs["papermill_run_id"] = settings.run_id
@@ -484,6 +598,59 @@ def acquire(
     if write and ds is not None:
         save(session, store, index=index)
     return session
+
+
+#: a station whose first sample is later than this after the session's start started late
+LATE_START_S = 0.1
+
+
+def _check_window(results: dict[str, StationResult], start_ns: int | None) -> None:
+    """A GPS-timed station that came up after the session's start misses the beginning of the
+    common window: ``partial``, saying by how much."""
+    if start_ns is None:
+        return
+    for res in results.values():
+        cap = res.capture
+        if cap is None or not cap.segments or not cap.segments[0].fit.ok:
+            continue
+        last = cap.segments[-1]
+        if last.fit.ok and last.fit.t0_gps_ns + last.n_samples / last.fit.fs * 1e9 <= start_ns:
+            note = "its data ended before the session's window opened (kept, outside the window)"
+            res.message = "; ".join(x for x in (note, res.message) if x)
+            if res.status == "ok":
+                res.status = "partial"
+            continue
+        late = (cap.segments[0].fit.t0_gps_ns - start_ns) / 1e9
+        if late > LATE_START_S:
+            note = f"started {late:.2f} s after the session's start (came up late)"
+            res.message = "; ".join(x for x in (note, res.message) if x)
+            if res.status == "ok":
+                res.status = "partial"
+
+
+def window_attrs(ds: xr.Dataset, start_ns: int | None, duration_s: float, gps_utc_offset_s: int) -> dict[str, Any]:
+    """The session's window and the span its GPS-timed stations really cover together: global
+    attributes ``window_start`` / ``window_end`` (UTC, ISO 8601), ``common_start`` /
+    ``common_end`` (latest start and earliest end of the GPS-timed stations) and
+    ``start_spread_s`` (latest minus earliest start)."""
+    import numpy as np
+
+    out: dict[str, Any] = {}
+
+    def iso(t: Any) -> str:
+        return str(np.datetime_as_string(t, unit="us")) + "Z"
+
+    if start_ns is not None:
+        out["window_start"] = iso(timing.gps_ns_to_utc(start_ns, gps_utc_offset_s))
+        out["window_end"] = iso(timing.gps_ns_to_utc(start_ns + round(duration_s * 1e9), gps_utc_offset_s))
+    gps = ds["timing"].values == "gps"
+    if gps.any():
+        starts = ds["start_time"].values[gps]
+        ends = starts + (ds["n_samples"].values[gps] / ds["sample_rate"].values[gps] * 1e9).astype("timedelta64[ns]")
+        out["common_start"] = iso(starts.max())
+        out["common_end"] = iso(ends.min())
+        out["start_spread_s"] = float((starts.max() - starts.min()) / np.timedelta64(1, "ns") / 1e9)
+    return out
 
 
 def save(session: Session, store: Any, index: Any = False) -> Session:
@@ -527,22 +694,47 @@ def add_to_index(session: Session, engine: Any) -> Session:
     return session
 
 
+def _groups(client: Any, chosen: list[Station]) -> list[tuple[str | None, list[Station]]]:
+    """The stations split over the cluster's worker processes, one group (one task, one event
+    loop) per worker, the stations of one receiver (host:port) always in the same group so that
+    its channels are counted in one place; (worker address or None, stations)."""
+    try:
+        workers = sorted(client.scheduler_info().get("workers", {}))
+    except Exception:
+        workers = []
+    by_endpoint: dict[tuple[str, int], list[Station]] = {}
+    for st in chosen:
+        by_endpoint.setdefault((st.host, st.port), []).append(st)
+    n = max(1, min(len(workers), len(by_endpoint)))
+    groups: list[list[Station]] = [[] for _ in range(n)]
+    for members in sorted(by_endpoint.values(), key=len, reverse=True):
+        min(groups, key=len).extend(members)
+    order = {st.id: i for i, st in enumerate(chosen)}
+    out = []
+    for i, g in enumerate(groups):
+        g.sort(key=lambda st: order[st.id])
+        out.append((workers[i] if i < len(workers) else None, g))
+    return out
+
+
 def _run(
     client: Any, chosen: list[Station], frequency_hz: float, duration_s: float,
     options: KiwiOptions, sid: str, show: bool, on_progress: ProgressCallback | None = None,
-    stop: threading.Event | None = None,
-) -> dict[str, StationResult]:
+    stop: threading.Event | None = None, start_wait_s: float = 20.0,
+) -> tuple[dict[str, StationResult], int | None]:
+    """Run the group tasks, coordinate the session's start, gather the results: (station ->
+    result, the window's start in GPS ns or None when no group reported one)."""
     from distributed import Event, wait
 
-    per_endpoint: dict[tuple[str, int], int] = {}
-    for st in chosen:
-        per_endpoint[(st.host, st.port)] = per_endpoint.get((st.host, st.port), 0) + 1
     topic = None
     notify = _safe_callback(on_progress)
     bar = None
     results: dict[str, StationResult] = {}
     stop_name = f"sdrlab-stop-{sid}" if stop is not None else None
     finished = threading.Event()
+    report_topic, start_topic = f"sdrlab-window-{sid}", f"sdrlab-start-{sid}"
+    reports: dict[int, int | None] = {}
+    start_ns: int | None = None
 
     def _record(res: StationResult) -> None:
         results[res.station] = res
@@ -563,38 +755,56 @@ def _run(
                     return
 
         threading.Thread(target=relay, name=f"sdrlab-stop-{sid}", daemon=True).start()
+    groups = _groups(client, chosen)
     try:
         if notify is not None:
             topic = f"sdrlab-progress-{sid}"
             for st in chosen:
                 notify({"station": st.id, "state": "queued", "fraction": 0.0, "samples": 0, "message": ""})
             client.subscribe_topic(topic, lambda event: notify(event[1]))
+        client.subscribe_topic(report_topic, lambda event: reports.update({int(event[1]["group"]): event[1]["first_ns"]}))
         futures = {
             client.submit(
-                capture_station, st, frequency_hz, duration_s, options, per_endpoint[(st.host, st.port)] > 1, topic,
-                stop_name, sid, key=f"acquire-{st.id}-{sid}", pure=False, retries=0,
-            ): st.id
-            for st in chosen
+                capture_group, members, frequency_hz, duration_s, options, session_id=sid, group=g,
+                progress_topic=topic, stop_event=stop_name, window_topics=(report_topic, start_topic),
+                start_wait_s=start_wait_s, key=f"acquire-g{g}-{sid}", pure=False, retries=0,
+                workers=[addr] if addr else None, allow_other_workers=True,
+            ): (g, members)
+            for g, (addr, members) in enumerate(groups)
         }
         if show:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(futures), desc="acquire", unit="station")
+            bar = tqdm(total=len(chosen), desc="acquire", unit="station")
         with client.as_current():
             pending = set(futures)
             lonely_since: float | None = None
+            first_report: float | None = None
+            t_submit = time.monotonic()
             while pending:
                 try:
-                    done_now, pending = wait(pending, timeout=2.0, return_when="FIRST_COMPLETED")
+                    done_now, pending = wait(pending, timeout=0.1 if start_ns is None else 2.0,
+                                             return_when="FIRST_COMPLETED")
                 except TimeoutError:
                     done_now = set()
                 for fut in done_now:
-                    sid_ = futures[fut]
                     try:
-                        res = fut.result()
+                        for res in fut.result():
+                            _record(res)
                     except Exception as exc:  # the worker died or could not run the task
-                        res = StationResult(sid_, "failed", None, type(exc).__name__, f"task failed: {exc}")
-                    _record(res)
+                        for st in futures[fut][1]:
+                            _record(StationResult(st.id, "failed", None, type(exc).__name__, f"task failed: {exc}"))
+                if start_ns is None:
+                    # every group reported (or finished without), or the slow ones waited for long enough
+                    if reports and first_report is None:
+                        first_report = time.monotonic()
+                    groups_in = len(set(reports) | {g for f, (g, _m) in futures.items() if f.done()})
+                    late = (first_report is not None and time.monotonic() - first_report > start_wait_s
+                            or time.monotonic() - t_submit > 3 * start_wait_s)
+                    if groups_in >= len(futures) or late:
+                        firsts = [v for v in reports.values() if v is not None]
+                        start_ns = max(firsts) if firsts else timing.gps_now_ns(options.gps_utc_offset_s)
+                        client.log_event(start_topic, {"start_ns": start_ns})
                 if done_now or not pending:
                     lonely_since = None
                     continue
@@ -606,20 +816,22 @@ def _run(
                 elif time.monotonic() - lonely_since > NO_WORKER_GRACE_S:
                     for fut in pending:
                         fut.cancel()
-                        _record(StationResult(futures[fut], "failed", None, "NoWorkers",
-                                              f"no dask worker left to run it for {NO_WORKER_GRACE_S:g} s "
-                                              "(every worker died)"))
+                        for st in futures[fut][1]:
+                            _record(StationResult(st.id, "failed", None, "NoWorkers",
+                                                  f"no dask worker left to run it for {NO_WORKER_GRACE_S:g} s "
+                                                  "(every worker died)"))
                     pending = set()
     finally:
         finished.set()
         if bar is not None:
             bar.close()
-        if topic is not None:
-            try:
-                client.unsubscribe_topic(topic)
-            except Exception:  # the client may be closing
-                log.debug("unsubscribe %s failed", topic, exc_info=True)
-    return results
+        for t_ in (topic, report_topic):
+            if t_ is not None:
+                try:
+                    client.unsubscribe_topic(t_)
+                except Exception:  # the client may be closing
+                    log.debug("unsubscribe %s failed", t_, exc_info=True)
+    return results, start_ns
 
 
 #: how long an acquisition waits with no dask worker at all before its pending stations fail

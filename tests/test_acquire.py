@@ -66,6 +66,8 @@ def test_all_seven_captured_with_gps_times(demo_session):
     ds = session.dataset
     assert session.ok == [rx.id for rx in scene.receivers]
     assert ds.sizes["station"] == 7
+    window_start = np.datetime64(ds.attrs["window_start"].rstrip("Z"))
+    assert ds.attrs["start_spread_s"] < 512 / 12000 + 1e-3  # one frame: every station from the start
     for rx in scene.receivers:
         s = ds.sel(station=rx.id)
         assert int(s["n_samples"]) >= DEMO_S * rx.sample_rate
@@ -73,8 +75,14 @@ def test_all_seven_captured_with_gps_times(demo_session):
         slack = 1e-7 + 5 * rx.gps_jitter_s
         # the rate comes from two or three fixes: its error over the capture is a few stamp errors
         assert abs(float(s["sample_rate"]) - rx.sample_rate) / rx.sample_rate * DEMO_S < 2 * slack
+        # the capture starts at the frame of the stream holding the session's window start:
+        # stream start + a whole number of frames, at most one frame before the window's start
         t0 = np.datetime64(timing_utc(streams[rx.id].t0_gps_ns))
-        assert abs((s["start_time"].values - t0) / np.timedelta64(1, "ns")) < slack * 1e9
+        after_s = (s["start_time"].values - t0) / np.timedelta64(1, "ns") / 1e9
+        frames = after_s * rx.sample_rate / 512
+        assert abs(frames - round(frames)) * 512 / rx.sample_rate < slack, (rx.id, frames)
+        before_window_s = (window_start - s["start_time"].values) / np.timedelta64(1, "ns") / 1e9
+        assert -slack <= before_window_s < 512 / rx.sample_rate + slack, rx.id
         assert s["gps_status"].item() == "ok"
         assert float(s["latitude"]) == pytest.approx(rx.latitude, abs=1e-4)
 
@@ -150,8 +158,9 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _dask_cluster(tmp_path: Path, n_workers: int = 1, nthreads: int = 8) -> Iterator[tuple[str, list[subprocess.Popen]]]:
-    """A `dask scheduler` and ``n_workers`` `dask worker` processes on loopback."""
+def _dask_cluster(tmp_path: Path, n_workers: int = 1, nthreads: int | None = 8) -> Iterator[tuple[str, list[subprocess.Popen]]]:
+    """A `dask scheduler` and ``n_workers`` `dask worker` processes on loopback (``nthreads``
+    None: dask's default, one thread per core)."""
     port = _free_port()
     addr = f"tcp://127.0.0.1:{port}"
     bindir = Path(sys.executable).parent
@@ -162,7 +171,7 @@ def _dask_cluster(tmp_path: Path, n_workers: int = 1, nthreads: int = 8) -> Iter
         stdout=subprocess.DEVNULL, stderr=open(tmp_path / "scheduler.log", "w"), env=env, cwd=tmp_path,
     )
     workers = [subprocess.Popen(
-        [str(bindir / "dask"), "worker", addr, "--nthreads", str(nthreads), "--no-nanny",
+        [str(bindir / "dask"), "worker", addr, *(("--nthreads", str(nthreads)) if nthreads else ()), "--no-nanny",
          "--dashboard-address", "127.0.0.1:0",
          "--host", "127.0.0.1", "--local-directory", str(tmp_path)],
         stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"worker{i}.log", "w"), env=env, cwd=tmp_path,
@@ -200,6 +209,38 @@ def dask_processes(tmp_path):
         yield addr
 
 
+def test_seven_stations_on_one_default_worker_start_together(tmp_path):
+    """Issue 13: through a scheduler and one ordinary `dask worker` (default threads: 2 here),
+    demo7 was captured in four batches 10 s apart.  Now the seven captures share one event loop
+    and one window: all start within one frame of the window's start, at real rate."""
+    from sdrlab.sim.networks import demo7
+    from sdrlab.sim.server import SimServer
+
+    with _dask_cluster(tmp_path, n_workers=1, nthreads=None) as (addr, _):
+        from distributed import Client
+
+        with Client(addr, timeout="5s") as c:
+            assert [w["nthreads"] for w in c.scheduler_info()["workers"].values()] == [os.cpu_count()]
+        with SimServer(demo7(seed=14), base_port=0, speed=1.0) as sim:
+            session = acquire(demo7_stations(sim.ports), DEMO7_TUNE_HZ, 3.0, settings=SETTINGS, scheduler=addr,
+                              write=False)
+    ds = session.dataset
+    assert len(session.ok) == 7, session.status()
+    starts = ds["start_time"].values
+    spread_s = (starts.max() - starts.min()) / np.timedelta64(1, "ns") / 1e9
+    assert spread_s < 1.0 and spread_s == pytest.approx(ds.attrs["start_spread_s"], abs=1e-6)
+    assert spread_s <= 512 / 12000 + 1e-3  # in fact within one frame
+    window_start = np.datetime64(ds.attrs["window_start"].rstrip("Z"))
+    window_end = np.datetime64(ds.attrs["window_end"].rstrip("Z"))
+    assert (window_end - window_start) == np.timedelta64(3_000_000_000, "ns")
+    ends = starts + (ds["n_samples"].values / ds["sample_rate"].values * 1e9).astype("timedelta64[ns]")
+    # the attributes are ISO 8601 to the microsecond, the window is decided on raw stamps and
+    # start_time is the GPS fit over all of them (demo7's stamps jitter by up to 1 us)
+    tol = np.timedelta64(5000, "ns")
+    assert (starts <= window_start + tol).all() and (ends >= window_end - tol).all()  # all cover the window
+    assert abs(np.datetime64(ds.attrs["common_start"].rstrip("Z")) - starts.max()) < np.timedelta64(1000, "ns")
+
+
 def test_scheduler_address_gives_the_same_dataset(dask_processes):
     from sdrlab.sim.networks import demo7
     from sdrlab.sim.server import SimServer
@@ -215,12 +256,22 @@ def test_scheduler_address_gives_the_same_dataset(dask_processes):
         remote = acquire(stations, DEMO7_TUNE_HZ, 1.0, settings=SETTINGS, scheduler=dask_processes, write=False).dataset
     assert local is not None and remote is not None
     assert list(local["station"].values) == list(remote["station"].values)
-    assert dict(local.sizes) == dict(remote.sizes)
+    # each capture runs from the frame holding the window's start to the one holding its end:
+    # whole frames, so a station may hold one frame more in one session than in the other
+    sizes_l, sizes_r = dict(local.sizes), dict(remote.sizes)
+    assert abs(sizes_l.pop("sample") - sizes_r.pop("sample")) <= 512
+    assert abs(sizes_l.pop("frame") - sizes_r.pop("frame")) <= 1
+    assert sizes_l == sizes_r
+    assert (abs(local["n_samples"].values - remote["n_samples"].values) <= 512).all()
+    for ds in (local, remote):  # every station covers the window: 1 s from its start
+        assert (ds["n_samples"].values >= ds["sample_rate"].values * 1.0).all()
+        assert ds.attrs["start_spread_s"] < 512 / 12000 + 1e-3
     assert {k: v.dtype for k, v in local.variables.items()} == {k: v.dtype for k, v in remote.variables.items()}
-    for name in ("n_samples", "seq_gaps", "gps_status", "latitude", "longitude", "rx_chans", "hw", "status"):
+    for name in ("seq_gaps", "gps_status", "latitude", "longitude", "rx_chans", "hw", "status"):
         assert (local[name].values == remote[name].values).all(), name
     np.testing.assert_allclose(local["sample_rate"], remote["sample_rate"], atol=1e-4)
-    time_keys = {"session_id", "title", "station_status"}
+    time_keys = {"session_id", "title", "station_status", "window_start", "window_end", "common_start",
+                 "common_end", "start_spread_s"}
     assert {k: v for k, v in local.attrs.items() if k not in time_keys} == {
         k: v for k, v in remote.attrs.items() if k not in time_keys
     }
@@ -267,8 +318,9 @@ def test_session_writes_and_reopens_as_zarr(demo_session, tmp_path):
 
 
 def test_shared_receiver_never_gets_more_connections_than_channels():
-    """Three catalogue stations on one single-channel receiver: captured one after another
-    (never a too_busy), all three succeed."""
+    """Three catalogue stations on one single-channel receiver: one connection only (never a
+    too_busy); the first captures the session's window, and the other two cannot be simultaneous
+    with it, so they fail saying why instead of being captured later."""
     from dataclasses import replace as dc_replace
 
     from sdrlab.sim.networks import demo7
@@ -280,8 +332,13 @@ def test_shared_receiver_never_gets_more_connections_than_channels():
         stations = [dc_replace(base, id=f"berlin-ch{i}", channels=1) for i in range(3)]
         session = acquire(stations, DEMO7_TUNE_HZ, 0.5, settings=SETTINGS, write=False)
         assert sim.max_connections("demo-berlin") == 1
-    assert session.ok == ["berlin-ch0", "berlin-ch1", "berlin-ch2"]
-    assert not any("busy" in e for r in session.results.values() for e in r.capture.events)
+    assert len(session.ok) == 1
+    for sid, r in session.results.items():
+        if sid not in session.ok:
+            assert r.status == "failed" and r.error_class == "NoData", r
+            assert "waited for a free channel" in r.message, r.message
+        else:
+            assert not any("busy" in e for e in r.capture.events)
 
 
 def test_capture_metrics_travel_with_the_session_and_match_the_scene(demo_session):
@@ -408,7 +465,17 @@ def test_a_receiver_that_keeps_dropping_is_partial_with_its_gaps_named():
     assert "s lost" in paris.message
     table = session.status()
     assert table.loc["demo-paris", "status"] == "partial" and "reconnected" in table.loc["demo-paris", "notes"]
-    assert int(session.dataset.sel(station="demo-paris")["n_samples"]) >= 8.0 * 12000
+    # the window, 8 s, is covered from its start to its end; the gaps are what is missing
+    ds = session.dataset
+    start = np.datetime64(ds.attrs["window_start"].rstrip("Z"))
+    end = np.datetime64(ds.attrs["window_end"].rstrip("Z"))
+    segs = paris.capture.segments
+    frame = np.timedelta64(round(512 / 12000 * 1e9), "ns")
+    first = np.datetime64(timing_utc(segs[0].fit.t0_gps_ns))
+    last = np.datetime64(timing_utc(segs[-1].fit.t0_gps_ns + round(segs[-1].n_samples / segs[-1].fit.fs * 1e9)))
+    assert start - frame <= first <= start + frame
+    assert end <= last <= end + frame
+    assert 0.5 * 8.0 * 12000 < int(ds.sel(station="demo-paris")["n_samples"]) < 8.0 * 12000
 
 
 def _worker_of(addr: str, key_prefix: str) -> dict[str, str]:
@@ -440,13 +507,17 @@ def test_a_worker_killed_mid_capture_is_named_not_silently_recaptured_late(tmp_p
             while sum(sim.connections(s.id) for s in stations) < 4 and time.time() < deadline:
                 time.sleep(0.1)
             time.sleep(2.0)
-            where = _worker_of(addr, "acquire-")
+            where = _worker_of(addr, "acquire-g")  # one task per group: acquire-g{group}-{session}
             victim_addr = sorted(set(where.values()))[0]
-            victims = {k.split("-", 1)[1].rsplit("-", 2)[0] for k, w in where.items() if w == victim_addr}
             from distributed import Client
+
+            from sdrlab.acquire import _groups
 
             with Client(addr, timeout="5s") as c:
                 pids = c.run(os.getpid)
+                members = [[st.id for st in g] for _a, g in _groups(c, stations)]
+            victims = {sid for k, w in where.items() if w == victim_addr
+                       for sid in members[int(k.split("-")[1][1:])]}
             os.kill(pids[victim_addr], signal.SIGKILL)
             t.join(120)
             assert not t.is_alive()

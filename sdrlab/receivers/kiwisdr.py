@@ -45,6 +45,7 @@ from ..errors import (
 )
 from . import kiwiwire as kw
 from ._ws import OP_BINARY, HandshakeError, WebSocketClient
+from .window import Window
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,10 @@ HEADER_DTYPE = np.dtype(
     ]
 )
 assert HEADER_DTYPE.itemsize == kw.HEADER_SIZE
+
+#: frames without a GPS stamp after which a connection reports to the session's window that it
+#: has no GPS time (a Kiwi stamps every frame but the first once it has a fix)
+UNSTAMPED_FRAMES = 8
 
 _BADP = {
     1: "bad password, or all password-free channels are busy",
@@ -250,6 +255,11 @@ class _ChannelGate:
             self._used[key] = self._used.get(key, 0) + 1
             return True
 
+    def free(self, host: str, port: int, limit: int) -> bool:
+        """Whether a channel of ``host:port`` is free now."""
+        with self._lock:
+            return self._used.get((host, port), 0) < limit
+
     def release(self, key: tuple[str, int]) -> None:
         with self._lock:
             self._used[key] -= 1
@@ -310,6 +320,13 @@ class _Connection:
         self._rx_meta: list[tuple[int, int, int, int, int]] = []
         self._rx_samples = 0
         self._pre_tune = 0
+        #: the session's common window (see :mod:`.window`): until its start is known the frames
+        #: are held; then those from before it are dropped, and the connection ends at its end
+        self._window = rx.window
+        self._in_window = rx.window is None
+        self._reported = False
+        self._unstamped = 0
+        self._pre_window = 0
 
     # -- lifecycle --
     async def run(self) -> None:
@@ -459,6 +476,8 @@ class _Connection:
             return
         seq = int.from_bytes(msg[4:8], "little")
         now = self.loop.time()
+        if not self._in_window and not self._windowing(self._stamp_ns(msg), now):
+            return
         if self._first_seq < 0:
             self._first_seq = seq
             self._min_behind = now
@@ -482,7 +501,7 @@ class _Connection:
         if now - self._last_ka >= self.opt.keepalive_interval:
             self._send("SET keepalive")
             self._last_ka = now
-        if self._want is not None and (seq - self._first_seq + 1) * kw.SAMPLES_PER_FRAME >= self._want:
+        if self._in_window and self._want is not None and (seq - self._first_seq + 1) * kw.SAMPLES_PER_FRAME >= self._want:
             self._finish()
 
     def _on_other_snd(self, msg: memoryview) -> None:
@@ -504,11 +523,13 @@ class _Connection:
                 "IQ frames without the GPS block (a server posing as a KiwiSDR, e.g. UberSDR's emulation): "
                 "data kept, timed by receipt on this host, not by GPS")
         seq = int.from_bytes(msg[4:8], "little")
+        n = body // 4
+        if not self._in_window and not self._windowing(None, self.loop.time(), n):
+            return
         if self._rx_meta and seq <= self._rx_meta[-1][0]:
             self.cap.events.append(f"duplicate or out-of-order frame seq {seq} dropped")
             return
         now = self.loop.time()
-        n = body // 4
         if not self._rx_meta:
             self._min_behind = now
         behind = now - self._rx_samples / (self._sample_rate or 12000.0)
@@ -522,8 +543,109 @@ class _Connection:
         if now - self._last_ka >= self.opt.keepalive_interval:
             self._send("SET keepalive")
             self._last_ka = now
-        if self._want is not None and self._rx_samples >= self._want:
+        if self._in_window and self._want is not None and self._rx_samples >= self._want:
             self._finish()
+
+    def _stamp_ns(self, msg: memoryview) -> int | None:
+        """GPS ns of a GPS-block frame's first sample from its stamp (week from the host clock);
+        None where it has none (no fix yet)."""
+        last = msg[10]
+        gsec = int.from_bytes(msg[12:16], "little")
+        gnsec = int.from_bytes(msg[16:20], "little")
+        if last <= kw.GPS_LAST_CAP and (gsec or gnsec) and gsec < timing.WEEK_S and gnsec < timing.NS:
+            week = timing.gps_week_for(float(gsec), timing.gps_now_ns(self.opt.gps_utc_offset_s))
+            return (week * timing.WEEK_S + gsec) * timing.NS + gnsec
+        return None
+
+    def _windowing(self, t_ns: int | None, now: float, n: int = kw.SAMPLES_PER_FRAME) -> bool:
+        """Whether to keep a frame (first sample at ``t_ns`` GPS ns, None = no GPS time) while the
+        window is not open yet.  Before its start is known: report the first frame and hold
+        everything.  Once known: drop what is held from before the start, then frames ending
+        before it (the connection waits; the watchdogs see it alive); the first frame that
+        reaches into it opens the window, and from the first sample kept the samples up to the
+        end are wanted.  A frame at or after the end finishes the connection."""
+        w = self._window
+        assert w is not None
+        if w.start_ns is None:
+            if not self._reported:
+                # a Kiwi's first frame carries no stamp, and none come before its GPS has a
+                # fix: the first stamped frame is reported, or None after a few without
+                if t_ns is not None or self._headerless or self._unstamped >= UNSTAMPED_FRAMES:
+                    self._reported = True
+                    w.arrived(self.cap.station, t_ns)
+                else:
+                    self._unstamped += 1
+            return True
+        start, end = w.start_ns, w.start_ns + w.duration_ns
+        fs = self._sample_rate or 12000.0
+        held = self._trim_held(start, fs)
+        if held is None and t_ns is None and not self._headerless and self._unstamped < UNSTAMPED_FRAMES:
+            # a new connection's first frame has no stamp: hold it, the next one places it
+            self._unstamped += 1
+            return True
+        if held is None and t_ns is not None and t_ns + round(n / fs * 1e9) <= start:
+            self._pre_window += 1
+            self._started = now  # alive: the handshake watchdog restarts from here
+            if self._setup_sent and now - self._last_ka >= self.opt.keepalive_interval:
+                self._send("SET keepalive")
+                self._last_ka = now
+            return False
+        first = held if held is not None else t_ns
+        if first is not None and first >= end:
+            waited = " (it waited for a free channel of the receiver)" if self.rx.waited_for_channel else ""
+            self.cap.events.append(f"the session's window ended before this connection delivered a frame{waited}")
+            self._finish()
+            return False
+        self._in_window = True
+        span = (end - first) / 1e9 if first is not None else w.duration_s
+        self._want = max(1, math.ceil(span * fs))
+        if self._want <= self._held_samples():  # the start came late: the window is all held
+            if not self._headerless:
+                keep = math.ceil(self._want / kw.SAMPLES_PER_FRAME)
+                dropped = len(self._hdrs) // kw.HEADER_SIZE - keep
+                del self._hdrs[keep * kw.HEADER_SIZE:]
+                del self._data[keep * kw.SAMPLES_PER_FRAME * 4:]
+                self._frames -= dropped
+            self._finish()
+            return False
+        return True
+
+    def _held_samples(self) -> int:
+        return self._rx_samples if self._headerless else len(self._hdrs) // kw.HEADER_SIZE * kw.SAMPLES_PER_FRAME
+
+    def _trim_held(self, start: int, fs: float) -> int | None:
+        """Drop the frames held from before ``start``; the GPS time of the first one left (None:
+        nothing left, or it has no GPS time).  Frames without GPS time (no fix yet; receipt-timed
+        receivers) are dropped whole: the capture starts when the start became known."""
+        if self._headerless:
+            self._rx_meta = []
+            self._data.clear()
+            self._rx_samples = 0
+            self._frames = 0
+            return None
+        if not self._hdrs:
+            return None
+        h = np.frombuffer(bytes(self._hdrs), dtype=HEADER_DTYPE)
+        gsec = h["gpssec"].astype(np.int64)
+        gnsec = h["gpsnsec"].astype(np.int64)
+        has = ((gsec != 0) | (gnsec != 0)) & (gsec < timing.WEEK_S) & (gnsec < timing.NS) & (h["last_gps"] <= kw.GPS_LAST_CAP)
+        t = np.full(h.shape[0], -1, dtype=np.int64)
+        if has.any():
+            host = timing.gps_now_ns(self.opt.gps_utc_offset_s)
+            week = timing.gps_week_for(float(gsec[np.argmax(has)]), host)
+            t[has] = (week * timing.WEEK_S + gsec[has]) * timing.NS + gnsec[has]
+        early = ~has | (t + round(kw.SAMPLES_PER_FRAME / fs * 1e9) <= start)
+        keep_from = int(np.flatnonzero(early)[-1]) + 1 if early.any() else 0
+        if keep_from:
+            del self._hdrs[: keep_from * kw.HEADER_SIZE]
+            del self._data[: keep_from * kw.SAMPLES_PER_FRAME * 4]
+            self._pre_window += keep_from
+            self._frames -= keep_from
+        if keep_from >= h.shape[0]:
+            self._first_seq = -1
+            return None
+        self._first_seq = int(h["seq"][keep_from])
+        return int(t[keep_from]) if has[keep_from] else None
 
     def _bad_frame(self, what: str) -> None:
         self._bad += 1
@@ -641,6 +763,10 @@ class _Connection:
     def _finish_segment(self) -> None:
         if not self._hdrs and not self._rx_meta:
             return
+        if not self._in_window:  # ended before the session's start was known: kept all the same
+            held = len(self._rx_meta) or len(self._hdrs) // kw.HEADER_SIZE
+            self.cap.events.append(f"connection ended before the session's window opened; its {held} "
+                                   "frame(s) kept")
         reason = "complete"
         if self.done.done() and self.done.exception() is not None:
             reason = str(self.done.exception())
@@ -838,6 +964,11 @@ class KiwiReceiver:
         #: what has arrived (``stopped`` is then True); an exception in it counts as "go on"
         self.should_stop: Callable[[], bool] | None = None
         self.stopped = False
+        #: the session's common window (:class:`~sdrlab.receivers.window.Window`): capture
+        #: exactly its span, from the frame holding its start to its end, however late the
+        #: connection came up and whatever drops in between; None: ``duration_s`` from the first frame
+        self.window: Window | None = None
+        self.waited_for_channel = False
 
     def stop_requested(self) -> bool:
         if self.stopped:
@@ -876,6 +1007,13 @@ class KiwiReceiver:
             if self.stop_requested():
                 return cap
             try:
+                if self.window is not None and not CHANNELS.free(host, port, self.channels):
+                    # the session's other stations hold every channel: the start cannot wait
+                    # for this one, which gets the rest of the window if one frees in time
+                    self.waited_for_channel = True
+                    self.window.gave_up(self.station)
+                    cap.events.append(f"all {self.channels} channel(s) of {host}:{port} taken by the "
+                                      "session's other stations; waiting for one")
                 async with CHANNELS.hold(host, port, self.channels):
                     conn = _Connection(self, cap, host, port, want)
                     await conn.run()

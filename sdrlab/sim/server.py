@@ -21,6 +21,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Literal
 
@@ -119,6 +120,11 @@ class SimServer:
         """Ground truth of every SND stream started so far, in start order."""
         return self._core.streams
 
+    def clock_ns(self) -> int:
+        """The simulated receivers' GPS clock now (ns): the host's at speed 1, ``speed`` times
+        faster from the server's start otherwise."""
+        return self._core.clock_ns()
+
     @property
     def t_ref_gps_ns(self) -> int:
         """The scene time origin shared by all streams (fixed by :meth:`start`)."""
@@ -148,6 +154,7 @@ class SimServer:
         self._loop = loop
         _blas_single_thread(True)
         self._core.t_ref_gps_ns = gps_now_ns()
+        self._core.clock_anchor = (self._core.t_ref_gps_ns, time.monotonic())
         try:
             for hub in self._hubs.values():
                 port = self.base_port + hub.index if self.base_port else 0

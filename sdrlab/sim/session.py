@@ -14,6 +14,7 @@ import functools
 import logging
 import re
 import struct
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable, Coroutine, Literal
@@ -24,6 +25,7 @@ from websockets.protocol import State
 from ..receivers.kiwiwire import encode_msg
 from . import status
 from .frontend import AgcSettings
+from ..timing import NS, gps_now_ns
 from .scene import Scene, SimReceiver
 
 logger = logging.getLogger(__name__)
@@ -109,6 +111,17 @@ class SimCore:
     streams: list[StreamRecord] = field(default_factory=list)
     sessions: set[Session] = field(default_factory=set)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    #: (GPS ns, time.monotonic()) at which the receivers' clock was read from the host's
+    clock_anchor: tuple[int, float] = (0, 0.0)
+
+    def clock_ns(self) -> int:
+        """The receivers' GPS clock now: the host's at speed 1; at speed s it runs s times
+        faster than the host's from the server's start, for every stream alike, so time never
+        goes back across streams and reconnects (as on real receivers)."""
+        gps, mono = self.clock_anchor
+        if not gps:
+            return gps_now_ns()
+        return gps + round((time.monotonic() - mono) * self.speed * NS)
 
     def spawn(self, coro: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run a coroutine function in a task that is kept alive until done."""

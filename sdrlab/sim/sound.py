@@ -38,7 +38,7 @@ from ..receivers.kiwiwire import (
     pack_snd_frame,
     samples_to_wire,
 )
-from ..timing import NS, gps_now_ns
+from ..timing import NS
 from . import status
 from .frontend import AgcSettings, gps_header
 from .scene import FULL_SCALE
@@ -254,7 +254,7 @@ class SndSession(Session):
         faults = rx.faults
         # frame k is sent at wall0 + k frames; its first sample was taken one frame plus the
         # receiver's processing delay (gps_delay, rx_sound.cpp) before that, as on a real Kiwi
-        self.t0_gps_ns = gps_now_ns() - round(self.frame_s * NS) - PIPELINE_DELAY_NS
+        self.t0_gps_ns = self.core.clock_ns() - round(self.frame_s * NS) - PIPELINE_DELAY_NS
         self.wall0 = self.next_due = self.loop.time()
         self.k = 0
         self.activity_s = 0.0

@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..receivers.kiwiwire import SAMPLES_PER_FRAME
-from ..timing import NS, gps_now_ns
+from ..timing import NS
 from . import status
 from .frontend import AgcSettings
 from .scene import SimReceiver
@@ -257,7 +257,7 @@ class UberSndSession(Session):
 
     def _start(self) -> None:
         core = self.core
-        self.t0_gps_ns = gps_now_ns() - round(PACKET_SAMPLES / self.fs * NS)
+        self.t0_gps_ns = self.core.clock_ns() - round(PACKET_SAMPLES / self.fs * NS)
         self.wall0 = self.next_due = self.loop.time()
         self.source = self._new_source()
         self.record = StreamRecord(
