@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from . import timing
 from .errors import ConfigError
-from .redact import mask_url
+from .redact import mask_url, split_credentials
 
 if TYPE_CHECKING:
     from .stations import Catalog
@@ -64,6 +64,9 @@ class Settings:
             raise ConfigError(
                 f"SDRLAB_DB must be sqlite:///PATH or postgresql+psycopg://..., got {mask_url(self.db)!r}"
             )
+        if self.s3_endpoint and not re.match(r"^https?://[^/\s]+(/\S*)?$", self.s3_endpoint):
+            raise ConfigError(f"SDRLAB_S3_ENDPOINT must be an address like http://127.0.0.1:8333, got "
+                              f"{mask_url(self.s3_endpoint)!r}")
         if self.scheduler is not None and not re.match(r"^(tcp|tls|inproc|ws|wss)://\S+$", self.scheduler):
             raise ConfigError(f"SDRLAB_SCHEDULER must be an address like tcp://127.0.0.1:8786, got {self.scheduler!r}")
 
@@ -116,14 +119,37 @@ class Settings:
         if self.s3_secret is not None:
             opts["secret"] = self.s3_secret
         if self.s3_endpoint:
-            opts["client_kwargs"] = {"endpoint_url": self.s3_endpoint}
+            # credentials written into the endpoint URL are used as such, never kept in the URL
+            # that messages show (the store names its endpoint)
+            endpoint, user, password = split_credentials(self.s3_endpoint)
+            if user and "key" not in opts:
+                opts["key"] = user
+            if password and "secret" not in opts:
+                opts["secret"] = password
+            opts["client_kwargs"] = {"endpoint_url": endpoint}
         return opts
 
     def engine(self) -> Any:
-        """The SQLAlchemy engine of the metrics index (SQLite file made on first use)."""
+        """The SQLAlchemy engine of the metrics index (SQLite file made on first use).  An SQLite
+        index at the default place (``./sdrlab-data/index.db``, or a checkout's for its notebooks)
+        or inside the local store's directory gets its directory made, as the store makes its
+        own; anywhere else the directory must exist (a typo is an error, not a second index)."""
         from .index import make_engine
 
-        return make_engine(self.db)
+        return make_engine(self.db, create_dir=self._db_dir_is_ours())
+
+    def _db_dir_is_ours(self) -> bool:
+        if not self.db.startswith("sqlite:///"):
+            return False
+        parent = Path(self.db[len("sqlite:///"):]).expanduser().resolve().parent
+        ours = {Path(DEFAULT_DB[len("sqlite:///"):]).resolve().parent}
+        root = project_root()
+        if root is not None:
+            ours.add(root / "sdrlab-data")
+        parts = urlsplit(self.store)
+        if parts.scheme == "file":
+            ours.add(Path((parts.netloc + parts.path) or ".").expanduser().resolve())
+        return parent in ours
 
     def store_obj(self) -> Any:
         """The session store (:class:`sdrlab.store.Store`) these settings name."""

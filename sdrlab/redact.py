@@ -42,6 +42,22 @@ def url_password(url: str) -> str | None:
     return creds.split(":", 1)[1] if ":" in creds else None
 
 
+def split_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """``scheme://user:password@host/path`` as (``scheme://host/path``, user, password), the
+    credentials percent-decoded; a URL without them comes back as it is, with ``None`` twice."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url, None, None
+    creds, _, hostpart = rest.rpartition("@")
+    user, colon, password = creds.partition(":")
+    return f"{scheme}://{hostpart}", unquote(user) or None, unquote(password) if colon else None
+
+
+#: a literal secret shorter than this is not searched for in free text (it would mangle words);
+#: in a URL it is masked all the same
+MIN_SECRET_CHARS = 4
+
+
 def secrets_in(values: Iterable[Any]) -> list[str]:
     """The URL passwords among ``values`` (strings), as written and percent-decoded, longest first:
     what :func:`scrub` must remove wherever it appears, in whatever rendering."""
@@ -50,7 +66,7 @@ def secrets_in(values: Iterable[Any]) -> list[str]:
         pw = url_password(v) if isinstance(v, str) else None
         if pw:
             found.update({pw, unquote(pw)})
-    return sorted((s for s in found if s and s != MASK), key=len, reverse=True)
+    return sorted((s for s in found if len(s) >= MIN_SECRET_CHARS and s != MASK), key=len, reverse=True)
 
 
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:
@@ -59,6 +75,21 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     for s in secrets:
         text = text.replace(s, MASK)
     return text
+
+
+def scrub_tree(node: Any, secrets: Iterable[str] = ()) -> Any:
+    """Every string in a JSON-like tree (a notebook: sources, outputs, metadata) through
+    :func:`scrub`, in place where it can be; images (``image/*`` values) are left alone."""
+    secrets = list(secrets)
+    if isinstance(node, str):
+        return scrub(node, secrets)
+    if isinstance(node, list):
+        node[:] = [scrub_tree(v, secrets) for v in node]
+    elif isinstance(node, dict):
+        for k in list(node):
+            if not (isinstance(k, str) and k.startswith("image/")):
+                node[k] = scrub_tree(node[k], secrets)
+    return node
 
 
 def public_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from .config import workbench_settings
 from .errors import ConfigError, IndexStoreError, NotebookRunError, SdrlabError
-from .redact import mask_urls_in, public_parameters
+from .redact import mask_urls_in, public_parameters, scrub, scrub_tree, secrets_in
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +185,8 @@ def run_notebook(
             f"{src.name} has no parameter {', '.join(map(repr, unknown))} (its parameters: {', '.join(declared)})"
         )
     run_id = new_run_id()
+    #: passwords in URL parameters (-p db postgresql://user:PASSWORD@...): never in what the run leaves
+    secrets = secrets_in(params.values())
     out = output_path(str(output or DEFAULT_OUTPUT), params, src, run_id)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = RunResult(run_id, str(src), str(out), params, started_at=_now())
@@ -209,26 +211,28 @@ def run_notebook(
         result.status = "failed"
         result.failed_cell, what = _failed_cell(out, failure)
         where = f"code cell {result.failed_cell}" if result.failed_cell else f"the cell run as In [{failure.exec_count}]"
-        result.error = mask_urls_in(f"{where} ({what!r}) raised {failure.ename}: {failure.evalue}")
+        result.error = scrub(f"{where} ({what!r}) raised {failure.ename}: {failure.evalue}", secrets)
     elif crash is not None:
         result.status = "failed"
         result.failed_cell, what = _running_cell(out)
         where = f" in code cell {result.failed_cell} ({what!r})" if result.failed_cell else ""
-        result.error = mask_urls_in(f"the run stopped{where}: {type(crash).__name__}: {_first_line(crash)}")
+        result.error = scrub(f"the run stopped{where}: {type(crash).__name__}: {_first_line(crash)}", secrets)
     else:
         result.status = "ok"
     if out.exists():
-        _stamp(out, result)
+        _stamp(out, result, secrets)
         if html is not None:
             try:
                 result.html = str(render_report(out, output_path(str(html), params, src, run_id)))
-                _stamp(out, result)
+                _stamp(out, result, secrets)
             except (SdrlabError, OSError) as exc:  # the run and its notebook stand; say why there is no report
                 log.error("run %s: no HTML report: %s", run_id, exc)
-                result.status, result.error = "failed", (result.error or f"the HTML report failed: {exc}")
+                result.status, result.error = "failed", (result.error or scrub(f"the HTML report failed: {exc}", secrets))
     if record:
         db = params.get("db")  # the workbench notebooks' convention: the index they write to
         _record(result, engine if engine is not None else (db if isinstance(db, str) else ""))
+        if result.index_error:
+            result.index_error = scrub(result.index_error, secrets)
     if result.status != "ok":
         kept = f"the partial output is in {out}" if out.exists() else "no output notebook was written"
         raise NotebookRunError(f"{src.name}: {result.error}; {kept}", result) from (crash or None)
@@ -322,9 +326,10 @@ def collect_published(executed: str | Path) -> dict[str, Any]:
     return facts
 
 
-def _stamp(out: Path, result: RunResult) -> None:
+def _stamp(out: Path, result: RunResult, secrets: Sequence[str] = ()) -> None:
     """The run's facts in the output notebook's metadata (``metadata.sdrlab``): the report header
-    shows them."""
+    shows them.  Every password of a URL parameter is masked throughout the notebook: the
+    injected-parameters cell, papermill's metadata and every output."""
     import nbformat
 
     nb = nbformat.read(str(out), as_version=4)
@@ -332,6 +337,7 @@ def _stamp(out: Path, result: RunResult) -> None:
     meta["notebook"] = Path(result.notebook).name
     meta["parameters"] = public_parameters(result.parameters)
     nb.metadata["sdrlab"] = meta
+    scrub_tree(nb, secrets)
     nbformat.write(nb, str(out))
 
 

@@ -18,7 +18,8 @@ from sdrlab.stations import Station
 def _isolated_store(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test writes into the working tree: the default store is a per-test temp directory."""
     monkeypatch.setenv("SDRLAB_STORE", f"file://{tmp_path}/default-store")
-    monkeypatch.setenv("SDRLAB_DB", f"sqlite:///{tmp_path}/default-store/index.db")
+    # beside the store, not in it: an SQLite index needs its directory (only the store's own is made)
+    monkeypatch.setenv("SDRLAB_DB", f"sqlite:///{tmp_path}/index.db")
     monkeypatch.setenv("SDRLAB_PROGRESS", "0")
 
 

@@ -301,3 +301,25 @@ def test_report_has_a_tdoa_section_for_three_or_more_gps_timed_stations(tmp_path
 def test_report_of_a_short_session_says_why_there_is_no_position(report_run):
     html = Path(report_run.html).read_text()
     assert "Where the signal comes from (TDoA)" in html and "No position claimed" in html
+
+
+def test_a_password_in_a_db_parameter_is_never_shown(tmp_path, capsys, monkeypatch):
+    """``-p db postgresql://lab:PASSWORD@...``: not in the output notebook (injected-parameters
+    cell, papermill's metadata, outputs, the error), the HTML report, the index or the terminal."""
+    secret = "Pa55-w0rd-xyz"
+    nbk = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell('db = ""', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("print(db)\ndb"),
+        nbformat.v4.new_code_cell("from urllib.parse import unquote\nprint(unquote(db))"),
+        nbformat.v4.new_code_cell('raise ValueError(f"cannot open the index {db}")')])
+    nbk.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nbk, tmp_path / "leak.ipynb")
+    monkeypatch.chdir(tmp_path)
+    db = f"postgresql+psycopg://lab:{secret.replace('-', '%2D')}@127.0.0.1:1/idx"  # nothing listens: not recorded
+    rc = main(["run", "leak.ipynb", "-p", "db", db, "--out", "out.ipynb", "--html", "out.html"])
+    captured = capsys.readouterr()
+    assert rc == 1 and "ValueError: cannot open the index postgresql+psycopg://lab:***@127.0.0.1:1/idx" in captured.err
+    written = (tmp_path / "out.ipynb").read_text()
+    assert "postgresql+psycopg://lab:***@127.0.0.1:1/idx" in written  # what was run stays readable
+    for text in (captured.out, captured.err, written, (tmp_path / "out.html").read_text()):
+        assert secret not in text and secret.replace("-", "%2D") not in text

@@ -46,17 +46,24 @@ SQLITE_BUSY_TIMEOUT_S = 15.0
 
 
 def make_engine(url: str, *, lock_timeout_s: float = LOCK_TIMEOUT_S,
-                statement_timeout_s: float = STATEMENT_TIMEOUT_S) -> Engine:
+                statement_timeout_s: float = STATEMENT_TIMEOUT_S, create_dir: bool = False) -> Engine:
     """The SQLAlchemy engine for ``sqlite:///PATH`` or ``postgresql+psycopg://...``, with timeouts
     on connecting (5 s), waiting for locks and running statements.  A URL that cannot make an
-    engine (unknown scheme or driver, an SQLite path under a file) is an
-    :class:`~sdrlab.errors.IndexStoreError` naming the URL (password masked) and the reason."""
+    engine (unknown scheme or driver, an SQLite path under a file, or in a directory that does not
+    exist, unless ``create_dir``) is an :class:`~sdrlab.errors.IndexStoreError` naming the URL
+    (password masked) and the reason.  The SQLite file itself is made on first use."""
     shown = mask_url(url)
     try:
         if url.startswith("sqlite:///"):
             path = url[len("sqlite:///"):]
             if path and path != ":memory:":
-                Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                parent = Path(path).expanduser().parent
+                if create_dir:
+                    parent.mkdir(parents=True, exist_ok=True)
+                elif not parent.is_dir():  # a typo must not silently make a second index somewhere
+                    why = (f"{parent} is not a directory" if parent.exists() else
+                           f"the directory {parent} does not exist (create it, or fix SDRLAB_DB)")
+                    raise IndexStoreError(f"index URL {shown!r}: cannot use it: {why}")
             engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
             event.listen(engine, "connect", _sqlite_functions)
             return engine
@@ -64,6 +71,8 @@ def make_engine(url: str, *, lock_timeout_s: float = LOCK_TIMEOUT_S,
             opts = (f"-c lock_timeout={int(lock_timeout_s * 1000)} "
                     f"-c statement_timeout={int(statement_timeout_s * 1000)}")
             return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5, "options": opts})
+    except IndexStoreError:
+        raise
     except ImportError as exc:
         hint = " (pip install 'sdrlab[db]' for postgresql+psycopg)" if "psycopg" in str(exc) or "psycopg" in url else ""
         raise IndexStoreError(f"index URL {shown!r}: its driver is not installed: {exc}{hint}") from None
