@@ -14,13 +14,61 @@ import sys
 import threading
 from pathlib import Path
 from typing import Any, Iterator, Sequence
+from urllib.parse import urlsplit
 
 from ._version import __version__
 from .errors import (
-    AcquisitionError, CatalogError, ConfigError, IndexStoreError, NotebookRunError, SdrlabError, StorageError,
+    AcquisitionError, CatalogError, ConfigError, IndexStoreError, NotebookRunError, SdrlabError, StorageError, quote,
 )
+from .redact import mask_url, mask_urls_in
 
 log = logging.getLogger("sdrlab.cli")
+
+
+#: the shortest capture ``--duration`` accepts: a few of the receivers' 512-sample frames at
+#: 12 kHz; anything shorter has no spectrum to measure (see the report: acquire.validate_request
+#: should own it, beside MAX_DURATION_S)
+MIN_DURATION_S = 0.1
+
+
+def _duration(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give a number of seconds, got {quote(text)}") from None
+    if not (math.isfinite(value) and value >= MIN_DURATION_S):
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_DURATION_S:g} s (a few frames of samples), "
+                                         f"got {quote(text)}")
+    return value
+
+
+def _bucket(text: str) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give a whole number of seconds, got {quote(text)}") from None
+    if not (math.isfinite(value) and value >= 1 and value == int(value)):
+        raise argparse.ArgumentTypeError(f"must be a whole number of seconds >= 1, got {quote(text)}")
+    return int(value)
+
+
+def _session_id(text: str) -> str:
+    """A session id as the store names them: an invalid one is a usage error (exit 2)."""
+    from .store import check_session_id
+
+    try:
+        return check_session_id(text)
+    except StorageError as exc:
+        raise argparse.ArgumentTypeError(str(exc) if len(text) <= 100 else
+                                         f"invalid session id {quote(text, 100)}") from None
+
+
+def _session_or_latest(text: str) -> str:
+    if text == "latest":
+        return text
+    if not text:
+        raise argparse.ArgumentTypeError("empty: give a session id, or 'latest' for the newest session")
+    return _session_id(text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,14 +91,15 @@ def _parser() -> argparse.ArgumentParser:
     who.add_argument("--station", action="append", metavar="ID", help="station id (repeatable)")
     who.add_argument("--all", action="store_true", help="every station of the catalogue")
     acq.add_argument("--frequency", type=float, required=True, metavar="HZ")
-    acq.add_argument("--duration", type=float, required=True, metavar="S")
+    acq.add_argument("--duration", type=_duration, required=True, metavar="S",
+                     help=f"seconds to capture (at least {MIN_DURATION_S:g})")
     acq.add_argument("--out", metavar="PATH", help="store directory (default: SDRLAB_STORE, ./sdrlab-data)")
     acq.add_argument("--catalog", metavar="TOML", help="station catalogue (default: SDRLAB_CATALOG or built-in)")
     acq.add_argument("--scheduler", metavar="ADDR", help="dask scheduler address (default: a LocalCluster)")
     acq.add_argument("--no-progress", action="store_true")
 
     demo = sub.add_parser("demo", help="simulate demo7, acquire all seven, store the session, print the table")
-    demo.add_argument("--duration", type=float, default=5.0, metavar="S")
+    demo.add_argument("--duration", type=_duration, default=5.0, metavar="S")
     demo.add_argument("--out", metavar="PATH", help="store directory (default: ./sdrlab-data)")
     demo.add_argument("--speed", type=float, default=1.0, help="simulator speed-up (1.0 = real rate)")
     demo.add_argument("--no-progress", action="store_true")
@@ -73,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-output", action="store_true", help="echo the cells' output while running")
 
     td = sub.add_parser("tdoa", help="locate the transmitter of a stored session from GPS-timed lags (TDoA)")
-    td.add_argument("session", help="session id, or 'latest'")
+    td.add_argument("session", type=_session_or_latest, help="session id, or 'latest'")
     td.add_argument("--min-overlap", type=float, default=10.0, metavar="S",
                     help="seconds all stations must share (default 10)")
     td.add_argument("--window", type=float, default=1.0, metavar="S", help="correlation window (default 1 s)")
@@ -98,9 +147,9 @@ def _parser() -> argparse.ArgumentParser:
     sessub = ses.add_subparsers(dest="sessions_command", required=True)
     sl = sessub.add_parser("list", help="committed sessions with their summary")
     ssh = sessub.add_parser("show", help="one session: summary and per-station captures")
-    ssh.add_argument("session")
+    ssh.add_argument("session", type=_session_id)
     sdl = sessub.add_parser("delete", help="delete a session and all its objects")
-    sdl.add_argument("session")
+    sdl.add_argument("session", type=_session_id)
     for q in (sl, ssh, sdl):
         q.add_argument("--store", metavar="URL", help="store URL (default: SDRLAB_STORE)")
 
@@ -117,7 +166,7 @@ def _parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="export a session")
     expsub = exp.add_subparsers(dest="export_command", required=True)
     es = expsub.add_parser("sigmf", help="one SigMF recording per station")
-    es.add_argument("session")
+    es.add_argument("session", type=_session_id)
     es.add_argument("directory")
     es.add_argument("--archive", action="store_true", help="write .sigmf archives")
     es.add_argument("--store", metavar="URL")
@@ -145,7 +194,7 @@ def _parser() -> argparse.ArgumentParser:
     qysub = qy.add_subparsers(dest="query_command", required=True)
     qm = qysub.add_parser("metric", help="a metric per station in time buckets")
     qm.add_argument("--metric", default="snr_db")
-    qm.add_argument("--bucket", type=float, default=3600.0, metavar="S", help="bucket length in seconds")
+    qm.add_argument("--bucket", type=_bucket, default=3600, metavar="S", help="bucket length in whole seconds")
     qc = qysub.add_parser("captures", help="captures matching band, time, stations and thresholds")
     qc.add_argument("--band", nargs=2, type=float, metavar=("LO_HZ", "HI_HZ"))
     qc.add_argument("--min-snr", type=float, metavar="DB")
@@ -214,17 +263,34 @@ def _cmd_sim_serve(a: argparse.Namespace) -> int:
     return 0
 
 
-def _store(url: str | None = None, out: str | None = None) -> Any:
-    """The store: ``--out DIR`` (a local directory), ``--store URL``, or SDRLAB_STORE."""
+def _store(url: str | None = None, out: str | None = None, *, existing: bool = False) -> Any:
+    """The store: ``--out DIR`` (a local directory), ``--store URL``, or SDRLAB_STORE; a URL is
+    checked as SDRLAB_STORE is (a bad one is a usage error, its password masked).  ``existing``:
+    for commands that only read, an S3 bucket that does not exist is an error naming it (not an
+    empty list)."""
     from .config import Settings
     from .store import Store
 
-    settings = Settings.from_env()
+    if url and urlsplit(url).scheme not in ("file", "s3"):
+        raise ConfigError(f"--store must be file://PATH or s3://BUCKET/PREFIX, got {quote(mask_url(url))}")
+    settings = Settings.from_env(store=url)
     if out:
         return Store(f"file://{Path(out).expanduser().resolve()}", timeout_s=settings.store_timeout_s)
-    if url:
-        return Store(url, settings.storage_options(url), timeout_s=settings.store_timeout_s)
-    return settings.store_obj()
+    store = settings.store_obj()
+    if existing and store.protocol == "s3":
+        _check_bucket(store)
+    return store
+
+
+def _check_bucket(store: Any) -> None:
+    bucket = store.root.split("/", 1)[0]
+    try:
+        found = store.fs.exists(bucket)
+    except Exception as exc:  # unreachable endpoint, refused credentials: name the store
+        raise StorageError(f"cannot reach the store {store.where}: {type(exc).__name__}: {exc}"[:500]) from None
+    if not found:
+        raise StorageError(f"the bucket {bucket!r} of the store {store.where} does not exist "
+                           "(check SDRLAB_STORE / --store; it is made by the first acquisition)")
 
 
 def _save_or_rescue(session: Any) -> int:
@@ -340,7 +406,7 @@ def _cmd_tdoa(a: argparse.Namespace) -> int:
     if not (math.isfinite(sigma) and sigma >= 0):
         raise ConfigError(f"--station-delay-sigma must be a finite number of microseconds >= 0, got {sigma}")
     known = _lat_lon(a.calibrate) if a.calibrate else None
-    store = _store(a.store)
+    store = _store(a.store, existing=True)
     sid = pick_session(store, a.session)
     ds = store.open(sid)
     if known is not None:
@@ -401,7 +467,7 @@ def _print_frame(df: Any) -> None:
 
 
 def _cmd_sessions(a: argparse.Namespace) -> int:
-    store = _store(a.store)
+    store = _store(a.store, existing=True)
     if a.sessions_command == "list":
         _print_frame(store.sessions())
     elif a.sessions_command == "show":
@@ -449,7 +515,7 @@ def _cmd_index(a: argparse.Namespace) -> int:
     from .index import index_session, init_db
 
     settings = Settings.from_env()
-    store = _store(a.store)
+    store = _store(a.store, existing=True)
     engine = settings.engine()
     init_db(engine)
     from .errors import IndexStoreError, StorageError
@@ -489,7 +555,7 @@ def _cmd_query(a: argparse.Namespace) -> int:
         return 0
     start, end = _utc_arg(a.start, "--start"), _utc_arg(a.end, "--end")
     if a.query_command == "metric":
-        _print_frame(metric_over_time(engine, a.metric, bucket_s=int(a.bucket), start=start, end=end,
+        _print_frame(metric_over_time(engine, a.metric, bucket_s=a.bucket, start=start, end=end,
                                       stations=a.station))
     else:
         _print_frame(find_captures(engine, frequency_hz=tuple(a.band) if a.band else None, start=start, end=end,
@@ -499,7 +565,7 @@ def _cmd_query(a: argparse.Namespace) -> int:
 
 
 def _cmd_store(a: argparse.Namespace) -> int:
-    store = _store(a.store)
+    store = _store(a.store, existing=a.store_command != "health")
     if a.store_command == "health":
         h = store.health()
         print(f"ok {h['store']}: write {h['write_ms']:.1f} ms, read {h['read_ms']:.1f} ms, "
@@ -538,7 +604,7 @@ def _cmd_store(a: argparse.Namespace) -> int:
 def _cmd_export(a: argparse.Namespace) -> int:
     from .interchange.sigmf import export_sigmf
 
-    store = _store(a.store)
+    store = _store(a.store, existing=True)
     files = export_sigmf(store.open(a.session), a.directory, archive=a.archive)
     for f in files:
         print(f)
@@ -619,25 +685,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except (ConfigError, CatalogError) as exc:
-        print(f"sdrlab: error: {exc}", file=sys.stderr)
+        _error(f"error: {exc}")
         return 2
     except AcquisitionError as exc:
-        print(f"sdrlab: acquisition failed: {exc}", file=sys.stderr)
+        _error(f"acquisition failed: {exc}")
         return 1
     except NotebookRunError as exc:
-        print(f"sdrlab: run {exc.result.run_id} failed: {exc}", file=sys.stderr)
+        _error(f"run {exc.result.run_id} failed: {exc}")
         if exc.result.html:
-            print(f"sdrlab: the partial report is in {exc.result.html}", file=sys.stderr)
+            _error(f"the partial report is in {exc.result.html}")
         return 1
     except IndexStoreError as exc:
-        print(f"sdrlab: index: {exc}", file=sys.stderr)
+        _error(f"index: {exc}")
         return 1
     except SdrlabError as exc:
-        print(f"sdrlab: {type(exc).__name__}: {exc}", file=sys.stderr)
+        _error(f"{type(exc).__name__}: {exc}")
         return 1
     except KeyboardInterrupt:
-        print("sdrlab: interrupted", file=sys.stderr)
+        _error("interrupted")
         return 130
+
+
+#: the longest error message printed (the rest is cut, saying how much)
+MAX_MESSAGE_CHARS = 4000
+
+
+def _error(message: str) -> None:
+    """An error on stderr: any password in a URL masked, whatever raised it; bounded in length."""
+    text = mask_urls_in(message)
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = f"{text[:MAX_MESSAGE_CHARS]}... ({len(text) - MAX_MESSAGE_CHARS} more characters)"
+    print(f"sdrlab: {text}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover
