@@ -529,6 +529,7 @@ def acquire(
     on_progress: ProgressCallback | None = None,
     attrs: dict[str, Any] | None = None,
     stop: threading.Event | None = None,
+    start_wait_s: float = 20.0,
 ) -> Session:
     """Acquire ``duration_s`` of IQ at ``frequency_hz`` from every station, in parallel, and
     write the session to the store as soon as it is complete.
@@ -551,6 +552,10 @@ def acquire(
     ``stop``: setting this event (e.g. from a SIGINT/SIGTERM handler, as the CLI does) ends every
     station's capture within about two seconds; what has arrived is kept and stored as usual
     (those stations ``partial``).
+
+    ``start_wait_s``: how long the session's common start waits for stations still connecting
+    once the first have data (see :mod:`sdrlab.receivers.window`); those later than that start
+    late and are ``partial``.
     """
     settings = settings or Settings.from_env()
     validate_request(frequency_hz, duration_s)
@@ -574,10 +579,12 @@ def acquire(
     sid = new_session_id()
     t0 = time.perf_counter()
     if client is not None:
-        results, start_ns = _run(client, chosen, frequency_hz, duration_s, options, sid, show, on_progress, stop)
+        results, start_ns = _run(client, chosen, frequency_hz, duration_s, options, sid, show, on_progress, stop,
+                                 start_wait_s)
     else:
         with settings.dask_client(scheduler, n_threads=2) as c:
-            results, start_ns = _run(c, chosen, frequency_hz, duration_s, options, sid, show, on_progress, stop)
+            results, start_ns = _run(c, chosen, frequency_hz, duration_s, options, sid, show, on_progress, stop,
+                                     start_wait_s)
     t_acq = time.perf_counter() - t0
     ordered = {s.id: results[s.id] for s in chosen}
     _check_window(ordered, start_ns)
