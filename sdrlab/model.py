@@ -29,7 +29,7 @@ import pandas as pd
 import xarray as xr
 
 from ._version import __version__
-from .receivers.kiwisdr import Capture
+from .capture import Capture
 from .stations import Station
 
 FULL_SCALE = 32768.0

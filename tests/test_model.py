@@ -7,8 +7,8 @@ import pytest
 import xarray as xr
 
 from sdrlab import model, timing
+from sdrlab.capture import Capture, ReceiverInfo, build_segment
 from sdrlab.receivers import kiwiwire as kw
-from sdrlab.receivers.kiwisdr import Capture, ReceiverInfo, build_segment
 from sdrlab.stations import Station
 
 FS = 12001.15

@@ -6,7 +6,7 @@
   (GPS-stamped frames) and the ``gnss_pos/<station>.txt`` position files, import.
 
 Imports go through the same assembly path as a live capture
-(:func:`sdrlab.receivers.kiwisdr.build_segment`, then :func:`sdrlab.model.build_dataset`), so an
+(:func:`sdrlab.capture.build_segment`, then :func:`sdrlab.model.build_dataset`), so an
 imported session carries the same model: measured sample rate and UTC start from the GPS fit.
 """
 

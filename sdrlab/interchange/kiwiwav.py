@@ -15,7 +15,7 @@ replaced by '_').
 
 :func:`import_kiwi_wav` turns the frames into SND-like headers (seq consecutive from 1, flags
 IQ | little-endian, S-meter unknown) and assembles them with
-:func:`sdrlab.receivers.kiwisdr.build_segment`, the path a live capture takes, so the sample rate
+:func:`sdrlab.capture.build_segment`, the path a live capture takes, so the sample rate
 and the UTC start come from the GPS fit over the fresh stamps.  The GPS week is taken from the
 recording host's clock as the file name records it (the time of the first frame), not from the
 importing machine's clock.  One file is one segment (kiwirecorder starts a new file at each
@@ -40,8 +40,9 @@ import xarray as xr
 
 from .. import model, timing
 from ..errors import ConfigError, StorageError
-from ..receivers import kiwiwire as kw
-from ..receivers.kiwisdr import HEADER_DTYPE, Capture, ReceiverInfo, Segment, build_segment
+from ..capture import (
+    FLAG_LITTLE_ENDIAN, FLAG_STEREO, HEADER_DTYPE, SAMPLES_PER_FRAME, Capture, ReceiverInfo, Segment, build_segment,
+)
 from ..welch import PASSBAND_NOT_RECORDED
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ __all__ = [
 ]
 
 KIWI_CHUNK_SIZE = 10
-DATA_CHUNK_SIZE = kw.SAMPLES_PER_FRAME * 4  # 2048
+DATA_CHUNK_SIZE = SAMPLES_PER_FRAME * 4  # 2048
 #: bytes per frame on disk: 8 + 10 (kiwi chunk) + 8 + 2048 (data chunk)
 FRAME_BYTES = 8 + KIWI_CHUNK_SIZE + 8 + DATA_CHUNK_SIZE
 #: one frame on disk as a numpy record (packed, little-endian)
@@ -73,12 +74,12 @@ FRAME_DTYPE = np.dtype(
         ("gpsnsec", "<u4"),
         ("data_id", "S4"),
         ("data_size", "<u4"),
-        ("iq", "<i2", (kw.SAMPLES_PER_FRAME * 2,)),
+        ("iq", "<i2", (SAMPLES_PER_FRAME * 2,)),
     ]
 )
 assert FRAME_DTYPE.itemsize == FRAME_BYTES == 2074
 #: flags of the synthesised SND headers: IQ mode, samples little-endian (as in the file)
-SND_FLAGS = kw.FLAG_STEREO | kw.FLAG_LITTLE_ENDIAN
+SND_FLAGS = FLAG_STEREO | FLAG_LITTLE_ENDIAN
 #: station name kiwirecorder uses for gnss_pos when no --station was given
 NONAME = "kiwi_noname"
 
@@ -143,7 +144,7 @@ class KiwiWav:
 
     @property
     def n_samples(self) -> int:
-        return self.n_frames * kw.SAMPLES_PER_FRAME
+        return self.n_frames * SAMPLES_PER_FRAME
 
     @property
     def samples(self) -> npt.NDArray[np.int16]:

@@ -51,8 +51,7 @@ import xarray as xr
 from .. import model, timing
 from .._version import __version__
 from ..errors import ConfigError, StorageError
-from ..receivers import kiwiwire as kw
-from ..receivers.kiwisdr import Capture, ReceiverInfo, Segment
+from ..capture import GPS_NO_CLOCK, SAMPLES_PER_FRAME, Capture, ReceiverInfo, Segment
 from ..model import StationStatus
 from ..welch import PASSBAND_NOT_RECORDED, recorded_passband
 from .kiwiwav import session_id_for
@@ -65,7 +64,7 @@ __all__ = ["EXTENSION", "export_sigmf", "import_sigmf", "recording_metadata"]
 NAMESPACE = "sdrlab"
 EXTENSION: dict[str, Any] = {"name": NAMESPACE, "version": "1.0.0", "optional": True}
 DATATYPE = "ci16_le"
-SPF = kw.SAMPLES_PER_FRAME
+SPF = SAMPLES_PER_FRAME
 
 # core keys (plain strings: sigmf's constants moved between releases)
 K_DATATYPE = "core:datatype"
@@ -382,7 +381,7 @@ def _segment(
         frame_seq=seq,
         frame_flags=np.array(flags if flags is not None else [0] * k, dtype=np.uint8),
         frame_rssi_dbm=rssi,
-        frame_last_gps=np.array(last if last is not None else [kw.GPS_NO_CLOCK] * k, dtype=np.uint8),
+        frame_last_gps=np.array(last if last is not None else [GPS_NO_CLOCK] * k, dtype=np.uint8),
         frame_gps_ns=np.array(gps if gps is not None else [-1] * k, dtype=np.int64),
         frame_received=received,
         fit=fit,

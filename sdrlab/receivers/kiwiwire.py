@@ -14,26 +14,30 @@ from typing import Iterable
 import numpy as np
 import numpy.typing as npt
 
+# The frame size, the flag bits of the flags byte (reference section 5) and the last_gps_solution
+# values with a meaning of their own are kept per frame in the stored Dataset, so they are defined
+# once in sdrlab.capture (the stored format) and re-exported here (the ``as`` form) for the client,
+# the simulator and the DSP code that read them as wire facts.
+from ..capture import (
+    FLAG_ADC_OVERFLOW as FLAG_ADC_OVERFLOW,
+    FLAG_COMPRESSED as FLAG_COMPRESSED,
+    FLAG_LITTLE_ENDIAN as FLAG_LITTLE_ENDIAN,
+    FLAG_LPF as FLAG_LPF,
+    FLAG_NEW_FREQ as FLAG_NEW_FREQ,
+    FLAG_RESTART as FLAG_RESTART,
+    FLAG_SQUELCHED as FLAG_SQUELCHED,
+    FLAG_STEREO as FLAG_STEREO,
+    GPS_LAST_CAP as GPS_LAST_CAP,
+    GPS_NO_CLOCK as GPS_NO_CLOCK,
+    HEADER_DTYPE,
+    SAMPLES_PER_FRAME as SAMPLES_PER_FRAME,
+)
+
 #: an SND frame in IQ mode: 20-byte header + 512 complex int16 samples
-SAMPLES_PER_FRAME = 512
 HEADER_SIZE = 20
 #: header of SND frames without the GPS block (mono audio modes; KiwiSDR emulations in every mode)
 AUDIO_HEADER_SIZE = 10
 IQ_FRAME_SIZE = HEADER_SIZE + SAMPLES_PER_FRAME * 4  # 2068
-
-# flags byte (reference section 5)
-FLAG_LPF = 0x01
-FLAG_ADC_OVERFLOW = 0x02
-FLAG_NEW_FREQ = 0x04
-FLAG_STEREO = 0x08  # IQ / stereo modes
-FLAG_COMPRESSED = 0x10  # ADPCM: never valid with IQ
-FLAG_RESTART = 0x20
-FLAG_SQUELCHED = 0x40
-FLAG_LITTLE_ENDIAN = 0x80
-
-#: last_gps_solution values with a meaning of their own
-GPS_LAST_CAP = 252
-GPS_NO_CLOCK = 255
 
 #: MSG values the server URL-encodes (kiwi_str_encode)
 ENCODED_KEYS = frozenset(
@@ -43,6 +47,8 @@ ENCODED_KEYS = frozenset(
 _HEAD = struct.Struct("<3sBI")  # tag, flags, seq (u32 LE)
 _SMETER = struct.Struct(">H")  # u16 BE
 _GPS = struct.Struct("<BBII")  # last_gps_solution, dummy, gpssec, gpsnsec (LE)
+# the header as the client parses a whole segment of them is the header packed here
+assert HEADER_DTYPE.itemsize == _HEAD.size + _SMETER.size + _GPS.size == HEADER_SIZE
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,9 +14,9 @@ import xarray as xr
 
 from sdrlab import model, timing
 from sdrlab.errors import ConfigError, StorageError
+from sdrlab.capture import HEADER_DTYPE, Capture, ReceiverInfo, build_segment
 from sdrlab.interchange import export_sigmf, import_kiwi_wav, import_sigmf
 from sdrlab.receivers import kiwiwire as kw
-from sdrlab.receivers.kiwisdr import HEADER_DTYPE, Capture, ReceiverInfo, build_segment
 from sdrlab.testing import synthetic_dataset
 
 from .kiwirecorder_files import record, write_gnss_pos

@@ -1,0 +1,307 @@
+"""What a receiver delivers, whatever its protocol: :class:`Capture`, :class:`Segment`,
+:class:`ReceiverInfo`, and the frame record they keep (:data:`HEADER_DTYPE`, the flag bits,
+``last_gps_solution`` values), with the functions that assemble a segment from frames.
+
+Protocol clients (:mod:`sdrlab.receivers`), importers (:mod:`sdrlab.interchange`) and the model
+(:mod:`sdrlab.model`) all depend on this module; it depends on none of them.
+
+The per-frame record is the KiwiSDR SND IQ frame, kept as it arrived because the stored Dataset
+keeps it too (``frame_flags``, ``frame_last_gps``, ``frame_rssi_dbm``, ``frame_gps_ns``): a frame
+holds :data:`SAMPLES_PER_FRAME` complex int16 samples (I, Q; 32768 = full scale); RSSI in dBm;
+GPS times in ns since the GPS epoch (-1 = no stamp); sample rates in Hz.  The wire format itself
+(byte layout, MSG tokens) stays in :mod:`sdrlab.receivers.kiwiwire`, which takes these values
+from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from . import timing
+
+__all__ = [
+    "FLAG_ADC_OVERFLOW", "FLAG_COMPRESSED", "FLAG_LITTLE_ENDIAN", "FLAG_LPF", "FLAG_NEW_FREQ", "FLAG_RESTART",
+    "FLAG_SQUELCHED", "FLAG_STEREO", "GPS_LAST_CAP", "GPS_NO_CLOCK", "HEADER_DTYPE", "SAMPLES_PER_FRAME",
+    "Capture", "ReceiverInfo", "Segment", "build_receipt_segment", "build_segment",
+]
+
+#: complex samples in one frame of the per-frame record (a KiwiSDR SND IQ frame)
+SAMPLES_PER_FRAME = 512
+
+# bits of the flags byte kept per frame in ``frame_flags`` (KiwiSDR protocol reference section 5)
+FLAG_LPF = 0x01
+FLAG_ADC_OVERFLOW = 0x02
+FLAG_NEW_FREQ = 0x04
+FLAG_STEREO = 0x08  # IQ / stereo modes
+FLAG_COMPRESSED = 0x10  # ADPCM: never valid with IQ
+FLAG_RESTART = 0x20
+FLAG_SQUELCHED = 0x40
+FLAG_LITTLE_ENDIAN = 0x80
+
+#: ``last_gps_solution`` (``frame_last_gps``, seconds since the last GPS fix) values with a meaning
+#: of their own: up to GPS_LAST_CAP a stamp is valid; GPS_NO_CLOCK: the receiver has no GPS time
+GPS_LAST_CAP = 252
+GPS_NO_CLOCK = 255
+
+#: the 20-byte SND IQ frame header as a numpy record, for vectorised parsing of a whole segment
+HEADER_DTYPE = np.dtype(
+    [
+        ("tag", "S3"),
+        ("flags", "u1"),
+        ("seq", "<u4"),
+        ("smeter", ">u2"),
+        ("last_gps", "u1"),
+        ("dummy", "u1"),
+        ("gpssec", "<u4"),
+        ("gpsnsec", "<u4"),
+    ]
+)
+assert HEADER_DTYPE.itemsize == 20
+
+
+@dataclass
+class ReceiverInfo:
+    """What the receiver said about itself."""
+
+    host: str
+    port: int
+    version: str = ""
+    rx_chans: int = 0
+    audio_rate: int = 0
+    sample_rate: float = 0.0
+    freq_offset_khz: float = 0.0
+    name: str = ""
+    antenna: str = ""
+    position: tuple[float, float] | None = None
+    altitude: float | None = None
+
+
+@dataclass
+class Segment:
+    """One uninterrupted stretch of samples (a connection, or part of one after a long gap).
+
+    Frames missing from the ``seq`` sequence are zero-filled so that sample index stays linear in
+    time; ``frame_received`` tells which frames really arrived.
+    """
+
+    samples: npt.NDArray[np.int16]  # (n, 2) I, Q
+    frame_seq: npt.NDArray[np.uint32]
+    frame_flags: npt.NDArray[np.uint8]
+    frame_rssi_dbm: npt.NDArray[np.float32]
+    frame_last_gps: npt.NDArray[np.uint8]
+    frame_gps_ns: npt.NDArray[np.int64]  # GPS ns of each frame's first sample; -1 = no stamp
+    frame_received: npt.NDArray[np.bool_]
+    fit: timing.TimeFit
+    end_reason: str
+    seq_gaps: int
+    missing_frames: int
+    #: how much later than real-rate streaming the last frame arrived, relative to the most
+    #: punctual frame of the segment (wall clock; diagnostics only, never used for time).  A
+    #: client or link that cannot keep up shows a lag that grows with the capture length.
+    lag_s: float = float("nan")
+    #: ``gps``: frames with the GPS block (``fit`` says whether a time fit was possible);
+    #: ``receipt``: frames without it (a server posing as a KiwiSDR, e.g. UberSDR's emulation):
+    #: times are only the host clock's receipt times, ``receipt_t0_gps_ns`` at the nominal rate
+    timing: str = "gps"
+    #: first sample of each frame within the segment when frames are not all 512 samples long
+    frame_start: npt.NDArray[np.int64] | None = None
+    #: receipt-time estimate of sample 0 (GPS ns from the host clock; -1 = none)
+    receipt_t0_gps_ns: int = -1
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.samples.shape[0])
+
+
+@dataclass
+class Capture:
+    """Everything one receiver delivered for one request."""
+
+    station: str
+    frequency_hz: float
+    low_cut: float
+    high_cut: float
+    requested_s: float
+    gps_utc_offset_s: int = timing.DEFAULT_GPS_UTC_OFFSET_S
+    info: ReceiverInfo | None = None
+    segments: list[Segment] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+    bad_frames: int = 0
+
+    @property
+    def n_samples(self) -> int:
+        return sum(s.n_samples for s in self.segments)
+
+    @property
+    def sample_rate(self) -> float:
+        """The measured rate of the first segment with a GPS fit, else the announced rate."""
+        for s in self.segments:
+            if s.fit.ok:
+                return s.fit.fs
+        return self.info.sample_rate if self.info else float("nan")
+
+    def utc(self, gps_ns: int) -> np.datetime64:
+        return timing.gps_ns_to_utc(gps_ns, self.gps_utc_offset_s)
+
+    @property
+    def timing(self) -> str:
+        """``gps`` when a segment has a GPS time fit, ``receipt`` when the receiver sent frames
+        without GPS stamps (times from the host clock only), else ``none``."""
+        if any(s.fit.ok for s in self.segments):
+            return "gps"
+        if any(s.timing == "receipt" for s in self.segments):
+            return "receipt"
+        return "none"
+
+
+# ---- segment assembly: frames in, one Segment out (vectorised, once per segment) -------------
+def _spread(values: npt.NDArray[Any], slot: npt.NDArray[np.int64], total: int, fill: object,
+            dtype: npt.DTypeLike) -> npt.NDArray[np.generic]:
+    """Per-frame values at their slots of a gap-filled sequence of ``total`` frames, ``fill`` elsewhere."""
+    out = np.full(total, fill, dtype=dtype)
+    out[slot] = values
+    return out
+
+
+def _rssi_dbm(smeter: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+    """RSSI in dBm from S-meter fields: 0.1 v - 127, clamped to -127 ... +3.4 (section 4)."""
+    out: npt.NDArray[np.float32] = np.clip(0.1 * np.asarray(smeter).astype(np.float32) - 127.0, -127.0,
+                                           3.4).astype(np.float32)
+    return out
+
+
+def build_segment(
+    headers: bytes,
+    data: bytes,
+    *,
+    nominal_fs: float,
+    gps_utc_offset_s: int = timing.DEFAULT_GPS_UTC_OFFSET_S,
+    end_reason: str = "complete",
+    host_gps_ns: int | None = None,
+) -> Segment:
+    """Turn raw frame headers and sample bytes (as received, in order, seq strictly increasing)
+    into a :class:`Segment`: byte order per frame, zero-filled gaps, GPS stamps and time fit."""
+    h = np.frombuffer(headers, dtype=HEADER_DTYPE)
+    nf = h.shape[0]
+    raw = np.frombuffer(data, dtype=np.uint8).reshape(nf, SAMPLES_PER_FRAME * 4)
+    le = (h["flags"] & FLAG_LITTLE_ENDIAN).astype(bool)
+    rows = np.empty((nf, SAMPLES_PER_FRAME * 2), dtype=np.int16)
+    if le.any():
+        rows[le] = raw[le].view("<i2")
+    if (~le).any():
+        rows[~le] = raw[~le].view(">i2")
+    seq = h["seq"].astype(np.int64)
+    slot = seq - seq[0]
+    total = int(slot[-1]) + 1
+    full = np.zeros((total, SAMPLES_PER_FRAME * 2), dtype=np.int16)
+    full[slot] = rows
+    received = np.zeros(total, dtype=bool)
+    received[slot] = True
+    frame_seq = (seq[0] + np.arange(total)).astype(np.uint32)
+    flags = _spread(h["flags"], slot, total, 0, np.uint8)
+    rssi = _spread(_rssi_dbm(h["smeter"]), slot, total, np.nan, np.float32)
+    last = _spread(h["last_gps"], slot, total, GPS_NO_CLOCK, np.uint8)
+
+    # GPS stamps -> ns since the GPS epoch (week from the host clock, section 7)
+    host = timing.gps_now_ns(gps_utc_offset_s) if host_gps_ns is None else host_gps_ns
+    gsec = h["gpssec"].astype(np.int64)
+    gnsec = h["gpsnsec"].astype(np.int64)
+    has = ((gsec != 0) | (gnsec != 0)) & (gsec < timing.WEEK_S) & (gnsec < timing.NS) & (h["last_gps"] <= GPS_LAST_CAP)
+    gps_ns = np.full(nf, -1, dtype=np.int64)
+    if has.any():
+        first = int(np.argmax(has))
+        week = timing.gps_week_for(float(gsec[first]), host)
+        wk = np.full(nf, week, dtype=np.int64)
+        wk[gsec < gsec[first] - timing.WEEK_S // 2] += 1  # rollover inside the segment
+        gps_ns[has] = (wk[has] * timing.WEEK_S + gsec[has]) * timing.NS + gnsec[has]
+    frame_gps = _spread(gps_ns, slot, total, -1, np.int64)
+
+    # fresh stamps: the frame where last_gps_solution drops (a new fix arrived; TDoA's
+    # proc_kiwi_iq_wav.m uses diff(gpslast) < 0).  Stamps later in a fix interval may drift.
+    # Fewer than two fixes in the segment: frames at 0 s since a fix, then every valid stamp.
+    lg = h["last_gps"].astype(np.int16)
+    drop = has & np.r_[False, np.diff(lg) < 0]
+    zero = has & (lg == 0)
+    use = drop if drop.sum() >= 2 else zero if zero.sum() >= 2 else has
+    if not has.any():
+        status = "no GPS clock (last_gps_solution 255)" if (h["last_gps"] == GPS_NO_CLOCK).any() else "no GPS timestamps"
+        fit = timing.TimeFit(-1, float(nominal_fs), float("nan"), 0, 0, status)
+    else:
+        fit = timing.fit_time(slot[use] * SAMPLES_PER_FRAME, gps_ns[use], nominal_fs=nominal_fs)
+    missing = total - nf
+    gaps = int(np.count_nonzero(np.diff(slot) > 1)) if nf > 1 else 0
+    return Segment(
+        samples=full.reshape(total * SAMPLES_PER_FRAME, 2),
+        frame_seq=frame_seq,
+        frame_flags=flags,  # type: ignore[arg-type]
+        frame_rssi_dbm=rssi,  # type: ignore[arg-type]
+        frame_last_gps=last,  # type: ignore[arg-type]
+        frame_gps_ns=frame_gps,  # type: ignore[arg-type]
+        frame_received=received,
+        fit=fit,
+        end_reason=end_reason,
+        seq_gaps=gaps,
+        missing_frames=missing,
+    )
+
+
+def build_receipt_segment(
+    frames: list[tuple[int, int, int, int, int]],
+    data: bytes,
+    *,
+    nominal_fs: float,
+    gps_utc_offset_s: int = timing.DEFAULT_GPS_UTC_OFFSET_S,
+    end_reason: str = "complete",
+) -> Segment:
+    """A :class:`Segment` from SND IQ frames without the GPS block (``frames``: seq, flags,
+    S-meter, samples, host receipt time in unix ns; ``data``: their sample bytes in order).
+
+    Frames may hold any number of samples; a missing seq is zero-filled with the median frame
+    length.  No GPS fit is claimed: ``timing`` is ``receipt`` and ``receipt_t0_gps_ns`` the
+    earliest-arrival estimate of sample 0 at the nominal rate (every sample was taken before the
+    frame that holds it arrived; network and server latency are not removed)."""
+    meta = np.array(frames, dtype=np.int64).reshape(-1, 5)
+    seq, flags, smeter, counts, arrival = (meta[:, i] for i in range(5))
+    le = (flags & FLAG_LITTLE_ENDIAN).astype(bool)
+    raw = np.frombuffer(data, dtype=np.uint8)
+    ends = np.cumsum(counts) * 4
+    chunks = []
+    for i, (a, b) in enumerate(zip(np.r_[0, ends[:-1]], ends)):
+        chunks.append(raw[a:b].view("<i2" if le[i] else ">i2").astype(np.int16))
+    slot = seq - seq[0]
+    total = int(slot[-1]) + 1
+    fill = int(np.median(counts))
+    lengths = np.full(total, fill, dtype=np.int64)
+    lengths[slot] = counts
+    starts = np.r_[0, np.cumsum(lengths)[:-1]].astype(np.int64)
+    samples = np.zeros((int(lengths.sum()), 2), dtype=np.int16)
+    for i, k in enumerate(slot):
+        samples[starts[k] : starts[k] + counts[i]] = chunks[i].reshape(-1, 2)
+    received = np.zeros(total, dtype=bool)
+    received[slot] = True
+    host_gps = arrival - timing.GPS_EPOCH_UNIX_S * timing.NS + gps_utc_offset_s * timing.NS
+    sample_end = starts[slot] + counts
+    t0 = int(np.min(host_gps - np.rint(sample_end / nominal_fs * timing.NS).astype(np.int64)))
+    fit = timing.TimeFit(-1, float(nominal_fs), float("nan"), 0, 0,
+                         "no GPS timestamps (frames without the GPS block: receipt times only)")
+    return Segment(
+        samples=samples,
+        frame_seq=(seq[0] + np.arange(total)).astype(np.uint32),
+        frame_flags=_spread(flags.astype(np.uint8), slot, total, 0, np.uint8),  # type: ignore[arg-type]
+        frame_rssi_dbm=_spread(_rssi_dbm(smeter), slot, total, np.nan, np.float32),  # type: ignore[arg-type]
+        frame_last_gps=np.full(total, GPS_NO_CLOCK, dtype=np.uint8),
+        frame_gps_ns=np.full(total, -1, dtype=np.int64),
+        frame_received=received,
+        fit=fit,
+        end_reason=end_reason,
+        seq_gaps=int(np.count_nonzero(np.diff(slot) > 1)) if slot.size > 1 else 0,
+        missing_frames=total - slot.size,
+        timing="receipt",
+        frame_start=starts,
+        receipt_t0_gps_ns=t0,
+    )
+
