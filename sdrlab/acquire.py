@@ -12,11 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Sequence
 
 import pandas as pd
@@ -25,6 +23,7 @@ import xarray as xr
 from . import model, timing
 from .config import Settings
 from .errors import ConfigError, ReceiverError
+from .model import new_session_id
 from .receivers import make_receiver
 from .receivers.kiwisdr import Capture, KiwiOptions
 from .stations import Catalog, Station
@@ -187,12 +186,6 @@ def validate_request(frequency_hz: float, duration_s: float) -> None:
         raise ConfigError(f"duration must be a positive number of seconds, got {duration_s!r}")
     if duration_s > MAX_DURATION_S:
         raise ConfigError(f"duration {duration_s:g} s exceeds the maximum of {MAX_DURATION_S:g} s")
-
-
-def new_session_id(now: datetime | None = None) -> str:
-    """Sortable by time: ``YYYYmmddTHHMMSSZ-xxxxxx``."""
-    now = now or datetime.now(timezone.utc)
-    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
 def _progress_emitter(topic: str | None) -> Callable[[dict[str, Any]], None] | None:

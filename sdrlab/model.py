@@ -21,7 +21,9 @@ frequency, passband, protocol, versions, the per-station status, and SigMF-mirro
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -63,6 +65,13 @@ class StationStatus:
 
     def as_dict(self) -> dict[str, str | None]:
         return {"status": self.status, "error_class": self.error_class, "message": self.message}
+
+
+def new_session_id(now: datetime | None = None) -> str:
+    """A new session id, sortable by time: ``YYYYmmddTHHMMSSZ-xxxxxx`` (UTC of ``now``, default
+    the present, and six random hex digits)."""
+    now = now or datetime.now(timezone.utc)
+    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
 def _gps_status(capture: Capture) -> str:

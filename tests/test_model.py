@@ -184,3 +184,14 @@ def test_iq_chunking_shards_divide_and_stay_in_bounds(n_samples):
         assert inner[0] == 1 and all(s % i == 0 for s, i in zip(shard, inner))
         assert shard[0] * shard[1] * 4 <= model.CHUNK_BYTES
         assert inner[1] * 4 <= model.CHUNK_BYTES
+
+
+def test_new_session_id_sorts_by_time_and_is_a_valid_store_name():
+    from datetime import datetime, timezone
+
+    from sdrlab.store import check_session_id
+
+    early = model.new_session_id(datetime(2026, 12, 7, 4, 5, 6, tzinfo=timezone.utc))
+    late = model.new_session_id(datetime(2026, 12, 7, 4, 5, 7, tzinfo=timezone.utc))
+    assert early.startswith("20261207T040506Z-") and len(early) == len("20261207T040506Z-") + 6
+    assert early < late and check_session_id(early) == early

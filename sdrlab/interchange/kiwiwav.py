@@ -330,13 +330,11 @@ def _segment(f: KiwiWav, gps_utc_offset_s: int) -> Segment:
 
 def session_id_for(starts: Sequence[np.datetime64]) -> str:
     """A new id that sorts by the capture time (earliest start), or by now when none is known."""
-    from ..acquire import new_session_id
-
     known = [t for t in starts if not np.isnat(t)]
     if not known:
-        return new_session_id()
+        return model.new_session_id()
     unix_s = int(np.asarray(min(known), dtype="datetime64[s]").astype(np.int64))
-    return new_session_id(datetime.fromtimestamp(unix_s, tz=timezone.utc))
+    return model.new_session_id(datetime.fromtimestamp(unix_s, tz=timezone.utc))
 
 
 def import_kiwi_wav(
