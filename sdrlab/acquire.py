@@ -35,6 +35,9 @@ MAX_FREQUENCY_HZ = 30_000_000.0  # KiwiSDR: HF, 0-30 MHz
 TABLE_METRICS = ("snr_db", "cn0_dbhz", "signal_power_dbfs", "noise_floor_dbfs_hz", "frequency_offset_hz")
 #: metric flags behind the table's notes
 NOTE_METRICS = ("passband_filled", "agc_gain_changed", "clipped_fraction", "overload_fraction")
+#: the shortest capture: a few of the receivers' 512-sample frames at 12 kHz; anything shorter has
+#: no spectrum to measure
+MIN_DURATION_S = 0.1
 MAX_DURATION_S = 24 * 3600.0
 
 #: ``on_progress`` receives one dict per event: ``station``, ``state`` (``queued``,
@@ -182,8 +185,12 @@ def validate_request(frequency_hz: float, duration_s: float) -> None:
         raise ConfigError(
             f"frequency {frequency_hz:g} Hz is outside 0-30 MHz (KiwiSDR receivers cover HF only)"
         )
-    if not isinstance(duration_s, (int, float)) or not math.isfinite(duration_s) or duration_s <= 0:
-        raise ConfigError(f"duration must be a positive number of seconds, got {duration_s!r}")
+    if not isinstance(duration_s, (int, float)) or not math.isfinite(duration_s):
+        raise ConfigError(f"duration must be a finite number of seconds, got {duration_s!r}")
+    if duration_s < MIN_DURATION_S:
+        raise ConfigError(
+            f"duration must be at least {MIN_DURATION_S:g} s (a few frames of samples), got {duration_s!r}"
+        )
     if duration_s > MAX_DURATION_S:
         raise ConfigError(f"duration {duration_s:g} s exceeds the maximum of {MAX_DURATION_S:g} s")
 

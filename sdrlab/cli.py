@@ -17,6 +17,7 @@ from typing import Any, Iterator, Sequence
 from urllib.parse import urlsplit
 
 from ._version import __version__
+from .acquire import MIN_DURATION_S
 from .errors import (
     AcquisitionError, CatalogError, ConfigError, IndexStoreError, NotebookRunError, SdrlabError, StorageError, quote,
 )
@@ -25,13 +26,9 @@ from .redact import mask_url, mask_urls_in
 log = logging.getLogger("sdrlab.cli")
 
 
-#: the shortest capture ``--duration`` accepts: a few of the receivers' 512-sample frames at
-#: 12 kHz; anything shorter has no spectrum to measure (see the report: acquire.validate_request
-#: should own it, beside MAX_DURATION_S)
-MIN_DURATION_S = 0.1
-
-
 def _duration(text: str) -> float:
+    """``--duration``: seconds, at least :data:`sdrlab.acquire.MIN_DURATION_S` (a usage error here,
+    before the library's own check)."""
     try:
         value = float(text)
     except ValueError:

@@ -287,9 +287,13 @@ def test_scheduler_address_gives_the_same_dataset(dask_processes):
         (-5.0, 1.0, "outside 0-30 MHz"),
         (31e6, 1.0, "outside 0-30 MHz"),
         (float("nan"), 1.0, "frequency"),
-        (10e6, -1.0, "duration must be a positive"),
-        (10e6, 0.0, "duration must be a positive"),
-        (10e6, float("inf"), "duration"),
+        (10e6, -1.0, "duration must be at least 0.1 s"),
+        (10e6, 0.0, "duration must be at least 0.1 s"),
+        (10e6, 1e-9, r"duration must be at least 0.1 s \(a few frames of samples\), got 1e-09"),
+        (10e6, 0.099, "duration must be at least 0.1 s"),
+        (10e6, float("nan"), "duration must be a finite number of seconds, got nan"),
+        (10e6, float("inf"), "duration must be a finite number of seconds, got inf"),
+        (10e6, 86400.5, "exceeds the maximum of 86400 s"),
     ],
 )
 def test_bad_parameters_are_named(freq, dur, pattern):
@@ -297,6 +301,13 @@ def test_bad_parameters_are_named(freq, dur, pattern):
         validate_request(freq, dur)
     with pytest.raises(ConfigError, match=pattern):
         acquire(["demo-berlin"], freq, dur, settings=SETTINGS, write=False)
+
+
+def test_the_shortest_and_longest_durations_are_accepted():
+    from sdrlab.acquire import MAX_DURATION_S, MIN_DURATION_S
+
+    validate_request(10e6, MIN_DURATION_S)
+    validate_request(10e6, MAX_DURATION_S)
 
 
 def test_unknown_station_is_named():
