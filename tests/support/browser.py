@@ -138,12 +138,13 @@ def _stat(proc_dir: Path) -> tuple[str, int]:
     return fields[0].decode(), int(fields[2])
 
 
-def browser_processes(token: str, pgids: Collection[int] = ()) -> list[int]:
+def browser_processes(token: str, pgids: Collection[int] = (), *, env_name: str = ENV_TOKEN) -> list[int]:
     """Live (not zombie) processes of one browser, from /proc (Linux): those whose environment holds
     ``SDRLAB_BROWSER_TOKEN=token`` (the browser and its crashpad handlers, which detach into sessions
     of their own) and any in the process groups ``pgids`` (zygotes, renderers, GPU and utility
-    processes write their command line over their environment, but stay in the browser's group)."""
-    marker = f"{ENV_TOKEN}={token}".encode()
+    processes write their command line over their environment, but stay in the browser's group).
+    ``env_name``: another variable that marks a tree of processes (tests.support.lab's JupyterLab)."""
+    marker = f"{env_name}={token}".encode()
     found = []
     for entry in Path("/proc").glob("[0-9]*"):
         try:
