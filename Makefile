@@ -1,4 +1,4 @@
-# sdrlab: `make demo` and `make test` set everything up from a clean clone.
+# sdrlab: `make demo`, `make lab` and `make test` set everything up from a clean clone.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -10,7 +10,7 @@ CHROMIUM   := /usr/bin/chromium
 CHROMIUM_PACKAGE := chromium
 APT_GET    ?= apt-get
 
-.PHONY: all venv demo test typecheck bench clean
+.PHONY: all venv demo lab test typecheck bench clean
 
 all: test
 
@@ -63,6 +63,24 @@ venv: $(STAMP)
 # notebook on it (papermill) and print the path of its HTML report
 demo: $(STAMP)
 	$(VENV)/bin/sdrlab demo --duration 12 --report notebooks/report.ipynb --report-dir reports
+
+# the workbench: JupyterLab on notebooks/, on loopback only, the notebooks using the store and index
+# `make demo` fills (./sdrlab-data; SDRLAB_STORE / SDRLAB_DB when set). Prints the URL with its token
+# (JUPYTER_TOKEN when set, else a random one, passed in the environment, not on the command line).
+# LAB_PORT picks the port; LAB_ARGS adds JupyterLab options. Ctrl+C twice stops it.
+LAB_PORT ?= 8888
+LAB_ARGS ?=
+lab: $(STAMP)
+	@token="$${JUPYTER_TOKEN:-$$($(PY) -c 'import secrets; print(secrets.token_hex(24))')}"; \
+	if [ -n "$$SDRLAB_STORE$$SDRLAB_DB" ]; then where="SDRLAB_STORE / SDRLAB_DB from the environment"; \
+	else where="./sdrlab-data, as make demo"; fi; \
+	export SDRLAB_STORE="$${SDRLAB_STORE:-file://$(CURDIR)/sdrlab-data}"; \
+	export SDRLAB_DB="$${SDRLAB_DB:-sqlite:///$(CURDIR)/sdrlab-data/index.db}"; \
+	export JUPYTER_TOKEN="$$token"; \
+	echo "make lab: JupyterLab on notebooks/, sessions stored and indexed in $$where"; \
+	echo "make lab: open http://127.0.0.1:$(LAB_PORT)/lab?token=$$token"; \
+	exec $(PY) -m jupyterlab --no-browser --ip=127.0.0.1 --port=$(LAB_PORT) --port-retries=0 \
+	  --ServerApp.root_dir="$(CURDIR)/notebooks" $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) $(LAB_ARGS)
 
 typecheck: $(STAMP)
 	$(PY) -m mypy

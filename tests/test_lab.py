@@ -12,8 +12,15 @@ fewer stations fails.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +30,7 @@ import pytest
 from sdrlab.sim.networks import demo7
 from sdrlab.store import Store
 from tests.support.browser import HeadlessBrowser
-from tests.support.lab import JupyterLabServer, LabNotebook, copy_notebooks
+from tests.support.lab import JupyterLabServer, LabNotebook, copy_notebooks, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the simulated stations every notebook acquires from (the notebooks' default: demo7, seed 0)
@@ -227,3 +234,78 @@ def test_report_notebook_renders(run_notebook: Any, browser: HeadlessBrowser) ->
     tdoa = cell_with(facts, "plot_tdoa_map(")
     assert tdoa["images_decoded"] == 1 and "position" in tdoa["text"], tdoa["text"][:500]
     assert images(facts) == 5
+
+
+# ---- make lab ---------------------------------------------------------------------------------------
+def _listening(port: int) -> set[str]:
+    """Local addresses (hex, as /proc/net/tcp* writes them) listening on ``port``."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address, hex_port = local.rsplit(":", 1)
+                if state == "0A" and int(hex_port, 16) == port:
+                    found.add(address)
+    return found
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:  # not listening yet (URLError is an OSError)
+        return 0
+
+
+def test_make_lab_serves_the_notebooks_on_loopback_and_prints_its_url(tmp_path: Path) -> None:
+    """``make lab`` (the venv taken as set up): JupyterLab on notebooks/, only on 127.0.0.1, the URL
+    printed with a token that the server requires, and the notebooks' store and index those of
+    ``make demo`` (the checkout's ./sdrlab-data) when SDRLAB_STORE / SDRLAB_DB are not set."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SDRLAB_", "JUPYTER"))}
+    env.update({"JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "JUPYTER_DATA_DIR": str(tmp_path / "data"),
+                "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_PLATFORM_DIRS": "1"})
+    cmd = ["make", "-s", "-o", ".venv/.installed-stamp", "lab", f"LAB_PORT={port}", f"PY={sys.executable}",
+           "LAB_ARGS=--ServerApp.terminals_enabled=False --LabApp.extension_manager=readonly"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, text=True)
+    try:
+        assert proc.stdout is not None
+        printed = [proc.stdout.readline(), proc.stdout.readline()]
+        found = re.search(rf"make lab: open (http://127\.0\.0\.1:{port}/lab\?token=([0-9a-f]{{32,}}))\n", printed[1])
+        assert found, printed
+        url, token = found.groups()
+        assert "./sdrlab-data" in printed[0], printed
+        deadline = time.monotonic() + 90
+        while _status(f"http://127.0.0.1:{port}/api/status?token={token}") != 200:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else "no answer"
+            time.sleep(0.5)
+        assert _status(f"http://127.0.0.1:{port}/api/status") == 403  # the token is required
+        assert _status(url) == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents?token={token}", timeout=10) as resp:
+            names = {item["name"] for item in json.load(resp)["content"]}
+        assert set(PARAMETERS) <= names, names
+        assert _listening(port) == {"0100007F"}, _listening(port)  # 127.0.0.1 only
+        server = [pid for pid in os.listdir("/proc") if pid.isdigit() and _in_group(int(pid), proc.pid)
+                  and b"jupyterlab" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(server) == 1, server
+        environ = dict(kv.split("=", 1) for kv in Path(f"/proc/{server[0]}/environ").read_text().split("\0") if "=" in kv)
+        assert environ["SDRLAB_STORE"] == f"file://{ROOT}/sdrlab-data"
+        assert environ["SDRLAB_DB"] == f"sqlite:///{ROOT}/sdrlab-data/index.db"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def _in_group(pid: int, pgid: int) -> bool:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[2]) == pgid
+    except (OSError, IndexError, ValueError):
+        return False
