@@ -67,6 +67,12 @@ class SdrDatasetAccessor:
 
         return metrics_table(self._ds, **kw)
 
+    def interval_metrics(self, interval_s: float = 10.0, **kw: Any) -> xr.Dataset:
+        """Every metric per station and interval (:func:`sdrlab.metrics.interval_metrics`)."""
+        from .metrics import interval_metrics
+
+        return interval_metrics(self._ds, interval_s, **kw)
+
     def passband(self, **kw: Any) -> xr.Dataset:
         from .metrics import passband
 

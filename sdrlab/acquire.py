@@ -162,7 +162,32 @@ def add_metrics(ds: xr.Dataset) -> xr.Dataset:
                       metric_attrs={**{str(k): dict(v.attrs) for k, v in m.data_vars.items()}, "": dict(m.attrs)})
         for s in ds["station"].values
     ]
-    return attach_metrics(ds, results)
+    return attach_interval_metrics(attach_metrics(ds, results))
+
+
+def attach_interval_metrics(ds: xr.Dataset, interval_s: float | None = None) -> xr.Dataset:
+    """The metric time series of a session (:func:`sdrlab.metrics.interval_metrics`, default
+    every 10 s) as variables ``interval_<metric>`` (station, interval) with coordinates
+    ``interval_start`` and ``interval_samples`` and the attribute ``interval_s``: stored with the
+    session, indexed as ``interval_metrics`` rows."""
+    from .metrics import INTERVAL_S, LONG_NAMES, interval_metrics
+
+    if ds.sizes.get("station", 0) == 0 or "iq" not in ds.data_vars:
+        return ds
+    step = INTERVAL_S if interval_s is None else interval_s
+    m = interval_metrics(ds, step).compute()
+    for name, v in m.data_vars.items():
+        attrs = {"units": v.attrs.get("units", ""), "long_name": f"{LONG_NAMES.get(str(name), name)} per interval"}
+        ds[f"interval_{name}"] = (("station", "interval"), v.transpose("station", "interval").values,
+                                  _json_safe(attrs))
+    ds = ds.assign_coords(
+        interval_start=(("station", "interval"), m["interval_start"].transpose("station", "interval").values,
+                        {"long_name": "UTC of the interval's first sample (GPS time base)"}),
+        interval_samples=(("station", "interval"), m["interval_samples"].transpose("station", "interval").values,
+                          {"long_name": "valid samples in the interval", "units": "1"}),
+    )
+    ds.attrs["interval_s"] = float(step)
+    return ds
 
 
 def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
@@ -596,6 +621,10 @@ def acquire(
             session_id=sid,
         )
         ds = attach_metrics(ds, [r for r in ordered.values() if r.capture is not None])
+        try:
+            ds = attach_interval_metrics(ds)
+        except Exception:  # the metric time series must never cost the session
+            log.exception("interval metrics failed")
         ds.attrs.update(window_attrs(ds, start_ns, duration_s, options.gps_utc_offset_s))
         ds.attrs.update({k: v for k, v in (attrs or {}).items() if k not in ds.attrs})
         if settings.run_id:  # acquired inside `sdrlab run`: the index links the session to the run

@@ -62,6 +62,7 @@ stations' mean rate: see :mod:`sdrlab.welch`).
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -98,6 +99,7 @@ from .welch import (
 
 __all__ = [
     "AGC_CHANGE_DB",
+    "INTERVAL_S",
     "CLIP_LEVEL",
     "LONG_NAMES",
     "PASSBAND_SOURCES",
@@ -107,6 +109,7 @@ __all__ = [
     "clipping_fraction",
     "cn0",
     "frequency_offset",
+    "interval_metrics",
     "metrics",
     "metrics_table",
     "noise_floor",
@@ -752,3 +755,69 @@ def metrics_table(ds: xr.Dataset, **params: Any) -> pd.DataFrame:
     df = m[cols].reset_coords(drop=True).to_dataframe()[cols]
     df.attrs["units"] = {c: UNITS[c] for c in cols}
     return df
+
+
+#: the interval of the metric time series (:func:`interval_metrics`), seconds
+INTERVAL_S = 10.0
+
+
+def interval_metrics(ds: xr.Dataset, interval_s: float = INTERVAL_S, **params: Any) -> xr.Dataset:
+    """Every metric of :func:`metrics` per station and per interval of ``interval_s`` seconds:
+    variables with dims (station, interval) and the coordinate ``interval_start`` (station,
+    interval; UTC of the interval's first sample, from each station's GPS time base) and
+    ``interval_samples`` (valid samples in it).
+
+    Interval k of a station holds its samples ``round(k T fs) .. round((k + 1) T fs)`` (T =
+    ``interval_s``, fs its measured rate; rounded to whole 512-sample frames in a session with
+    frame records), so in a simultaneous session (stations starting
+    within one frame of each other) interval k covers the same time everywhere; the last one may
+    be shorter.  An interval with fewer valid samples than one Welch segment (``nperseg``) has
+    NaN metrics.  Computed from the same one-pass engine as :func:`metrics`, interval by
+    interval, so all intervals together cost about one pass over the session.  ``params`` go to
+    :func:`metrics`."""
+    if not (math.isfinite(interval_s) and interval_s > 0):
+        raise ValueError(f"interval_s must be a positive number of seconds, got {interval_s!r}")
+    if "iq" not in ds.data_vars:
+        raise ValueError("interval_metrics needs a session Dataset (with 'iq')")
+    nperseg = int(params.get("nperseg", 8192))
+    fs = ds["sample_rate"].values.astype(np.float64)
+    n = ds["n_samples"].values.astype(np.int64)
+    n_int = max(1, int(np.max(np.ceil(n / (interval_s * fs)))))
+    n_sample = ds.sizes["sample"]
+    length = int(np.max(np.round(interval_s * fs)))
+    frames = _FRAME_VARS <= set(ds.data_vars)
+    parts: list[xr.Dataset] = []
+    starts: list[npt.NDArray[Any]] = []
+    counts: list[npt.NDArray[np.int64]] = []
+    # with frame records, boundaries on whole frames (the per-frame metrics need them)
+    step = FRAME if frames else 1
+
+    def edge(k: int) -> npt.NDArray[np.int64]:
+        return (np.round(k * interval_s * fs / step) * step).astype(np.int64)
+
+    for k in range(n_int):
+        i0 = edge(k)
+        i1 = np.minimum(edge(k + 1), n)
+        valid = np.clip(i1 - i0, 0, None)
+        valid = np.where(valid >= nperseg, valid, 0)
+        # each station's interval, its own sample range, at the front of a common sample axis
+        idx = np.clip(i0[:, None] + np.arange(length)[None, :], 0, n_sample - 1)
+        sub = ds.isel(sample=xr.DataArray(idx, dims=("station", "sample")))
+        sub = sub.assign_coords(n_samples=("station", valid))
+        if frames:
+            smp = ds["frame_sample"]
+            inside = (smp >= xr.DataArray(i0, dims="station")) & (smp < xr.DataArray(i0 + valid, dims="station"))
+            sub["frame_received"] = ds["frame_received"] & inside
+            sub["frame_sample"] = smp - xr.DataArray(i0, dims="station")
+        parts.append(metrics(sub, **params))
+        starts.append(ds["start_time"].values + (i0 / fs * 1e9).astype("timedelta64[ns]"))
+        counts.append(valid)
+    out = xr.concat(parts, dim="interval", coords="minimal", compat="override", join="override")
+    out = out.assign_coords(interval=np.arange(n_int), interval_start=(("station", "interval"), np.stack(starts, 1)),
+                            interval_samples=(("station", "interval"), np.stack(counts, 1)))
+    out = out.transpose("station", "interval", ...)
+    out = out.where(out["interval_samples"] > 0)  # too few samples: measures nothing
+    out.attrs = {**out.attrs, "interval_s": float(interval_s)}
+    out["interval_start"].attrs = {"long_name": "UTC of the interval's first sample (GPS time base)"}
+    out["interval_samples"].attrs = {"long_name": "valid samples in the interval", "units": "1"}
+    return out

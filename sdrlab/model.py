@@ -278,7 +278,7 @@ RESERVED_ATTRS = frozenset({
     "title", "Conventions", "session_id", "sdrlab_version", "protocol", "center_frequency_hz", "passband_low_hz",
     "passband_high_hz", "requested_duration_s", "gps_utc_offset_s", "station_status", "core:version",
     "core:datatype", "core:recorder", K_FREQUENCY, "metrics_definition", "papermill_run_id",
-    "window_start", "window_end", "common_start", "common_end", "start_spread_s",
+    "window_start", "window_end", "common_start", "common_end", "start_spread_s", "interval_s",
 })
 
 

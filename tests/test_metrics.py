@@ -643,3 +643,52 @@ def test_dcf77_real_recordings(dcf77_dir: Any) -> None:
     legacy.attrs.update(passband_low_hz=-6000.5, passband_high_hz=6000.5)
     del legacy.attrs["passband_source"]
     xr.testing.assert_allclose(M.metrics(legacy).compute(), m)
+
+
+# ---- interval metrics: the metric time series of a session ----------------------------------
+
+
+def test_interval_metrics_of_a_stationary_session_agree_with_the_whole_and_cover_it():
+    ds = T.synthetic_dataset(n_stations=3, duration_s=35.0, seed=21)
+    m = M.interval_metrics(ds, 10.0).compute()
+    whole = M.metrics(ds).compute()
+    assert m.sizes == {"station": 3, "interval": 4}
+    n = ds["n_samples"].values
+    # whole frames, the intervals tile each station's valid samples exactly
+    assert (m["interval_samples"].values[:, :-1] % 512 == 0).all()
+    assert (m["interval_samples"].sum("interval").values == n).all()
+    for v in ("snr_db", "total_power_dbfs", "noise_floor_dbfs_hz", "rssi_mean_dbm"):
+        iv = m[v].values
+        got = iv[~np.isnan(iv)]
+        assert got.size >= 9
+        ref = np.repeat(whole[v].values[:, None], 4, axis=1)[~np.isnan(iv)]
+        assert np.abs(got - ref).max() < 0.3, v
+    # interval k starts k * 10 s (to a frame) after the station's first sample, on its own rate
+    fs = ds["sample_rate"].values
+    dt = (m["interval_start"].values - ds["start_time"].values[:, None]) / np.timedelta64(1, "ns") / 1e9
+    expect = np.round(np.arange(4)[None, :] * 10.0 * fs[:, None] / 512) * 512 / fs[:, None]
+    np.testing.assert_allclose(dt, expect, atol=1e-8)
+    assert m.attrs["interval_s"] == 10.0
+
+
+def test_interval_metrics_follow_a_level_step_between_intervals():
+    """Station 0 is 6.02 dB louder in its second 10 s (signal and noise): only that interval says so."""
+    ds = T.synthetic_dataset(n_stations=2, duration_s=30.0, seed=22).load()
+    fs = float(ds["sample_rate"].values[0])
+    a, b = int(round(10 * fs / 512) * 512), int(round(20 * fs / 512) * 512)
+    iq = ds["iq"].values.copy()
+    iq[0, a:b] = np.clip(iq[0, a:b].astype(np.int32) * 2, -32768, 32767).astype(np.int16)
+    ds["iq"] = (ds["iq"].dims, iq)
+    m = M.interval_metrics(ds, 10.0).compute()
+    p = m["total_power_dbfs"].values
+    assert p[0, 1] - p[0, 0] == pytest.approx(6.02, abs=0.1)
+    assert p[0, 2] - p[0, 0] == pytest.approx(0.0, abs=0.1)
+    other = p[1][~np.isnan(p[1])]  # the other station (shorter: its last interval is empty) unchanged
+    assert other.size >= 2 and np.abs(other - other[0]).max() < 0.1
+    assert m["snr_db"].values[0, 1] == pytest.approx(m["snr_db"].values[0, 0], abs=0.3)  # both scaled
+
+
+@pytest.mark.parametrize("bad", [0.0, -5.0, float("nan")])
+def test_interval_metrics_need_a_positive_interval(bad):
+    with pytest.raises(ValueError, match="interval_s"):
+        M.interval_metrics(T.synthetic_dataset(n_stations=1, duration_s=2.0), bad)

@@ -222,8 +222,8 @@ def test_history_panel_returns_the_acquired_metrics(acquired: SimpleNamespace) -
     (40_000.0, 1.0, THREE, "outside 0-30 MHz"),
     (-5.0, 1.0, THREE, "outside 0-30 MHz"),
     (math.nan, 1.0, THREE, "frequency must be a number"),
-    (9749.0, 0.0, THREE, "positive number of seconds"),
-    (9749.0, -2.0, THREE, "positive number of seconds"),
+    (9749.0, 0.0, THREE, "at least 0.1 s"),
+    (9749.0, -2.0, THREE, "at least 0.1 s"),
     (9749.0, 1e6, THREE, "exceeds the maximum"),
     (9749.0, 1.0, [], "select at least one station"),
 ])

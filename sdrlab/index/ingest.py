@@ -16,7 +16,7 @@ import xarray as xr
 from sqlalchemy import Connection, Engine, delete, insert, select
 
 from ..errors import IndexStoreError
-from .models import DB_METRICS, METRIC_COLUMNS, CaptureRow, MetricRow, SessionRow
+from .models import DB_METRICS, METRIC_COLUMNS, CaptureRow, IntervalMetricRow, MetricRow, SessionRow
 
 log = logging.getLogger(__name__)
 BATCH = 20_000
@@ -104,15 +104,52 @@ def session_rows(ds: xr.Dataset, store_url: str) -> tuple[dict[str, Any], list[d
     return session, captures, metrics
 
 
+#: a session Dataset's interval metrics (:func:`sdrlab.metrics.interval_metrics` as stored by
+#: acquisition): variables ``interval_<metric>`` (station, interval), coordinates
+#: ``interval_start`` and ``interval_samples``, attribute ``interval_s``
+INTERVAL_PREFIX = "interval_"
+
+
+def interval_rows(ds: xr.Dataset) -> list[dict[str, Any]]:
+    """The interval metric rows of a session (none when it carries no interval metrics): one per
+    station and interval that holds samples; only GPS-timed stations (an interval's time is
+    only as good as the time base)."""
+    if "interval_start" not in ds.coords or "interval_samples" not in ds.coords:
+        return []
+    sid = ds.attrs["session_id"]
+    freq = float(ds.attrs.get("center_frequency_hz", float("nan")))
+    interval_s = float(ds.attrs.get("interval_s", float("nan")))
+    starts = ds["interval_start"].transpose("station", "interval").values
+    samples = ds["interval_samples"].transpose("station", "interval").values
+    timing = ds["timing"].values if "timing" in ds.coords else np.array(["gps"] * ds.sizes["station"])
+    cols = {m: ds[INTERVAL_PREFIX + m].transpose("station", "interval").values
+            for m in METRIC_COLUMNS if INTERVAL_PREFIX + m in ds.data_vars}
+    rows = []
+    for i, st in enumerate(ds["station"].values):
+        if str(timing[i]) != "gps":
+            continue
+        for k in range(starts.shape[1]):
+            t = _ts(starts[i, k])
+            if t is None or samples[i, k] <= 0:
+                continue
+            row: dict[str, Any] = {"time": t, "station_id": str(st), "session_id": sid, "interval_s": interval_s,
+                                   "samples": int(samples[i, k]), "frequency_hz": freq}
+            row.update({m: _f(cols[m][i, k]) if m in cols else None for m in METRIC_COLUMNS})
+            rows.append(row)
+    return rows
+
+
 def index_session(engine: Engine, ds: xr.Dataset, store_url: str) -> int:
     """Index a committed session (replacing any earlier rows of it) in one transaction; returns
     the number of metric rows."""
     session, captures, metrics = session_rows(ds, store_url)
+    intervals = interval_rows(ds)
     sid = session["id"]
     try:
         with engine.begin() as c:
             old = _session_keys(c, sid)
             c.execute(delete(MetricRow).where(MetricRow.session_id == sid))
+            c.execute(delete(IntervalMetricRow).where(IntervalMetricRow.session_id == sid))
             c.execute(delete(CaptureRow).where(CaptureRow.session_id == sid))
             c.execute(delete(SessionRow).where(SessionRow.id == sid))
             c.execute(insert(SessionRow), [session])
@@ -120,6 +157,8 @@ def index_session(engine: Engine, ds: xr.Dataset, store_url: str) -> int:
                 c.execute(insert(CaptureRow), captures)
             if metrics:
                 c.execute(insert(MetricRow), metrics)
+            if intervals:
+                c.execute(insert(IntervalMetricRow), intervals)
             new = _hour_keys(pd.Series([m["time"] for m in metrics], dtype=object),
                              pd.Series([m["station_id"] for m in metrics], dtype=object),
                              sqlite=engine.dialect.name == "sqlite")
@@ -133,6 +172,7 @@ def delete_session(engine: Engine, session_id: str) -> None:
     with engine.begin() as c:
         old = _session_keys(c, session_id)
         c.execute(delete(MetricRow).where(MetricRow.session_id == session_id))
+        c.execute(delete(IntervalMetricRow).where(IntervalMetricRow.session_id == session_id))
         c.execute(delete(CaptureRow).where(CaptureRow.session_id == session_id))
         c.execute(delete(SessionRow).where(SessionRow.id == session_id))
         _refresh_rollup(c.exec_driver_sql, engine.dialect.name, old)

@@ -1,6 +1,6 @@
 """The index's tables (SQLAlchemy 2.0 typed ORM), the same on SQLite, PostgreSQL and TimescaleDB.
 
-Time-series tables (``capture_metrics``, ``availability``) have the time column in their primary
+Time-series tables (``capture_metrics``, ``interval_metrics``, ``availability``) have the time column in their primary
 key, so they can become TimescaleDB hypertables (every unique key must include the time column).
 Times are ``timestamptz`` on PostgreSQL and UTC everywhere.
 """
@@ -14,7 +14,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 #: 2: the metric columns of issue 12 (C/N0, noise bandwidth, passband and its source, passband_filled,
 #: AGC gain range and flag), added to an existing database by ``init_db`` (``sdrlab db upgrade``)
-SCHEMA_VERSION = 2
+#: 3: the interval_metrics table (the metric time series of issue 13), created by ``init_db``
+SCHEMA_VERSION = 3
 
 
 class Base(DeclarativeBase):
@@ -109,6 +110,40 @@ class MetricRow(Base):
 
     __table_args__ = (Index("ix_metrics_station_time", "station_id", "time"),
                       Index("ix_metrics_session", "session_id"))
+
+
+class IntervalMetricRow(Base):
+    """Every metric of every station per interval of a session (default 10 s): the metric time
+    series (:func:`sdrlab.metrics.interval_metrics`; time = the interval's first sample, UTC from
+    the station's GPS time base).  A hypertable on TimescaleDB."""
+
+    __tablename__ = "interval_metrics"
+    time: Mapped[datetime] = mapped_column(primary_key=True)
+    station_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    interval_s: Mapped[float] = mapped_column(Float)
+    samples: Mapped[int] = mapped_column(Integer)
+    frequency_hz: Mapped[float] = mapped_column(Float)
+    snr_db: Mapped[float | None] = mapped_column(Float, nullable=True)
+    noise_floor_dbfs_hz: Mapped[float | None] = mapped_column(Float, nullable=True)
+    signal_power_dbfs: Mapped[float | None] = mapped_column(Float, nullable=True)
+    total_power_dbfs: Mapped[float | None] = mapped_column(Float, nullable=True)
+    frequency_offset_hz: Mapped[float | None] = mapped_column(Float, nullable=True)
+    occupied_bandwidth_hz: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rssi_mean_dbm: Mapped[float | None] = mapped_column(Float, nullable=True)
+    clipped_fraction: Mapped[float | None] = mapped_column(Float, nullable=True)
+    overload_fraction: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cn0_dbhz: Mapped[float | None] = mapped_column(Float, nullable=True)
+    noise_bandwidth_hz: Mapped[float | None] = mapped_column(Float, nullable=True)
+    passband_low_hz: Mapped[float | None] = mapped_column(Float, nullable=True)
+    passband_high_hz: Mapped[float | None] = mapped_column(Float, nullable=True)
+    passband_source: Mapped[float | None] = mapped_column(Float, nullable=True)
+    passband_filled: Mapped[float | None] = mapped_column(Float, nullable=True)
+    agc_gain_range_db: Mapped[float | None] = mapped_column(Float, nullable=True)
+    agc_gain_changed: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    __table_args__ = (Index("ix_interval_station_time", "station_id", "time"),
+                      Index("ix_interval_session", "session_id"))
 
 
 class AvailabilityRow(Base):

@@ -57,9 +57,14 @@ def metric_over_time(
     start: datetime | None = None,
     end: datetime | None = None,
     stations: Sequence[str] | None = None,
+    source: str = "captures",
     _raw: bool = False,
 ) -> pd.DataFrame:
     """A metric per station in time buckets: columns bucket (UTC), station_id, value, n.
+
+    ``source``: ``"captures"`` (one row per station and session, at the capture's start) or
+    ``"intervals"`` (the metric time series: one row per station and interval of each session,
+    ``interval_metrics``, aggregated from its raw rows).
 
     On SQLite and plain PostgreSQL, whole-hour buckets over whole-hour ranges are read from the
     hourly rollup (``metric_hourly``, kept exactly consistent with ``capture_metrics`` by the
@@ -70,14 +75,16 @@ def metric_over_time(
         raise ConfigError(f"unknown metric {metric!r} (known: {', '.join(METRIC_COLUMNS)})")
     if bucket_s <= 0:
         raise ConfigError(f"bucket must be a positive number of seconds, got {bucket_s}")
+    if source not in SOURCES:
+        raise ConfigError(f"unknown source {source!r} (known: {', '.join(SOURCES)})")
     kind = backend(engine)
-    if (kind != "timescaledb" and bucket_s % HOUR_S == 0 and _hour_aligned(start) and _hour_aligned(end)
-            and not _raw):
+    if (source == "captures" and kind != "timescaledb" and bucket_s % HOUR_S == 0 and _hour_aligned(start)
+            and _hour_aligned(end) and not _raw):
         return _from_rollup(engine, metric, bucket_s, start, end, stations)
     params: dict[str, Any] = {}
     agg = (f"10 * log10(avg(power(10.0, {metric} / 10.0)))" if metric in DB_METRICS else f"avg({metric})")
     sql = (f"select {_bucket_sql(kind, bucket_s)} as bucket, station_id, {agg} as value, count({metric}) as n "
-           f"from capture_metrics{_where(start, end, stations, params)} "
+           f"from {SOURCES[source]}{_where(start, end, stations, params)} "
            f"group by 1, 2 order by 1, 2")
     with engine.connect() as c:
         df = pd.read_sql_query(text(sql), c, params=params)
@@ -86,6 +93,8 @@ def metric_over_time(
 
 
 HOUR_S = 3600
+#: metric_over_time's sources: their tables
+SOURCES = {"captures": "capture_metrics", "intervals": "interval_metrics"}
 
 
 def _utc(t: datetime) -> datetime:

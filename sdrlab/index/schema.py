@@ -119,6 +119,8 @@ def init_db(engine: Engine, *, retention_days: int = 365) -> str:
                                "using brin (time) with (pages_per_range = 32)"))
                 c.execute(text("create index if not exists ix_availability_time_brin on availability "
                                "using brin (time) with (pages_per_range = 32)"))
+                c.execute(text("create index if not exists ix_interval_time_brin on interval_metrics "
+                               "using brin (time) with (pages_per_range = 32)"))
             if (c.execute(text("select 1 from capture_metrics limit 1")).first() is not None
                     and c.execute(text("select 1 from metric_hourly limit 1")).first() is None):
                 from .ingest import rebuild_rollup  # a database indexed before the hourly rollup
@@ -158,9 +160,11 @@ def _add_columns(c: Connection) -> list[str]:
 def _timescale(c: Any, retention_days: int) -> None:
     """Hypertables (time in every unique key), segment-by-station compression, retention of raw
     rows, and a real continuous aggregate of hourly SNR per station with a bounded refresh."""
-    for table in ("capture_metrics", "availability"):
+    for table in ("capture_metrics", "interval_metrics", "availability"):
         c.execute(text(f"select create_hypertable('{table}', by_range('time', interval '7 days'), "
                        "if_not_exists => true, migrate_data => true)"))
+    c.execute(text("select remove_retention_policy('interval_metrics', if_exists => true)"))
+    c.execute(text(f"select add_retention_policy('interval_metrics', interval '{int(retention_days)} days')"))
     c.execute(text("alter table capture_metrics set (timescaledb.compress, "
                    "timescaledb.compress_segmentby = 'station_id', "
                    "timescaledb.compress_orderby = 'time desc, session_id')"))

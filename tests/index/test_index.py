@@ -265,3 +265,47 @@ def test_a_capture_without_gps_time_is_indexed_with_its_time_flagged(engine, ses
     assert abs(got - pd.Timestamp(st[~np.isnat(st)].min())) < pd.Timedelta("1ms")  # the session's start
     latest = latest_status(engine).set_index("station_id")
     assert latest.loc[no_gps, "session_id"] == "20261124T150000Z-2e2e2e"
+
+
+def test_interval_metrics_are_a_time_series_in_the_index(engine):
+    """Every metric of every station per 10 s interval goes to interval_metrics with the session
+    (issue 13, item 4): one row per station and interval, the Dataset's values at the intervals'
+    GPS times; queried by bucket like the captures; re-indexing replaces, deleting removes."""
+    from sdrlab.acquire import attach_interval_metrics
+    from sdrlab.index.models import IntervalMetricRow
+
+    ds = testing.synthetic_dataset(n_stations=3, duration_s=25.0, seed=6)
+    ds.attrs["session_id"] = "20261207T050000Z-2e2e2e"
+    ds = attach_interval_metrics(ds)
+    assert ds.attrs["interval_s"] == 10.0 and ds.sizes["interval"] == 3
+    url = "file:///x/sessions/" + ds.attrs["session_id"]
+    index_session(engine, ds, url)
+    index_session(engine, ds, url)  # replaces
+    with engine.connect() as c:
+        rows = c.execute(select(IntervalMetricRow).order_by(IntervalMetricRow.station_id,
+                                                            IntervalMetricRow.time)).all()
+    have = ds["interval_samples"].values > 0
+    assert len(rows) == int(have.sum()) == 8  # the third station is shorter: its last interval is empty
+    for r in rows:
+        i = list(ds["station"].values).index(r.station_id)
+        starts = ds["interval_start"].values[i]
+        t = np.datetime64(r.time.replace(tzinfo=None), "ns")  # stored to the microsecond
+        k = int(np.flatnonzero(np.abs(starts - t) < np.timedelta64(1000, "ns"))[0])
+        assert r.samples == int(ds["interval_samples"].values[i, k]) and r.interval_s == 10.0
+        assert r.snr_db == pytest.approx(float(ds["interval_snr_db"].values[i, k]))
+        assert r.noise_floor_dbfs_hz == pytest.approx(float(ds["interval_noise_floor_dbfs_hz"].values[i, k]))
+    # one bucket per interval: the interval values themselves
+    got = metric_over_time(engine, "snr_db", bucket_s=1, source="intervals")
+    assert len(got) == 8 and (got["n"] == 1).all()
+    # a bucket over the whole session: the linear-power mean of the station's intervals
+    whole = metric_over_time(engine, "snr_db", bucket_s=86400, source="intervals")
+    for _, row in whole.iterrows():
+        v = ds["interval_snr_db"].sel(station=row["station_id"]).values
+        v = v[~np.isnan(v)]
+        assert row["n"] == len(v) >= 2
+        assert row["value"] == pytest.approx(10 * np.log10(np.mean(10 ** (v / 10))), abs=1e-9)
+    with pytest.raises(Exception, match="unknown source"):
+        metric_over_time(engine, "snr_db", source="frames")
+    delete_session(engine, ds.attrs["session_id"])
+    with engine.connect() as c:
+        assert c.execute(select(func.count()).select_from(IntervalMetricRow)).scalar() == 0

@@ -155,12 +155,13 @@ def test_hypertables(ts_engine):
     rows = _rows(ts_engine, "select hypertable_name, num_dimensions, compression_enabled "
                             "from timescaledb_information.hypertables where hypertable_schema = 'public'")
     got = {r["hypertable_name"]: r for r in rows}
-    assert set(got) == {"capture_metrics", "availability"}
+    assert set(got) == {"capture_metrics", "interval_metrics", "availability"}
     assert got["capture_metrics"]["compression_enabled"] is True
     dims = _rows(ts_engine, "select hypertable_name, column_name, time_interval "
                             "from timescaledb_information.dimensions where hypertable_schema = 'public'")
     assert {(d["hypertable_name"], d["column_name"], d["time_interval"]) for d in dims} == {
-        ("capture_metrics", "time", timedelta(days=7)), ("availability", "time", timedelta(days=7))}
+        ("capture_metrics", "time", timedelta(days=7)), ("interval_metrics", "time", timedelta(days=7)),
+        ("availability", "time", timedelta(days=7))}
 
 
 def test_compression_settings(ts_engine):
@@ -186,12 +187,13 @@ def test_policy_jobs(ts_engine):
     jobs = _rows(ts_engine, "select proc_name, hypertable_name, schedule_interval, config "
                             "from timescaledb_information.jobs where job_id >= 1000")
     by = {j["proc_name"]: j for j in jobs}
-    assert len(jobs) == 3 and set(by) == {
+    assert len(jobs) == 4 and set(by) == {
         "policy_compression", "policy_retention", "policy_refresh_continuous_aggregate"}
     assert by["policy_compression"]["hypertable_name"] == "capture_metrics"
     assert by["policy_compression"]["config"]["compress_after"] == "30 days"
-    assert by["policy_retention"]["hypertable_name"] == "capture_metrics"
-    assert by["policy_retention"]["config"]["drop_after"] == "365 days"
+    retention = {j["hypertable_name"]: j for j in jobs if j["proc_name"] == "policy_retention"}
+    assert set(retention) == {"capture_metrics", "interval_metrics"}  # the raw rows of both time series
+    assert all(j["config"]["drop_after"] == "365 days" for j in retention.values())
     cagg = by["policy_refresh_continuous_aggregate"]
     mat_id = _scalar(ts_engine, "select h.id from _timescaledb_catalog.hypertable h "
                                 "join timescaledb_information.continuous_aggregates a "
@@ -275,7 +277,7 @@ def test_a_changed_retention_takes_effect(ts_engine):
 
     init_db(ts_engine, retention_days=90)
     jobs = _rows(ts_engine, "select config from timescaledb_information.jobs where proc_name = 'policy_retention'")
-    assert len(jobs) == 1 and "90 days" in str(jobs[0]["config"])
+    assert len(jobs) == 2 and all("90 days" in str(j["config"]) for j in jobs)
     init_db(ts_engine)  # back to the default for the other tests
 
 

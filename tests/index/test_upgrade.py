@@ -32,12 +32,13 @@ def _session(session_id: str, seed: int) -> Any:
 
 
 def _to_schema_1(engine: Engine) -> None:
-    """Make a fresh index look like one set up by schema 1: the new columns dropped, version 1."""
+    """Make a fresh index look like one set up by schema 1: the new columns and table dropped, version 1."""
     with engine.begin() as c:
         for col in NEW:
             c.execute(text(f"alter table capture_metrics drop column {col}"))
             c.execute(text(f"alter table metric_hourly drop column {col}_sum"))
             c.execute(text(f"alter table metric_hourly drop column {col}_n"))
+        c.execute(text("drop table interval_metrics"))  # schema 3
         c.execute(text("delete from sdrlab_schema"))
         c.execute(text("insert into sdrlab_schema (version, backend, applied_at) "
                        "values (1, 'old', '2026-01-01 00:00:00')"))
@@ -57,7 +58,11 @@ def _hourly(engine: Engine) -> pd.DataFrame:
 def test_every_metric_has_a_column() -> None:
     # every per-capture metric is indexed except the S-meter extremes (the mean stands for them)
     assert set(METRIC_COLUMNS) == set(UNITS) - {"rssi_min_dbm", "rssi_max_dbm"}
-    assert set(NEW) <= set(METRIC_COLUMNS) and SCHEMA_VERSION == 2
+    assert set(NEW) <= set(METRIC_COLUMNS) and SCHEMA_VERSION == 3
+    # the metric time series (schema 3) has every metric too
+    from sdrlab.index.models import IntervalMetricRow
+
+    assert set(METRIC_COLUMNS) <= set(IntervalMetricRow.__table__.columns.keys())
 
 
 def test_db_upgrade_adds_the_new_metric_columns(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -83,6 +88,7 @@ def test_db_upgrade_adds_the_new_metric_columns(engine: Engine, monkeypatch: pyt
     assert main(["db", "upgrade"]) == 0
     assert set(NEW) <= _columns(engine, "capture_metrics")
     assert {f"{c}{s}" for c in NEW for s in ("_sum", "_n")} <= _columns(engine, "metric_hourly")
+    assert set(METRIC_COLUMNS) <= _columns(engine, "interval_metrics")  # schema 3: created by the upgrade
     with engine.connect() as c:
         assert c.execute(select(func.max(SchemaVersion.version))).scalar() == SCHEMA_VERSION
         kept = c.execute(select(MetricRow.station_id, MetricRow.snr_db, MetricRow.cn0_dbhz)
