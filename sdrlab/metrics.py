@@ -817,6 +817,9 @@ def interval_metrics(ds: xr.Dataset, interval_s: float = INTERVAL_S, **params: A
                             interval_samples=(("station", "interval"), np.stack(counts, 1)))
     out = out.transpose("station", "interval", ...)
     out = out.where(out["interval_samples"] > 0)  # too few samples: measures nothing
+    used = np.flatnonzero((np.stack(counts, 1) > 0).any(axis=0))
+    if used.size and used[-1] + 1 < n_int:  # rounding to frames can leave a last, empty interval
+        out = out.isel(interval=slice(0, int(used[-1]) + 1))
     out.attrs = {**out.attrs, "interval_s": float(interval_s)}
     out["interval_start"].attrs = {"long_name": "UTC of the interval's first sample (GPS time base)"}
     out["interval_samples"].attrs = {"long_name": "valid samples in the interval", "units": "1"}
