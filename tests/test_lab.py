@@ -77,11 +77,18 @@ def run_notebook(lab: JupyterLabServer, browser: HeadlessBrowser) -> Iterator[An
     opened: list[LabNotebook] = []
 
     def run(name: str) -> tuple[LabNotebook, dict[str, Any], dict[str, Any]]:
+        t0 = time.perf_counter()
         nb = LabNotebook(lab, browser, name).open()
         opened.append(nb)
+        t1 = time.perf_counter()
         nb.run_all()
+        t2 = time.perf_counter()
         nb.wait_until_done(timeout=RUN_TIMEOUT_S)
-        return nb, nb.facts(), nb.save()
+        t3 = time.perf_counter()
+        facts, saved = nb.facts(), nb.save()
+        print(f"{name}: opened in {t1 - t0:.1f} s, kernel and Run All {t2 - t1:.1f} s, cells ran in {t3 - t2:.1f} s, "
+              f"read and saved in {time.perf_counter() - t3:.1f} s")
+        return nb, facts, saved
 
     yield run
     for nb in opened:
