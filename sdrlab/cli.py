@@ -192,6 +192,8 @@ def _parser() -> argparse.ArgumentParser:
     qm = qysub.add_parser("metric", help="a metric per station in time buckets")
     qm.add_argument("--metric", default="snr_db")
     qm.add_argument("--bucket", type=_bucket, default=3600, metavar="S", help="bucket length in whole seconds")
+    qm.add_argument("--source", choices=("captures", "intervals"), default="captures",
+                    help="one value per capture (default), or the metric time series: one per 10 s interval")
     qc = qysub.add_parser("captures", help="captures matching band, time, stations and thresholds")
     qc.add_argument("--band", nargs=2, type=float, metavar=("LO_HZ", "HI_HZ"))
     qc.add_argument("--min-snr", type=float, metavar="DB")
@@ -553,7 +555,7 @@ def _cmd_query(a: argparse.Namespace) -> int:
     start, end = _utc_arg(a.start, "--start"), _utc_arg(a.end, "--end")
     if a.query_command == "metric":
         _print_frame(metric_over_time(engine, a.metric, bucket_s=a.bucket, start=start, end=end,
-                                      stations=a.station))
+                                      stations=a.station, source=a.source))
     else:
         _print_frame(find_captures(engine, frequency_hz=tuple(a.band) if a.band else None, start=start, end=end,
                                    stations=a.station,

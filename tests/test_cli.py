@@ -296,16 +296,17 @@ def test_import_kiwi_wav_files_with_positions(tmp_path, capsys):
 def test_db_index_and_query_commands(tmp_path, capsys):
     """Sessions in the store -> `index rebuild` -> queries; deleting a session removes its rows."""
     from sdrlab import testing
-    from sdrlab.acquire import StationResult, attach_metrics
+    from sdrlab.acquire import StationResult, attach_interval_metrics, attach_metrics
     from sdrlab.config import Settings
     from sdrlab.metrics import metrics
 
     store = Settings.from_env().store_obj()
-    ds = testing.synthetic_dataset(n_stations=2, duration_s=1.0, seed=7)
+    ds = testing.synthetic_dataset(n_stations=2, duration_s=2.0, seed=7)
     m = metrics(ds).compute()
     ds = attach_metrics(ds, [StationResult(str(s), "ok", None, metrics={k: float(m[k].sel(station=s))
                                                                         for k in m.data_vars})
                              for s in ds["station"].values])
+    ds = attach_interval_metrics(ds, 1.0)  # two intervals per station
     sid = ds.attrs["session_id"] = "20261124T160000Z-abcdef"
     store.write(ds)
     assert main(["db", "init"]) == 0 and "index schema ready (sqlite)" in capsys.readouterr().out
@@ -315,6 +316,12 @@ def test_db_index_and_query_commands(tmp_path, capsys):
     out = capsys.readouterr().out
     for s in ds["station"].values:
         assert str(s) in out
+    assert main(["query", "metric", "--source", "intervals", "--bucket", "1"]) == 0
+    out_iv = capsys.readouterr().out
+    # one 1 s bucket holds both ~0.98 s intervals (whole frames) of the first station, the
+    # second station (half as long) has one
+    lines = {ln.split()[3]: ln.split()[-1] for ln in out_iv.splitlines()[1:]}
+    assert lines == {"syn0": "2", "syn1": "1"}, out_iv
     assert main(["query", "captures", "--min-snr", "-100"]) == 0
     assert out.count("\n") >= 2 and store.session_url(sid) in capsys.readouterr().out
     assert main(["query", "metric", "--start", "yesterday-ish"]) == 2
