@@ -2,8 +2,15 @@
 
 Layout (decided here and in :mod:`sdrlab.model`)::
 
-    <root>/sessions/<session_id>/    one zarr v3 group (unconsolidated) = the session Dataset
-    <root>/commits/<session_id>.json the commit record (summary for list/show), written LAST
+    <root>/sessions/<session_id>/    the session Dataset as zarr v3 (consolidated metadata), either
+                                     a plain zarr group (local stores, sessions too big to stage in
+                                     memory, and every session written before the packed layout), or
+        pack                         packed (S3): every chunk too big to inline, end to end, and
+        refs.json                    a kerchunk reference file mapping each zarr key to inline
+                                     bytes or (pack, offset, length); opened through fsspec's
+                                     ReferenceFileSystem
+    <root>/commits/<session_id>.json the commit record (summary for list/show, the session's
+                                     objects, its layout), written LAST
     <root>/.health/<uuid>            transient probe objects of :meth:`Store.health`
 
 ``<root>`` is a directory for ``file://PATH`` and ``bucket/prefix`` for ``s3://bucket/prefix``.
@@ -18,6 +25,7 @@ the operation, never a credential.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import math
@@ -27,6 +35,7 @@ import threading
 import time
 import uuid
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -40,14 +49,23 @@ import xarray as xr
 
 from . import model
 from ._version import __version__
-from .errors import StorageError
+from .errors import StorageError, quote
+from .redact import mask_url
 
 log = logging.getLogger(__name__)
 
 SESSIONS = "sessions"
 COMMITS = "commits"
-#: S3 sessions up to this size are encoded in memory and uploaded with concurrent PUTs
+#: S3 sessions up to this size are encoded in memory and stored packed (two objects and the commit
+#: record); bigger ones are written by zarr straight to S3 as a plain group
 STAGE_IN_MEMORY_BYTES = 512 * 1024 * 1024
+#: the packed layout's objects under a session's prefix, and its name in the commit record
+PACK = "pack"
+REFS = "refs.json"
+LAYOUT_PACKED = "packed"
+#: zarr objects up to this size go inline into refs.json (base64), bigger ones into the pack: an S3
+#: server pays a few ms per object however small (SeaweedFS ~4 ms, one after another)
+INLINE_BYTES = 64 * 1024
 
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -59,7 +77,7 @@ def check_session_id(session_id: object) -> str:
     """A session id safe to use as a key: letters, digits, ``._-``, not ``.``/``..``, no ``/``.
     Every store operation checks it first: an empty or ``..`` id must never reach ``rm``."""
     if not isinstance(session_id, str) or not SESSION_ID.match(session_id) or set(session_id) <= {"."}:
-        raise StorageError(f"invalid session id {session_id!r} (letters, digits, '.', '_', '-'; no '/')")
+        raise StorageError(f"invalid session id {quote(session_id, 100)} (letters, digits, '.', '_', '-'; no '/')")
     return session_id
 
 
@@ -78,15 +96,61 @@ def _quiet_consolidation() -> Iterator[None]:
         yield
 
 
-def _encode_in_memory(ds: xr.Dataset) -> dict[str, bytes]:
-    """The zarr objects of a session (key relative to the group -> bytes), encoded in memory."""
+def _encode_in_memory(ds: xr.Dataset, encoding: dict[str, dict[str, Any]], *,
+                      compute: bool = True) -> dict[str, bytes]:
+    """The zarr objects of a session (key relative to the group -> bytes), encoded in memory
+    (``compute=False``: dask-backed variables get their metadata only)."""
     import zarr
 
     mem = zarr.storage.MemoryStore()
     with _quiet_consolidation():
-        ds.to_zarr(mem, mode="w", zarr_format=model.ZARR_FORMAT, consolidated=model.CONSOLIDATED,
-                   encoding=model.encoding(ds))
+        if compute:
+            ds.to_zarr(mem, mode="w", zarr_format=model.ZARR_FORMAT, consolidated=model.CONSOLIDATED,
+                       encoding=encoding)
+        else:
+            ds.to_zarr(mem, mode="w", zarr_format=model.ZARR_FORMAT, consolidated=model.CONSOLIDATED,
+                       encoding=encoding, compute=False)
     return {k: v.to_bytes() for k, v in mem._store_dict.items()}
+
+
+def _packed_encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
+    """The model's encoding without zarr shards: in the packed layout the pack is the shard (one
+    object, each one-station chunk at an offset the references give), so a chunk is read with one
+    ranged GET and no shard-index lookup."""
+    enc = {k: dict(v) for k, v in model.encoding(ds).items()}
+    enc["iq"].pop("shards", None)
+    return enc
+
+
+def _pack(objects: dict[str, bytes], template: str, name: str, inline: int) -> tuple[dict[str, Any], bytes]:
+    """kerchunk (version 1) references to a session's zarr objects, and the pack ``name`` holding
+    them: metadata and objects up to ``inline`` bytes go into the references, the rest end to end
+    into the pack at the references' offsets (``{{u}}`` is the session's prefix, ``template``,
+    so a moved session opens by overriding it)."""
+    refs: dict[str, Any] = {}
+    parts: list[bytes] = []
+    offset = 0
+    for key in sorted(objects):
+        data = objects[key]
+        if key.endswith("zarr.json"):
+            refs[key] = data.decode()
+        elif len(data) <= inline:
+            refs[key] = "base64:" + base64.b64encode(data).decode()
+        else:
+            refs[key] = [f"{{{{u}}}}/{name}", offset, len(data)]
+            parts.append(data)
+            offset += len(data)
+    return {"version": 1, "templates": {"u": template}, "refs": refs}, b"".join(parts)
+
+
+def _same_array(a: bytes, b: bytes) -> bool:
+    """Two zarr.json of one array agree on everything but attributes (chunk grid, codecs, dtype)."""
+    x, y = json.loads(a), json.loads(b)
+    x.pop("attributes", None)
+    y.pop("attributes", None)
+    return bool(x == y)
+
+
 T = TypeVar("T")
 
 
@@ -150,12 +214,19 @@ class Store:
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None, *,
                  timeout_s: float = OPERATION_TIMEOUT_S) -> None:
-        parts = urlsplit(url)
-        if not (math.isfinite(timeout_s) and timeout_s > 0):
-            raise StorageError(f"store timeout must be a positive number of seconds, got {timeout_s!r}")
+        shown = quote(mask_url(str(url)), 200)  # errors never show a password, nor a 10 kB URL
+        if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s > 0):
+            raise StorageError(f"store timeout must be a positive number of seconds, got {quote(timeout_s, 100)}")
         self.timeout_s = float(timeout_s)
+        try:
+            parts = urlsplit(url)
+        except (TypeError, ValueError, AttributeError):
+            raise StorageError(f"store URL must be file://PATH or s3://BUCKET/PREFIX, got {shown}") from None
         if parts.scheme not in ("file", "s3"):
-            raise StorageError(f"store URL must be file://PATH or s3://BUCKET/PREFIX, got {url!r}")
+            raise StorageError(f"store URL must be file://PATH or s3://BUCKET/PREFIX, got {shown}")
+        if "@" in parts.netloc and (parts.scheme == "s3" or mask_url(url) != url):
+            raise StorageError(f"store URL {shown} holds credentials: give them as the S3 key and secret "
+                               "(SDRLAB_S3_KEY, SDRLAB_S3_SECRET), not in the URL")
         self.url = url.rstrip("/")
         self.protocol = parts.scheme
         self.options = dict(storage_options or {})
@@ -163,9 +234,11 @@ class Store:
             self.root = str(Path((parts.netloc + parts.path) or ".").expanduser().resolve())
         else:
             if not parts.netloc:
-                raise StorageError(f"store URL {url!r} names no bucket")
+                raise StorageError(f"store URL {shown} names no bucket")
             self.root = (parts.netloc + parts.path).rstrip("/")
         self._fs: Any = None
+        self._async_fs: Any = None
+        self._bucket_ok = False
 
     def __repr__(self) -> str:
         return f"Store({self.where})"
@@ -247,9 +320,10 @@ class Store:
 
     def _keys(self, prefix: str) -> list[str]:
         """Object keys under a prefix (no directory entries, which some S3 servers keep)."""
-        if not self.fs.exists(prefix):
+        try:
+            found = self.fs.find(prefix, detail=True)  # nothing under it: empty (one LIST, no HEAD first)
+        except FileNotFoundError:
             return []
-        found = self.fs.find(prefix, detail=True)
         return sorted(k for k, info in found.items() if info.get("type") != "directory")
 
     def _committed(self, session_id: str) -> bool:
@@ -287,11 +361,10 @@ class Store:
             for v in out.variables.values():  # encodings from an opened store would clash
                 v.encoding = {}
             if self.protocol == "s3" and out.nbytes <= STAGE_IN_MEMORY_BYTES:
-                # one round trip per object is what makes small-object stores slow: encode the
-                # whole group in memory, then PUT every object concurrently
-                objects = _encode_in_memory(out)
-                self.fs.pipe({f"{prefix}/{k}": v for k, v in objects.items()})
-                summary["objects"] = sorted(objects)
+                # a few ms per object however small is what makes S3 servers slow on zarr's many
+                # small objects: encode in memory, then store two objects (pack + references)
+                summary["layout"] = LAYOUT_PACKED
+                summary["objects"] = self._write_packed(out, prefix)
             else:
                 with _quiet_consolidation():
                     out.to_zarr(target, mode="w", zarr_format=model.ZARR_FORMAT, consolidated=model.CONSOLIDATED,
@@ -303,6 +376,41 @@ class Store:
         out = self._do(f"writing session {sid}", run)
         log.info("session %s committed in %s", sid, self.where)
         return out
+
+    def _write_packed(self, out: xr.Dataset, prefix: str) -> list[str]:
+        """Store a session packed (see the module's docstring); returns its object names.  The IQ
+        is encoded and uploaded in a second thread while zarr encodes the ~30 small arrays (its
+        per-array overhead is about as long as the upload), then the references are written."""
+        import dask.array
+
+        enc = _packed_encoding(out)
+        template = f"s3://{prefix}"
+        iq_only = out["iq"].reset_coords(drop=True).to_dataset()
+
+        def iq_pack() -> tuple[dict[str, Any], bytes]:
+            objects = _encode_in_memory(iq_only, {"iq": enc["iq"]})
+            chunks = {k: v for k, v in objects.items() if k.startswith("iq/c/")}
+            refs, pack = _pack(chunks, template, PACK, inline=-1)  # every IQ chunk into the pack
+            self.fs.pipe(f"{prefix}/{PACK}", pack)
+            return refs["refs"], objects["iq/zarr.json"]
+
+        # catch_warnings is process-wide: one around both threads keeps the filter on throughout
+        with _quiet_consolidation(), ThreadPoolExecutor(1, thread_name_prefix="sdrlab-store-iq") as pool:
+            iq_job = pool.submit(iq_pack)
+            # everything else, with IQ as a placeholder of its shape and chunks: zarr writes its
+            # metadata (consolidated with the rest) but no data (compute=False, never computed)
+            # (the rest loaded first: a dask-backed variable would be left out in the same way)
+            shell = out.drop_vars("iq").compute().assign(iq=out["iq"].variable.copy(data=dask.array.zeros(
+                out["iq"].shape, dtype=out["iq"].dtype, chunks=enc["iq"]["chunks"])))
+            rest = _encode_in_memory(shell, enc, compute=False)
+            refs, aux = _pack(rest, template, f"{PACK}.1", inline=INLINE_BYTES)
+            iq_refs, iq_meta = iq_job.result()
+        if not _same_array(iq_meta, rest["iq/zarr.json"]):  # the IQ chunks fit the group's metadata
+            raise StorageError(f"packing session {prefix}: IQ metadata differ between its two encodings")
+        refs["refs"].update(iq_refs)
+        extra = {f"{prefix}/{PACK}.1": aux} if aux else {}
+        self.fs.pipe({f"{prefix}/{REFS}": json.dumps(refs).encode(), **extra})
+        return sorted([PACK, REFS] + [k.rsplit("/", 1)[1] for k in extra])
 
     def _put_atomic(self, key: str, data: bytes) -> None:
         """An S3 PUT is atomic; a local file is written beside and renamed into place (fsynced),
@@ -322,10 +430,25 @@ class Store:
             if os.path.exists(tmp):
                 os.remove(tmp)
 
+    @property
+    def bucket(self) -> str:
+        """The S3 bucket (the first part of the root)."""
+        return self.root.split("/", 1)[0]
+
     def _ensure_bucket(self) -> None:
-        bucket = self.root.split("/", 1)[0]
-        if not self.fs.exists(bucket):
-            self.fs.mkdir(bucket)
+        """Create the bucket if it is missing (checked once per Store: a round trip per write)."""
+        if self._bucket_ok:
+            return
+        if not self.fs.exists(self.bucket):
+            self.fs.mkdir(self.bucket)
+        self._bucket_ok = True
+
+    def _no_bucket(self) -> StorageError | None:
+        """An error naming the bucket if an S3 store's bucket does not exist."""
+        if self.protocol != "s3" or self.fs.exists(self.bucket):
+            return None
+        return StorageError(f"bucket {self.bucket!r} does not exist in {self.where} (a typo? `sdrlab store "
+                            "health` creates it)")
 
     def _relative_keys(self, session_id: str) -> list[str]:
         """The session's zarr object keys, relative to its group."""
@@ -333,35 +456,90 @@ class Store:
         n = len(prefix) + 1
         return sorted(k[n:] for k in self._keys(prefix) if k.startswith(prefix + "/"))
 
-    def missing_objects(self, session_id: str) -> list[str]:
+    def missing_objects(self, session_id: str, summary: dict[str, Any] | None = None) -> list[str]:
         """Objects the commit record lists that are not in the store (a damaged session); empty
         for a session committed before records listed their objects."""
-        listed = self.summary(session_id).get("objects")
+        listed = (summary if summary is not None else self.summary(session_id)).get("objects")
         if not listed:
             return []
         present = set(self._relative_keys(session_id))
         return [k for k in listed if k not in present]
 
     def open(self, session_id: str) -> xr.Dataset:
-        """A committed session, lazily (dask-backed, chunks as stored).  A session whose objects
-        are not all there is a :class:`StorageError` naming them (zarr would read the missing
-        chunks as zeros)."""
+        """A committed session, lazily: IQ dask-backed with the chunks as stored (one station
+        each); a packed session's small records (inline in its references) are read at once.  A
+        session whose objects are not all there is a :class:`StorageError` naming them (zarr
+        would read the missing chunks as zeros)."""
         check_session_id(session_id)
 
         def run() -> xr.Dataset:
-            if not self._committed(session_id):
-                raise StorageError(f"no committed session {session_id!r} in {self.where}")
-            gone = self.missing_objects(session_id)
+            summary = self.summary(session_id)  # "no committed session" when there is no record
+            gone = self.missing_objects(session_id, summary)
             if gone:
                 raise StorageError(f"session {session_id} in {self.where} is damaged: {len(gone)} object(s) "
                                    f"missing ({', '.join(gone[:5])}{', ...' if len(gone) > 5 else ''}); "
                                    "run `sdrlab store fsck`")
+            if summary.get("layout") == LAYOUT_PACKED:
+                return self._open_packed(session_id)
             with _quiet_consolidation():
                 ds: xr.Dataset = xr.open_zarr(self._zarr_url(session_id), consolidated=model.CONSOLIDATED,
                                               zarr_format=model.ZARR_FORMAT, storage_options=self._zarr_options())
             return ds
 
         return self._do(f"opening session {session_id}", run)
+
+    def _references(self, session_id: str) -> dict[str, Any]:
+        """A packed session's kerchunk references, pointing at where the session is now."""
+        refs: dict[str, Any] = json.loads(self.fs.cat(self._path(SESSIONS, session_id, REFS)))
+        refs["templates"] = {"u": f"{self.protocol}://{self._path(SESSIONS, session_id)}"}
+        return refs
+
+    def _zarr_store(self, session_id: str) -> Any:
+        """The zarr store of a packed session: fsspec's ReferenceFileSystem over the pack."""
+        import zarr
+        from fsspec.implementations.reference import ReferenceFileSystem
+
+        refs = self._references(session_id)
+        rfs = ReferenceFileSystem(refs, fs=self._target_fs(), asynchronous=True)
+        return zarr.storage.FsspecStore(rfs, read_only=True, path="")
+
+    def _target_fs(self) -> Any:
+        """An asynchronous filesystem for the store, for zarr's event loop (one per Store)."""
+        if self._async_fs is None:
+            import fsspec
+
+            if self.protocol == "s3":
+                # fsspec's instance cache, as zarr's from_url: one client per options, closed at exit
+                opts = {"use_listings_cache": False, **self.options}
+                self._async_fs = fsspec.filesystem("s3", **opts, asynchronous=True)
+            else:
+                from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+
+                self._async_fs = AsyncFileSystemWrapper(fsspec.filesystem("file"), asynchronous=True)
+        return self._async_fs
+
+    def _open_packed(self, session_id: str) -> xr.Dataset:
+        from zarr.core.sync import sync
+
+        store = self._zarr_store(session_id)
+        with _quiet_consolidation():
+            lazy = xr.open_zarr(store, consolidated=model.CONSOLIDATED, zarr_format=model.ZARR_FORMAT, chunks=None)
+        refs = store.fs.references
+        in_pack = {k.split("/", 1)[0] for k in refs if isinstance(refs[k], list)}
+        # inline variables are already in memory: decode them now (one zarr call each, no dask
+        # graph); the rest become dask arrays on their zarr chunks, read when computed
+        packed = sorted(in_pack & set(lazy.variables))
+        # xarray's async load on zarr's own loop: one hand-over for all of them instead of one each
+        ds = sync(lazy.drop_vars(packed).load_async())
+        for name in packed:
+            var = lazy[name].variable
+            lazy_var = var.chunk(dict(zip(var.dims, var.encoding.get("chunks") or var.shape)))
+            if name in lazy.coords:
+                ds = ds.assign_coords({name: lazy_var})
+            else:
+                ds[name] = lazy_var
+        return xr.Dataset({n: ds[n].variable for n in lazy.data_vars}, {c: ds[c].variable for c in lazy.coords},
+                          attrs=lazy.attrs)
 
     def summary(self, session_id: str) -> dict[str, Any]:
         check_session_id(session_id)
@@ -388,21 +566,43 @@ class Store:
         n = len(base) + 1
         return sorted({k[n:].split("/", 1)[0] for k in self._keys(base) if k.startswith(base + "/")})
 
-    def _markers(self) -> Iterator[str]:
+    def _markers(self) -> list[str]:
+        """Ids of the committed sessions, sorted (one LIST of the commit records).  An S3 store
+        whose bucket does not exist is an error naming the bucket, not an empty store."""
         base = self._path(COMMITS)
-        if not self.fs.exists(base):
-            return iter(())
-        names = (p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(base, detail=False))
-        return iter(sorted(n[: -len(".json")] for n in names if n.endswith(".json")))
+        try:
+            paths = self.fs.ls(base, detail=False)
+        except FileNotFoundError:
+            paths = []
+        if not paths and (missing := self._no_bucket()) is not None:
+            raise missing
+        names = (p.rstrip("/").rsplit("/", 1)[-1] for p in paths)
+        return sorted(n[: -len(".json")] for n in names if n.endswith(".json"))
+
+    def _records(self, session_ids: list[str]) -> Iterator[tuple[str, dict[str, Any] | None]]:
+        """The commit records of many sessions, fetched concurrently (fsspec's batched ``cat``:
+        one round trip per record costs seconds for a thousand sessions on S3); None for an
+        unreadable one."""
+        keys = [self._commit_key(s) for s in session_ids]
+        found = self.fs.cat(keys, on_error="return") if keys else {}
+        for sid, key in zip(session_ids, keys):
+            raw = found.get(key)
+            if isinstance(raw, FileNotFoundError):
+                continue  # deleted since the LIST
+            if isinstance(raw, BaseException):
+                raise raw  # the store failed, not the record: _do names it
+            try:
+                record = json.loads(raw) if isinstance(raw, bytes) else None
+            except ValueError:
+                record = None
+            yield sid, record if isinstance(record, dict) else None
 
     def sessions(self) -> pd.DataFrame:
         """Committed sessions (newest last) with their summary: start, frequency, stations, status."""
         def run() -> pd.DataFrame:
             rows = []
-            for sid in self._markers():
-                try:
-                    s = self.summary(sid)
-                except StorageError:
+            for sid, s in self._records(self._markers()):
+                if s is None:
                     log.warning("session %s has an unreadable commit record; not listed (see fsck)", sid)
                     continue
                 rows.append({
