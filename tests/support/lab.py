@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from playwright.sync_api import Error as PlaywrightError
-from playwright.sync_api import Page
+from playwright.sync_api import Locator, Page
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from .browser import HeadlessBrowser, browser_processes
@@ -460,6 +460,13 @@ class LabNotebook:
         if found is None:
             raise LabError(f"{self.path}: no notebook is shown")
         return found
+
+    def output(self, code: str) -> Locator:
+        """The first output of the first code cell whose source contains ``code`` (for a click or an
+        element screenshot: ``nb.output("AcquisitionPanel(").screenshot(path=...)``)."""
+        cell = self.page.locator(f"{ACTIVE_PANEL} .jp-CodeCell").filter(
+            has=self.page.locator(".jp-InputArea", has_text=code)).first
+        return cell.locator(".jp-OutputArea-output").first
 
     def close(self) -> None:
         """End the notebook's kernel (and what it started) and leave the page."""
