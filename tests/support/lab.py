@@ -23,6 +23,7 @@ the page shows (:meth:`~LabNotebook.facts`).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -206,6 +207,9 @@ class JupyterLabServer:
         """Start the server and wait (``timeout`` s at most) until its API answers with the token."""
         if self.proc is not None:
             raise LabError("this JupyterLab is already started")
+        if self.python == sys.executable and importlib.util.find_spec("jupyterlab") is None:
+            raise LabError(f"JupyterLab is not installed in {sys.prefix}: pip install 'sdrlab[lab]' "
+                           "(make test and make lab install it)")
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(self.command(), cwd=self.root_dir, env=self.env, stdout=out,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -383,7 +387,6 @@ class LabNotebook:
         self.wait_for_kernel(kernel_timeout)
         for attempt in range(3):
             self.menu("Run", "Run All Cells")
-            self.accept_kernel_dialog()
             deadline = time.monotonic() + start_timeout
             while time.monotonic() < deadline:
                 if any(p not in ("[]:", "[ ]:") for p in self.prompts()):
