@@ -69,6 +69,9 @@ INLINE_BYTES = 64 * 1024
 
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: the listing's cache of commit-record summaries (see :meth:`Store.sessions`), under the root
+LISTING_CACHE = ".cache/sessions.json"
+LISTING_COLUMNS = ["session_id", "start_time", "center_frequency_hz", "duration_s", "stations", "failed", "status"]
 #: fsck --remove leaves prefixes younger than this alone (a write may be in progress)
 FSCK_MIN_AGE_S = 3600.0
 
@@ -566,23 +569,31 @@ class Store:
         n = len(base) + 1
         return sorted({k[n:].split("/", 1)[0] for k in self._keys(base) if k.startswith(base + "/")})
 
-    def _markers(self) -> list[str]:
-        """Ids of the committed sessions, sorted (one LIST of the commit records).  An S3 store
-        whose bucket does not exist is an error naming the bucket, not an empty store."""
+    def _marker_infos(self) -> dict[str, str]:
+        """Committed session id -> a tag that changes when its record does (ETag on S3, size and
+        mtime locally), from one LIST of the commit records.  An S3 store whose bucket does not
+        exist is an error naming the bucket, not an empty store."""
         base = self._path(COMMITS)
         try:
-            paths = self.fs.ls(base, detail=False)
+            infos = self.fs.ls(base, detail=True)
         except FileNotFoundError:
-            paths = []
-        if not paths and (missing := self._no_bucket()) is not None:
+            infos = []
+        if not infos and (missing := self._no_bucket()) is not None:
             raise missing
-        names = (p.rstrip("/").rsplit("/", 1)[-1] for p in paths)
-        return sorted(n[: -len(".json")] for n in names if n.endswith(".json"))
+        out = {}
+        for info in infos:
+            name = str(info["name"]).rstrip("/").rsplit("/", 1)[-1]
+            if name.endswith(".json") and info.get("type") != "directory":
+                out[name[: -len(".json")]] = str(info.get("ETag") or f"{info.get('size')}:{info.get('mtime')}")
+        return out
+
+    def _markers(self) -> list[str]:
+        """Ids of the committed sessions, sorted."""
+        return sorted(self._marker_infos())
 
     def _records(self, session_ids: list[str]) -> Iterator[tuple[str, dict[str, Any] | None]]:
-        """The commit records of many sessions, fetched concurrently (fsspec's batched ``cat``:
-        one round trip per record costs seconds for a thousand sessions on S3); None for an
-        unreadable one."""
+        """The commit records of many sessions, fetched concurrently (fsspec's batched ``cat``);
+        None for an unreadable one, nothing for one deleted meanwhile."""
         keys = [self._commit_key(s) for s in session_ids]
         found = self.fs.cat(keys, on_error="return") if keys else {}
         for sid, key in zip(session_ids, keys):
@@ -597,27 +608,55 @@ class Store:
                 record = None
             yield sid, record if isinstance(record, dict) else None
 
+    def _listing_cache(self) -> dict[str, Any]:
+        try:
+            cached = json.loads(self.fs.cat(self._path(LISTING_CACHE)))
+        except (FileNotFoundError, ValueError):
+            return {}
+        rows = cached.get("rows") if isinstance(cached, dict) and cached.get("version") == 1 else None
+        return rows if isinstance(rows, dict) else {}
+
     def sessions(self) -> pd.DataFrame:
-        """Committed sessions (newest last) with their summary: start, frequency, stations, status."""
+        """Committed sessions (newest last) with their summary: start, frequency, stations, status.
+
+        One LIST of the commit records decides what is committed; the rows come from a cache
+        (``<root>/.cache/sessions.json``) for records whose tag it holds, and only new or changed
+        records are read.  Reading a thousand small records costs ~13 s on SeaweedFS even
+        concurrently; a cache entry whose record changed, a lost or damaged cache, or a second
+        writer of it only means more records to read, never a wrong row."""
         def run() -> pd.DataFrame:
-            rows = []
-            for sid, s in self._records(self._markers()):
+            tags = self._marker_infos()
+            cached = self._listing_cache() if tags else {}
+            rows: dict[str, Any] = {sid: row for sid, row in cached.items()
+                                    if isinstance(row, dict) and tags.get(sid) == row.get("tag")}
+            for sid, s in self._records(sorted(set(tags) - set(rows))):
                 if s is None:
                     log.warning("session %s has an unreadable commit record; not listed (see fsck)", sid)
                     continue
-                rows.append({
-                    "session_id": sid,
-                    "start_time": _utc(s.get("start_time")),
+                rows[sid] = {
+                    "tag": tags[sid],
+                    "start_time": s.get("start_time"),
                     "center_frequency_hz": s.get("center_frequency_hz"),
                     "duration_s": s.get("duration_s"),
                     "stations": len(s.get("stations", [])),
                     "failed": len(s.get("failed", [])),
                     "status": s.get("status"),
-                })
-            cols = ["session_id", "start_time", "center_frequency_hz", "duration_s", "stations", "failed", "status"]
-            return pd.DataFrame(rows, columns=cols).set_index("session_id")
+                }
+            if rows.keys() != cached.keys() or any(rows[k] is not cached[k] for k in rows):
+                self._write_listing_cache(rows)
+            table = pd.DataFrame([{"session_id": sid, **{k: v for k, v in rows[sid].items() if k != "tag"}}
+                                  for sid in sorted(rows)], columns=LISTING_COLUMNS)
+            table["start_time"] = [_utc(t) for t in table["start_time"]]
+            return table.set_index("session_id")
 
         return self._do("listing sessions", run)
+
+    def _write_listing_cache(self, rows: dict[str, Any]) -> None:
+        """Best effort: a store that refuses it (read-only credentials) still lists."""
+        try:
+            self._put_atomic(self._path(LISTING_CACHE), json.dumps({"version": 1, "rows": rows}).encode())
+        except (OSError, PermissionError) as exc:
+            log.info("listing cache of %s not written: %s", self.where, _reason(exc))
 
     def captures(self, session_id: str) -> pd.DataFrame:
         """One row per station of a session: status, samples, rate, UTC start, position, metrics."""

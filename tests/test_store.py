@@ -378,6 +378,33 @@ def test_a_frozen_server_ends_in_a_timeout_error_with_the_data_kept(tmp_path):
         srv.cleanup()
 
 
+def test_the_listing_cache_never_gives_a_wrong_row(store, session):
+    """The rows come from a cache checked against one LIST of the commit records: deleted,
+    rewritten and new sessions, a damaged cache and rows it invents all list as the records say."""
+    import json
+
+    from sdrlab.store import LISTING_CACHE
+
+    sid = session.attrs["session_id"]
+    store.write(session)
+    assert list(store.sessions().index) == [sid]
+    cache = f"{store.root}/{LISTING_CACHE}"
+    assert sid in json.loads(store.fs.cat(cache))["rows"]
+    store.delete(sid)
+    assert store.sessions().empty
+    other = session.isel(station=slice(0, 2))
+    other.attrs = dict(session.attrs)
+    store.write(other)  # same id, other content: a new record
+    assert store.sessions().loc[sid, "stations"] == 2
+    store.fs.pipe(cache, json.dumps({"version": 1, "rows": {
+        sid: {"tag": "stale", "stations": 99, "status": "ok"},
+        "20991231T000000Z-ghost0": {"tag": "x", "stations": 1, "status": "ok"}}}).encode())
+    table = store.sessions()
+    assert list(table.index) == [sid] and table.loc[sid, "stations"] == 2
+    store.fs.pipe(cache, b"{not json")
+    assert list(store.sessions().index) == [sid]
+
+
 # ---- messages: no secret, no megabytes -------------------------------------------------------
 @pytest.mark.parametrize("url", ["ftp://user:pa55word@host/data", "s3://KEY:pa55word@bucket/lab",
                                  "file://user:pa55word@host/tmp/x", "http://u:pa55word@h/" + "x" * 5000])
