@@ -82,6 +82,8 @@ class Session:
     #: None when indexed (or not asked to); why not otherwise: the session stays in the store
     #: and ``sdrlab index rebuild`` indexes it later
     index_error: str | None = None
+    #: where the session was kept when the store failed (``sdrlab store push`` moves it back)
+    rescued: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -632,7 +634,7 @@ def acquire(
     session = Session(sid, float(frequency_hz), float(duration_s), ordered, ds,
                       timings={"acquire_s": t_acq, "build_s": time.perf_counter() - t0 - t_acq})
     if write and ds is not None:
-        save(session, store, index=index)
+        save(session, store, index=index, rescue=settings.rescue_obj())
     return session
 
 
@@ -689,9 +691,14 @@ def window_attrs(ds: xr.Dataset, start_ns: int | None, duration_s: float, gps_ut
     return out
 
 
-def save(session: Session, store: Any, index: Any = False) -> Session:
-    """Write the session to ``store``; a failure is recorded in ``store_error``, never raised
-    (the data stays in ``session.dataset``)."""
+def save(session: Session, store: Any, index: Any = False, rescue: Any = None) -> Session:
+    """Write the session to ``store``; a failure is recorded in ``store_error``, never raised.
+
+    Then nothing is lost: the failed write's leftovers are removed from a local store (a full
+    disk gets its space back), and the session is written to ``rescue`` (a local
+    :class:`~sdrlab.store.Store`, e.g. ``Settings.rescue_obj()``; ``session.rescued`` says
+    where) for ``sdrlab store push`` to move back under its own id; if that fails too, the data
+    stays in ``session.dataset`` and ``store_error`` says so."""
     from .errors import StorageError
 
     if session.dataset is None:
@@ -703,10 +710,40 @@ def save(session: Session, store: Any, index: Any = False) -> Session:
     except StorageError as exc:
         log.error("session %s not stored: %s", session.session_id, exc)
         session.store_error = str(exc)
+        _remove_leftovers(store, session.session_id)
+        if rescue is not None and getattr(rescue, "where", None) != getattr(store, "where", None):
+            try:
+                session.rescued = rescue.write(session.dataset).url
+            except StorageError as exc2:
+                log.error("session %s not rescued either: %s", session.session_id, exc2)
+                session.store_error += f"; not rescued to {rescue.where} either ({exc2}): in memory only"
+            else:
+                log.warning("session %s kept in %s (sdrlab store push moves it to the store)",
+                            session.session_id, session.rescued)
     session.timings["store_s"] = time.perf_counter() - t
     if index is not False and index is not None and session.path is not None:
         add_to_index(session, index)  # write first, index second: rows point at data that exists
     return session
+
+
+def _remove_leftovers(store: Any, session_id: str) -> None:
+    """After a failed write to a local store: remove what it left (never a committed session),
+    so a full disk has its space back for the rescue copy.  An S3 store's leftovers stay for the
+    next write or ``store fsck`` (the server may be the problem)."""
+    from .errors import StorageError
+
+    if getattr(store, "protocol", None) != "file":
+        return
+    try:
+        if any(str(k).startswith("commits/") for k in store.objects(session_id)):
+            return  # committed (the write failed on something else): never removed here
+    except StorageError:
+        return
+    try:
+        n = store.delete(session_id)
+        log.warning("removed %d object(s) left by the failed write of %s", n, session_id)
+    except StorageError:
+        pass  # nothing was left, or it cannot be removed: the rescue tries all the same
 
 
 def add_to_index(session: Session, engine: Any) -> Session:

@@ -157,7 +157,10 @@ def _parser() -> argparse.ArgumentParser:
     fsck.add_argument("--min-age", type=float, default=3600.0, metavar="S",
                       help="with --remove, spare leftovers written to in the last S seconds (a write may be running)")
     health = stosub.add_parser("health", help="write, read and delete a probe object; print latencies")
-    for q in (fsck, health):
+    push = stosub.add_parser("push", help="move sessions kept in the rescue directory (SDRLAB_RESCUE) to the "
+                                          "store under their own ids, and index them")
+    push.add_argument("session_ids", nargs="*", metavar="ID", help="default: every rescued session")
+    for q in (fsck, health, push):
         q.add_argument("--store", metavar="URL")
 
     exp = sub.add_parser("export", help="export a session")
@@ -293,23 +296,18 @@ def _check_bucket(store: Any) -> None:
 
 
 def _save_or_rescue(session: Any) -> int:
-    """After acquire/save: if the store failed, keep the session in a local rescue directory."""
-    from .store import Store
-
+    """After acquire/save (which keep a session the store refused in the rescue directory, see
+    ``acquire.save``): say where it is; non-zero when nothing was acquired or the store failed."""
     if session.dataset is None:
         return 1
     if session.store_error is None:
         return 0
-    rescue = Store(f"file://{Path('sdrlab-rescue').resolve()}")
-    try:
-        ref = rescue.write(session.dataset)
-    except StorageError as exc:  # the last resort failed too: say so loudly, the data is in memory only
-        print(f"sdrlab: the session could not be stored ({session.store_error}) nor rescued locally ({exc})",
+    if session.rescued:
+        print(f"sdrlab: the session could not be stored ({session.store_error}); it was kept in "
+              f"{session.rescued}: `sdrlab store push {session.session_id}` moves it to the store",
               file=sys.stderr)
-        return 1
-    print(f"sdrlab: the session could not be stored ({session.store_error}); it was kept in {ref.url}",
-          file=sys.stderr)
-    session.path = ref.url
+    else:
+        print(f"sdrlab: the session could not be stored ({session.store_error})", file=sys.stderr)
     return 1
 
 
@@ -564,6 +562,8 @@ def _cmd_query(a: argparse.Namespace) -> int:
 
 
 def _cmd_store(a: argparse.Namespace) -> int:
+    if a.store_command == "push":
+        return _store_push(a)
     store = _store(a.store, existing=a.store_command != "health")
     if a.store_command == "health":
         h = store.health()
@@ -628,13 +628,45 @@ def _cmd_import(a: argparse.Namespace) -> int:
                       float(ds.attrs.get("requested_duration_s", 0.0)), {}, ds)
     from .config import Settings
 
-    save(session, _store(a.store), index=Settings.from_env().engine())  # stored, then indexed
+    settings = Settings.from_env()
+    save(session, _store(a.store), index=settings.engine(), rescue=settings.rescue_obj())  # stored, then indexed
     rc = _save_or_rescue(session)
     print(f"imported {ds.sizes['station']} station(s) into session {session.session_id}"
           + (f" at {session.path}" if session.path else ""))
     if session.index_error:
         print(f"not indexed ({session.index_error}); run `sdrlab index rebuild` later")
     return rc
+
+
+def _store_push(a: argparse.Namespace) -> int:
+    """Rescued sessions -> the store (same ids), then the index; each leaves the rescue
+    directory only once it is committed in the store."""
+    from .acquire import Session, add_to_index
+    from .config import Settings
+
+    settings = Settings.from_env()
+    rescue = settings.rescue_obj()
+    store = _store(a.store)
+    held = list(rescue.sessions().index) if Path(rescue.root).is_dir() else []
+    ids = list(a.session_ids) or held
+    if not ids:
+        print(f"nothing to push: no session in {rescue.where}")
+        return 0
+    missing = [i for i in ids if i not in held]
+    if missing:
+        raise ConfigError(f"not in {rescue.where}: {', '.join(missing)}")
+    engine = settings.engine()
+    for sid in ids:
+        ds = rescue.open(sid).load()
+        ref = store.write(ds)  # idempotent: a session already pushed is left as it is
+        session = Session(sid, float(ds.attrs.get("center_frequency_hz", 0.0)),
+                          float(ds.attrs.get("requested_duration_s", 0.0)), {}, ds, path=ref.url)
+        add_to_index(session, engine)
+        store.open(sid)  # committed and readable before the rescue copy goes
+        rescue.delete(sid)
+        note = f" (not indexed: {session.index_error}; run `sdrlab index rebuild`)" if session.index_error else ""
+        print(f"pushed {sid} to {ref.url}{note}")
+    return 0
 
 
 def _cmd_stations(a: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 ENV_PREFIX = "SDRLAB_"
 DEFAULT_STORE = "file://./sdrlab-data"
 DEFAULT_DB = "sqlite:///./sdrlab-data/index.db"
+DEFAULT_RESCUE = "file://./sdrlab-rescue"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -51,6 +52,9 @@ class Settings:
     s3_secret: str | None = field(default=None, repr=False)
     #: the longest one store operation may take before it is an error (a frozen server)
     store_timeout_s: float = 300.0
+    #: where a session the store could not take is kept (a local directory, best on another disk
+    #: than the store's), until ``sdrlab store push`` moves it back: file://PATH
+    rescue: str = DEFAULT_RESCUE
 
     def __post_init__(self) -> None:
         if not (isinstance(self.store_timeout_s, (int, float)) and math.isfinite(self.store_timeout_s)
@@ -60,6 +64,8 @@ class Settings:
         scheme = urlsplit(self.store).scheme
         if scheme not in ("file", "s3"):
             raise ConfigError(f"SDRLAB_STORE must be file://PATH or s3://BUCKET/PREFIX, got {mask_url(self.store)!r}")
+        if urlsplit(self.rescue).scheme != "file":
+            raise ConfigError(f"SDRLAB_RESCUE must be file://PATH (a local directory), got {mask_url(self.rescue)!r}")
         if not (self.db.startswith("sqlite:///") or self.db.startswith("postgresql")):
             raise ConfigError(
                 f"SDRLAB_DB must be sqlite:///PATH or postgresql+psycopg://..., got {mask_url(self.db)!r}"
@@ -156,6 +162,12 @@ class Settings:
         from .store import Store
 
         return Store(self.store, self.storage_options(), timeout_s=self.store_timeout_s)
+
+    def rescue_obj(self) -> Any:
+        """The rescue store (a local directory; see ``rescue``)."""
+        from .store import Store
+
+        return Store(self.rescue, timeout_s=self.store_timeout_s)
 
     def catalog_obj(self) -> Catalog:
         from .stations import load_catalog

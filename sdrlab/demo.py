@@ -47,4 +47,4 @@ def run_demo(
         # the simulated scene's truth travels with the session (maps show the transmitter)
         session = acquire(demo7_stations(sim.ports), DEMO7_TUNE_HZ, duration_s, settings=settings,
                           progress=progress, write=False, attrs=scene_attrs(scene))
-    return save(session, store, index=settings.engine())
+    return save(session, store, index=settings.engine(), rescue=settings.rescue_obj())

@@ -217,9 +217,10 @@ def acquire_session(spec: str, frequency_hz: float, duration_s: float, *, simula
     if session.dataset is None:
         why = "; ".join(f"{s}: {r.error_class}: {r.message}" for s, r in session.results.items())
         raise AcquisitionError(f"no station delivered data ({why})")
-    save(session, settings.store_obj(), index=settings.engine())
+    save(session, settings.store_obj(), index=settings.engine(), rescue=settings.rescue_obj())
     if session.store_error:
-        log.error("session %s is in memory only: %s", session.session_id, session.store_error)
+        where = f"kept in {session.rescued}" if session.rescued else "in memory only"
+        log.error("session %s not stored (%s): %s", session.session_id, where, session.store_error)
     return session
 
 

@@ -21,6 +21,7 @@ def _isolated_store(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     # beside the store, not in it: an SQLite index needs its directory (only the store's own is made)
     monkeypatch.setenv("SDRLAB_DB", f"sqlite:///{tmp_path}/index.db")
     monkeypatch.setenv("SDRLAB_PROGRESS", "0")
+    monkeypatch.setenv("SDRLAB_RESCUE", f"file://{tmp_path}/rescue")
 
 
 @pytest.fixture

@@ -168,19 +168,86 @@ def test_unwritable_store_fails_before_acquiring(tmp_path, capsys):
     assert str(blocker) in capsys.readouterr().err
 
 
-def test_a_session_the_store_refused_is_kept_in_a_rescue_directory(tmp_path, capsys, monkeypatch):
-    from sdrlab import testing
-    from sdrlab.acquire import Session
-    from sdrlab.cli import _save_or_rescue
+def test_a_session_the_store_refused_is_rescued_and_pushed_back(tmp_path, capsys):
+    """The store refuses the write: the session goes to the rescue directory (SDRLAB_RESCUE),
+    the CLI says where and how to move it back; `sdrlab store push` writes it to the store under
+    its own id, indexes it and empties the rescue directory."""
+    from sqlalchemy import func, select
 
-    monkeypatch.chdir(tmp_path)
+    from sdrlab import testing
+    from sdrlab.acquire import Session, save
+    from sdrlab.cli import _save_or_rescue
+    from sdrlab.config import Settings
+    from sdrlab.index.models import CaptureRow
+    from sdrlab.store import Store
+
     ds = testing.synthetic_dataset(n_stations=2, duration_s=1.0)
-    ds.attrs["session_id"] = "20261124T100000Z-5afe00"
-    s = Session(ds.attrs["session_id"], 9e6, 1.0, {}, ds, store_error="S3 store at http://x: down")
+    sid = ds.attrs["session_id"] = "20261124T100000Z-5afe00"
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the store directory should be")
+    settings = Settings.from_env()
+    s = save(Session(sid, 9e6, 1.0, {}, ds), Store(f"file://{blocker}/store"), index=False,
+             rescue=settings.rescue_obj())
+    assert s.store_error and s.path is None
+    assert s.rescued == f"file://{tmp_path}/rescue/sessions/{sid}"
     assert _save_or_rescue(s) == 1
-    assert "sdrlab-rescue" in capsys.readouterr().err
-    back = open_session(tmp_path / "sdrlab-rescue" / "sessions" / ds.attrs["session_id"])
+    err = capsys.readouterr().err
+    assert s.rescued in err and f"sdrlab store push {sid}" in err
+    assert main(["store", "push"]) == 0
+    assert f"pushed {sid} to {settings.store_obj().session_url(sid)}" in capsys.readouterr().out
+    back = settings.store_obj().open(sid)
     np.testing.assert_array_equal(back["iq"].values, ds["iq"].values)
+    assert settings.rescue_obj().sessions().empty
+    with settings.engine().connect() as c:
+        assert c.execute(select(func.count()).select_from(CaptureRow).where(CaptureRow.session_id == sid)).scalar() == 2
+    assert main(["store", "push"]) == 0 and "nothing to push" in capsys.readouterr().out
+    assert main(["store", "push", "20261124T100000Z-000000"]) == 2  # not rescued: a usage error
+    assert "not in" in capsys.readouterr().err
+
+
+def _mount_tmpfs(where: Path, size: str) -> None:
+    where.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True,
+                       text=True)
+    if r.returncode:
+        pytest.skip(f"a full disk is simulated with a small tmpfs, which needs root (CAP_SYS_ADMIN) to mount: "
+                    f"{r.stderr.strip()}")
+
+
+def test_a_full_disk_keeps_the_session_and_frees_the_failed_writes_space(tmp_path):
+    """The store's disk fills mid-write (issue 13: the failed write's leftovers took the space the
+    rescue copy needed, and the session was lost): the error names the full disk, what the
+    failed write left is removed (the disk's free space is back), the session is in the rescue
+    directory, and once space is freed `sdrlab store push` commits it."""
+    import shutil
+
+    from sdrlab import testing
+    from sdrlab.acquire import Session, save
+    from sdrlab.config import Settings
+    from sdrlab.store import Store
+
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, "2m")
+    try:
+        ds = testing.synthetic_dataset(n_stations=4, duration_s=3.0)  # ~600 kB of noisy IQ
+        sid = ds.attrs["session_id"] = "20261207T050000Z-d15cf0"
+        ballast = disk / "ballast"
+        free = shutil.disk_usage(disk).free
+        ballast.write_bytes(b"\0" * (free - 200_000))  # 200 kB left: the session does not fit
+        before = shutil.disk_usage(disk).free
+        store = Store(f"file://{disk}/store")
+        settings = Settings.from_env()
+        s = save(Session(sid, 9e6, 3.0, {}, ds), store, index=False, rescue=settings.rescue_obj())
+        assert s.store_error is not None and "No space left" in s.store_error, s.store_error
+        assert not list((disk / "store").rglob("*.json")) and shutil.disk_usage(disk).free >= before - 16_384
+        assert s.rescued is not None
+        np.testing.assert_array_equal(settings.rescue_obj().open(sid)["iq"].values, ds["iq"].values)
+        ballast.unlink()  # space freed: push it to that store
+        assert main(["store", "push", sid, "--store", f"file://{disk}/store"]) == 0
+        np.testing.assert_array_equal(store.open(sid)["iq"].values, ds["iq"].values)
+        assert settings.rescue_obj().sessions().empty
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 @pytest.mark.parametrize(
