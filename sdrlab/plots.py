@@ -15,6 +15,7 @@ import xarray as xr
 import xarray.ufuncs as xu
 from matplotlib.figure import Figure
 
+from . import geomap
 from .metrics import UNITS
 
 #: axis labels of the metrics (units are added from metrics.UNITS)
@@ -101,13 +102,15 @@ def plot_map(
     transmitter: tuple[float, float] | None = None,
     title: str | None = None,
 ) -> Figure:
-    """Station positions on a local equirectangular map (no basemap: works offline), coloured by
-    ``values`` (SNR by default), with the transmitter when known."""
+    """Station positions on a local equirectangular map with coastlines and country borders
+    (:mod:`sdrlab.geomap`, offline), coloured by ``values`` (SNR by default), with the transmitter
+    when known."""
     lat = np.asarray(latitude, float)
     lon = np.asarray(longitude, float)
     fig = Figure(figsize=(7, 6), layout="constrained")
     ax = fig.add_subplot()
     allat = np.r_[lat, [transmitter[0]] if transmitter else []]
+    allon = np.r_[lon, [transmitter[1]] if transmitter else []]
     ax.set_aspect(1.0 / max(math.cos(math.radians(float(np.nanmean(allat)))), 0.1))
     if values is not None:
         sc = ax.scatter(lon, lat, c=np.asarray(values, float), cmap="plasma", s=90, edgecolors="k",
@@ -125,6 +128,10 @@ def plot_map(
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize="small")
     ax.set_title(title or "Stations")
+    xlim, ylim = geomap.padded_limits(allat, allon, aspect=1.1)
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    geomap.draw_background(ax)
     return fig
 
 
@@ -248,8 +255,10 @@ def plot_tdoa_map(result: TdoaResult, *, truth: tuple[float, float] | None = Non
             _hyperbolas(ins, result, np.linspace(la - dlat, la + dlat, 41), np.linspace(lo - dlon, lo + dlon, 41),
                         colors="tab:blue", linewidths=0.6, alpha=0.7)
             mark(ins, False)
+            geomap.draw_background(ins, land=False, zorder=1.5)
             ins.set_title(f"zoom: +-{half:.2g} km", fontsize="x-small")
             ins.tick_params(labelsize="xx-small")
+    geomap.draw_background(ax, land=False, zorder=1.5)
     ax.set_xlabel("Longitude (°E)")
     ax.set_ylabel("Latitude (°N)")
     ax.grid(True, alpha=0.3)
