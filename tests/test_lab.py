@@ -62,6 +62,8 @@ def lab(workdir: Path) -> Iterator[JupyterLabServer]:
     env = {"SDRLAB_STORE": f"file://{data}", "SDRLAB_DB": f"sqlite:///{data / 'index.db'}"}
     with JupyterLabServer(workdir / "notebooks", env=env) as server:
         yield server
+    # stopped: the server, its kernels and what they started (simulators, dask) are all gone
+    assert server.processes() == []
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +172,7 @@ def test_01_acquire_panel_acquires_when_acquire_is_clicked(run_notebook: Any, br
         assert cell_with(facts, plot)["images_decoded"] == 1, plot
 
     # a user presses Acquire: a new acquisition of the selected stations, its bars fill, its table shows
-    nb.page.locator(".jp-OutputArea button.jupyter-button", has_text="Acquire").click()
+    nb.output("AcquisitionPanel(").locator("button.jupyter-button", has_text="Acquire").click()
     nb.wait_for("() => document.body.innerText.includes('acquiring 7 station(s)')", timeout=30,
                 what="the panel saying it is acquiring")
     nb.wait_for(
@@ -202,7 +204,7 @@ def test_02_explore_browser_opens_and_plots(run_notebook: Any, browser: Headless
         assert cell_with(facts, plot)["images_decoded"] == 1, plot
     # the browser's Plot button draws the selected session into the panel
     assert cell_with(nb.facts(), "SessionBrowser(")["images_decoded"] == 0
-    nb.page.locator(".jp-OutputArea button.jupyter-button", has_text="Plot").click()
+    nb.output("SessionBrowser(").locator("button.jupyter-button", has_text="Plot").click()
     nb.wait_for("() => Array.from(document.querySelectorAll('.jp-OutputArea .jupyter-widgets img'))"
                 ".some(i => i.complete && i.naturalWidth > 0)", timeout=60, what="the panel's plot")
 
@@ -214,7 +216,7 @@ def test_03_history_panel_plots(run_notebook: Any, browser: HeadlessBrowser) -> 
     assert panel["widgets"] > 5 and "Plot" in panel["buttons"], panel["buttons"]
     assert cell_with(facts, "history_figure(")["images_decoded"] == 1
     assert station_rows(cell_with(facts, "latest_status(engine)", exact=True)) == STATIONS
-    nb.page.locator(".jp-OutputArea button.jupyter-button", has_text="Plot").click()
+    nb.output("HistoryPanel(").locator("button.jupyter-button", has_text="Plot").click()
     nb.wait_for("() => Array.from(document.querySelectorAll('.jp-OutputArea .jupyter-widgets img'))"
                 ".some(i => i.complete && i.naturalWidth > 0)", timeout=60, what="the panel's plot")
     panel = cell_with(nb.facts(), "HistoryPanel(")
