@@ -1,7 +1,9 @@
 """The index's tables (SQLAlchemy 2.0 typed ORM), the same on SQLite, PostgreSQL and TimescaleDB.
 
 Time-series tables (``capture_metrics``, ``interval_metrics``, ``availability``) have the time column in their primary
-key, so they can become TimescaleDB hypertables (every unique key must include the time column).
+key, so they can become TimescaleDB hypertables (every unique key must include the time column).  The two
+metric tables' keys are (station_id, time, session_id): the one btree that serves per-station time
+ranges and keeps rows unique (plus one on session_id for deleting and re-indexing a session).
 Times are ``timestamptz`` on PostgreSQL and UTC everywhere.
 """
 
@@ -9,13 +11,20 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, PrimaryKeyConstraint, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 #: 2: the metric columns of issue 12 (C/N0, noise bandwidth, passband and its source, passband_filled,
 #: AGC gain range and flag), added to an existing database by ``init_db`` (``sdrlab db upgrade``)
 #: 3: the interval_metrics table (the metric time series of issue 13), created by ``init_db``
-SCHEMA_VERSION = 3
+#: 4: the metric tables' primary keys (station_id, time, session_id) instead of (time, station_id,
+#: session_id) plus an index (station_id, time), which they replace (index ingest, issue 13); rebuilt
+#: in place by ``init_db`` on plain PostgreSQL, kept as they are on SQLite and TimescaleDB
+SCHEMA_VERSION = 4
+
+#: the primary key of the metric tables (schema 4), and what it was before (schemas 1-3)
+METRIC_KEY = ("station_id", "time", "session_id")
+OLD_METRIC_KEY = ("time", "station_id", "session_id")
 
 
 class Base(DeclarativeBase):
@@ -85,9 +94,9 @@ class MetricRow(Base):
     """Capture metrics as a time series (time = the capture's GPS-derived UTC start)."""
 
     __tablename__ = "capture_metrics"
-    time: Mapped[datetime] = mapped_column(primary_key=True)
-    station_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    time: Mapped[datetime] = mapped_column()
+    station_id: Mapped[str] = mapped_column(String(64))
+    session_id: Mapped[str] = mapped_column(String(64))
     frequency_hz: Mapped[float] = mapped_column(Float)
     snr_db: Mapped[float | None] = mapped_column(Float, nullable=True)
     noise_floor_dbfs_hz: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -108,7 +117,7 @@ class MetricRow(Base):
     agc_gain_range_db: Mapped[float | None] = mapped_column(Float, nullable=True)
     agc_gain_changed: Mapped[float | None] = mapped_column(Float, nullable=True)
 
-    __table_args__ = (Index("ix_metrics_station_time", "station_id", "time"),
+    __table_args__ = (PrimaryKeyConstraint(*METRIC_KEY, name="capture_metrics_pkey"),
                       Index("ix_metrics_session", "session_id"))
 
 
@@ -118,9 +127,9 @@ class IntervalMetricRow(Base):
     the station's GPS time base).  A hypertable on TimescaleDB."""
 
     __tablename__ = "interval_metrics"
-    time: Mapped[datetime] = mapped_column(primary_key=True)
-    station_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    time: Mapped[datetime] = mapped_column()
+    station_id: Mapped[str] = mapped_column(String(64))
+    session_id: Mapped[str] = mapped_column(String(64))
     interval_s: Mapped[float] = mapped_column(Float)
     samples: Mapped[int] = mapped_column(Integer)
     frequency_hz: Mapped[float] = mapped_column(Float)
@@ -142,7 +151,7 @@ class IntervalMetricRow(Base):
     agc_gain_range_db: Mapped[float | None] = mapped_column(Float, nullable=True)
     agc_gain_changed: Mapped[float | None] = mapped_column(Float, nullable=True)
 
-    __table_args__ = (Index("ix_interval_station_time", "station_id", "time"),
+    __table_args__ = (PrimaryKeyConstraint(*METRIC_KEY, name="interval_metrics_pkey"),
                       Index("ix_interval_session", "session_id"))
 
 

@@ -199,7 +199,7 @@ def find_captures(
         params[f"th{i}"] = threshold
     sql = ("select m.time, m.station_id, m.session_id, m.frequency_hz, m.snr_db, c.store_key, c.status "
            "from capture_metrics m join captures c on c.session_id = m.session_id and c.station_id = m.station_id"
-           + (" where " + " and ".join(clauses) if clauses else "") + " order by m.time, m.station_id")
+           + (" where " + " and ".join(clauses) if clauses else "") + " order by m.time, m.station_id, m.session_id")
     with engine.connect() as c:
         df = pd.read_sql_query(text(sql), c, params=params)
     df["time"] = pd.to_datetime(df["time"], utc=True).dt.tz_convert(None)

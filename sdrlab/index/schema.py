@@ -3,7 +3,10 @@ TimescaleDB when the extension is available, plain PostgreSQL otherwise.  Idempo
 again changes nothing (``sdrlab db init`` / ``upgrade``).  Upgrades: tables a newer schema adds are
 created, and metric columns it adds to ``capture_metrics`` / ``metric_hourly`` are added in place
 (``ALTER TABLE ... ADD COLUMN``: NULL in the rows already there, count 0 in the rollup, which is
-what rebuilding the rollup from those rows would give)."""
+what rebuilding the rollup from those rows would give).  On plain PostgreSQL the metric tables' primary
+keys of schemas 1-3 (time, station_id, session_id) are rebuilt as (station_id, time, session_id) and
+their (station_id, time) indexes dropped (schema 4; ``_rekey``); SQLite and TimescaleDB databases
+keep the old keys, which give the same answers."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect
 
 from ..errors import IndexStoreError
 from ..redact import mask_url
-from .models import SCHEMA_VERSION, Base, MetricHourlyRow, MetricRow, SchemaVersion
+from .models import METRIC_KEY, OLD_METRIC_KEY, SCHEMA_VERSION, Base, MetricHourlyRow, MetricRow, SchemaVersion
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +117,7 @@ def init_db(engine: Engine, *, retention_days: int = 365) -> str:
             if kind == "timescaledb":
                 _timescale(c, retention_days)
             elif kind == "postgresql":
+                _rekey(c, where)
                 # plain PostgreSQL: BRIN on time (cheap, append-ordered data) + the btree indexes
                 c.execute(text("create index if not exists ix_metrics_time_brin on capture_metrics "
                                "using brin (time) with (pages_per_range = 32)"))
@@ -155,6 +159,42 @@ def _add_columns(c: Connection) -> list[str]:
             c.execute(text(ddl))
             added.append(f"{table.name}.{col.name}")
     return added
+
+
+#: the metric tables whose primary key schema 4 reorders, with the (station_id, time) index the
+#: reordered key replaces
+REKEYED = {"capture_metrics": "ix_metrics_station_time", "interval_metrics": "ix_interval_station_time"}
+#: the longest a key rebuild may take (init_db runs before writes: a table too big for it keeps its
+#: old key rather than hold every write for the whole statement timeout, again at each init_db)
+REKEY_TIMEOUT_S = 120.0
+
+
+def _rekey(c: Connection, where: str) -> None:
+    """Plain PostgreSQL: rebuild a metric table's primary key (time, station_id, session_id) of
+    schemas 1-3 as (station_id, time, session_id) and drop its (station_id, time) index, which the
+    new key serves (one btree less to maintain on every insert).  Each table in a savepoint, waiting
+    for its lock at most the engine's lock timeout and rebuilding for at most REKEY_TIMEOUT_S: if
+    that fails (the table busy, or too big), the old key and index stay, which give the same
+    answers, with a warning, and the next ``init_db`` tries again."""
+    for table, index in REKEYED.items():
+        pk = inspect(c).get_pk_constraint(table)
+        if tuple(pk["constrained_columns"]) != OLD_METRIC_KEY:
+            continue
+        name = pk["name"]
+        try:
+            with c.begin_nested():
+                limit = c.execute(text("select current_setting('statement_timeout')")).scalar_one()
+                c.execute(text(f"set local statement_timeout = {int(REKEY_TIMEOUT_S * 1000)}"))
+                c.execute(text(f'alter table {table} drop constraint "{name}", '
+                               f"add constraint {table}_pkey primary key ({', '.join(METRIC_KEY)})"))
+                c.execute(text(f"drop index if exists {index}"))
+                c.execute(text("select set_config('statement_timeout', :v, true)"), {"v": limit})
+        except Exception as exc:
+            log.warning("index at %s: %s keeps its schema-3 primary key (%s) and index %s (same answers, "
+                        "slower ingest): %s: %s", where, table, ", ".join(OLD_METRIC_KEY), index,
+                        type(exc).__name__, str(exc).splitlines()[0][:200])
+            continue
+        log.info("index at %s upgraded: %s primary key (%s), %s dropped", where, table, ", ".join(METRIC_KEY), index)
 
 
 def _timescale(c: Any, retention_days: int) -> None:

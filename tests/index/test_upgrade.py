@@ -1,6 +1,9 @@
 """``sdrlab db upgrade`` on an index made before schema 2 (the metric columns of issue 12), on
 SQLite and a real PostgreSQL: the columns are added in place, old rows and rollups are kept, new
-sessions index every metric, and the rollup stays what a rebuild gives."""
+sessions index every metric, and the rollup stays what a rebuild gives.  And on an index made
+before schema 4 (the metric tables keyed (time, station_id, session_id) with an index (station_id,
+time)): PostgreSQL rebuilds the keys as (station_id, time, session_id) and drops the index, safely
+(a table it cannot lock keeps its old key), SQLite keeps them; the answers are the same."""
 
 from __future__ import annotations
 
@@ -9,13 +12,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from sqlalchemy import Engine, func, insert, inspect, select, text
+from sqlalchemy import Column, Engine, Index, MetaData, Table, func, insert, inspect, select, text
 
 from sdrlab import testing
 from sdrlab.cli import main
-from sdrlab.index import index_session, init_db
+from sdrlab.index import delete_session, find_captures, index_session, init_db, make_engine, metric_over_time
 from sdrlab.index.ingest import rebuild_rollup
-from sdrlab.index.models import METRIC_COLUMNS, SCHEMA_VERSION, MetricHourlyRow, MetricRow, SchemaVersion
+from sdrlab.index.models import (
+    METRIC_COLUMNS, METRIC_KEY, OLD_METRIC_KEY, SCHEMA_VERSION, Base, IntervalMetricRow, MetricHourlyRow, MetricRow,
+    SchemaVersion,
+)
 from sdrlab.metrics import UNITS
 
 #: the columns schema 2 added
@@ -58,7 +64,7 @@ def _hourly(engine: Engine) -> pd.DataFrame:
 def test_every_metric_has_a_column() -> None:
     # every per-capture metric is indexed except the S-meter extremes (the mean stands for them)
     assert set(METRIC_COLUMNS) == set(UNITS) - {"rssi_min_dbm", "rssi_max_dbm"}
-    assert set(NEW) <= set(METRIC_COLUMNS) and SCHEMA_VERSION == 3
+    assert set(NEW) <= set(METRIC_COLUMNS) and SCHEMA_VERSION == 4
     # the metric time series (schema 3) has every metric too
     from sdrlab.index.models import IntervalMetricRow
 
@@ -124,3 +130,115 @@ def test_db_upgrade_adds_the_new_metric_columns(engine: Engine, monkeypatch: pyt
     pd.testing.assert_frame_equal(_hourly(engine), before[2])
     with engine.connect() as c:
         assert c.execute(select(func.count()).select_from(MetricRow)).scalar() == 4
+
+
+#: the metric tables and the (station_id, time) index each had until schema 4
+OLD_INDEXES = {"capture_metrics": "ix_metrics_station_time", "interval_metrics": "ix_interval_station_time"}
+
+
+def _to_schema_3(engine: Engine) -> None:
+    """Make a fresh (empty) index look like one set up by schema 3: the metric tables re-created as
+    they were, keyed (time, station_id, session_id) (their first three columns) with an index
+    (station_id, time), version 3."""
+    old = MetaData()
+    for table, index in OLD_INDEXES.items():
+        now = Base.metadata.tables[table]
+        assert tuple(now.columns.keys())[:3] == OLD_METRIC_KEY
+        session_index = next(str(i.name) for i in now.indexes if list(i.columns.keys()) == ["session_id"])
+        Table(table, old, *[Column(c.name, c.type, primary_key=c.name in OLD_METRIC_KEY, nullable=c.nullable)
+                            for c in now.columns],
+              Index(index, "station_id", "time"), Index(session_index, "session_id"))
+    with engine.begin() as c:
+        for table in OLD_INDEXES:
+            c.execute(text(f"drop table {table}"))
+        old.create_all(c)
+        c.execute(text("delete from sdrlab_schema"))
+        c.execute(text("insert into sdrlab_schema (version, backend, applied_at) "
+                       "values (3, 'old', '2026-11-30 00:00:00')"))
+
+
+def _layout(engine: Engine) -> dict[str, tuple[tuple[str, ...], set[str]]]:
+    """Per metric table: (its primary key's columns in order, the names of its other indexes)."""
+    with engine.connect() as c:
+        insp = inspect(c)
+        return {t: (tuple(insp.get_pk_constraint(t)["constrained_columns"]),
+                    {str(i["name"]) for i in insp.get_indexes(t)}) for t in OLD_INDEXES}
+
+
+def _answers(engine: Engine) -> list[pd.DataFrame]:
+    """What the queries say about the index's rows (both sources, rollup and raw, a station filter)."""
+    out = []
+    for source in ("captures", "intervals"):
+        for kw in ({}, {"bucket_s": 60}, {"stations": ["syn0"], "bucket_s": 1}):
+            out.append(metric_over_time(engine, "snr_db", source=source, **kw))
+    out.append(metric_over_time(engine, "snr_db", bucket_s=3600, _raw=True))
+    out.append(find_captures(engine, min_metrics={"snr_db": -100.0}))
+    return out
+
+
+def test_a_new_index_is_keyed_by_station_then_time(engine: Engine) -> None:
+    assert METRIC_KEY == ("station_id", "time", "session_id")
+    for table, (key, indexes) in _layout(engine).items():
+        assert key == METRIC_KEY, table
+        assert OLD_INDEXES[table] not in indexes  # the key serves (station_id, time)
+        assert any("session" in i for i in indexes)  # delete / re-index of a session
+    assert tuple(c.name for c in IntervalMetricRow.__table__.primary_key.columns) == METRIC_KEY
+
+
+def test_db_upgrade_rekeys_the_metric_tables(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    kind = engine.dialect.name
+    _to_schema_3(engine)
+    old_layout = {t: (OLD_METRIC_KEY, {i}) for t, i in OLD_INDEXES.items()}
+    assert {t: (k, ix & {OLD_INDEXES[t]}) for t, (k, ix) in _layout(engine).items()} == old_layout
+    for i, sid in enumerate(("20261101T060000Z-aaaaaa", "20261101T061000Z-bbbbbb", "20261101T062000Z-cccccc")):
+        index_session(engine, _session(sid, seed=10 + i), f"file:///old/{sid}")
+    with engine.connect() as c:
+        n_intervals = c.execute(select(func.count()).select_from(IntervalMetricRow)).scalar()
+    assert n_intervals == 6  # the sessions' interval rows are there too (one 10 s interval each)
+    before = _answers(engine)
+
+    if kind == "postgresql":  # a table another transaction holds: it keeps its key, nothing fails
+        url = engine.url.render_as_string(hide_password=False)
+        impatient = make_engine(url, lock_timeout_s=0.3)
+        with engine.connect() as reader:
+            reader.execute(text("select count(*) from capture_metrics"))  # holds its lock until rollback
+            assert init_db(impatient) == "postgresql"
+            layout = _layout(impatient)
+            reader.rollback()
+        impatient.dispose()
+        assert layout["capture_metrics"] == (OLD_METRIC_KEY, layout["capture_metrics"][1])
+        assert OLD_INDEXES["capture_metrics"] in layout["capture_metrics"][1]
+        assert layout["interval_metrics"][0] == METRIC_KEY  # not held: rebuilt
+
+    monkeypatch.setenv("SDRLAB_DB", engine.url.render_as_string(hide_password=False))
+    assert main(["db", "upgrade"]) == 0
+    after = _layout(engine)
+    for table, (key, indexes) in after.items():
+        if kind == "postgresql":
+            assert key == METRIC_KEY and OLD_INDEXES[table] not in indexes, table
+        else:  # SQLite: kept as it was (a key is rebuilt only with the table)
+            assert key == OLD_METRIC_KEY and OLD_INDEXES[table] in indexes, table
+    with engine.connect() as c:
+        assert c.execute(select(func.max(SchemaVersion.version))).scalar() == SCHEMA_VERSION
+    for got, want in zip(_answers(engine), before):  # the same answers from the same rows
+        pd.testing.assert_frame_equal(got, want)
+
+    # and the index keeps working: re-index (replace), a new session, a delete; the rollup exact
+    index_session(engine, _session("20261101T061000Z-bbbbbb", seed=11), "file:///old/20261101T061000Z-bbbbbb")
+    for got, want in zip(_answers(engine), before):
+        pd.testing.assert_frame_equal(got, want)
+    index_session(engine, _session("20261101T063000Z-dddddd", seed=13), "file:///new")
+    delete_session(engine, "20261101T060000Z-aaaaaa")
+    with engine.connect() as c:
+        per_session = dict(c.execute(select(MetricRow.session_id, func.count()).group_by(MetricRow.session_id)).all())
+        intervals = set(c.execute(select(IntervalMetricRow.session_id).distinct()).scalars())
+    assert per_session == {"20261101T061000Z-bbbbbb": 2, "20261101T062000Z-cccccc": 2, "20261101T063000Z-dddddd": 2}
+    assert intervals == set(per_session)
+    incremental = _hourly(engine)
+    with engine.begin() as c:
+        rebuild_rollup(c)
+    pd.testing.assert_frame_equal(incremental, _hourly(engine), check_exact=False, rtol=1e-9)
+
+    # idempotent
+    init_db(engine)
+    assert _layout(engine) == after
