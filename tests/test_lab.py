@@ -274,20 +274,22 @@ def test_make_lab_serves_the_notebooks_on_loopback_and_prints_its_url(tmp_path: 
     printed with a token that the server requires, and the notebooks' store and index those of
     ``make demo`` (the checkout's ./sdrlab-data) when SDRLAB_STORE / SDRLAB_DB are not set."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SDRLAB_", "JUPYTER"))}
+    # not a sub-make of a running `make test` (no MAKEFLAGS / MAKELEVEL, no directory lines)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SDRLAB_", "JUPYTER", "MAKE", "MFLAGS"))}
     env.update({"JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "JUPYTER_DATA_DIR": str(tmp_path / "data"),
                 "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_PLATFORM_DIRS": "1"})
-    cmd = ["make", "-s", "-o", ".venv/.installed-stamp", "lab", f"LAB_PORT={port}", f"PY={sys.executable}",
+    cmd = ["make", "-s", "--no-print-directory", "-o", ".venv/.installed-stamp", "lab", f"LAB_PORT={port}", f"PY={sys.executable}",
            "LAB_ARGS=--ServerApp.terminals_enabled=False --LabApp.extension_manager=readonly"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True, text=True)
     try:
         assert proc.stdout is not None
-        printed = [proc.stdout.readline(), proc.stdout.readline()]
+        printed = [proc.stdout.readline() for _ in range(2)]
         found = re.search(rf"make lab: open (http://127\.0\.0\.1:{port}/lab\?token=([0-9a-f]{{32,}}))\n", printed[1])
         assert found, printed
         url, token = found.groups()
-        assert "./sdrlab-data" in printed[0], printed
+        assert printed[0].startswith("make lab: ") and "./sdrlab-data" in printed[0], printed
         deadline = time.monotonic() + 90
         while _status(f"http://127.0.0.1:{port}/api/status?token={token}") != 200:
             assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else "no answer"
