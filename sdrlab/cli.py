@@ -95,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
     acq.add_argument("--scheduler", metavar="ADDR", help="dask scheduler address (default: a LocalCluster)")
     acq.add_argument("--no-progress", action="store_true")
 
+    mon = sub.add_parser("monitor", help="run a monitoring campaign (YAML: stations, frequencies, schedule) "
+                                         "until its end or SIGINT/SIGTERM; a restart resumes it")
+    mon.add_argument("spec", metavar="SPEC.yaml")
+    mon.add_argument("--catalog", metavar="TOML", help="station catalogue (default: SDRLAB_CATALOG or built-in)")
+    mon.add_argument("--scheduler", metavar="ADDR", help="dask scheduler address (default: a LocalCluster)")
+
     demo = sub.add_parser("demo", help="simulate demo7, acquire all seven, store the session, print the table")
     demo.add_argument("--duration", type=_duration, default=5.0, metavar="S")
     demo.add_argument("--out", metavar="PATH", help="store directory (default: ./sdrlab-data)")
@@ -352,6 +358,36 @@ def _cmd_acquire(a: argparse.Namespace) -> int:
     rc = _save_or_rescue(session)  # non-zero if no station delivered data or the store failed
     print_session(session)
     return rc
+
+
+def _cmd_monitor(a: argparse.Namespace) -> int:
+    from .config import Settings
+    from .monitor import load_campaign, monitor
+
+    campaign = load_campaign(a.spec)
+    settings = Settings.from_env(catalog=a.catalog, scheduler=a.scheduler)
+    store = _store()
+    store.health()  # a bad or unreachable store is named before the campaign starts
+    catalog = settings.catalog_obj()
+    for sid in campaign.stations:  # unknown ids are named before the campaign starts
+        catalog.get(sid)
+    n = campaign.n_slots()
+    print(f"campaign {campaign.id}: {len(campaign.stations)} station(s), {len(campaign.frequencies_hz)} "
+          f"frequency(ies), {campaign.duration_s:g} s every {campaign.period_s:g} s, "
+          f"{f'{n} slot(s)' if n is not None else 'until stopped'}; store {store.where}", flush=True)
+
+    def line(session: Any) -> None:
+        attrs = session.dataset.attrs if session.dataset is not None else {}
+        print(f"slot {attrs.get('campaign_slot', '?')} {session.frequency_hz:.0f} Hz: {session.session_id} "
+              f"{len(session.ok)} ok, {len(session.failed)} failed"
+              + (f"; not stored ({session.store_error})" if session.store_error else "")
+              + (f"; not indexed ({session.index_error})" if session.index_error else ""), flush=True)
+
+    with _stop_on_signals() as stop:
+        report = monitor(campaign, settings=settings, catalog=catalog, store=store, stop=stop, on_session=line)
+    print(f"campaign {campaign.id}: {len(report.sessions)} session(s) acquired, {len(report.skipped)} already "
+          f"stored (resumed), {len(report.missed)} slot(s) missed{'; stopped' if report.stopped else ''}")
+    return 0 if all(s.store_error is None for s in report.sessions) else 1
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
@@ -701,6 +737,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sim": _cmd_sim_serve,
         "acquire": _cmd_acquire,
         "demo": _cmd_demo,
+        "monitor": _cmd_monitor,
         "stations": _cmd_stations,
         "sessions": _cmd_sessions,
         "store": _cmd_store,

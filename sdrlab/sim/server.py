@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import math
 import re
 import signal
 import sys
@@ -124,6 +125,13 @@ class SimServer:
         """The simulated receivers' GPS clock now (ns): the host's at speed 1, ``speed`` times
         faster from the server's start otherwise."""
         return self._core.clock_ns()
+
+    def advance(self, seconds: float) -> None:
+        """Move the simulated receivers' clock ``seconds`` forward at once: a campaign's hours
+        between sessions pass in no time (tests, demos); never while streams run."""
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise ValueError(f"advance by a finite, non-negative number of seconds, got {seconds!r}")
+        self._core.advance(seconds)
 
     @property
     def t_ref_gps_ns(self) -> int:

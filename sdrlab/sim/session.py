@@ -123,6 +123,14 @@ class SimCore:
             return gps_now_ns()
         return gps + round((time.monotonic() - mono) * self.speed * NS)
 
+    def advance(self, seconds: float) -> None:
+        """Move the receivers' clock ``seconds`` forward at once (time passing between
+        sessions of a simulated campaign; streams already running keep their own time base)."""
+        gps, mono = self.clock_anchor
+        if not gps:
+            gps, mono = gps_now_ns(), time.monotonic()
+        self.clock_anchor = (gps + round(seconds * NS), mono)
+
     def spawn(self, coro: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run a coroutine function in a task that is kept alive until done."""
         task = asyncio.get_running_loop().create_task(coro())
