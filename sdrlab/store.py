@@ -459,14 +459,15 @@ class Store:
         n = len(prefix) + 1
         return sorted(k[n:] for k in self._keys(prefix) if k.startswith(prefix + "/"))
 
-    def missing_objects(self, session_id: str, summary: dict[str, Any] | None = None) -> list[str]:
+    def missing_objects(self, session_id: str, summary: dict[str, Any] | None = None,
+                        present: list[str] | None = None) -> list[str]:
         """Objects the commit record lists that are not in the store (a damaged session); empty
         for a session committed before records listed their objects."""
         listed = (summary if summary is not None else self.summary(session_id)).get("objects")
         if not listed:
             return []
-        present = set(self._relative_keys(session_id))
-        return [k for k in listed if k not in present]
+        found = set(present if present is not None else self._relative_keys(session_id))
+        return [k for k in listed if k not in found]
 
     def open(self, session_id: str) -> xr.Dataset:
         """A committed session, lazily: IQ dask-backed with the chunks as stored (one station
@@ -476,14 +477,20 @@ class Store:
         check_session_id(session_id)
 
         def run() -> xr.Dataset:
-            summary = self.summary(session_id)  # "no committed session" when there is no record
-            gone = self.missing_objects(session_id, summary)
-            if gone:
-                raise StorageError(f"session {session_id} in {self.where} is damaged: {len(gone)} object(s) "
-                                   f"missing ({', '.join(gone[:5])}{', ...' if len(gone) > 5 else ''}); "
-                                   "run `sdrlab store fsck`")
-            if summary.get("layout") == LAYOUT_PACKED:
-                return self._open_packed(session_id)
+            # record, references (a packed session's; absent otherwise) and object list at once:
+            # three round trips in the time of one
+            with ThreadPoolExecutor(3, thread_name_prefix="sdrlab-store-open") as pool:
+                record = pool.submit(self._read_record, session_id)
+                refs = pool.submit(self.fs.cat, self._path(SESSIONS, session_id, REFS))
+                present = pool.submit(self._relative_keys, session_id)
+                summary = record.result()  # "no committed session" when there is no record
+                gone = self.missing_objects(session_id, summary, present.result())
+                if gone:
+                    raise StorageError(f"session {session_id} in {self.where} is damaged: {len(gone)} object(s) "
+                                       f"missing ({', '.join(gone[:5])}{', ...' if len(gone) > 5 else ''}); "
+                                       "run `sdrlab store fsck`")
+                if summary.get("layout") == LAYOUT_PACKED:
+                    return self._open_packed(session_id, refs.result())
             with _quiet_consolidation():
                 ds: xr.Dataset = xr.open_zarr(self._zarr_url(session_id), consolidated=model.CONSOLIDATED,
                                               zarr_format=model.ZARR_FORMAT, storage_options=self._zarr_options())
@@ -491,18 +498,18 @@ class Store:
 
         return self._do(f"opening session {session_id}", run)
 
-    def _references(self, session_id: str) -> dict[str, Any]:
+    def _references(self, session_id: str, raw: bytes | None = None) -> dict[str, Any]:
         """A packed session's kerchunk references, pointing at where the session is now."""
-        refs: dict[str, Any] = json.loads(self.fs.cat(self._path(SESSIONS, session_id, REFS)))
+        refs: dict[str, Any] = json.loads(raw if raw is not None else self.fs.cat(self._path(SESSIONS, session_id, REFS)))
         refs["templates"] = {"u": f"{self.protocol}://{self._path(SESSIONS, session_id)}"}
         return refs
 
-    def _zarr_store(self, session_id: str) -> Any:
+    def _zarr_store(self, session_id: str, raw_refs: bytes | None = None) -> Any:
         """The zarr store of a packed session: fsspec's ReferenceFileSystem over the pack."""
         import zarr
         from fsspec.implementations.reference import ReferenceFileSystem
 
-        refs = self._references(session_id)
+        refs = self._references(session_id, raw_refs)
         rfs = ReferenceFileSystem(refs, fs=self._target_fs(), asynchronous=True)
         return zarr.storage.FsspecStore(rfs, read_only=True, path="")
 
@@ -521,10 +528,10 @@ class Store:
                 self._async_fs = AsyncFileSystemWrapper(fsspec.filesystem("file"), asynchronous=True)
         return self._async_fs
 
-    def _open_packed(self, session_id: str) -> xr.Dataset:
+    def _open_packed(self, session_id: str, raw_refs: bytes | None = None) -> xr.Dataset:
         from zarr.core.sync import sync
 
-        store = self._zarr_store(session_id)
+        store = self._zarr_store(session_id, raw_refs)
         with _quiet_consolidation():
             lazy = xr.open_zarr(store, consolidated=model.CONSOLIDATED, zarr_format=model.ZARR_FORMAT, chunks=None)
         refs = store.fs.references
@@ -546,20 +553,19 @@ class Store:
 
     def summary(self, session_id: str) -> dict[str, Any]:
         check_session_id(session_id)
+        return self._do(f"reading session {session_id}", lambda: self._read_record(session_id))
 
-        def run() -> dict[str, Any]:
-            try:
-                raw = self.fs.cat(self._commit_key(session_id))
-            except FileNotFoundError:
-                raise StorageError(f"no committed session {session_id!r} in {self.where}") from None
-            try:
-                out: dict[str, Any] = json.loads(raw)
-            except ValueError:
-                raise StorageError(f"the commit record of {session_id} in {self.where} is unreadable "
-                                   "(run `sdrlab store fsck`)") from None
-            return out
-
-        return self._do(f"reading session {session_id}", run)
+    def _read_record(self, session_id: str) -> dict[str, Any]:
+        try:
+            raw = self.fs.cat(self._commit_key(session_id))
+        except FileNotFoundError:
+            raise StorageError(f"no committed session {session_id!r} in {self.where}") from None
+        try:
+            out: dict[str, Any] = json.loads(raw)
+        except ValueError:
+            raise StorageError(f"the commit record of {session_id} in {self.where} is unreadable "
+                               "(run `sdrlab store fsck`)") from None
+        return out
 
     def _session_dirs(self) -> list[str]:
         """Session ids that have objects (S3 servers may keep empty directory entries)."""
