@@ -1,16 +1,21 @@
 """Write and read throughput of a session on the S3 server, against raw s3fs put/get of the same
-bytes measured in the same run; object count per session; the same on a local directory.
+bytes measured in the same run; object count per session; the same on a local directory; and the
+time to list a store of 1,000 sessions (S3 and local).
 
-    python benchmarks/store.py [--stations 7] [--duration 60] [--repeat 3]
+    python benchmarks/store.py [--stations 7] [--duration 60] [--repeat 3] [--sessions 1000]
 
 A SeaweedFS S3 server is started on loopback (as the tests do).  The raw baseline moves the
 session's IQ bytes (int16, as stored before compression) as one object with ``fs.pipe`` /
-``fs.cat``; the session write is the whole commit (zarr data, then the commit record).
+``fs.cat``; the session write is the whole commit (zarr data, then the commit record); the read
+is ``Store.open`` plus loading every variable.  For the listing, one tiny session is written with
+``Store.write`` and its objects copied under the other ids (commit record's id changed), so each
+listed session is complete and opens; ``Store.sessions()`` is then timed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -35,16 +40,43 @@ def best(fn: Callable[[], Any], repeat: int) -> float:
     return min(times)
 
 
+def fill(store: Store, n: int) -> None:
+    """``n`` committed sessions: one tiny session written, its objects copied under other ids."""
+    tiny = testing.synthetic_dataset(n_stations=1, duration_s=0.5, seed=5)
+    first = tiny.attrs["session_id"] = "20261201T000000Z-000000"
+    store.write(tiny)
+    fs = store.fs
+    prefix = f"{store.root}/sessions/{first}"
+    data = {k[len(prefix) + 1:]: fs.cat(k) for k in fs.find(prefix)}
+    record = json.loads(fs.cat(store._commit_key(first)))
+    batch: dict[str, bytes] = {}
+    for i in range(1, n):
+        sid = record["session_id"] = f"20261201T{i // 3600:02d}{i // 60 % 60:02d}{i % 60:02d}Z-{i:06x}"
+        batch.update({f"{store.root}/sessions/{sid}/{k}": v for k, v in data.items()})
+        batch[store._commit_key(sid)] = json.dumps(record).encode()
+        if len(batch) >= 2000 or i == n - 1:
+            fs.pipe(batch)
+            batch = {}
+
+
+def listing(store: Store, n: int, repeat: int) -> float:
+    fill(store, n)
+    assert len(store.sessions()) == n
+    return best(store.sessions, repeat)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stations", type=int, default=7)
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--sessions", type=int, default=1000, help="sessions in the store for the listing")
     a = ap.parse_args()
     ds = testing.synthetic_dataset(n_stations=a.stations, duration_s=a.duration, seed=1)
     raw = ds["iq"].values.tobytes()
     mb = len(raw) / 1e6
-    print(f"session: {a.stations} stations x {a.duration:g} s, IQ {mb:.1f} MB raw int16; best of {a.repeat}")
+    print(f"session: {a.stations} stations x {a.duration:g} s, IQ {mb:.1f} MB raw int16; best of {a.repeat}; "
+          "load average %.2f %.2f %.2f" % os.getloadavg())
     srv = SeaweedS3().start()
     try:
         store = Store("s3://sdrlab-bench/lab", srv.storage_options)
@@ -88,9 +120,14 @@ def main() -> int:
 
             t_lw = best(lwrite, a.repeat)
             print(f"local write    {t_lw * 1e3:8.1f} ms  {mb / t_lw:7.1f} MB/s")
+            t_list_local = listing(Store(f"file://{d}/many"), a.sessions, a.repeat)
+        t_list_s3 = listing(Store("s3://sdrlab-bench/many", srv.storage_options), a.sessions, a.repeat)
+        print(f"list {a.sessions} sessions: S3 {t_list_s3 * 1e3:.0f} ms, local {t_list_local * 1e3:.0f} ms (aim < 1000 ms)")
         print(f"RESULT s3_write_ratio={t_put / t_write:.2f} s3_read_ratio={t_get / t_read:.2f} "
-              f"write_ms={t_write * 1e3:.0f} read_ms={t_read * 1e3:.0f} objects={n_obj} target_write_ratio>=0.8 "
-              f"met={t_put / t_write >= 0.8}")
+              f"write_ms={t_write * 1e3:.0f} read_ms={t_read * 1e3:.0f} objects={n_obj} "
+              f"list_s3_ms={t_list_s3 * 1e3:.0f} list_local_ms={t_list_local * 1e3:.0f} "
+              f"met={t_put / t_write >= 0.8 and t_get / t_read >= 0.5 and max(t_list_s3, t_list_local) < 1.0} "
+              f"(write >= 0.8, read >= 0.5, listing < 1 s); load average %.2f %.2f %.2f" % os.getloadavg())
     finally:
         srv.cleanup()
     return 0
