@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from matplotlib.collections import LineCollection, PolyCollection
+from matplotlib.collections import LineCollection, PathCollection
 from matplotlib.path import Path
 from matplotlib.transforms import Bbox
 
@@ -165,7 +165,10 @@ def draw_background(ax: Any, *, land: bool = True, resolution: Resolution | None
             cut = clip_polygon(shores.shape(k), *box)
             rings += cut
             colours += [LAND_FILL if shores.level[k] in LAND_LEVELS else WATER] * len(cut)
-        out[GID_LAND] = PolyCollection(rings, facecolors=colours, edgecolors="none", zorder=zorder - 0.1)
+        # a PathCollection, not a PolyCollection: a legend placed "best" then weighs the stations,
+        # not every ring of the coast (which took seconds)
+        out[GID_LAND] = PathCollection([Path(r) for r in rings], facecolors=colours, edgecolors="none",
+                                       zorder=zorder - 0.1)
     out[GID_COAST] = LineCollection([run for k in keep for run in clip_line(shores.shape(k), *box)],
                                     colors=COAST, linewidths=0.6, zorder=zorder)
     out[GID_BORDERS] = LineCollection(

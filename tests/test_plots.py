@@ -1,6 +1,7 @@
 """The maps of sdrlab.plots show coastlines and borders (sdrlab.geomap), offline and headless.
 
-``python -m tests.test_plots`` writes the example pictures docs/station-map.png and docs/tdoa-map.png.
+``python -m tests.test_plots`` writes the example pictures docs/images/station-map.png and
+docs/images/tdoa-map.png.
 """
 
 from __future__ import annotations
@@ -132,4 +133,5 @@ def write_examples(folder: Path) -> None:
 
 
 if __name__ == "__main__":
-    write_examples(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "docs")
+    default = Path(__file__).resolve().parents[1] / "docs" / "images"
+    write_examples(Path(sys.argv[1]) if len(sys.argv) > 1 else default)
