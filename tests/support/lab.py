@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 ENV_TOKEN = "SDRLAB_LAB_TOKEN"
 
 #: JupyterLab user settings for tests: every cell in the DOM (no windowing, so a test sees all the
-#: outputs), no news or update checks (offline anyway), no autosave and no dialog on closing
+#: outputs), no news or update checks (offline anyway), no autosave (a test saves when it means to)
 LAB_SETTINGS: dict[str, dict[str, Any]] = {
     "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
     "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
@@ -108,7 +108,8 @@ def free_port() -> int:
 
 
 class JupyterLabServer:
-    """JupyterLab serving ``root_dir`` on 127.0.0.1 with a random token; a context manager.
+    """JupyterLab serving ``root_dir`` on 127.0.0.1 with a random token (``JUPYTER_TOKEN`` in its
+    environment); a context manager.
 
     ``env``: added to this process's environment for the server and its kernels (the ``SDRLAB_*``
     store and index settings, say); ``drop_env``: prefixes of variables not passed on (default:
@@ -130,6 +131,7 @@ class JupyterLabServer:
         base = {k: v for k, v in os.environ.items() if not k.startswith(drop_env)}
         self.env = {
             **base, **(env or {}), ENV_TOKEN: self.marker, "JUPYTER_PLATFORM_DIRS": "1",
+            "JUPYTER_TOKEN": self.token,  # in the environment: not on a command line other users can read
             "JUPYTER_CONFIG_DIR": str(self._dir / "config"), "JUPYTER_DATA_DIR": str(self._dir / "data"),
             "JUPYTER_RUNTIME_DIR": str(self._dir / "runtime"), "IPYTHONDIR": str(self._dir / "ipython"),
             "JUPYTERLAB_SETTINGS_DIR": str(self._dir / "lab-settings"),
@@ -197,7 +199,7 @@ class JupyterLabServer:
         """No terminals, no extension manager or update checks (nothing asks PyPI from the server)."""
         return [
             self.python, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={self.port}",
-            "--port-retries=0", f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root_dir}",
+            "--port-retries=0", f"--ServerApp.root_dir={self.root_dir}",
             "--ServerApp.terminals_enabled=False", "--LabApp.extension_manager=readonly",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
             *(["--allow-root"] if os.geteuid() == 0 else []),
