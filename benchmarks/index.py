@@ -12,7 +12,10 @@ checkout: fsync off, as the tests run it) and SQLite uses a temporary file.  On 
   timed once (COPY on PostgreSQL, executemany batches on SQLite), conversion from the DataFrame
   included.  Baseline: the first ``--naive-rows`` rows inserted one ``execute`` per row (a prebuilt
   ``insert(MetricRow)``) in one transaction into another fresh schema, conversion included,
-  extrapolated to rows/s.  Ratio = bulk rows/s / naive rows/s.
+  extrapolated to rows/s.  Ratio = bulk rows/s / naive rows/s.  Beside the wall time: the CPU
+  seconds the ingest used in this process (conversion, rollup deltas) and, on PostgreSQL, in the
+  server's processes (from /proc): on a shared machine the wall time is what the other jobs leave,
+  the CPU time is what the ingest costs.
 * query: ``metric_over_time(engine, "snr_db", bucket_s=3600)`` over all rows, and with one station
   and a 1-day range; best of ``--repeat`` after one untimed warm-up (PostgreSQL is ANALYZEd after
   the ingest).  Baseline: the same aggregation (hourly buckets, linear-power mean, count) in pandas
@@ -45,7 +48,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 import xarray as xr
-from sqlalchemy import Engine, func, insert, select, text
+from sqlalchemy import Engine, func, insert, inspect, select, text
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))  # tests.support, from a checkout
 
@@ -122,6 +125,32 @@ def synthetic_metrics(n: int, n_stations: int, seed: int = 1) -> pd.DataFrame:
         "frequency_hz": sess_freq[si],
         **{m: cols[m] for m in METRIC_COLUMNS},
     })
+
+
+def server_cpu_s(data_dir: str | None) -> float:
+    """CPU seconds (user + system) used so far by the PostgreSQL server whose data directory is
+    ``data_dir``: its postmaster, every process the postmaster started, and the children it has
+    reaped (from /proc; NaN where that cannot be read, or without a server)."""
+    if data_dir is None:
+        return float("nan")
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        with open(os.path.join(data_dir, "postmaster.pid")) as f:
+            postmaster = int(f.readline())
+        total = 0
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()  # from the state on (field 3)
+            except OSError:  # ended meanwhile
+                continue
+            if int(pid) == postmaster:
+                total += sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+            elif int(fields[1]) == postmaster:
+                total += int(fields[11]) + int(fields[12])
+        return total / tick
+    except (OSError, ValueError):
+        return float("nan")
 
 
 def best_ms(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
@@ -242,14 +271,19 @@ def bench_sessions(label: str, engine: Engine, df: pd.DataFrame, repeat: int) ->
 
 def bench_backend(label: str, engine: Engine, naive_engine: Engine, df: pd.DataFrame, n_naive: int,
                   repeat: int, filt: dict[str, Any], n_filt: int, pd_ms: dict[str, float],
-                  want: dict[str, pd.DataFrame]) -> dict[str, float]:
-    """Ingest, query and session figures of one backend: ingest rows/s, query / delete / index ms."""
+                  want: dict[str, pd.DataFrame], data_dir: str | None = None) -> dict[str, float]:
+    """Ingest, query and session figures of one backend: ingest rows/s and CPU s, query / delete /
+    index ms (``data_dir``: the PostgreSQL server's, for its CPU time)."""
     kind = init_db(engine)
     init_db(naive_engine)
+    with engine.connect() as c:
+        key = inspect(c).get_pk_constraint("capture_metrics")["constrained_columns"]
     n = len(df)
+    cpu0, srv0, load = time.process_time(), server_cpu_s(data_dir), os.getloadavg()
     t = time.perf_counter()
     bulk_insert_metrics(engine, df)
     t_bulk = time.perf_counter() - t
+    cpu, srv_cpu = time.process_time() - cpu0, server_cpu_s(data_dir) - srv0
     with engine.connect() as c:
         stored = c.execute(text("select count(*) from capture_metrics")).scalar_one()
     assert stored == n, f"{label}: {stored} rows stored, {n} inserted"
@@ -257,7 +291,9 @@ def bench_backend(label: str, engine: Engine, naive_engine: Engine, df: pd.DataF
     t_naive = naive_insert(naive_engine, sample)
     rate, naive_rate = n / t_bulk, len(sample) / t_naive
     print(f"{label:6s} ingest bulk    {n:>9,} rows {t_bulk:8.2f} s {rate:>10,.0f} rows/s  "
-          f"ratio to per-row INSERT {rate / naive_rate:.1f}  [{kind}, single run]")
+          f"ratio to per-row INSERT {rate / naive_rate:.1f}  [{kind}, single run, key ({', '.join(key)})]")
+    server = "" if np.isnan(srv_cpu) else f", server {srv_cpu:.2f} s ({n / srv_cpu:,.0f} rows per server CPU s)"
+    print(f"{label:6s} ingest CPU     client {cpu:.2f} s{server}; load average {load[0]:.2f} {load[1]:.2f}")
     print(f"{label:6s} ingest naive   {len(sample):>9,} rows {t_naive:8.2f} s {naive_rate:>10,.0f} rows/s  "
           f"(one execute per row, one transaction; extrapolated)")
     if kind != "sqlite":
@@ -283,7 +319,8 @@ def bench_backend(label: str, engine: Engine, naive_engine: Engine, df: pd.DataF
         print(f"{label:6s} query {what:9s}{n_sel:>9,} rows {q_r:8.1f} ms -> {len(got_r):>6,} buckets  "
               f"(raw rows, no rollup)")
     del_ms, idx_ms = bench_sessions(label, engine, df, repeat)
-    return {"rate": rate, "query_ms": q_all, "delete_ms": del_ms, "index_ms": idx_ms}
+    return {"rate": rate, "query_ms": q_all, "delete_ms": del_ms, "index_ms": idx_ms, "cpu_s": cpu,
+            "server_cpu_s": srv_cpu}
 
 
 def main() -> int:
@@ -329,12 +366,14 @@ def main() -> int:
         print(f"postgresql {version} on 127.0.0.1:{srv.port} (fsync off); sqlite {sqlite3.sqlite_version} "
               f"in {tmp.name}")
 
-        pg_r = bench_backend("pg", pg, pg_naive, df, a.naive_rows, a.repeat, filt, n_filt, pd_ms, want)
+        pg_r = bench_backend("pg", pg, pg_naive, df, a.naive_rows, a.repeat, filt, n_filt, pd_ms, want,
+                             str(srv.data_dir))
         lite_r = bench_backend("sqlite", lite, lite_naive, df, a.naive_rows, a.repeat, filt, n_filt, pd_ms,
                                want)
         ingest_ok, query_ok = pg_r["rate"] >= INGEST_TARGET, pg_r["query_ms"] < QUERY_TARGET_MS
         print(f"RESULT rows={len(df)} ingest_pg_rows_s={pg_r['rate']:.0f} "
-              f"ingest_sqlite_rows_s={lite_r['rate']:.0f} query_pg_ms={pg_r['query_ms']:.1f} "
+              f"ingest_sqlite_rows_s={lite_r['rate']:.0f} ingest_pg_client_cpu_s={pg_r['cpu_s']:.2f} "
+              f"ingest_pg_server_cpu_s={pg_r['server_cpu_s']:.2f} query_pg_ms={pg_r['query_ms']:.1f} "
               f"query_sqlite_ms={lite_r['query_ms']:.1f} delete_session_pg_ms={pg_r['delete_ms']:.1f} "
               f"delete_session_sqlite_ms={lite_r['delete_ms']:.1f} index_session_pg_ms={pg_r['index_ms']:.1f} "
               f"index_session_sqlite_ms={lite_r['index_ms']:.1f} "
