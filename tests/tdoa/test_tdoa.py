@@ -209,9 +209,10 @@ def test_bad_parameters_are_named_before_any_work(kw: dict, message: str) -> Non
         tdoa.tdoa(ds, **kw)
 
 
-def test_seven_stations_thirty_seconds_in_about_a_second(record_property) -> None:
-    """The README's figure: ``ds.sdr.tdoa()`` on a 7-station 30 s session (demo7 scene, same
-    synthesis path minus sockets), warm."""
+def test_seven_stations_thirty_seconds(record_property) -> None:
+    """``ds.sdr.tdoa()`` on a 7-station 30 s session (demo7 scene, same synthesis path minus
+    sockets): within the stated ellipse.  Its time is recorded, not asserted (speed targets live
+    in benchmarks, never in tests)."""
     from sdrlab.sim.networks import DEMO7_TX, demo7
 
     ds = ts.session(demo7(seed=7), duration_s=30.0, seed=7)
@@ -222,4 +223,4 @@ def test_seven_stations_thirty_seconds_in_about_a_second(record_property) -> Non
     record_property("tdoa_7x30s_s", dt)
     print(f"\n7 stations x 30 s: tdoa {dt:.2f} s, error {r.error_km() * 1e3:.1f} m")
     # demo7's receivers carry 8-45 us processing delays: kilometres, inside the stated ellipse
-    assert r.error_km() < 5.0 and r.contains((DEMO7_TX.latitude, DEMO7_TX.longitude)) and dt < 5.0
+    assert r.error_km() < 5.0 and r.contains((DEMO7_TX.latitude, DEMO7_TX.longitude))
