@@ -35,12 +35,14 @@ from tests.support.lab import JupyterLabServer, LabNotebook, copy_notebooks, fre
 ROOT = Path(__file__).resolve().parent.parent
 #: the simulated stations every notebook acquires from (the notebooks' default: demo7, seed 0)
 STATIONS = sorted(rx.id for rx in demo7(0).receivers)
+#: four of them around the transmitter for 04-tdoa (six pairs instead of 21: half its time)
+TDOA_STATIONS = ("demo-enschede", "demo-zurich", "demo-berlin", "demo-paris")
 #: short captures, injected after each notebook's parameters cell (the TDoA needs its overlap)
 PARAMETERS: dict[str, dict[str, Any]] = {
     "01-acquire.ipynb": {"duration_s": 3.0},
     "02-explore.ipynb": {},
     "03-history.ipynb": {},
-    "04-tdoa.ipynb": {"duration_s": 6.0, "min_overlap_s": 5.0},
+    "04-tdoa.ipynb": {"duration_s": 6.0, "min_overlap_s": 5.0, "stations": ",".join(TDOA_STATIONS)},
     "report.ipynb": {"duration_s": 6.0, "tdoa_min_overlap_s": 5.0},
 }
 #: Run All of one notebook, acquisitions included, on a loaded 2-core machine
@@ -226,11 +228,12 @@ def test_03_history_panel_plots(run_notebook: Any, browser: HeadlessBrowser) -> 
 def test_04_tdoa_locates_and_draws(run_notebook: Any, browser: HeadlessBrowser) -> None:
     nb, facts, saved = run_notebook("04-tdoa.ipynb")
     assert_ran_clean("04-tdoa", facts, saved, browser)
-    assert "position claimed: True" in cell_with(facts, "position claimed")["text"]
+    printed = cell_with(facts, "position claimed")["text"]
+    assert "GPS-timed stations: 4, used: 4" in printed and "position claimed: True" in printed, printed
     assert cell_with(facts, "plot_tdoa_map(")["images_decoded"] == 1
     assert cell_with(facts, "plot_tdoa_lags(")["images_decoded"] == 1
     pairs = cell_with(facts, "nb.tdoa_pairs(")["tables"]
-    assert pairs and pairs[0]["rows"] >= 3, pairs
+    assert pairs and pairs[0]["rows"] == 6, pairs  # every pair of the four stations
 
 
 def test_report_notebook_renders(run_notebook: Any, browser: HeadlessBrowser) -> None:
