@@ -271,17 +271,32 @@ def _cmd_sim_serve(a: argparse.Namespace) -> int:
     return 0
 
 
+#: the settings of the command being run: read from the environment once, by main()
+_COMMAND_SETTINGS: list[Any] = []
+
+
+def _settings(**options: Any) -> Any:
+    """The command's settings (SDRLAB_* read once per command by :func:`main`), with the
+    command's own options (``None``: not given) in place of the environment's."""
+    from dataclasses import replace
+
+    from .config import Settings
+
+    base = _COMMAND_SETTINGS[-1] if _COMMAND_SETTINGS else Settings.from_env()
+    given = {k: v for k, v in options.items() if v is not None}
+    return replace(base, **given) if given else base
+
+
 def _store(url: str | None = None, out: str | None = None, *, existing: bool = False) -> Any:
     """The store: ``--out DIR`` (a local directory), ``--store URL``, or SDRLAB_STORE; a URL is
     checked as SDRLAB_STORE is (a bad one is a usage error, its password masked).  ``existing``:
     for commands that only read, an S3 bucket that does not exist is an error naming it (not an
     empty list)."""
-    from .config import Settings
     from .store import Store
 
     if url and urlsplit(url).scheme not in ("file", "s3"):
         raise ConfigError(f"--store must be file://PATH or s3://BUCKET/PREFIX, got {quote(mask_url(url))}")
-    settings = Settings.from_env(store=url)
+    settings = _settings(store=url)
     if out:
         return Store(f"file://{Path(out).expanduser().resolve()}", timeout_s=settings.store_timeout_s)
     store = settings.store_obj()
@@ -345,9 +360,8 @@ def _stop_on_signals() -> Iterator[threading.Event]:
 
 def _cmd_acquire(a: argparse.Namespace) -> int:
     from .acquire import acquire
-    from .config import Settings
 
-    settings = Settings.from_env(catalog=a.catalog, scheduler=a.scheduler)
+    settings = _settings(catalog=a.catalog, scheduler=a.scheduler)
     store = _store(out=a.out)
     store.health()  # a bad or unreachable store is named before anything is acquired
     catalog = settings.catalog_obj()
@@ -361,11 +375,10 @@ def _cmd_acquire(a: argparse.Namespace) -> int:
 
 
 def _cmd_monitor(a: argparse.Namespace) -> int:
-    from .config import Settings
     from .monitor import load_campaign, monitor
 
     campaign = load_campaign(a.spec)
-    settings = Settings.from_env(catalog=a.catalog, scheduler=a.scheduler)
+    settings = _settings(catalog=a.catalog, scheduler=a.scheduler)
     store = _store()
     store.health()  # a bad or unreachable store is named before the campaign starts
     catalog = settings.catalog_obj()
@@ -395,7 +408,8 @@ def _cmd_demo(a: argparse.Namespace) -> int:
 
     if a.report and not Path(a.report).is_file():
         raise ConfigError(f"--report {a.report}: no such notebook")
-    session = run_demo(duration_s=a.duration, out=a.out, speed=a.speed, progress=not a.no_progress)
+    session = run_demo(duration_s=a.duration, out=a.out, speed=a.speed, progress=not a.no_progress,
+                       settings=_settings())
     rc = _save_or_rescue(session)
     print_session(session)
     if rc or not a.report:
@@ -510,11 +524,10 @@ def _cmd_sessions(a: argparse.Namespace) -> int:
         print(f"{'store':20s} {store.where}")
         _print_frame(store.captures(a.session))
     else:
-        from .config import Settings
         from .index import delete_session, init_db
 
         n = store.delete(a.session)
-        engine = Settings.from_env().engine()
+        engine = _settings().engine()
         init_db(engine)
         delete_session(engine, a.session)  # its rows go with its objects
         print(f"deleted session {a.session}: {n} objects and its index rows removed")
@@ -534,20 +547,18 @@ def _utc_arg(text: str | None, name: str) -> Any:
 
 
 def _cmd_db(a: argparse.Namespace) -> int:
-    from .config import Settings
     from .index import init_db
 
-    settings = Settings.from_env()
+    settings = _settings()
     kind = init_db(settings.engine())
     print(f"index schema ready ({kind})")
     return 0
 
 
 def _cmd_index(a: argparse.Namespace) -> int:
-    from .config import Settings
     from .index import index_session, init_db
 
-    settings = Settings.from_env()
+    settings = _settings()
     store = _store(a.store, existing=True)
     engine = settings.engine()
     init_db(engine)
@@ -568,10 +579,9 @@ def _cmd_index(a: argparse.Namespace) -> int:
 
 
 def _cmd_query(a: argparse.Namespace) -> int:
-    from .config import Settings
     from .index import find_captures, init_db, latest_status, metric_over_time
 
-    engine = Settings.from_env().engine()
+    engine = _settings().engine()
     init_db(engine)
     if a.query_command == "latest":
         _print_frame(latest_status(engine))
@@ -606,7 +616,6 @@ def _cmd_store(a: argparse.Namespace) -> int:
         print(f"ok {h['store']}: write {h['write_ms']:.1f} ms, read {h['read_ms']:.1f} ms, "
               f"delete {h['delete_ms']:.1f} ms")
         return 0
-    from .config import Settings
     from .index import init_db
     from .index.ingest import consistency
 
@@ -624,7 +633,7 @@ def _cmd_store(a: argparse.Namespace) -> int:
             print(f"damaged {sid}: {len(gone)} object(s) missing, e.g. {gone[0]} (kept; it will not open)")
         else:
             print(f"{'removed' if a.remove else 'uncommitted'} {sid}")
-    engine = Settings.from_env().engine()
+    engine = _settings().engine()
     init_db(engine)
     orphan_rows, unindexed = consistency(engine, store, remove=a.remove)
     for sid in orphan_rows:
@@ -662,9 +671,8 @@ def _cmd_import(a: argparse.Namespace) -> int:
     ds = add_metrics(ds)  # an imported session carries the metrics a live one does
     session = Session(ds.attrs["session_id"], float(ds.attrs.get("center_frequency_hz", 0.0)),
                       float(ds.attrs.get("requested_duration_s", 0.0)), {}, ds)
-    from .config import Settings
 
-    settings = Settings.from_env()
+    settings = _settings()
     save(session, _store(a.store), index=settings.engine(), rescue=settings.rescue_obj())  # stored, then indexed
     rc = _save_or_rescue(session)
     print(f"imported {ds.sizes['station']} station(s) into session {session.session_id}"
@@ -678,9 +686,8 @@ def _store_push(a: argparse.Namespace) -> int:
     """Rescued sessions -> the store (same ids), then the index; each leaves the rescue
     directory only once it is committed in the store."""
     from .acquire import Session, add_to_index
-    from .config import Settings
 
-    settings = Settings.from_env()
+    settings = _settings()
     rescue = settings.rescue_obj()
     store = _store(a.store)
     held = list(rescue.sessions().index) if Path(rescue.root).is_dir() else []
@@ -706,14 +713,13 @@ def _store_push(a: argparse.Namespace) -> int:
 
 
 def _cmd_stations(a: argparse.Namespace) -> int:
-    from .config import Settings
 
-    cat = Settings.from_env(catalog=a.catalog).catalog_obj()
+    cat = _settings(catalog=a.catalog).catalog_obj()
     if a.stations_command == "sync":
         from .index import init_db
         from .index.stations import sync_stations
 
-        engine = Settings.from_env().engine()
+        engine = _settings().engine()
         init_db(engine)
         reports = sync_stations(engine, cat, probe=not a.no_probe)
         for r in reports:
@@ -751,7 +757,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tdoa": _cmd_tdoa,
     }
     try:
-        return handlers[args.command](args)
+        from .config import Settings
+
+        _COMMAND_SETTINGS.append(Settings.from_env())  # once per command; a bad SDRLAB_* is exit 2
+        try:
+            return handlers[args.command](args)
+        finally:
+            _COMMAND_SETTINGS.pop()
     except (ConfigError, CatalogError) as exc:
         _error(f"error: {exc}")
         return 2

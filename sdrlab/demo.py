@@ -35,12 +35,13 @@ def run_demo(
     speed: float = 1.0,
     progress: bool = True,
     seed: int = 0,
+    settings: Settings | None = None,
 ) -> Session:
     """Simulate demo7 on ephemeral loopback ports (so a running ``sdrlab sim serve`` does not
     clash), acquire every station at the demo frequency, write the session under ``out``."""
     if not speed > 0:
         raise ConfigError(f"speed must be positive, got {speed}")
-    settings = Settings.from_env()
+    settings = settings or Settings.from_env()
     store = Store(f"file://{Path(out).resolve()}") if out is not None else settings.store_obj()
     scene = demo7(seed)
     with SimServer(scene, base_port=0, speed=speed) as sim:

@@ -652,3 +652,21 @@ def test_credentials_in_the_s3_endpoint_url_are_used_and_never_shown(s3_server, 
     assert main(["sessions", "list", "--store", f"s3://{bucket}/lab"]) == 1
     err = capsys.readouterr().err
     assert s3_server.endpoint_url in err and "wrong-Secret-123" not in err and secret not in err
+
+
+@pytest.mark.parametrize("argv", [["sessions", "list"], ["query", "latest"], ["db", "init"], ["store", "push"],
+                                  ["index", "rebuild"]])
+def test_settings_are_read_from_the_environment_once_per_command(argv, monkeypatch, capsys):
+    """Issue 14: SDRLAB_* were resolved up to fifteen times in one command."""
+    from sdrlab.config import Settings
+
+    calls = []
+    real = Settings.from_env.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type, *args: object, **kw: object) -> Settings:
+        calls.append(argv)
+        return real(cls, *args, **kw)
+
+    monkeypatch.setattr(Settings, "from_env", classmethod(counting))
+    assert main(argv) == 0
+    assert len(calls) == 1, calls
