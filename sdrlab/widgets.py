@@ -12,6 +12,11 @@ method (``acquire``, ``refresh``, ``open``, ``plot``, ``query``): the methods ra
 failing store/index, the buttons show the same message in the panel instead.  No logic lives in
 the widgets, so the panels are tested by calling ``button.click()`` without a browser or kernel.
 
+Layout: the panels are sized for JupyterLab's default notebook width (about 850 px of output at a
+1280 px window): descriptions wide enough for their text, rows that wrap instead of overflowing,
+compact tables whose cells never wrap (headers may), times shortened to what the table needs, and
+stores named briefly with the full URL in a tooltip (:func:`short_store_name`).
+
 Figures go into the Outputs as PNG (rendered here, so they show whether or not the inline
 matplotlib backend is active, and from any thread); they are ``matplotlib.figure.Figure`` objects
 that no pyplot registry holds, so nothing leaks.
@@ -74,16 +79,30 @@ HEADERS = {
     "failed": "failed", "bucket": "bucket (UTC)", "station_id": "station", "n": "captures",
 }
 _STATUS_COLOURS = {"ok": "#2e7d32", "partial": "#ef6c00", "failed": "#c62828"}
+#: free-text columns: their cells may wrap (every other cell stays on one line)
+WRAPPING_COLUMNS = ("notes", "error", "message")
+#: how a table shows times: date and time to the ms (default), the time of day alone, to the second
+TIME_FULL = "%Y-%m-%d %H:%M:%S.%f"
+TIME_OF_DAY = "%H:%M:%S.%f"
+TIME_SECONDS = "%Y-%m-%d %H:%M:%S"
+#: the tables' look: compact (12 px, tight lines), never wider than the panel when it can wrap headers
+TABLE_STYLE = "border-collapse:collapse;max-width:100%;font-size:12px;line-height:1.3"
+#: the width of the acquisition panel's descriptions ("Frequency (kHz)" in full at the widgets' 13 px)
+DESCRIPTION_WIDTH = "9em"
+#: a store name longer than this is shortened in the panels (the full URL is in the tooltip)
+SHORT_NAME_CHARS = 32
 
 
 # ---- shared helpers -------------------------------------------------------------------------
-def format_value(column: str, value: Any) -> str:
+def format_value(column: str, value: Any, *, time_format: str = TIME_FULL) -> str:
     """A table cell, rounded for reading: dB to 0.1, frequency offsets to 0.1 Hz, the sample
-    rate to mHz, fractions to 3 digits, times to the millisecond; missing values blank."""
+    rate to mHz, fractions to 3 digits, times by ``time_format`` (a ``%f`` is shown to the
+    millisecond); missing values blank."""
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT:
         return ""
     if isinstance(value, (pd.Timestamp, datetime, np.datetime64)):
-        return str(pd.Timestamp(value).strftime("%Y-%m-%d %H:%M:%S.%f"))[:-3]
+        text = str(pd.Timestamp(value).strftime(time_format))
+        return text[:-3] if time_format.endswith("%f") else text
     if isinstance(value, (bool, np.bool_)):
         return str(bool(value))
     if isinstance(value, (int, np.integer)):
@@ -98,7 +117,7 @@ def format_value(column: str, value: Any) -> str:
             return f"{v:.3g}"
         if column in ("occupied_bandwidth_hz", "duration_s"):
             return f"{v:.0f}" if column == "occupied_bandwidth_hz" else f"{v:g}"
-        if column.endswith(("_db", "_dbfs", "_dbm", "_dbfs_hz", "offset_hz")):
+        if column.endswith(("_db", "_dbfs", "_dbm", "_dbfs_hz", "_dbhz", "offset_hz")):
             return f"{v:.1f}"
         return f"{v:.6g}"
     return str(value)
@@ -110,29 +129,72 @@ def _header(column: str) -> str:
     return HEADERS.get(column, column)
 
 
-def table_html(df: pd.DataFrame, *, caption: str = "") -> str:
-    """A DataFrame (index included) as a compact HTML table, cells rounded by :func:`format_value`,
-    status cells coloured."""
+def _numeric(series: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
+
+
+def table_html(df: pd.DataFrame, *, caption: str = "", caption_html: str = "", time_format: str = TIME_FULL) -> str:
+    """A DataFrame (index included) as a compact HTML table, cells rounded by :func:`format_value`
+    (times by ``time_format``), status cells coloured.  Cells stay on one line (free text in
+    :data:`WRAPPING_COLUMNS` excepted), headers wrap between words when the table would not fit,
+    numbers align right.  ``caption`` is text; ``caption_html`` markup (a tooltip, say) instead."""
     frame = df.reset_index() if df.index.name is not None else df
     cols = [str(c) for c in frame.columns]
-    head = "".join(f"<th style='text-align:left;padding:2px 8px'>{html.escape(_header(c))}</th>" for c in cols)
+    right = {c for c, name in zip(cols, frame.columns) if _numeric(frame[name])}
+    pad = "padding:2px 4px"
+
+    def align(col: str) -> str:
+        return "right" if col in right else "left"
+
+    head = "".join(f"<th style='text-align:{align(c)};vertical-align:bottom;{pad}'>{html.escape(_header(c))}</th>"
+                   for c in cols)
     rows = []
     for rec in frame.itertuples(index=False):
         cells = []
         for col, value in zip(cols, rec):
-            text = html.escape(format_value(col, value))
-            style = "padding:2px 8px"
+            text = html.escape(format_value(col, value, time_format=time_format))
+            wrap = "white-space:normal;min-width:6em" if col in WRAPPING_COLUMNS else "white-space:nowrap"
+            style = f"{pad};text-align:{align(col)};{wrap}"
             if col == "status" and str(value) in _STATUS_COLOURS:
                 style += f";color:{_STATUS_COLOURS[str(value)]};font-weight:bold"
             cells.append(f"<td style='{style}'>{text}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    cap = f"<caption style='text-align:left'>{html.escape(caption)}</caption>" if caption else ""
-    return (f"<table class='sdrlab-table' style='border-collapse:collapse'>{cap}<thead><tr>{head}</tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table>")
+    cap_inner = caption_html or html.escape(caption)
+    cap = f"<caption style='text-align:left'>{cap_inner}</caption>" if cap_inner else ""
+    return (f"<table class='sdrlab-table' style='{TABLE_STYLE}'>{cap}"
+            f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
-def _message_html(text: str, colour: str = "#555") -> str:
-    return f"<div style='color:{colour}'>{html.escape(text)}</div>"
+def _message_html(text: str, colour: str = "#555", *, markup: str = "") -> str:
+    """A line of text (escaped), or of ``markup`` when given."""
+    return f"<div style='color:{colour}'>{markup or html.escape(text)}</div>"
+
+
+def short_store_name(url: str) -> str:
+    """A store or index URL as the panels name it: ``file:///home/me/sdrlab-data`` as
+    ``sdrlab-data``, ``sqlite:////home/me/sdrlab-data/index.db`` as ``index.db``,
+    ``s3://bucket/a/b/c`` as ``s3://bucket/…/c``, ``postgresql+psycopg://me:pw@host/db`` as
+    ``host/db``; no credentials (the full URL, its password masked, goes in the tooltip:
+    :func:`store_html`)."""
+    masked = mask_url(url).split(" at ", 1)[0].rstrip("/")
+    scheme, sep, rest = masked.partition("://")
+    if not sep:
+        return masked
+    if scheme == "file" or scheme.startswith("sqlite"):
+        name = rest.rsplit("/", 1)[-1] or masked
+    else:
+        host, _, path = rest.partition("/")
+        parts = [p for p in path.split("/") if p]
+        name = ("s3://" if scheme == "s3" else "") + host.rpartition("@")[2] + (
+            "/" + parts[0] if len(parts) == 1 else "/…/" + parts[-1] if parts else "")
+    return name if len(name) <= SHORT_NAME_CHARS else name[:SHORT_NAME_CHARS - 1] + "…"
+
+
+def store_html(url: str, name: str | None = None) -> str:
+    """The short name of a store (or ``name``) with the full URL, masked, as its tooltip."""
+    full = html.escape(mask_url(url), quote=True)
+    shown = html.escape(name if name is not None else short_store_name(url))
+    return f"<span title=\"{full}\" style='text-decoration:underline dotted'>{shown}</span>"
 
 
 def figure_output(fig: Figure, dpi: int = 100) -> dict[str, Any]:
@@ -240,16 +302,22 @@ def station_label(st: Station) -> str:
     return f"{st.id} — {st.name} ({st.latitude:.2f}°, {st.longitude:.2f}°)"
 
 
+#: the progress grid's columns: station and state as wide as their text, the bar and the detail share
+#: the rest (the detail wraps rather than running off the panel)
+PROGRESS_COLUMNS = "max-content minmax(6em, 1fr) max-content minmax(14em, 2fr)"
+
+
 class StationProgress:
-    """One row of the progress display: station, bar (0..1), state, detail."""
+    """One row of the progress display: station, bar (0..1), state, detail; ``cells`` are the
+    row's four widgets, laid out by the panel's grid (:data:`PROGRESS_COLUMNS`)."""
 
     def __init__(self, station: str) -> None:
         self.station = station
-        self.label = W.Label(value=station, layout=W.Layout(width="13em"))
-        self.bar = W.FloatProgress(value=0.0, min=0.0, max=1.0, layout=W.Layout(width="35%"))
-        self.state = W.Label(value="queued", layout=W.Layout(width="6em"))
-        self.detail = W.Label(value="")
-        self.widget = W.HBox([self.label, self.bar, self.state, self.detail])
+        self.label = W.Label(value=station, layout=W.Layout(width="auto"))
+        self.bar = W.FloatProgress(value=0.0, min=0.0, max=1.0, layout=W.Layout(width="auto"))
+        self.state = W.Label(value="queued", layout=W.Layout(width="auto", min_width="4.5em"))
+        self.detail = W.HTML(value="", layout=W.Layout(width="auto"))
+        self.cells = (self.label, self.bar, self.state, self.detail)
 
     @property
     def final(self) -> bool:
@@ -274,14 +342,28 @@ class StationProgress:
             parts.append(f"offset {event['frequency_offset_hz']:+.1f} Hz")
         if event.get("message"):
             parts.append(str(event["message"])[:160])
-        self.detail.value = " · ".join(parts)
+        self.detail.value = html.escape(" · ".join(parts))
 
 
 def session_table_html(session: Session) -> str:
-    """``session.status()`` as an HTML table (status and metrics, rounded)."""
+    """``session.status()`` as an HTML table (status and metrics, rounded); starts as times of day,
+    their date in the caption; the notes and error columns only when a station has one."""
     table = session.status()
-    return table_html(table, caption=f"session {session.session_id} at {session.frequency_hz / 1e3:.3f} kHz, "
-                                     f"{session.duration_s:g} s")
+    for col in WRAPPING_COLUMNS:
+        if col in table and not table[col].fillna("").astype(str).str.strip().any():
+            table = table.drop(columns=col)
+    starts = pd.to_datetime(table["start_utc"]).dropna() if "start_utc" in table else pd.Series([], dtype=object)
+    day = f" on {starts.min():%Y-%m-%d}" if len(starts) else ""
+    return table_html(table, time_format=TIME_OF_DAY,
+                      caption=f"session {session.session_id} at {session.frequency_hz / 1e3:.3f} kHz, "
+                              f"{session.duration_s:g} s{day}")
+
+
+def station_select_width(labels: Iterable[str]) -> str:
+    """A width for the station list that shows its longest label whole at the widgets' 13 px:
+    the description, ~0.62 em a character (DejaVu Sans, the widest usual UI font), the scrollbar."""
+    longest = max((len(x) for x in labels), default=20)
+    return f"{6 + 0.62 * longest:.1f}em"
 
 
 class AcquisitionPanel(_Panel):
@@ -291,8 +373,9 @@ class AcquisitionPanel(_Panel):
     ``stations``: Station objects (default: the settings' catalogue, or ``catalog``);
     ``selected``: ids ticked at start; ``store``/``index``: where sessions go (default: the
     settings'); ``acquire_kwargs``: passed on to ``acquire`` (``options``, ``client``,
-    ``scheduler``, ``write``...).  Every session stays in ``sessions``; errors accumulate in
-    ``errors`` and the error output.
+    ``scheduler``, ``write``...).  Every session stays in ``sessions``; ``session`` is the latest
+    acquisition's (None while one runs: Acquire clears the previous table and session); errors
+    accumulate in ``errors`` and the error output.
     """
 
     def __init__(
@@ -337,23 +420,29 @@ class AcquisitionPanel(_Panel):
         self._thread: threading.Thread | None = None
         self._exc: BaseException | None = None
 
+        options = [(station_label(s), s.id) for s in self.stations.values()]
         self.station_select = W.SelectMultiple(
-            options=[(station_label(s), s.id) for s in self.stations.values()], value=tuple(chosen),
-            rows=min(10, max(3, len(self.stations))), description="Stations", layout=W.Layout(width="34em"))
+            options=options, value=tuple(chosen), rows=min(10, max(3, len(self.stations))), description="Stations",
+            style={"description_width": "5em"},
+            layout=W.Layout(width=station_select_width(label for label, _ in options), max_width="100%"))
+        controls = W.Layout(width="18em")
         self.frequency_khz = W.FloatText(
             value=(DEFAULT_FREQUENCY_HZ if frequency_hz is None else float(frequency_hz)) / 1e3,
-            description="Frequency (kHz)", style={"description_width": "8em"})
+            description="Frequency (kHz)", style={"description_width": DESCRIPTION_WIDTH}, layout=controls)
         self.duration = W.FloatText(value=float(duration_s), description="Duration (s)",
-                                    style={"description_width": "8em"})
+                                    style={"description_width": DESCRIPTION_WIDTH}, layout=controls)
         self.acquire_button = W.Button(description="Acquire", button_style="primary", icon="download",
-                                       tooltip="acquire the selected stations in parallel")
+                                       tooltip="acquire the selected stations in parallel",
+                                       layout=W.Layout(margin=f"2px 2px 2px calc({DESCRIPTION_WIDTH} + 8px)"))
         self.acquire_button.on_click(self._handler("acquisition", lambda: self.acquire()))
         self.validation = W.HTML(value="")
         self.status = W.HTML(value="")
-        self.progress_box = W.VBox([])
-        self.results = W.HTML(value="")
+        self.progress_box = W.GridBox([], layout=W.Layout(
+            grid_template_columns=PROGRESS_COLUMNS, grid_gap="0 8px", align_items="center"))
+        self.results = W.HTML(value="", layout=W.Layout(max_width="100%", overflow="auto"))
         self.widget = W.VBox([
-            W.HBox([self.station_select, W.VBox([self.frequency_khz, self.duration, self.acquire_button])]),
+            W.HBox([self.station_select, W.VBox([self.frequency_khz, self.duration, self.acquire_button])],
+                   layout=W.Layout(flex_flow="row wrap")),
             self.validation, self.status, self.progress_box, self.results, self.error_output,
         ])
 
@@ -391,8 +480,11 @@ class AcquisitionPanel(_Panel):
             self._exc = None
             self.acquire_button.disabled = True
             self.events = []
+            # the previous result goes: its table and session would read as this run's
+            self.session = None
+            self.results.value = ""
             self.rows = {s.id: StationProgress(s.id) for s in stations}
-            self.progress_box.children = tuple(r.widget for r in self.rows.values())
+            self.progress_box.children = tuple(w for r in self.rows.values() for w in r.cells)
             self.status.value = _message_html(
                 f"acquiring {len(stations)} station(s) at {frequency_hz / 1e3:.3f} kHz for {duration_s:g} s…")
             thread = threading.Thread(target=self._run, args=(stations, frequency_hz, duration_s),
@@ -470,11 +562,19 @@ class AcquisitionPanel(_Panel):
             self._log.add(f"session {sid} stored but not indexed: {session.index_error} "
                           "(run `sdrlab index rebuild` later)")
         counts = {s: sum(r.status == s for r in session.results.values()) for s in ("ok", "partial", "failed")}
-        where = (f"stored at {session.path}" if session.path else
+        where = (f"stored in {store_html(session.path, short_store_name(self.store_url))}" if session.path else
                  "NOT stored (see the errors below)" if session.store_error else "not stored")
+        text = f"session {sid}: {counts['ok']} ok, {counts['partial']} partial, {counts['failed']} failed; "
         self.status.value = _message_html(
-            f"session {sid}: {counts['ok']} ok, {counts['partial']} partial, {counts['failed']} failed; {where}",
-            "#2e7d32" if counts["ok"] == len(session.results) and not session.store_error else "#ef6c00")
+            "", "#2e7d32" if counts["ok"] == len(session.results) and not session.store_error else "#ef6c00",
+            markup=html.escape(text) + where)
+
+    @property
+    def store_url(self) -> str:
+        """The URL of the store sessions go to (the panel's ``store``, else the settings')."""
+        if self.store is None:
+            return str(self.settings.store)
+        return str(getattr(self.store, "url", None) or self.store)
 
 
 # ---- the store ------------------------------------------------------------------------------
@@ -491,7 +591,8 @@ class SessionBrowser(_Panel):
         self._log = _ErrorLog()
 
         self.refresh_button = W.Button(description="Refresh", icon="refresh")
-        self.selector = W.Dropdown(options=[], description="Session", layout=W.Layout(width="40em"))
+        self.selector = W.Dropdown(options=[], description="Session", style={"description_width": "4.5em"},
+                                   layout=W.Layout(width="36em", max_width="100%"))
         self.open_button = W.Button(description="Open", icon="folder-open", disabled=True)
         self.plot_kind = W.ToggleButtons(options=[("PSD", "psd"), ("spectrogram", "spectrogram"),
                                                   ("map", "map"), ("metrics", "metrics")], value="psd")
@@ -502,9 +603,12 @@ class SessionBrowser(_Panel):
         self.refresh_button.on_click(self._handler("refresh", self.refresh))
         self.open_button.on_click(self._handler("open", lambda: self.open()))
         self.plot_button.on_click(self._handler("plot", lambda: self.plot()))
+        self.summary.layout = W.Layout(max_width="100%", overflow="auto")
+        self.listing.layout = W.Layout(max_width="100%", overflow="auto", max_height="24em")
+        wrap = W.Layout(flex_flow="row wrap")
         self.widget = W.VBox([
-            W.HBox([self.refresh_button, self.selector, self.open_button]), self.listing,
-            self.summary, W.HBox([self.plot_kind, self.plot_button]), self.plot_output, self.error_output,
+            W.HBox([self.refresh_button, self.selector, self.open_button], layout=wrap), self.listing,
+            self.summary, W.HBox([self.plot_kind, self.plot_button], layout=wrap), self.plot_output, self.error_output,
         ])
         try:
             self.refresh()
@@ -521,12 +625,14 @@ class SessionBrowser(_Panel):
         self.selector.value = previous if previous in ids else (ids[0] if ids else None)
         self.open_button.disabled = not ids
         self.plot_button.disabled = not ids
+        where = store_html(self.store.where)
         if not ids:
-            self.listing.value = _message_html(
-                f"no sessions in {self.store.where} yet: acquire one with sdrlab.widgets.AcquisitionPanel, "
-                "sdrlab.acquire.acquire(...) or `sdrlab acquire --station ID --frequency HZ --duration S`")
+            self.listing.value = _message_html("", markup=(
+                f"no sessions in {where} yet: acquire one with sdrlab.widgets.AcquisitionPanel, "
+                "sdrlab.acquire.acquire(...) or <code>sdrlab acquire --station ID --frequency HZ --duration S</code>"))
         else:
-            self.listing.value = table_html(df.iloc[::-1], caption=f"{len(ids)} session(s) in {self.store.where}")
+            self.listing.value = table_html(df.iloc[::-1], caption_html=f"{len(ids)} session(s) in {where}",
+                                            time_format=TIME_SECONDS)
         return df
 
     @staticmethod
@@ -628,12 +734,13 @@ class HistoryPanel(_Panel):
         self.plot_button = W.Button(description="Plot", icon="line-chart", button_style="primary")
         self.message = W.HTML(value="")
         self.plot_output = W.Output()
-        self.table = W.HTML(value="")
+        self.table = W.HTML(value="", layout=W.Layout(max_width="100%", overflow="auto"))
         self.refresh_button.on_click(self._handler("refresh", self.refresh))
         self.plot_button.on_click(self._handler("plot", self.plot))
+        wrap = W.Layout(flex_flow="row wrap")
         self.widget = W.VBox([
-            W.HBox([W.VBox([self.metric, self.bucket, self.refresh_button]), self.stations]),
-            W.HBox([self.range_mode, self.days]), W.HBox([self.start_date, self.end_date]),
+            W.HBox([W.VBox([self.metric, self.bucket, self.refresh_button]), self.stations], layout=wrap),
+            W.HBox([self.range_mode, self.days], layout=wrap), W.HBox([self.start_date, self.end_date], layout=wrap),
             self.plot_button, self.message, self.plot_output, self.table, self.error_output,
         ])
         try:
@@ -657,12 +764,13 @@ class HistoryPanel(_Panel):
         keep = tuple(s for s in self.stations.value if s in ids)
         self.stations.options = ids
         self.stations.value = keep
-        self.message.value = "" if ids else _message_html(self._empty_text())
+        self.message.value = "" if ids else _message_html("", markup=self._empty_html())
         return ids
 
-    def _empty_text(self) -> str:
-        return (f"no metrics in the index at {self.where} yet: acquire a session (sdrlab.widgets.AcquisitionPanel "
-                "or `sdrlab acquire`), or index the store's sessions with `sdrlab index rebuild`")
+    def _empty_html(self) -> str:
+        return (f"no metrics in the index at {store_html(self.where)} yet: acquire a session "
+                "(sdrlab.widgets.AcquisitionPanel or <code>sdrlab acquire</code>), or index the store's sessions "
+                "with <code>sdrlab index rebuild</code>")
 
     def time_range(self) -> tuple[datetime | None, datetime | None]:
         """(start, end) in UTC from the range controls (end exclusive)."""
@@ -692,10 +800,9 @@ class HistoryPanel(_Panel):
         self.data = df
         if df.empty:
             self.table.value = ""
-            self.message.value = _message_html(
-                self._empty_text() if not self.stations.options else
-                f"no {metric_label(metric)} values for {', '.join(stations) if stations else 'any station'} "
-                "in this time range; widen the range or acquire a session")
+            self.message.value = _message_html("", markup=self._empty_html()) if not self.stations.options else \
+                _message_html(f"no {metric_label(metric)} values for {', '.join(stations) if stations else 'any station'} "
+                              "in this time range; widen the range or acquire a session")
         else:
             self.message.value = ""
             wide = df.pivot_table(index="bucket", columns="station_id", values="value").sort_index()

@@ -26,7 +26,17 @@ from sdrlab.sim.scene import Faults  # noqa: E402
 from sdrlab.sim.server import SimServer  # noqa: E402
 from sdrlab.stations import load_catalog  # noqa: E402
 from sdrlab.store import Store  # noqa: E402
-from sdrlab.widgets import PLOT_KINDS, AcquisitionPanel, HistoryPanel, SessionBrowser  # noqa: E402
+from sdrlab.widgets import (  # noqa: E402
+    PLOT_KINDS,
+    TIME_OF_DAY,
+    AcquisitionPanel,
+    HistoryPanel,
+    SessionBrowser,
+    format_value,
+    short_store_name,
+    store_html,
+    table_html,
+)
 
 THREE = ["demo-enschede", "demo-hamburg", "demo-berlin"]
 PNG_B64 = base64.b64encode(b"\x89PNG\r\n\x1a\n").decode()[:8]
@@ -126,13 +136,23 @@ def test_click_acquires_three_stations_end_to_end(acquired: SimpleNamespace) -> 
         row = table[sid]
         truth = scene.truth(sid, DEMO7_TUNE_HZ)
         snr = float(ds["snr_db"].sel(station=sid))
-        assert row["status"] == "ok" and row["error"] == ""
+        assert row["status"] == "ok" and "error" not in row and "notes" not in row  # no empty columns
         assert float(row["SNR (dB)"]) == pytest.approx(snr, abs=0.051)
         assert snr == pytest.approx(truth["snr_db"], abs=1.0)
         assert float(row["Frequency offset (Hz)"]) == pytest.approx(truth["frequency_offset_hz"], abs=1.0)
         assert int(row["samples"]) >= 1.5 * truth["sample_rate"]
         assert float(row["rate (Hz)"]) == pytest.approx(truth["sample_rate"], abs=0.01)
-    assert "3 ok, 0 partial, 0 failed" in panel.status.value and session.path in panel.status.value
+    assert "3 ok, 0 partial, 0 failed" in panel.status.value
+    # the store by its short name (the settings' file://.../store), the session's full URL on hover
+    assert f'title="{session.path}"' in panel.status.value and ">store</span>" in panel.status.value
+    assert panel.status.value.count(session.path) == 1
+    # starts as times of day (their date in the caption), every cell on one line
+    for sid in THREE:
+        start = ds["start_time"].sel(station=sid).values
+        assert table[sid]["start (UTC)"] == format_value("start_utc", start, time_format=TIME_OF_DAY)
+        assert len(table[sid]["start (UTC)"]) == len("04:48:33.397")
+    assert f"on {format_value('start_utc', start)[:10]}" in panel.results.value
+    assert "white-space:nowrap" in panel.results.value
 
 
 def test_button_is_disabled_while_running_and_enabled_after(acquired: SimpleNamespace) -> None:
@@ -264,8 +284,13 @@ def test_failed_stations_are_reported_and_never_lost(run_sim: Any) -> None:
         # a second run with another fault: the first run's error stays, in the list and on screen
         sim.set_faults("demo-paris", Faults())
         sim.set_faults("demo-berlin", Faults(badp=1))
+        shown: list[str] = []
+        panel.results.observe(lambda change: shown.append(change["new"]), names="value")
         panel.acquire_button.click()
         second = panel.wait(timeout=60)
+    # the first run's table went when Acquire was pressed, before the second run's came
+    assert len(shown) == 2 and shown[0] == "" and second.session_id in shown[1]
+    assert first.session_id not in panel.results.value and first.session_id not in panel.status.value
     assert second.failed == ["demo-berlin"] and "demo-paris" in second.ok
     assert panel.rows["demo-berlin"].state.value == "failed" and panel.rows["demo-paris"].state.value == "ok"
     assert len(panel.errors) == 2 and "demo-paris" in panel.errors[0]
@@ -320,7 +345,10 @@ def test_session_browser_on_an_empty_store(tmp_path: Path) -> None:
     store = Store(f"file://{tmp_path}/empty")
     browser = SessionBrowser(store)
     assert browser.refresh().empty and browser.errors == []
-    assert f"no sessions in {store.where} yet" in browser.listing.value and "acquire" in browser.listing.value
+    # the store by its short name, the full URL on hover
+    assert f"no sessions in {store_html(store.where)} yet" in browser.listing.value
+    assert f'title="{store.where}"' in browser.listing.value and ">empty</span>" in browser.listing.value
+    assert "acquire" in browser.listing.value
     assert browser.selector.options == () and browser.open_button.disabled
     with pytest.raises(ConfigError, match="no session selected"):
         browser.plot()
@@ -383,3 +411,75 @@ def test_history_panel_on_an_empty_index(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="before it starts"):
         panel.query()
     assert len(panel.errors) == 1
+
+
+# ---- layout: what fits at JupyterLab's default width (tests/test_lab.py checks it rendered) --------
+def _em(width: str) -> float:
+    assert width.endswith("em"), width
+    return float(width[:-2])
+
+
+def test_acquisition_panel_labels_have_room_for_their_text() -> None:
+    """At ~0.62 em a character (DejaVu Sans at 13 px), every description fits its width and the
+    station list its longest label, position included; the default 80 px holds about ten characters."""
+    panel = AcquisitionPanel(load_catalog().network("demo7"))
+    for widget in (panel.frequency_khz, panel.duration, panel.station_select):
+        width = widget.style.description_width
+        assert width, f"{widget.description!r} keeps the default 80 px description"
+        assert _em(width) >= 0.6 * len(widget.description), (widget.description, width)
+    longest = max(len(label) for label, _ in panel.station_select.options)
+    assert _em(panel.station_select.layout.width) >= 0.62 * longest + 5
+    assert panel.station_select.layout.max_width == "100%"
+    assert all("°)" in label for label, _ in panel.station_select.options)
+
+
+def test_panels_wrap_rows_instead_of_overflowing(tmp_path: Path) -> None:
+    panel = AcquisitionPanel(load_catalog().network("demo7"))
+    assert panel.widget.children[0].layout.flex_flow == "row wrap"
+    browser = SessionBrowser(Store(f"file://{tmp_path}/store"))
+    history = HistoryPanel(settings=settings_in(tmp_path))
+    for p in (browser, history):
+        rows = [c for c in p.widget.children if type(c).__name__ == "HBox"]
+        assert rows and all(r.layout.flex_flow == "row wrap" for r in rows)
+    for widget in (history.metric, history.stations, history.bucket, history.days, history.start_date,
+                   history.end_date):
+        assert widget.style.description_width or len(widget.description) <= 10, widget.description
+
+
+@pytest.mark.parametrize(("url", "short"), [
+    ("file:///home/me/sdrlab-data", "sdrlab-data"),
+    ("file:///home/me/sdrlab-data/", "sdrlab-data"),
+    ("file:///tmp/x/data/sessions/20261207T044832Z-827e7f", "20261207T044832Z-827e7f"),
+    ("s3://bucket", "s3://bucket"),
+    ("s3://bucket/lab", "s3://bucket/lab"),
+    ("s3://bucket/a/b/campaign", "s3://bucket/…/campaign"),
+    ("s3://bucket/lab at http://127.0.0.1:9000", "s3://bucket/lab"),
+    ("sqlite:////home/me/sdrlab-data/index.db", "index.db"),
+    ("postgresql+psycopg://me:secret@db.example/sdrlab", "db.example/sdrlab"),
+    ("file:///data/" + "x" * 60, "x" * 31 + "…"),
+])
+def test_short_store_name(url: str, short: str) -> None:
+    assert short_store_name(url) == short
+
+
+def test_store_html_shows_the_short_name_and_the_full_url_on_hover() -> None:
+    shown = store_html("ftp://me:secret@host/a/b/store?x=1&y='2'")
+    assert 'title="ftp://me:***@host/a/b/store?x=1&amp;y=&#x27;2&#x27;"' in shown
+    assert "secret" not in shown
+    assert store_html("file:///tmp/deep/path/data/sessions/S1", "data").endswith(">data</span>")
+
+
+def test_tables_keep_cells_on_one_line_and_numbers_right() -> None:
+    import pandas as pd
+
+    df = pd.DataFrame({"status": ["ok", "failed"], "snr_db": [21.44, float("nan")],
+                       "start_utc": pd.to_datetime(["2026-12-07 04:48:33.397", "2026-12-07 04:48:33.402"]),
+                       "error": ["", "ReceiverDown: the receiver at 127.0.0.1:1 refused every connection"]},
+                      index=pd.Index(["demo-enschede", "demo-paris"], name="station"))
+    out = table_html(df, time_format="%H:%M:%S.%f")
+    table = parse_table(out)
+    assert table["demo-enschede"]["start (UTC)"] == "04:48:33.397" and table["demo-enschede"]["SNR (dB)"] == "21.4"
+    assert out.count("white-space:nowrap") == 4 * 2 and out.count("white-space:normal") == 2  # error wraps
+    assert "text-align:right;white-space:nowrap'>21.4<" in out
+    assert "max-width:100%" in out
+    assert table_html(df.iloc[:1], caption_html="in <b>x</b>").count("<caption style='text-align:left'>in <b>x</b>") == 1
