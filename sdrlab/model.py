@@ -33,8 +33,8 @@ import xarray as xr
 from ._version import __version__
 from .capture import Capture
 from .stations import Station
+from .constants import FULL_SCALE as FULL_SCALE
 
-FULL_SCALE = 32768.0
 SIGMF_VERSION = "1.2.0"
 DATATYPE = "ci16_le"
 #: zarr format written and read everywhere (decided here only)

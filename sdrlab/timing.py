@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from .constants import NS as NS
 
 GPS_EPOCH_UNIX_S = 315964800  # 1980-01-06T00:00:00Z
 WEEK_S = 604800
-NS = 1_000_000_000
 #: GPS - UTC leap seconds in force since 2017-01-01; configurable everywhere it is used
 DEFAULT_GPS_UTC_OFFSET_S = 18
 

@@ -190,3 +190,33 @@ def test_wrong_way_finder_sees_an_import_of_a_protocol_module():
              "sdrlab.index.schema": {"sdrlab.sim"}, "sdrlab.acquire": {"sdrlab.receivers"}}
     assert wrong_way(graph) == {("sdrlab.interchange.sigmf", "sdrlab.receivers.kiwiwire"),
                                 ("sdrlab.index.schema", "sdrlab.sim")}
+
+
+#: values that have one home, sdrlab/constants.py (issue 14: each was defined in up to five places)
+ONE_HOME = {299_792_458.0: "C_M_S", 1_000_000_000: "NS", 32768.0: "FULL_SCALE"}
+
+
+def constants_defined(root: Path = PACKAGE) -> list[str]:
+    """``module:line NAME = value`` for every module-level assignment of a ONE_HOME value."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Constant):
+                v = node.value.value
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and v in ONE_HOME:
+                    found.append(f"{path.relative_to(root.parent)}:{node.lineno}")
+    return found
+
+
+def test_each_constant_has_one_home(tmp_path):
+    assert constants_defined() == [f"sdrlab/constants.py:{n}" for n in _lines_of_constants()]
+    # the finder sees a second definition
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "m.py").write_text("C = 299_792_458.0\nx = 3\n")
+    assert constants_defined(tmp_path / "pkg") == ["pkg/m.py:1"]
+
+
+def _lines_of_constants() -> list[int]:
+    tree = ast.parse((PACKAGE / "constants.py").read_text(encoding="utf-8"))
+    return [n.lineno for n in tree.body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
+            and n.value.value in ONE_HOME]

@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import math
 from typing import Iterable
+from ..constants import NS
 
-NS = 1_000_000_000
 
 
 class Window:

@@ -45,6 +45,7 @@ from scipy.ndimage import maximum_filter1d
 
 from ..receivers.kiwiwire import GPS_LAST_CAP, GPS_NO_CLOCK, SAMPLES_PER_FRAME, dbm_to_smeter
 from ..timing import NS, WEEK_S
+from ..constants import FULL_SCALE as FULL_SCALE
 
 CArray = npt.NDArray[np.complex128]
 FArray = npt.NDArray[np.float64]
@@ -54,7 +55,6 @@ KIWI_FIR_TAPS = 513
 #: the Blackman-Nuttall window coefficients of CFastFIR
 BLACKMAN_NUTTALL = (0.3635819, 0.4891775, 0.1365995, 0.0106411)
 #: int16 full scale of the output (0 dBFS)
-FULL_SCALE = 32768.0
 
 
 # ---- 1. passband filter ----------------------------------------------------------------------

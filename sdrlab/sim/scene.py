@@ -44,10 +44,8 @@ from ..receivers.kiwiwire import SAMPLES_PER_FRAME
 from . import frontend as fe
 from .frontend import AgcSettings
 from .signals import SIGNALS, Fading, Signal, make_signal
+from ..constants import C_M_S as C_M_S, FULL_SCALE as FULL_SCALE, NS as NS
 
-C_M_S = 299_792_458.0
-FULL_SCALE = 32768.0  # amplitude 1.0 (0 dBFS); samples clip at 32767
-NS = 1_000_000_000
 EARTH_RADIUS_M = 6_371_000.0
 #: frames synthesised at once by a FrameSource (one FFT filter pass, one noise draw)
 CHUNK_FRAMES = 8

@@ -92,12 +92,12 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import ConfigError
+from ..constants import NS as NS
 
 FloatArray = npt.NDArray[np.float64]
 ComplexArray = npt.NDArray[np.complex128]
 IntArray = npt.NDArray[np.int64]
 
-NS = 1_000_000_000
 #: GPS - UTC in seconds (fixed: no leap second is modelled)
 GPS_UTC_OFFSET_S = 18
 GPS_EPOCH_UTC = datetime(1980, 1, 6)

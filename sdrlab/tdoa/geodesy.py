@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from geographiclib.geodesic import Geodesic
+from ..constants import C_M_S as C_M_S
 
 log = logging.getLogger(__name__)
 
-C_M_S = 299_792_458.0
 FArray = npt.NDArray[np.float64]
 
 

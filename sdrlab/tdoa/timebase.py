@@ -15,13 +15,13 @@ import xarray as xr
 from .. import timing
 from ..receivers.kiwiwire import GPS_LAST_CAP, SAMPLES_PER_FRAME
 from .geodesy import FArray
+from ..constants import FULL_SCALE, NS
+from ..constants import KIWI_RATES_HZ as _NOMINAL_RATES
 
 log = logging.getLogger(__name__)
 
-NS = 1_000_000_000
 #: half-width (native samples) of the resampling kernel
 RESAMPLE_HALF_WIDTH = 8
-_NOMINAL_RATES = (12000.0, 20250.0)
 
 # ---- 1. station time bases -------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -379,8 +379,8 @@ def resample_baseband(
         n_native = int(ds["n_samples"].values[i])
         iq = np.asarray(ds["iq"].isel(station=i).values)[:n_native]
         x = np.empty(n_native, dtype=np.complex64)
-        x.real = iq[:, 0] / np.float32(32768.0)
-        x.imag = iq[:, 1] / np.float32(32768.0)
+        x.real = iq[:, 0] / np.float32(FULL_SCALE)
+        x.imag = iq[:, 1] / np.float32(FULL_SCALE)
         ok = _frames_ok(ds, i, n_native)
         for seg in times[sid].segments:
             ratio = grid.fs / seg.fs
