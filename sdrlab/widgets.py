@@ -41,7 +41,7 @@ import pandas as pd
 import xarray as xr
 from matplotlib.figure import Figure
 
-from .acquire import FINAL_STATES, Session, final_event, validate_request
+from .acquire import FINAL_STATES, TABLE_METRICS, Session, final_event, validate_request
 from .acquire import acquire as run_acquisition
 from .config import Settings
 from .errors import AcquisitionError, ConfigError
@@ -87,6 +87,9 @@ TIME_OF_DAY = "%H:%M:%S.%f"
 TIME_SECONDS = "%Y-%m-%d %H:%M:%S"
 #: the tables' look: compact (12 px, tight lines), never wider than the panel when it can wrap headers
 TABLE_STYLE = "border-collapse:collapse;max-width:100%;font-size:12px;line-height:1.3"
+#: the metrics a session's summary shows (the acquisition table's, and the S-meter): all ~20 would not
+#: fit the panel; ``ds.sdr.metrics_table()`` has the rest
+SUMMARY_METRICS = (*TABLE_METRICS, "rssi_mean_dbm")
 #: the width of the acquisition panel's descriptions ("Frequency (kHz)" in full at the widgets' 13 px)
 DESCRIPTION_WIDTH = "9em"
 #: a store name longer than this is shortened in the panels (the full URL is in the tooltip)
@@ -592,7 +595,7 @@ class SessionBrowser(_Panel):
 
         self.refresh_button = W.Button(description="Refresh", icon="refresh")
         self.selector = W.Dropdown(options=[], description="Session", style={"description_width": "4.5em"},
-                                   layout=W.Layout(width="36em", max_width="100%"))
+                                   layout=W.Layout(width="42em", max_width="100%"))
         self.open_button = W.Button(description="Open", icon="folder-open", disabled=True)
         self.plot_kind = W.ToggleButtons(options=[("PSD", "psd"), ("spectrogram", "spectrogram"),
                                                   ("map", "map"), ("metrics", "metrics")], value="psd")
@@ -701,9 +704,14 @@ def dataset_summary_html(ds: xr.Dataset) -> str:
     else:  # e.g. an imported session without metrics: compute them
         table = ds.sdr.metrics_table()
         table.columns = [str(c).split(" [")[0] for c in table.columns]
+    everything = len(table.columns)
+    table = table[[c for c in SUMMARY_METRICS if c in table.columns]]
     if "status" in ds.coords:
         table.insert(0, "status", [str(v) for v in ds["status"].values])
-    return "<div>" + " · ".join(facts) + "</div>" + table_html(table)
+    more = (f"<div style='color:#555;font-size:12px'>{len(table.columns) - ('status' in table)} of the "
+            f"{everything} metrics (all of them: <code>ds.sdr.metrics_table()</code> of the opened dataset)</div>"
+            if everything > len(SUMMARY_METRICS) else "")
+    return "<div>" + " · ".join(facts) + "</div>" + table_html(table) + more
 
 
 # ---- the index ------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from sdrlab.config import Settings  # noqa: E402
 from sdrlab.demo import demo7_stations  # noqa: E402
+from sdrlab.plots import metric_label  # noqa: E402
 from sdrlab.errors import AcquisitionError, ConfigError, StorageError  # noqa: E402
 from sdrlab.sim.networks import DEMO7_TUNE_HZ, demo7  # noqa: E402
 from sdrlab.sim.scene import Faults  # noqa: E402
@@ -28,6 +29,7 @@ from sdrlab.stations import load_catalog  # noqa: E402
 from sdrlab.store import Store  # noqa: E402
 from sdrlab.widgets import (  # noqa: E402
     PLOT_KINDS,
+    SUMMARY_METRICS,
     TIME_OF_DAY,
     AcquisitionPanel,
     HistoryPanel,
@@ -187,6 +189,9 @@ def test_session_browser_lists_and_opens_the_stored_session(acquired: SimpleName
     assert [str(s) for s in ds["station"].values] == THREE
     assert "3 station(s)" in browser.summary.value and "9749.000 kHz" in browser.summary.value
     summary = parse_table(browser.summary.value[browser.summary.value.index("<table"):])
+    # the summary fits the panel: the acquisition table's metrics and the S-meter, the rest named
+    assert list(summary["demo-berlin"]) == ["station", "status", *(metric_label(k) for k in SUMMARY_METRICS)]
+    assert "ds.sdr.metrics_table()" in browser.summary.value
     for st in THREE:
         snr = float(acquired.session.dataset["snr_db"].sel(station=st))
         assert float(summary[st]["SNR (dB)"]) == pytest.approx(snr, abs=0.051)
