@@ -146,6 +146,17 @@ def images(facts: dict[str, Any]) -> int:
     return sum(c["images_decoded"] + c["canvases"] for c in facts["cells"])
 
 
+def assert_reads_cleanly(name: str, layout: dict[str, Any]) -> None:
+    """At the 1280 px window, JupyterLab's default layout (about 850 px of output): no label or option
+    cut, no table cell on two lines (free text aside), nothing wider than its box, no table wider than
+    the output (tests.support.lab.LabNotebook.layout)."""
+    assert not layout["cut"], f"{name}: text cut off: {layout['cut']}"
+    assert not layout["wrapped"], f"{name}: table cells on two lines: {layout['wrapped']}"
+    assert not layout["overflow"], f"{name}: wider than its box: {layout['overflow']}"
+    wide = [t for t in layout["tables"] if t["width"] > layout["width"]]
+    assert not wide, f"{name}: tables wider than the {layout['width']} px output: {wide}"
+
+
 def full_bars(cell: dict[str, Any]) -> bool:
     bars = cell["progress"]
     return bool(bars) and all(b["percent"] >= 100.0 and "success" in b["style"] for b in bars)
@@ -169,6 +180,9 @@ def test_01_acquire_panel_acquires_when_acquire_is_clicked(run_notebook: Any, br
     first = SESSION_RE.search(panel["text"])
     assert first, panel["text"][:800]
     assert f"{len(STATIONS)} ok, 0 partial, 0 failed" in panel["text"]
+    layout = nb.layout("AcquisitionPanel(")
+    assert_reads_cleanly("01-acquire", layout)
+    assert layout["width"] < 1000 and len(layout["tables"]) == 1, layout  # the default layout, one table
     assert station_rows(cell_with(facts, "nb.station_table(ds)")) == STATIONS
     for plot in ("plot_psd", "plot_spectrogram", "plot_map"):
         assert cell_with(facts, plot)["images_decoded"] == 1, plot
@@ -186,6 +200,11 @@ def test_01_acquire_panel_acquires_when_acquire_is_clicked(run_notebook: Any, br
     sessions = {m.group(1) for m in SESSION_RE.finditer(panel["text"])}
     second = sessions - {first.group(1)}
     assert len(second) == 1, panel["text"][:800]
+    # the new acquisition replaced the old result: its table and session id are gone from the panel
+    assert first.group(1) not in panel["text"], panel["text"][:800]
+    layout = nb.layout("AcquisitionPanel(")
+    assert layout["sessions"] == list(second) and len(layout["tables"]) == 1, layout
+    assert_reads_cleanly("01-acquire, second acquisition", layout)
     assert len(panel["progress"]) == len(STATIONS) and full_bars(panel), panel["progress"]
     captions = [t["caption"] for t in panel["tables"] if "sdrlab-table" in t["classes"]]
     assert any(second.pop() in c for c in captions), captions
@@ -206,6 +225,7 @@ def test_02_explore_browser_opens_and_plots(run_notebook: Any, browser: Headless
         assert cell_with(facts, plot)["images_decoded"] == 1, plot
     # the browser's Plot button draws the selected session into the panel
     assert cell_with(nb.facts(), "SessionBrowser(")["images_decoded"] == 0
+    assert_reads_cleanly("02-explore", nb.layout("SessionBrowser("))
     nb.output("SessionBrowser(").locator("button.jupyter-button", has_text="Plot").click()
     nb.wait_for("() => Array.from(document.querySelectorAll('.jp-OutputArea .jupyter-widgets img'))"
                 ".some(i => i.complete && i.naturalWidth > 0)", timeout=60, what="the panel's plot")
@@ -223,6 +243,7 @@ def test_03_history_panel_plots(run_notebook: Any, browser: HeadlessBrowser) -> 
                 ".some(i => i.complete && i.naturalWidth > 0)", timeout=60, what="the panel's plot")
     panel = cell_with(nb.facts(), "HistoryPanel(")
     assert any(set(t["header"]) >= set(STATIONS) for t in panel["tables"]), panel["tables"]
+    assert_reads_cleanly("03-history", nb.layout("HistoryPanel("))
 
 
 def test_04_tdoa_locates_and_draws(run_notebook: Any, browser: HeadlessBrowser) -> None:

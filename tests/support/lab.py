@@ -330,6 +330,54 @@ _FACTS_JS = r"""
 }
 """
 
+#: how an output reads at the window's width (issue 14): labels and options whose text is cut
+#: (a label scrolls, or an option's text is wider than its room, measured in the select's font),
+#: table cells whose text wraps onto a second line (free-text notes and error columns excepted),
+#: elements wider than their box (horizontal overflow), each table's width against the output's,
+#: and the session ids the output shows
+_LAYOUT_JS = r"""
+(out) => {
+  const shown = e => e.getClientRects().length > 0 && getComputedStyle(e).visibility !== 'hidden';
+  const text = e => (e.innerText || e.textContent || '').trim();
+  const cut = [];
+  for (const e of out.querySelectorAll('.widget-label, .jupyter-widget-label')) {
+    if (shown(e) && e.scrollWidth > e.clientWidth) cut.push({text: text(e), need: e.scrollWidth, room: e.clientWidth});
+  }
+  const ctx = document.createElement('canvas').getContext('2d');
+  for (const sel of out.querySelectorAll('select')) {
+    if (!shown(sel)) continue;
+    const cs = getComputedStyle(sel);
+    ctx.font = `${cs.fontStyle} ${cs.fontWeight} ${cs.fontSize} ${cs.fontFamily}`;
+    const room = sel.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight) - 8;
+    for (const o of sel.options) {
+      const need = ctx.measureText(o.text).width;
+      if (need > room) cut.push({text: o.text, need: need, room: room});
+    }
+  }
+  const wrapped = [], tables = [];
+  for (const t of out.querySelectorAll('table')) {
+    const heads = Array.from(t.querySelectorAll('thead th')).map(text);
+    tables.push({width: t.getBoundingClientRect().width, heads: heads});
+    for (const row of t.querySelectorAll('tbody tr')) {
+      Array.from(row.cells).forEach((td, i) => {
+        if (['notes', 'error'].includes(heads[i]) || !text(td)) return;
+        const r = document.createRange();
+        r.selectNodeContents(td);
+        const lines = new Set(Array.from(r.getClientRects()).map(x => Math.round(x.top))).size;
+        if (lines > 1) wrapped.push({column: heads[i], text: text(td), lines: lines});
+      });
+    }
+  }
+  const overflow = [];
+  for (const e of [out, ...out.querySelectorAll('.jupyter-widgets, .widget-html-content')]) {
+    if (shown(e) && e.scrollWidth > e.clientWidth + 1)
+      overflow.push({element: e.className.slice(0, 80), width: e.scrollWidth, box: e.clientWidth});
+  }
+  const sessions = Array.from(new Set(text(out).match(/\d{8}T\d{6}Z-[0-9a-f]+/g) || []));
+  return {width: out.clientWidth, cut: cut, wrapped: wrapped, overflow: overflow, tables: tables, sessions: sessions};
+}
+"""
+
 
 class LabNotebook:
     """One notebook of a :class:`JupyterLabServer`, opened in a :class:`HeadlessBrowser`, driven as a
@@ -472,6 +520,13 @@ class LabNotebook:
         cell = self.page.locator(f"{ACTIVE_PANEL} .jp-CodeCell").filter(
             has=self.page.locator(".jp-InputArea", has_text=code)).first
         return cell.locator(".jp-OutputArea-output").first
+
+    def layout(self, code: str) -> dict[str, Any]:
+        """How the output of the cell with ``code`` reads at the window's width (see ``_LAYOUT_JS``):
+        ``width``, ``cut`` labels and options, ``wrapped`` table cells, ``overflow``, ``tables``
+        (width, headers), ``sessions`` (the session ids it shows)."""
+        found: dict[str, Any] = self.output(code).evaluate(_LAYOUT_JS)
+        return found
 
     def close(self) -> None:
         """End the notebook's kernel (and what it started) and leave the page."""
