@@ -179,7 +179,10 @@ def short_store_name(url: str) -> str:
     ``s3://bucket/a/b/c`` as ``s3://bucket/…/c``, ``postgresql+psycopg://me:pw@host/db`` as
     ``host/db``; no credentials (the full URL, its password masked, goes in the tooltip:
     :func:`store_html`)."""
-    masked = mask_url(url).split(" at ", 1)[0].rstrip("/")
+    masked = mask_url(url)
+    if masked.startswith("s3://"):  # Store.where: "s3://bucket/prefix at http://endpoint"
+        masked = masked.split(" at ", 1)[0]
+    masked = masked.rstrip("/")
     scheme, sep, rest = masked.partition("://")
     if not sep:
         return masked
@@ -356,8 +359,9 @@ def session_table_html(session: Session) -> str:
         if col in table and not table[col].fillna("").astype(str).str.strip().any():
             table = table.drop(columns=col)
     starts = pd.to_datetime(table["start_utc"]).dropna() if "start_utc" in table else pd.Series([], dtype=object)
-    day = f" on {starts.min():%Y-%m-%d}" if len(starts) else ""
-    return table_html(table, time_format=TIME_OF_DAY,
+    one_day = len(starts) > 0 and starts.dt.date.nunique() == 1  # else full dates: the day would be ambiguous
+    day = f" on {starts.min():%Y-%m-%d}" if one_day else ""
+    return table_html(table, time_format=TIME_OF_DAY if one_day else TIME_FULL,
                       caption=f"session {session.session_id} at {session.frequency_hz / 1e3:.3f} kHz, "
                               f"{session.duration_s:g} s{day}")
 

@@ -462,6 +462,7 @@ def test_panels_wrap_rows_instead_of_overflowing(tmp_path: Path) -> None:
     ("sqlite:////home/me/sdrlab-data/index.db", "index.db"),
     ("postgresql+psycopg://me:secret@db.example/sdrlab", "db.example/sdrlab"),
     ("file:///data/" + "x" * 60, "x" * 31 + "…"),
+    ("file:///data/meet at noon", "meet at noon"),
 ])
 def test_short_store_name(url: str, short: str) -> None:
     assert short_store_name(url) == short
@@ -488,3 +489,20 @@ def test_tables_keep_cells_on_one_line_and_numbers_right() -> None:
     assert "text-align:right;white-space:nowrap'>21.4<" in out
     assert "max-width:100%" in out
     assert table_html(df.iloc[:1], caption_html="in <b>x</b>").count("<caption style='text-align:left'>in <b>x</b>") == 1
+
+
+def test_results_table_keeps_dates_when_the_starts_span_midnight() -> None:
+    import pandas as pd
+
+    from sdrlab.widgets import session_table_html
+
+    starts = pd.to_datetime(["2026-12-07 23:59:59.900", "2026-12-08 00:00:00.100"])
+    table = pd.DataFrame({"status": ["ok", "ok"], "start_utc": starts, "error": ["", ""]},
+                         index=pd.Index(["demo-paris", "demo-zurich"], name="station"))
+    session = SimpleNamespace(status=lambda: table, session_id="S", frequency_hz=DEMO7_TUNE_HZ, duration_s=3.0)
+    out = session_table_html(session)
+    assert parse_table(out)["demo-zurich"]["start (UTC)"] == "2026-12-08 00:00:00.100" and " on 2026" not in out
+    one = SimpleNamespace(status=lambda: table.iloc[:1], session_id="S", frequency_hz=DEMO7_TUNE_HZ, duration_s=3.0)
+    out = session_table_html(one)
+    assert parse_table(out)["demo-paris"]["start (UTC)"] == "23:59:59.900" and "3 s on 2026-12-07" in out
+    assert "error" not in parse_table(out)["demo-paris"]  # an empty error column is left out
