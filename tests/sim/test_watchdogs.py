@@ -36,7 +36,9 @@ def test_password_timeout_before_auth() -> None:
 
 
 def test_keepalive_expiry_after_auth() -> None:
-    wd = Watchdogs(keepalive_timeout_s=0.5, auth_timeout_s=LONG, hang_keepalives=1000, incomplete_s=LONG)
+    # 2 s: far above how long a loaded machine may keep the chatty client from sending (a 0.5 s
+    # expiry closed it too in a CI run at load 8)
+    wd = Watchdogs(keepalive_timeout_s=2.0, auth_timeout_s=LONG, hang_keepalives=1000, incomplete_s=LONG)
 
     async def body() -> None:
         async with running(small_scene(), watchdogs=wd) as srv:
@@ -47,7 +49,7 @@ def test_keepalive_expiry_after_auth() -> None:
             await chatty.start_iq()
             loop = asyncio.get_running_loop()
             t0 = loop.time()
-            while loop.time() - t0 < 1.2:
+            while loop.time() - t0 < 3.0:
                 await chatty.send("SET keepalive")
                 await chatty.drain(0.1)
                 await quiet.drain(0.01)
