@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Sequence
 import pandas as pd
 import xarray as xr
 
-from . import model, timing
+from . import metric_table, model, timing
 from .config import Settings
 from .errors import ConfigError, ReceiverError
 from .model import new_session_id
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 MAX_FREQUENCY_HZ = 30_000_000.0  # KiwiSDR: HF, 0-30 MHz
 #: the metrics shown in the per-station table (all of them are stored in the Dataset)
-TABLE_METRICS = ("snr_db", "cn0_dbhz", "signal_power_dbfs", "noise_floor_dbfs_hz", "frequency_offset_hz")
+TABLE_METRICS = metric_table.TABLE_METRICS
 #: metric flags behind the table's notes
 NOTE_METRICS = ("passband_filled", "agc_gain_changed", "clipped_fraction", "overload_fraction")
 #: the shortest capture: a few of the receivers' 512-sample frames at 12 kHz; anything shorter has

@@ -71,6 +71,7 @@ import pandas as pd
 import xarray as xr
 
 from .receivers.kiwiwire import FLAG_ADC_OVERFLOW, smeter_to_dbm
+from . import metric_table
 from .welch import (
     CLIP_LEVEL,
     FRAME,
@@ -124,49 +125,9 @@ __all__ = [
     "total_power",
 ]
 
-# metric variable names (units in the name) and their units
-UNITS: dict[str, str] = {
-    "noise_floor_dbfs_hz": "dBFS/Hz",
-    "frequency_offset_hz": "Hz",
-    "signal_power_dbfs": "dBFS",
-    "total_power_dbfs": "dBFS",
-    "snr_db": "dB",
-    "cn0_dbhz": "dB-Hz",
-    "noise_bandwidth_hz": "Hz",
-    "occupied_bandwidth_hz": "Hz",
-    "passband_low_hz": "Hz",
-    "passband_high_hz": "Hz",
-    "passband_source": "1",
-    "passband_filled": "1",
-    "rssi_mean_dbm": "dBm",
-    "rssi_min_dbm": "dBm",
-    "rssi_max_dbm": "dBm",
-    "agc_gain_range_db": "dB",
-    "agc_gain_changed": "1",
-    "clipped_fraction": "1",
-    "overload_fraction": "1",
-}
-LONG_NAMES: dict[str, str] = {
-    "noise_floor_dbfs_hz": "noise floor N0 (lowest cluster of the inner-passband PSD, bias-corrected)",
-    "frequency_offset_hz": "peak frequency offset from the tuned frequency",
-    "signal_power_dbfs": "noise-subtracted signal power in the passband",
-    "total_power_dbfs": "mean power |z|^2 of the valid samples (time domain)",
-    "snr_db": "signal-to-noise ratio S/N in the noise bandwidth",
-    "cn0_dbhz": "carrier-to-noise density S/N0",
-    "noise_bandwidth_hz": "noise bandwidth B of snr_db",
-    "occupied_bandwidth_hz": "occupied bandwidth",
-    "passband_low_hz": "passband low edge used by the metrics",
-    "passband_high_hz": "passband high edge used by the metrics",
-    "passband_source": "where the passband came from",
-    "passband_filled": "no signal-free region in the passband (noise floor an upper bound)",
-    "rssi_mean_dbm": "mean S-meter RSSI (averaged in linear power)",
-    "rssi_min_dbm": "minimum S-meter RSSI",
-    "rssi_max_dbm": "maximum S-meter RSSI",
-    "agc_gain_range_db": "receiver gain variation over the capture (p95 - p5 of IQ dBFS - RSSI dBm per frame)",
-    "agc_gain_changed": "receiver gain changed during the capture (AGC or gain steps)",
-    "clipped_fraction": "fraction of valid samples with |I| or |Q| at int16 full scale",
-    "overload_fraction": "fraction of received frames with the ADC-overflow flag (0x02)",
-}
+# metric variable names (units in the name), their units and long names: the one table
+UNITS = metric_table.UNITS
+LONG_NAMES = metric_table.LONG_NAMES
 _SPECTRAL = ("noise_floor_dbfs_hz", "frequency_offset_hz", "signal_power_dbfs", "snr_db", "cn0_dbhz",
              "occupied_bandwidth_hz", "noise_bandwidth_hz", "passband_low_hz", "passband_high_hz",
              "passband_source", "passband_filled")

@@ -12,6 +12,7 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any
 
+from . import metric_table
 from .config import Settings
 from .config import project_root as project_root  # the notebooks call nb.workbench_settings(store, db)
 from .config import workbench_settings as workbench_settings
@@ -180,11 +181,10 @@ def station_table(ds: Any) -> pd.DataFrame:
         row["samples"] = int(s["n_samples"])
         row["sample rate (Hz)"] = round(float(s["sample_rate"]), 3)
         row["start (UTC)"] = pd.Timestamp(s["start_time"].values).round("ms")
-        for name, label, nd in (("snr_db", "SNR (dB)", 1), ("signal_power_dbfs", "signal (dBFS)", 1),
-                                ("noise_floor_dbfs_hz", "noise floor (dBFS/Hz)", 1),
-                                ("frequency_offset_hz", "offset (Hz)", 2)):
+        for name, nd in (("snr_db", 1), ("signal_power_dbfs", 1), ("noise_floor_dbfs_hz", 1),
+                         ("frequency_offset_hz", 2)):
             if name in ds.variables:
-                row[label] = round(float(s[name]), nd)
+                row[metric_table.label(name)] = round(float(s[name]), nd)
         rows.append(row)
     return pd.DataFrame(rows).set_index("station")
 

@@ -15,19 +15,11 @@ import xarray as xr
 import xarray.ufuncs as xu
 from matplotlib.figure import Figure
 
-from . import geomap
+from . import geomap, metric_table
 from .metrics import UNITS
 
-#: axis labels of the metrics (units are added from metrics.UNITS)
-LABELS = {
-    "snr_db": "SNR", "signal_power_dbfs": "Signal power", "noise_floor_dbfs_hz": "Noise floor",
-    "frequency_offset_hz": "Frequency offset", "occupied_bandwidth_hz": "Occupied bandwidth",
-    "total_power_dbfs": "Total power", "rssi_mean_dbm": "RSSI", "rssi_min_dbm": "RSSI min",
-    "rssi_max_dbm": "RSSI max", "clipped_fraction": "Clipped", "overload_fraction": "ADC overload",
-    "cn0_dbhz": "C/N0", "noise_bandwidth_hz": "Noise bandwidth", "passband_low_hz": "Passband low",
-    "passband_high_hz": "Passband high", "passband_source": "Passband source", "passband_filled": "Passband filled",
-    "agc_gain_range_db": "AGC gain range", "agc_gain_changed": "AGC gain changed",
-}
+#: axis labels of the metrics (units are added from metrics.UNITS): the one metric table's
+LABELS = metric_table.LABELS
 
 
 def metric_label(name: str) -> str:

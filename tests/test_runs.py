@@ -106,7 +106,7 @@ def test_html_report_in_headless_chromium_shows_figures_and_the_metrics_table(re
         figure_sizes = browser.evaluate(
             "Array.from(document.images).map(i => [i.naturalWidth, i.getBoundingClientRect().width])")
         shot = browser.screenshot(tmp_path / "report.png")
-    assert {"status", "SNR (dB)", "noise floor (dBFS/Hz)", "offset (Hz)"} <= set(headers)
+    assert {"status", "SNR (dB)", "Noise floor (dBFS/Hz)", "Frequency offset (Hz)"} <= set(headers)
     by_station = {r[0]: r for r in rows if r and r[0] in STATIONS}
     assert sorted(by_station) == sorted(STATIONS)
     snr_col = headers.index("SNR (dB)")

@@ -14,6 +14,8 @@ from datetime import datetime
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, PrimaryKeyConstraint, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from .. import metric_table
+
 #: 2: the metric columns of issue 12 (C/N0, noise bandwidth, passband and its source, passband_filled,
 #: AGC gain range and flag), added to an existing database by ``init_db`` (``sdrlab db upgrade``)
 #: 3: the interval_metrics table (the metric time series of issue 13), created by ``init_db``
@@ -224,8 +226,9 @@ METRIC_COLUMNS = (
     "passband_filled", "agc_gain_range_db", "agc_gain_changed",
 )
 #: metrics in dB: averaged in linear power over time buckets
-DB_METRICS = frozenset({"snr_db", "noise_floor_dbfs_hz", "signal_power_dbfs", "total_power_dbfs", "rssi_mean_dbm",
-                        "cn0_dbhz"})
+DB_METRICS = metric_table.DB_METRICS
+# the columns are the one metric table's indexed metrics (their order is the schema's)
+assert set(METRIC_COLUMNS) == {m.name for m in metric_table.METRICS if m.indexed}
 
 
 class RunRow(Base):
