@@ -56,7 +56,6 @@ class Campaign:
     every_s: float | None = None
     total_s: float | None = None
     start: datetime | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from .acquire import validate_request
@@ -241,7 +240,6 @@ def monitor(
 
 def _spec(c: Campaign) -> dict[str, Any]:
     d = asdict(c)
-    d.pop("extra", None)
     d["start"] = c.start.isoformat() if c.start is not None else None
     d["stations"], d["frequencies_hz"] = list(c.stations), list(c.frequencies_hz)
     return d
