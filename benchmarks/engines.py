@@ -329,7 +329,7 @@ class Ice(Engine):
 
 def ice_config() -> Any:
     """Chunks up to 64 KiB inline in the manifest, as sdrlab's packed layout inlines them in its
-    references (``sdrlab.store.INLINE_BYTES``); Icechunk's default is 512 bytes and the setting
+    references (``sdrlab.packing.INLINE_BYTES``); Icechunk's default is 512 bytes and the setting
     is a 16-bit number (65535 at most)."""
     return icechunk.RepositoryConfig(inline_chunk_threshold_bytes=64 * 1024 - 1)
 

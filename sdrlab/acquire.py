@@ -62,6 +62,8 @@ class StationResult:
     metrics: dict[str, float] = field(default_factory=dict)
     #: how they were measured: each variable's attrs, and the metrics' global attrs under ""
     metric_attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: streaming: chunks the store did not take in the task, (station, k, chunk, sidecar)
+    unsent: list[tuple[str, int, bytes, bytes]] = field(default_factory=list)
 
     def as_status(self) -> model.StationStatus:
         return model.StationStatus(self.station, self.status, self.error_class, self.message)
@@ -291,6 +293,7 @@ def capture_group(
     stations: Sequence[Station], frequency_hz: float, duration_s: float, options: KiwiOptions, *,
     session_id: str = "", group: int = 0, progress_topic: str | None = None, stop_event: str | None = None,
     window_topics: tuple[str, str] | None = None, start_wait_s: float = 20.0,
+    stream: dict[str, Any] | None = None,
 ) -> list[StationResult]:
     """The dask task: capture every station of one group at once, in one event loop (one worker
     thread holds hundreds of streams); never raises for receiver trouble.
@@ -316,8 +319,14 @@ def capture_group(
                               time.perf_counter() - t) for st in stations]
     emit = _progress_emitter(progress_topic)
     poll = _stop_poller(stop_event)
+    writer = recorders = None
+    if stream is not None:
+        writer, recorders = _stream_writers(stations, stream)
     results = asyncio.run(_capture_group(stations, frequency_hz, duration_s, options, emit, poll,
-                                         _window_link(window_topics, group), start_wait_s, t))
+                                         _window_link(window_topics, group), start_wait_s, t, recorders))
+    if writer is not None and recorders is not None:
+        _close_stream(writer, recorders, results, float(stream["timeout_s"]) if stream else 60.0)
+        return results  # metrics are measured on the stored session when it is finalised
     for st, res in zip(stations, results):
         if res.capture is not None:
             try:
@@ -326,6 +335,38 @@ def capture_group(
                 log.exception("station %s: metrics failed", st.id)
                 res.message = (res.message or "") + f" (metrics failed: {exc})"
     return results
+
+
+def _stream_writers(stations: Sequence[Station], stream: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Streaming: the store the chunks go to (from ``stream``: url, storage_options, timeout_s,
+    session_id, chunk_samples), its background writer and one recorder per station."""
+    from .recording import ChunkWriter, StationRecorder
+    from .store import Store
+
+    store = Store(stream["url"], stream.get("storage_options"), timeout_s=float(stream["timeout_s"]))
+    sid = str(stream["session_id"])
+
+    def put(station: str, k: int, chunk: bytes, sidecar: bytes) -> None:
+        store.put_stream(sid, station, k, chunk, sidecar)
+
+    writer = ChunkWriter(put)
+    return writer, {st.id: StationRecorder(st.id, int(stream["chunk_samples"]), writer.put) for st in stations}
+
+
+def _close_stream(writer: Any, recorders: dict[str, Any], results: list[StationResult], timeout_s: float) -> None:
+    """Store each station's last chunk and wait for the writer; chunks the store did not take
+    travel back with the results (``unsent``) for the session's finalisation to try again."""
+    for res in results:
+        rec = recorders.get(res.station)
+        if rec is not None:
+            rec.close(res.capture)
+    writer.close(timeout_s)
+    for res in results:
+        mine = [u for u in writer.unsent if u[0] == res.station]
+        if mine:
+            res.unsent = mine
+            note = f"{len(mine)} chunk(s) not stored yet ({writer.error})"
+            res.message = "; ".join(x for x in (res.message, note) if x)
 
 
 #: (report(first_ns), fetch() -> start_ns or None) of the cluster-wide window, or None
@@ -362,7 +403,7 @@ def _window_link(topics: tuple[str, str] | None, group: int) -> WindowLink:
 async def _capture_group(
     stations: Sequence[Station], frequency_hz: float, duration_s: float, options: KiwiOptions,
     emit: Callable[[dict[str, Any]], None] | None, poll: Callable[[], bool] | None, link: WindowLink,
-    start_wait_s: float, t: float,
+    start_wait_s: float, t: float, recorders: dict[str, Any] | None = None,
 ) -> list[StationResult]:
     import asyncio
 
@@ -374,6 +415,8 @@ async def _capture_group(
     for st in stations:
         rx = make_receiver(st, options)
         rx.window = window
+        if recorders is not None:
+            rx.sink = recorders[st.id]
         if poll is not None:
             rx.should_stop = poll
         if emit is not None:
@@ -557,6 +600,7 @@ def acquire(
     attrs: dict[str, Any] | None = None,
     stop: threading.Event | None = None,
     start_wait_s: float = 20.0,
+    stream: bool | None = None,
 ) -> Session:
     """Acquire ``duration_s`` of IQ at ``frequency_hz`` from every station, in parallel, and
     write the session to the store as soon as it is complete.
@@ -583,6 +627,12 @@ def acquire(
     ``start_wait_s``: how long the session's common start waits for stations still connecting
     once the first have data (see :mod:`sdrlab.receivers.window`); those later than that start
     late and are ``partial``.
+
+    ``stream``: store the samples as they arrive (:mod:`sdrlab.recording`), in chunks of
+    ``settings.chunk_s`` seconds: memory stays flat whatever the duration, the session lists as
+    ``recording`` while it grows and opens at every chunk boundary, and a crash loses at most the
+    chunk being filled (``sdrlab store finalise`` completes such a session).  Default: sessions
+    longer than ``settings.stream_above_s`` stream, shorter ones are held in memory.
     """
     settings = settings or Settings.from_env()
     validate_request(frequency_hz, duration_s)
@@ -604,17 +654,24 @@ def acquire(
     options = options or KiwiOptions(gps_utc_offset_s=settings.gps_utc_offset_s)
     show = settings.progress if progress is None else progress
     sid = new_session_id()
+    streaming = write and (duration_s > settings.stream_above_s if stream is None else bool(stream))
+    spec = None
+    if streaming:
+        spec = begin_stream(store, sid, chosen, frequency_hz, duration_s, settings, options, attrs)
     t0 = time.perf_counter()
     if client is not None:
         results, start_ns = _run(client, chosen, frequency_hz, duration_s, options, sid, show, on_progress, stop,
-                                 start_wait_s)
+                                 start_wait_s, spec)
     else:
         with settings.dask_client(scheduler, n_threads=2) as c:
             results, start_ns = _run(c, chosen, frequency_hz, duration_s, options, sid, show, on_progress, stop,
-                                     start_wait_s)
+                                     start_wait_s, spec)
     t_acq = time.perf_counter() - t0
     ordered = {s.id: results[s.id] for s in chosen}
     _check_window(ordered, start_ns)
+    if streaming:
+        session = Session(sid, float(frequency_hz), float(duration_s), ordered, None, timings={"acquire_s": t_acq})
+        return finalise(store, sid, session=session, start_ns=start_ns, index=index, rescue=settings.rescue_obj())
     caps = [r.capture for r in ordered.values() if r.capture is not None]
     ds = None
     if caps:
@@ -635,6 +692,101 @@ def acquire(
                       timings={"acquire_s": t_acq, "build_s": time.perf_counter() - t0 - t_acq})
     if write and ds is not None:
         save(session, store, index=index, rescue=settings.rescue_obj())
+    return session
+
+
+def begin_stream(store: Any, sid: str, chosen: Sequence[Station], frequency_hz: float, duration_s: float,
+                 settings: Settings, options: KiwiOptions, attrs: dict[str, Any] | None) -> dict[str, Any]:
+    """Make the session visible in the store as ``recording`` (this also checks the store before
+    anything is captured: a store that fails here is a StorageError, nothing acquired yet) and
+    return what the capture tasks need to stream into it."""
+    from .recording import chunk_samples
+
+    n = chunk_samples(settings.chunk_s)
+    record = {
+        "stations": [st.id for st in chosen],
+        "positions": {st.id: {"name": st.name, "latitude": st.latitude, "longitude": st.longitude,
+                              "altitude": st.altitude} for st in chosen},
+        "center_frequency_hz": float(frequency_hz), "duration_s": float(duration_s), "chunk_samples": n,
+        "passband_hz": [float(options.low_cut), float(options.high_cut)],
+        "attrs": {**_json_safe(dict(attrs or {})),
+                  **({"papermill_run_id": settings.run_id} if settings.run_id else {})},
+        "start_time": None,
+    }
+    store.begin_recording(sid, record)
+    return {"url": store.url, "storage_options": store.options, "timeout_s": store.timeout_s, "session_id": sid,
+            "chunk_samples": n}
+
+
+def finalise(store: Any, session_id: str, *, session: Session | None = None, start_ns: int | None = None,
+             index: Any = False, rescue: Any = None) -> Session:
+    """Complete a streamed session: chunks that did not reach the store in the capture tasks are
+    tried again, the session is opened from the store as recorded, its statuses (from the capture
+    results when given, else ``partial`` for every station with data), metrics and metric time
+    series are computed chunk by chunk from the store, and its commit record replaces the
+    ``recording`` one; then it is indexed.  Also completes a session whose capturing process
+    died (``sdrlab store finalise``): what was stored is kept, the chunk being filled is lost."""
+    from .errors import StorageError
+
+    t = time.perf_counter()
+    results = session.results if session is not None else {}
+    unsent = [u for r in results.values() for u in r.unsent]
+    for i, (station, k, chunk, side) in enumerate(unsent):
+        try:
+            store.put_stream(session_id, station, k, chunk, side)
+        except StorageError as exc:
+            left = unsent[i:]
+            msg = f"{len(left)} chunk(s) of session {session_id} not stored: {exc}"
+            return _rescue_stream(store, session_id, left, msg, session, rescue)
+    ds = store.open(session_id)
+    record = store.summary(session_id)
+    if results:
+        statuses = {sid: r.as_status().as_dict() for sid, r in results.items()}
+        ds.attrs["station_status"] = json.dumps(statuses, sort_keys=True)
+        ds = ds.assign_coords(status=("station", [statuses.get(str(s), {}).get("status", "partial")
+                                                   for s in ds["station"].values]))
+    ds = add_metrics(ds)
+    duration_s = float(record.get("duration_s") or ds.attrs.get("requested_duration_s", 0.0))
+    ds.attrs.update(window_attrs(ds, start_ns, duration_s, int(ds.attrs.get("gps_utc_offset_s", 18))))
+    ds.attrs["requested_duration_s"] = duration_s
+    ref = store.finish_recording(ds)
+    final = store.open(session_id)
+    if session is None:
+        session = Session(session_id, float(final.attrs["center_frequency_hz"]), duration_s, {}, final)
+    session.dataset, session.path = final, ref.url
+    session.timings["store_s"] = time.perf_counter() - t
+    if index is not False and index is not None:
+        add_to_index(session, index)
+    return session
+
+
+def _rescue_stream(store: Any, session_id: str, unsent: list[tuple[str, int, bytes, bytes]], msg: str,
+                   session: Session | None, rescue: Any) -> Session:
+    """The store would not take a streamed session's last chunks: they go to the rescue store
+    (with the session's record, as a recording there) for ``sdrlab store push``; the session
+    stays ``recording`` in the store with what it took."""
+    from .errors import StorageError
+
+    log.error("%s", msg)
+    if session is None:
+        session = Session(session_id, float("nan"), float("nan"), {}, None)
+    session.store_error = msg
+    if rescue is None:
+        session.store_error += "; no rescue store: those chunks are lost"
+        return session
+    try:
+        try:
+            record = store.summary(session_id)
+        except StorageError:
+            record = None
+        if record is not None and not rescue.fs.exists(rescue._commit_key(session_id)):
+            keep = {k: v for k, v in record.items() if k not in ("layout", "status", "committed")}
+            rescue.begin_recording(session_id, keep)
+        for station, k, chunk, side in unsent:
+            rescue.put_stream(session_id, station, k, chunk, side)
+        session.rescued = rescue.session_url(session_id)
+    except StorageError as exc:
+        session.store_error += f"; not rescued to {rescue.where} either ({exc})"
     return session
 
 
@@ -793,7 +945,7 @@ def _groups(client: Any, chosen: list[Station]) -> list[tuple[str | None, list[S
 def _run(
     client: Any, chosen: list[Station], frequency_hz: float, duration_s: float,
     options: KiwiOptions, sid: str, show: bool, on_progress: ProgressCallback | None = None,
-    stop: threading.Event | None = None, start_wait_s: float = 20.0,
+    stop: threading.Event | None = None, start_wait_s: float = 20.0, stream: dict[str, Any] | None = None,
 ) -> tuple[dict[str, StationResult], int | None]:
     """Run the group tasks, coordinate the session's start, gather the results: (station ->
     result, the window's start in GPS ns or None when no group reported one)."""
@@ -840,7 +992,7 @@ def _run(
             client.submit(
                 capture_group, members, frequency_hz, duration_s, options, session_id=sid, group=g,
                 progress_topic=topic, stop_event=stop_name, window_topics=(report_topic, start_topic),
-                start_wait_s=start_wait_s, key=f"acquire-g{g}-{sid}", pure=False, retries=0,
+                start_wait_s=start_wait_s, stream=stream, key=f"acquire-g{g}-{sid}", pure=False, retries=0,
                 workers=[addr] if addr else None, allow_other_workers=True,
             ): (g, members)
             for g, (addr, members) in enumerate(groups)

@@ -26,7 +26,7 @@ from . import timing
 __all__ = [
     "FLAG_ADC_OVERFLOW", "FLAG_COMPRESSED", "FLAG_LITTLE_ENDIAN", "FLAG_LPF", "FLAG_NEW_FREQ", "FLAG_RESTART",
     "FLAG_SQUELCHED", "FLAG_STEREO", "GPS_LAST_CAP", "GPS_NO_CLOCK", "HEADER_DTYPE", "SAMPLES_PER_FRAME",
-    "Capture", "ReceiverInfo", "Segment", "build_receipt_segment", "build_segment",
+    "Capture", "ReceiverInfo", "Segment", "build_receipt_segment", "build_segment", "fit_frames",
 ]
 
 #: complex samples in one frame of the per-frame record (a KiwiSDR SND IQ frame)
@@ -111,10 +111,13 @@ class Segment:
     frame_start: npt.NDArray[np.int64] | None = None
     #: receipt-time estimate of sample 0 (GPS ns from the host clock; -1 = none)
     receipt_t0_gps_ns: int = -1
+    #: samples of the segment stored elsewhere and not held in ``samples`` (streaming capture:
+    #: they went to the store as they arrived; see :mod:`sdrlab.recording`)
+    streamed: int = 0
 
     @property
     def n_samples(self) -> int:
-        return int(self.samples.shape[0])
+        return int(self.samples.shape[0]) + self.streamed
 
 
 @dataclass
@@ -174,6 +177,27 @@ def _rssi_dbm(smeter: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
     return out
 
 
+def fit_frames(sample_index: npt.ArrayLike, gps_ns: npt.ArrayLike, last_gps: npt.ArrayLike, *,
+               nominal_fs: float) -> timing.TimeFit:
+    """The GPS time fit of one segment from the frames that arrived, in order: each frame's first
+    sample (index within the segment), GPS stamp (ns, -1 = none) and ``last_gps_solution``.
+
+    Fresh stamps are used: the frame where last_gps_solution drops (a new fix arrived; the TDoA
+    tools' proc_kiwi_iq_wav.m uses diff(gpslast) < 0); stamps later in a fix interval may drift.
+    With fewer than two fixes in the segment: frames at 0 s since a fix, then every valid stamp."""
+    n = np.asarray(sample_index, dtype=np.int64)
+    t = np.asarray(gps_ns, dtype=np.int64)
+    lg = np.asarray(last_gps).astype(np.int16)
+    has = t >= 0
+    if not has.any():
+        status = "no GPS clock (last_gps_solution 255)" if (lg == GPS_NO_CLOCK).any() else "no GPS timestamps"
+        return timing.TimeFit(-1, float(nominal_fs), float("nan"), 0, 0, status)
+    drop = has & np.r_[False, np.diff(lg) < 0]
+    zero = has & (lg == 0)
+    use = drop if drop.sum() >= 2 else zero if zero.sum() >= 2 else has
+    return timing.fit_time(n[use], t[use], nominal_fs=nominal_fs)
+
+
 def build_segment(
     headers: bytes,
     data: bytes,
@@ -220,18 +244,7 @@ def build_segment(
         gps_ns[has] = (wk[has] * timing.WEEK_S + gsec[has]) * timing.NS + gnsec[has]
     frame_gps = _spread(gps_ns, slot, total, -1, np.int64)
 
-    # fresh stamps: the frame where last_gps_solution drops (a new fix arrived; TDoA's
-    # proc_kiwi_iq_wav.m uses diff(gpslast) < 0).  Stamps later in a fix interval may drift.
-    # Fewer than two fixes in the segment: frames at 0 s since a fix, then every valid stamp.
-    lg = h["last_gps"].astype(np.int16)
-    drop = has & np.r_[False, np.diff(lg) < 0]
-    zero = has & (lg == 0)
-    use = drop if drop.sum() >= 2 else zero if zero.sum() >= 2 else has
-    if not has.any():
-        status = "no GPS clock (last_gps_solution 255)" if (h["last_gps"] == GPS_NO_CLOCK).any() else "no GPS timestamps"
-        fit = timing.TimeFit(-1, float(nominal_fs), float("nan"), 0, 0, status)
-    else:
-        fit = timing.fit_time(slot[use] * SAMPLES_PER_FRAME, gps_ns[use], nominal_fs=nominal_fs)
+    fit = fit_frames(slot * SAMPLES_PER_FRAME, gps_ns, h["last_gps"], nominal_fs=nominal_fs)
     missing = total - nf
     gaps = int(np.count_nonzero(np.diff(slot) > 1)) if nf > 1 else 0
     return Segment(

@@ -166,7 +166,13 @@ def _parser() -> argparse.ArgumentParser:
     push = stosub.add_parser("push", help="move sessions kept in the rescue directory (SDRLAB_RESCUE) to the "
                                           "store under their own ids, and index them")
     push.add_argument("session_ids", nargs="*", metavar="ID", help="default: every rescued session")
-    for q in (fsck, health, push):
+    fin = stosub.add_parser("finalise", help="complete streamed sessions left recording by a capture that stopped "
+                                             "(a crash, a kill): measure, commit and index what was stored")
+    fin.add_argument("session_ids", nargs="*", metavar="ID",
+                     help="default: every recording session with no new chunk for --min-age seconds")
+    fin.add_argument("--min-age", type=float, default=120.0, metavar="S",
+                     help="with no ID, spare sessions written to in the last S seconds (still capturing)")
+    for q in (fsck, health, push, fin):
         q.add_argument("--store", metavar="URL")
 
     exp = sub.add_parser("export", help="export a session")
@@ -610,6 +616,8 @@ def _cmd_query(a: argparse.Namespace) -> int:
 def _cmd_store(a: argparse.Namespace) -> int:
     if a.store_command == "push":
         return _store_push(a)
+    if a.store_command == "finalise":
+        return _store_finalise(a)
     store = _store(a.store, existing=a.store_command != "health")
     if a.store_command == "health":
         h = store.health()
@@ -679,6 +687,32 @@ def _cmd_import(a: argparse.Namespace) -> int:
           + (f" at {session.path}" if session.path else ""))
     if session.index_error:
         print(f"not indexed ({session.index_error}); run `sdrlab index rebuild` later")
+    return rc
+
+
+def _store_finalise(a: argparse.Namespace) -> int:
+    from .acquire import finalise
+
+    settings = _settings()
+    store = _store(a.store, existing=True)
+    ids = list(a.session_ids) or store.stale_recordings(a.min_age)
+    if not ids:
+        print(f"nothing to finalise: no session left recording in {store.where}")
+        return 0
+    engine = settings.engine()
+    rc = 0
+    for sid in ids:
+        session = finalise(store, sid, index=engine, rescue=settings.rescue_obj())
+        if session.store_error:
+            print(f"not finalised {sid}: {session.store_error}")
+            rc = 1
+            continue
+        ds = session.dataset
+        assert ds is not None
+        kept = ", ".join(f"{s} {int(n) / float(r):.1f} s" for s, n, r in
+                         zip(ds["station"].values, ds["n_samples"].values, ds["sample_rate"].values))
+        note = f" (not indexed: {session.index_error})" if session.index_error else ""
+        print(f"finalised {sid} at {session.path}: {kept}{note}")
     return rc
 
 

@@ -55,8 +55,18 @@ class Settings:
     #: where a session the store could not take is kept (a local directory, best on another disk
     #: than the store's), until ``sdrlab store push`` moves it back: file://PATH
     rescue: str = DEFAULT_RESCUE
+    #: streaming capture: sessions longer than this many seconds are stored as they arrive, in
+    #: chunks of about ``chunk_s`` seconds of signal (0: every session streams); shorter ones are
+    #: held in memory and stored when complete
+    stream_above_s: float = 60.0
+    chunk_s: float = 20.0
 
     def __post_init__(self) -> None:
+        for name, zero_ok in (("chunk_s", False), ("stream_above_s", True)):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and (v >= 0 if zero_ok else v > 0)):
+                raise ConfigError(f"SDRLAB_{name.upper()} must be a {'non-negative' if zero_ok else 'positive'} "
+                                  f"number of seconds, got {v!r}")
         if not (isinstance(self.store_timeout_s, (int, float)) and math.isfinite(self.store_timeout_s)
                 and self.store_timeout_s > 0):
             raise ConfigError(f"SDRLAB_STORE_TIMEOUT_S must be a positive number of seconds, got "
@@ -95,11 +105,11 @@ class Settings:
                 if low not in _TRUE | _FALSE:
                     raise ConfigError(f"SDRLAB_PROGRESS must be 0/1/true/false, got {raw!r}")
                 kw[f.name] = low in _TRUE
-            elif f.name == "store_timeout_s":
+            elif f.name in ("store_timeout_s", "chunk_s", "stream_above_s"):
                 try:
                     kw[f.name] = float(raw)
                 except ValueError:
-                    raise ConfigError(f"SDRLAB_STORE_TIMEOUT_S must be a number of seconds, got {raw!r}") from None
+                    raise ConfigError(f"SDRLAB_{f.name.upper()} must be a number of seconds, got {raw!r}") from None
             elif f.name == "gps_utc_offset_s":
                 try:
                     kw[f.name] = int(raw)

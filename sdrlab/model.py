@@ -81,6 +81,11 @@ def _gps_status(capture: Capture) -> str:
     return fits[0].status if fits else "no data"
 
 
+#: the attributes of the ``iq`` variable
+IQ_ATTRS = {"long_name": "raw IQ samples", "units": "1", "full_scale": FULL_SCALE,
+            "comment": "int16 as on the wire; 32768 is 0 dBFS; samples past n_samples are padding"}
+
+
 def build_dataset(
     captures: Sequence[Capture],
     stations: Mapping[str, Station],
@@ -88,8 +93,10 @@ def build_dataset(
     statuses: Sequence[StationStatus] = (),
     session_id: str = "",
     attrs: Mapping[str, Any] | None = None,
+    with_iq: bool = True,
 ) -> xr.Dataset:
-    """One Dataset from the captures that hold data (station order as given)."""
+    """One Dataset from the captures that hold data (station order as given).  ``with_iq=False``:
+    everything but the ``iq`` variable (a streamed session's samples stay where they are stored)."""
     caps = [c for c in captures if c.n_samples > 0]
     if not caps:
         raise ValueError("no capture with data")
@@ -98,7 +105,7 @@ def build_dataset(
     f_max = max(sum(s.frame_seq.size for s in c.segments) for c in caps)
     s_max = max(len(c.segments) for c in caps)
 
-    iq = np.zeros((ns, n_max, 2), dtype=np.int16)
+    iq = np.zeros((ns, n_max if with_iq else 0, 2), dtype=np.int16)
     fr: dict[str, np.ndarray[Any, Any]] = {
         "frame_seq": np.zeros((ns, f_max), np.uint32),
         "frame_flags": np.zeros((ns, f_max), np.uint8),
@@ -130,7 +137,10 @@ def build_dataset(
         fpos = 0
         for j, seg in enumerate(c.segments):
             n = seg.n_samples
-            iq[i, pos : pos + n] = seg.samples
+            if with_iq:
+                if seg.streamed:
+                    raise ValueError(f"station {c.station}: a streamed segment has no samples here (with_iq=False)")
+                iq[i, pos : pos + n] = seg.samples
             k = seg.frame_seq.size
             sl = slice(fpos, fpos + k)
             fr["frame_seq"][i, sl] = seg.frame_seq
@@ -225,11 +235,9 @@ def build_dataset(
         "name": ("station", np.array(per["name"], dtype=object)),
         "status": ("station", np.array(per["status"], dtype=object)),
     }
-    data_vars: dict[str, Any] = {
-        "iq": (("station", "sample", "component"), iq,
-               {"long_name": "raw IQ samples", "units": "1", "full_scale": FULL_SCALE,
-                "comment": "int16 as on the wire; 32768 is 0 dBFS; samples past n_samples are padding"}),
-    }
+    data_vars: dict[str, Any] = {}
+    if with_iq:
+        data_vars["iq"] = (("station", "sample", "component"), iq, IQ_ATTRS)
     frame_attrs = {
         "frame_gps_ns": {
             "units": "ns",
@@ -375,6 +383,16 @@ def encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
     enc: dict[str, dict[str, Any]] = {"iq": {
         "chunks": iq_inner_chunks(ns, n), "shards": iq_chunks(ns, n), "compressors": (blosc,)}}
     return enc
+
+
+def stream_encoding(chunk_samples: int) -> dict[str, dict[str, Any]]:
+    """zarr encoding of a streamed session's IQ: one chunk per station and ``chunk_samples``
+    samples, no shards (each chunk is an object written as the samples arrive: see
+    :mod:`sdrlab.recording`), the same Blosc lz4 + shuffle as :func:`encoding`."""
+    from zarr.codecs import BloscCodec
+
+    blosc = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=2)
+    return {"iq": {"chunks": (1, int(chunk_samples), 2), "compressors": (blosc,)}}
 
 
 def for_writing(ds: xr.Dataset) -> xr.Dataset:

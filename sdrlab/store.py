@@ -25,9 +25,6 @@ the operation, never a credential.
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import functools
 import json
 import logging
 import math
@@ -36,10 +33,7 @@ import re
 import threading
 import time
 import uuid
-import warnings
 from concurrent.futures import ThreadPoolExecutor
-from collections import OrderedDict
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,7 +44,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from . import model
+from . import model, packing, recording
 from ._version import __version__
 from .errors import StorageError, quote
 from .redact import mask_url
@@ -66,9 +60,9 @@ STAGE_IN_MEMORY_BYTES = 512 * 1024 * 1024
 PACK = "pack"
 REFS = "refs.json"
 LAYOUT_PACKED = "packed"
-#: zarr objects up to this size go inline into refs.json (base64), bigger ones into the pack: an S3
-#: server pays a few ms per object however small (SeaweedFS ~4 ms, one after another)
-INLINE_BYTES = 64 * 1024
+#: a session still being captured (or whose capture stopped before it was finalised): its commit
+#: record says so, its data are the stream objects of :mod:`sdrlab.recording`
+LAYOUT_RECORDING = "recording"
 
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -91,126 +85,6 @@ def _fingerprint(summary: dict[str, Any]) -> list[Any]:
     """What makes two writes of one session id the same session."""
     return [summary.get("center_frequency_hz")] + [
         (c["station"], c["samples"], c["start_time"]) for c in summary.get("captures", [])]
-
-
-@contextmanager
-def _quiet_consolidation() -> Iterator[None]:
-    """zarr 3 warns that consolidated metadata is not (yet) in the v3 spec; we use it on purpose
-    (one GET opens a session) and say so in the README."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-        yield
-
-
-def _encode_in_memory(ds: xr.Dataset, encoding: dict[str, dict[str, Any]], *,
-                      compute: bool = True) -> dict[str, bytes]:
-    """The zarr objects of a session (key relative to the group -> bytes), encoded in memory
-    (``compute=False``: dask-backed variables get their metadata only)."""
-    import zarr
-
-    mem = zarr.storage.MemoryStore()
-    with _quiet_consolidation():
-        if compute:
-            ds.to_zarr(mem, mode="w", zarr_format=model.ZARR_FORMAT, consolidated=model.CONSOLIDATED,
-                       encoding=encoding)
-        else:
-            ds.to_zarr(mem, mode="w", zarr_format=model.ZARR_FORMAT, consolidated=model.CONSOLIDATED,
-                       encoding=encoding, compute=False)
-    return {k: v.to_bytes() for k, v in mem._store_dict.items()}
-
-
-def _packed_encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
-    """The model's encoding without zarr shards: in the packed layout the pack is the shard (one
-    object, each one-station chunk at an offset the references give), so a chunk is read with one
-    ranged GET and no shard-index lookup."""
-    enc = {k: dict(v) for k, v in model.encoding(ds).items()}
-    enc["iq"].pop("shards", None)
-    return enc
-
-
-def _pack(objects: dict[str, bytes], template: str, name: str, inline: int) -> tuple[dict[str, Any], bytes]:
-    """kerchunk (version 1) references to a session's zarr objects, and the pack ``name`` holding
-    them: metadata and objects up to ``inline`` bytes go into the references, the rest end to end
-    into the pack at the references' offsets (``{{u}}`` is the session's prefix, ``template``,
-    so a moved session opens by overriding it)."""
-    refs: dict[str, Any] = {}
-    parts: list[bytes] = []
-    offset = 0
-    for key in sorted(objects):
-        data = objects[key]
-        if key.endswith("zarr.json"):
-            refs[key] = data.decode()
-        elif len(data) <= inline:
-            refs[key] = "base64:" + base64.b64encode(data).decode()
-        else:
-            refs[key] = [f"{{{{u}}}}/{name}", offset, len(data)]
-            parts.append(data)
-            offset += len(data)
-    return {"version": 1, "templates": {"u": template}, "refs": refs}, b"".join(parts)
-
-
-#: a packed session is read in blocks of this many bytes (the model's S3 object size), each
-#: fetched once per opened session however many one-station chunks it holds; at most
-#: PACK_BLOCKS_KEPT blocks are held per opened session
-PACK_BLOCK_BYTES = model.CHUNK_BYTES
-PACK_BLOCKS_KEPT = 2
-
-
-@functools.lru_cache(maxsize=None)
-def _block_reader() -> type:
-    """The class below, made on first use: fsspec is imported when a packed session is read, not
-    with :mod:`sdrlab.store`."""
-    from fsspec.asyn import AsyncFileSystem
-
-    class _BlockReader(AsyncFileSystem):  # type: ignore[misc]  # fsspec has no type hints
-        """Ranged reads of a pack served from whole blocks of :data:`PACK_BLOCK_BYTES`: an S3 server
-        pays per request (SeaweedFS: one 1.7 MB range ~20 ms, the whole 12 MB pack ~37 ms, seven
-        ranges at once ~63 ms), so the one-station chunks dask asks for separately are fetched as one
-        GET per block.  Concurrent reads of a block share its fetch."""
-
-        async_impl = True
-
-        def __init__(self, target: Any, protocol: str) -> None:
-            super().__init__(asynchronous=True)
-            self.target = target
-            self.protocol = protocol
-            self._blocks: OrderedDict[tuple[str, int], asyncio.Future[bytes]] = OrderedDict()
-
-        async def _cat_file(self, path: str, start: int | None = None, end: int | None = None, **kw: Any) -> bytes:
-            if start is None or end is None or start < 0 or end <= start:
-                data: bytes = await self.target._cat_file(path, start=start, end=end, **kw)
-                return data
-            first, last = start // PACK_BLOCK_BYTES, (end - 1) // PACK_BLOCK_BYTES
-            blocks = await asyncio.gather(*(self._block(path, b) for b in range(first, last + 1)))
-            offset = first * PACK_BLOCK_BYTES
-            return b"".join(blocks)[start - offset:end - offset]
-
-        def _block(self, path: str, index: int) -> asyncio.Future[bytes]:
-            key = (path, index)
-            if key not in self._blocks:
-                fetch = asyncio.ensure_future(self.target._cat_file(
-                    path, start=index * PACK_BLOCK_BYTES, end=(index + 1) * PACK_BLOCK_BYTES))
-                fetch.add_done_callback(lambda f: self._forget(key, f))
-                self._blocks[key] = fetch
-                while len(self._blocks) > PACK_BLOCKS_KEPT:
-                    self._blocks.popitem(last=False)
-            self._blocks.move_to_end(key)
-            return self._blocks[key]
-
-        def _forget(self, key: tuple[str, int], fetch: asyncio.Future[bytes]) -> None:
-            """A failed fetch is not kept: the next read of the block tries again."""
-            if (fetch.cancelled() or fetch.exception() is not None) and self._blocks.get(key) is fetch:
-                del self._blocks[key]
-
-    return _BlockReader
-
-
-def _same_array(a: bytes, b: bytes) -> bool:
-    """Two zarr.json of one array agree on everything but attributes (chunk grid, codecs, dtype)."""
-    x, y = json.loads(a), json.loads(b)
-    x.pop("attributes", None)
-    y.pop("attributes", None)
-    return bool(x == y)
 
 
 T = TypeVar("T")
@@ -431,7 +305,7 @@ class Store:
                 summary["layout"] = LAYOUT_PACKED
                 summary["objects"] = self._write_packed(out, prefix)
             else:
-                with _quiet_consolidation():
+                with packing.quiet_consolidation():
                     out.to_zarr(target, mode="w", zarr_format=model.ZARR_FORMAT, consolidated=model.CONSOLIDATED,
                                 encoding=model.encoding(out), storage_options=self._zarr_options())
                 summary["objects"] = self._relative_keys(sid)
@@ -448,29 +322,29 @@ class Store:
         per-array overhead is about as long as the upload), then the references are written."""
         import dask.array
 
-        enc = _packed_encoding(out)
+        enc = packing.packed_encoding(out)
         template = f"s3://{prefix}"
         iq_only = out["iq"].reset_coords(drop=True).to_dataset()
 
         def iq_pack() -> tuple[dict[str, Any], bytes]:
-            objects = _encode_in_memory(iq_only, {"iq": enc["iq"]})
+            objects = packing.encode_in_memory(iq_only, {"iq": enc["iq"]})
             chunks = {k: v for k, v in objects.items() if k.startswith("iq/c/")}
-            refs, pack = _pack(chunks, template, PACK, inline=-1)  # every IQ chunk into the pack
+            refs, pack = packing.pack(chunks, template, PACK, inline=-1)  # every IQ chunk into the pack
             self.fs.pipe(f"{prefix}/{PACK}", pack)
             return refs["refs"], objects["iq/zarr.json"]
 
         # catch_warnings is process-wide: one around both threads keeps the filter on throughout
-        with _quiet_consolidation(), ThreadPoolExecutor(1, thread_name_prefix="sdrlab-store-iq") as pool:
+        with packing.quiet_consolidation(), ThreadPoolExecutor(1, thread_name_prefix="sdrlab-store-iq") as pool:
             iq_job = pool.submit(iq_pack)
             # everything else, with IQ as a placeholder of its shape and chunks: zarr writes its
             # metadata (consolidated with the rest) but no data (compute=False, never computed)
             # (the rest loaded first: a dask-backed variable would be left out in the same way)
             shell = out.drop_vars("iq").compute().assign(iq=out["iq"].variable.copy(data=dask.array.zeros(
                 out["iq"].shape, dtype=out["iq"].dtype, chunks=enc["iq"]["chunks"])))
-            rest = _encode_in_memory(shell, enc, compute=False)
-            refs, aux = _pack(rest, template, f"{PACK}.1", inline=INLINE_BYTES)
+            rest = packing.encode_in_memory(shell, enc, compute=False)
+            refs, aux = packing.pack(rest, template, f"{PACK}.1", inline=packing.INLINE_BYTES)
             iq_refs, iq_meta = iq_job.result()
-        if not _same_array(iq_meta, rest["iq/zarr.json"]):  # the IQ chunks fit the group's metadata
+        if not packing.same_array(iq_meta, rest["iq/zarr.json"]):  # the IQ chunks fit the group's metadata
             raise StorageError(f"packing session {prefix}: IQ metadata differ between its two encodings")
         refs["refs"].update(iq_refs)
         extra = {f"{prefix}/{PACK}.1": aux} if aux else {}
@@ -546,6 +420,8 @@ class Store:
                 refs = pool.submit(self.fs.cat, self._path(SESSIONS, session_id, REFS))
                 present = pool.submit(self._relative_keys, session_id)
                 summary = record.result()  # "no committed session" when there is no record
+                if summary.get("layout") == LAYOUT_RECORDING:
+                    return self._open_recording(session_id, summary)
                 gone = self.missing_objects(session_id, summary, present.result())
                 if gone:
                     raise StorageError(f"session {session_id} in {self.where} is damaged: {len(gone)} object(s) "
@@ -553,7 +429,7 @@ class Store:
                                        "run `sdrlab store fsck`")
                 if summary.get("layout") == LAYOUT_PACKED:
                     return self._open_packed(session_id, refs.result())
-            with _quiet_consolidation():
+            with packing.quiet_consolidation():
                 ds: xr.Dataset = xr.open_zarr(self._zarr_url(session_id), consolidated=model.CONSOLIDATED,
                                               zarr_format=model.ZARR_FORMAT, storage_options=self._zarr_options())
             return ds
@@ -566,13 +442,14 @@ class Store:
         refs["templates"] = {"u": f"{self.protocol}://{self._path(SESSIONS, session_id)}"}
         return refs
 
-    def _zarr_store(self, session_id: str, raw_refs: bytes | None = None) -> Any:
+    def _zarr_store(self, session_id: str, raw_refs: bytes | None = None, refs: dict[str, Any] | None = None) -> Any:
         """The zarr store of a packed session: fsspec's ReferenceFileSystem over the pack."""
         import zarr
         from fsspec.implementations.reference import ReferenceFileSystem
 
-        refs = self._references(session_id, raw_refs)
-        rfs = ReferenceFileSystem(refs, fs=_block_reader()(self._target_fs(), self.protocol), asynchronous=True)
+        if refs is None:
+            refs = self._references(session_id, raw_refs)
+        rfs = ReferenceFileSystem(refs, fs=packing.block_reader()(self._target_fs(), self.protocol), asynchronous=True)
         return zarr.storage.FsspecStore(rfs, read_only=True, path="")
 
     def _target_fs(self) -> Any:
@@ -590,11 +467,12 @@ class Store:
                 self._async_fs = AsyncFileSystemWrapper(fsspec.filesystem("file"), asynchronous=True)
         return self._async_fs
 
-    def _open_packed(self, session_id: str, raw_refs: bytes | None = None) -> xr.Dataset:
+    def _open_packed(self, session_id: str, raw_refs: bytes | None = None,
+                     refs: dict[str, Any] | None = None) -> xr.Dataset:
         from zarr.core.sync import sync
 
-        store = self._zarr_store(session_id, raw_refs)
-        with _quiet_consolidation():
+        store = self._zarr_store(session_id, raw_refs, refs)
+        with packing.quiet_consolidation():
             lazy = xr.open_zarr(store, consolidated=model.CONSOLIDATED, zarr_format=model.ZARR_FORMAT, chunks=None)
         refs = store.fs.references
         in_pack = {k.split("/", 1)[0] for k in refs if isinstance(refs[k], list)}
@@ -612,6 +490,159 @@ class Store:
                 ds[name] = lazy_var
         return xr.Dataset({n: ds[n].variable for n in lazy.data_vars}, {c: ds[c].variable for c in lazy.coords},
                           attrs=lazy.attrs)
+
+    # ---- streaming (see sdrlab.recording) ---------------------------------------------------
+    def begin_recording(self, session_id: str, record: dict[str, Any]) -> None:
+        """Make a session visible as ``recording`` before its first chunk: its commit record
+        (``record``: stations, frequency, duration, chunk_samples, attrs) with that layout."""
+        check_session_id(session_id)
+        rec = {**record, "session_id": session_id, "layout": LAYOUT_RECORDING, "status": "recording",
+               "committed": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+               "zarr_format": model.ZARR_FORMAT, "sdrlab_version": __version__}
+        rec.setdefault("failed", [])
+        rec.setdefault("captures", [])
+
+        def run() -> None:
+            if self._committed(session_id):
+                raise StorageError(f"session {session_id} already exists in {self.where}")
+            if self.protocol == "s3":
+                self._ensure_bucket()
+            self._put_atomic(self._commit_key(session_id), json.dumps(rec, indent=1).encode())
+
+        self._do(f"starting the recording of {session_id}", run)
+
+    def put_stream(self, session_id: str, station: str, k: int, chunk: bytes, sidecar: bytes) -> None:
+        """Store chunk ``k`` of a station of a recording session, then its sidecar (an empty
+        ``chunk``: a last sidecar with no samples after it)."""
+        def run() -> None:
+            if chunk:
+                self._put_atomic(self._path(SESSIONS, session_id, recording.chunk_key(station, k, "iq")), chunk)
+            self._put_atomic(self._path(SESSIONS, session_id, recording.chunk_key(station, k, "npz")), sidecar)
+
+        self._do(f"storing chunk {k} of {station} in session {session_id}", run)
+
+    def _stream_runs(self, session_id: str, stations: list[str]) -> dict[str, tuple[list[dict[str, Any]], int]]:
+        """Per station: its sidecars 0, 1, ... as far as they form an unbroken run, and how many
+        chunk objects that run holds (one LIST, then the sidecars read concurrently)."""
+        base = self._path(SESSIONS, session_id, recording.STREAM)
+        keys = self._keys(base)
+        have: dict[str, set[str]] = {}
+        for key in keys:
+            station, name = key[len(base) + 1:].split("/", 1)
+            have.setdefault(station, set()).add(name)
+        wanted: dict[str, list[str]] = {}
+        chunks: dict[str, int] = {}
+        for st in stations:
+            names = have.get(st, set())
+            k = c = 0
+            while f"{k:06d}.npz" in names:
+                k += 1
+            while f"{c:06d}.iq" in names:
+                c += 1
+            wanted[st] = [self._path(SESSIONS, session_id, recording.chunk_key(st, i, "npz")) for i in range(min(k, c + 1))]
+            chunks[st] = min(c, k)
+        flat = [key for st in stations for key in wanted[st]]
+        raw = self.fs.cat(flat) if flat else {}
+        if isinstance(raw, bytes):
+            raw = {flat[0]: raw}
+        out = {}
+        for st in stations:
+            cars = [recording.read_sidecar(raw[key]) for key in wanted[st]]
+            run, n = min(len(cars), chunks[st]), chunks[st]
+            # a last sidecar with no chunk of its own (nothing buffered at the end) belongs to the run;
+            # one whose chunk is missing (a crash between the two) does not
+            if len(cars) > n and cars[n]["meta"]["stored"] <= n * cars[n]["meta"]["chunk_samples"]:
+                run = n + 1
+            out[st] = (cars[:run], min(n, run))
+        return out
+
+    def recording_captures(self, session_id: str, summary: dict[str, Any] | None = None) -> list[Any]:
+        """The captures of a recording session as stored so far (see :func:`sdrlab.recording.assemble`)."""
+        rec = summary if summary is not None else self._read_record(session_id)
+        stations = [str(s) for s in rec.get("stations", [])]
+        live = rec.get("layout") == LAYOUT_RECORDING
+        caps = []
+        for st, (cars, n) in self._stream_runs(session_id, stations).items():
+            cap = recording.assemble(st, cars, n, recording=live)
+            if cap is not None:
+                caps.append(cap)
+        return caps
+
+    def stale_recordings(self, min_age_s: float) -> list[str]:
+        """Sessions still ``recording`` with nothing written for ``min_age_s`` seconds: their
+        capture stopped without finalising them (``sdrlab store finalise``)."""
+        def run() -> list[str]:
+            now = time.time()
+            out = []
+            for sid, rec in self._records(self._markers()):
+                if rec is not None and rec.get("layout") == LAYOUT_RECORDING:
+                    newest = max(self._newest(self._path(SESSIONS, sid)) if self._keys(self._path(SESSIONS, sid))
+                                 else 0.0, self._newest(self._commit_key(sid)))
+                    if now - newest >= min_age_s:
+                        out.append(sid)
+            return out
+
+        return self._do("finding stopped recordings", run)
+
+    def _stream_refs(self, session_id: str, shell: xr.Dataset, n: int, inline: int) -> tuple[dict[str, Any], bytes]:
+        """kerchunk references for a streamed session: its small variables (``shell``, IQ as a
+        placeholder) inline up to ``inline`` bytes (the rest in an auxiliary pack, returned), the
+        IQ chunks pointing at the stream objects."""
+        import dask.array
+
+        ns, n_max = shell.sizes["station"], int(shell["n_samples"].max())
+        enc = model.stream_encoding(n)
+        iq = xr.Variable(("station", "sample", "component"),
+                         dask.array.zeros((ns, n_max, 2), dtype=np.int16, chunks=(1, n, 2)), model.IQ_ATTRS)
+        def plain(v: xr.Variable) -> xr.Variable:  # strings as read back -> object, as first written
+            return v.astype(object) if v.dtype.kind in "UT" else v
+
+        shell = xr.Dataset({k: plain(v.variable) for k, v in shell.data_vars.items()},
+                           {k: plain(v.variable) for k, v in shell.coords.items()}, attrs=shell.attrs)
+        objects = packing.encode_in_memory(shell.assign(iq=iq), enc, compute=False)
+        refs, aux = packing.pack(objects, f"{self.protocol}://{self._path(SESSIONS, session_id)}", f"{PACK}.1", inline)
+        for i, st in enumerate(shell["station"].values):
+            for k in range(math.ceil(int(shell["n_samples"].values[i]) / n)):
+                refs["refs"][f"iq/c/{i}/{k}/0"] = ["{{u}}/" + recording.chunk_key(str(st), k, "iq")]
+        return refs, aux
+
+    def finish_recording(self, ds: xr.Dataset) -> SessionRef:
+        """Commit a streamed session: ``ds`` is the session as opened while recording, with its
+        metrics and statuses attached.  Its small variables go into the references (and an
+        auxiliary pack), the IQ references point at the stream chunks where they are; the commit
+        record, written last, replaces the ``recording`` one.  Nothing is copied."""
+        sid = check_session_id(ds.attrs.get("session_id"))
+
+        def run() -> SessionRef:
+            record = self._read_record(sid)
+            if record.get("layout") != LAYOUT_RECORDING:
+                raise StorageError(f"session {sid} in {self.where} is not recording (already finalised?)")
+            n = int(record["chunk_samples"])
+            shell = ds.drop_vars("iq").compute()
+            shell.attrs["recording_state"] = "final"
+            refs, aux = self._stream_refs(sid, shell, n, inline=packing.INLINE_BYTES)
+            prefix = self._path(SESSIONS, sid)
+            extra = {f"{prefix}/{PACK}.1": aux} if aux else {}
+            for key, data in {f"{prefix}/{REFS}": json.dumps(refs).encode(), **extra}.items():
+                self._put_atomic(key, data)
+            summary = _summary(shell)
+            summary["layout"] = LAYOUT_PACKED
+            summary["streamed"] = {"chunk_samples": n}
+            chunks = sorted({v[0].split("/", 1)[1] for v in refs["refs"].values()
+                             if isinstance(v, list) and str(v[0]).startswith("{{u}}/" + recording.STREAM)})
+            summary["objects"] = sorted([REFS] + [k.rsplit("/", 1)[1] for k in extra] + chunks)
+            self._put_atomic(self._commit_key(sid), json.dumps(summary, indent=1).encode())
+            return SessionRef(sid, self.session_url(sid))
+
+        return self._do(f"finalising session {sid}", run)
+
+    def _open_recording(self, session_id: str, summary: dict[str, Any]) -> xr.Dataset:
+        caps = self.recording_captures(session_id, summary)
+        if not caps:
+            raise StorageError(f"session {session_id} in {self.where} is recording and has no chunk stored yet")
+        shell = recording_shell(caps, summary)
+        refs, _aux = self._stream_refs(session_id, shell, int(summary["chunk_samples"]), inline=1 << 62)
+        return self._open_packed(session_id, refs=refs)
 
     def summary(self, session_id: str) -> dict[str, Any]:
         check_session_id(session_id)
@@ -840,6 +871,35 @@ class Store:
             return out
 
         return self._do("health check", run)
+
+
+def recording_shell(captures: list[Any], record: dict[str, Any]) -> xr.Dataset:
+    """A streamed session's Dataset without its IQ, from its captures as assembled from the
+    stream and its commit record (positions from the catalogue at the start, statuses once
+    finalised; while recording every station with data is ``recording``, after a stop that was
+    never finalised ``partial``)."""
+    from .stations import Station
+
+    live = record.get("layout") == LAYOUT_RECORDING
+    positions = {sid: Station(sid, str(p.get("name", sid)), "", 0, float(p["latitude"]), float(p["longitude"]),
+                              float(p.get("altitude", 0.0)))
+                 for sid, p in (record.get("positions") or {}).items()}
+    known = record.get("station_status") or {}
+    statuses = []
+    for sid in record.get("stations", []):
+        if sid in known:
+            st = known[sid]
+            statuses.append(model.StationStatus(sid, st.get("status", "partial"), st.get("error_class"), st.get("message")))
+        elif any(c.station == sid for c in captures):
+            statuses.append(model.StationStatus(sid, "recording" if live else "partial"))
+        else:
+            statuses.append(model.StationStatus(sid, "recording" if live else "failed",
+                                                None if live else "NoData", None if live else "nothing stored"))
+    ds = model.build_dataset(captures, positions, statuses=statuses, session_id=str(record["session_id"]),
+                             attrs=record.get("attrs") or {}, with_iq=False)
+    ds.attrs["recording_state"] = "recording" if live else "final"
+    ds.attrs["chunk_samples"] = int(record["chunk_samples"])
+    return ds
 
 
 def _utc(text: str | None) -> pd.Timestamp:

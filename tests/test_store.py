@@ -164,9 +164,9 @@ def test_a_packed_session_opens_with_its_small_records_in_memory(s3_server, buck
 def test_a_packed_session_reads_through_blocks_of_any_size(s3_server, bucket, session, monkeypatch, block):
     """The pack is read in whole blocks (one GET each, shared by the stations in it): chunks inside
     a block, across blocks and over many blocks read back bit-exact, one station or all."""
-    import sdrlab.store
+    import sdrlab.packing
 
-    monkeypatch.setattr(sdrlab.store, "PACK_BLOCK_BYTES", block)
+    monkeypatch.setattr(sdrlab.packing, "PACK_BLOCK_BYTES", block)
     st = Store(f"s3://{bucket}/lab", s3_server.storage_options)
     st.write(session)
     sid = session.attrs["session_id"]

@@ -224,6 +224,15 @@ class _Connection:
         self._reported = False
         self._unstamped = 0
         self._pre_window = 0
+        #: streaming (``rx.sink`` set): the frames held are handed over as a piece every
+        #: ``rx.spill_frames`` frames; what this segment handed over so far
+        self._sink = rx.sink
+        self._spill_at = max(1, rx.spill_frames)
+        self._spilled = 0
+        self._spilled_frames = 0
+        self._spilled_missing = 0
+        self._piece_first = True
+        self._first_piece: Segment | None = None
 
     # -- lifecycle --
     async def run(self) -> None:
@@ -324,7 +333,7 @@ class _Connection:
         assert self.rx.on_progress is not None
         try:
             rate = self._sample_rate or (self.cap.info.sample_rate if self.cap.info else 0.0) or 12000.0
-            got = self._rx_samples if self._headerless else self._frames * kw.SAMPLES_PER_FRAME
+            got = (self._spilled + self._rx_samples) if self._headerless else self._frames * kw.SAMPLES_PER_FRAME
             self.rx.on_progress(self.cap.n_samples + got, float(rate))
         except Exception:  # a display must never cost the capture
             log.debug("progress callback failed", exc_info=True)
@@ -394,6 +403,8 @@ class _Connection:
         self._hdrs += msg[: kw.HEADER_SIZE]
         self._data += msg[kw.HEADER_SIZE :]
         self._frames += 1
+        if self._sink is not None and self._in_window and len(self._hdrs) >= self._spill_at * kw.HEADER_SIZE:
+            self._spill()
         self._last_frame_t = now
         if now - self._last_ka >= self.opt.keepalive_interval:
             self._send("SET keepalive")
@@ -436,11 +447,13 @@ class _Connection:
         self._data += msg[kw.AUDIO_HEADER_SIZE:]
         self._rx_samples += n
         self._frames += 1
+        if self._sink is not None and self._in_window and len(self._rx_meta) >= self._spill_at:
+            self._spill()
         self._last_frame_t = now
         if now - self._last_ka >= self.opt.keepalive_interval:
             self._send("SET keepalive")
             self._last_ka = now
-        if self._in_window and self._want is not None and self._rx_samples >= self._want:
+        if self._in_window and self._want is not None and self._spilled + self._rx_samples >= self._want:
             self._finish()
 
     def _stamp_ns(self, msg: memoryview) -> int | None:
@@ -657,8 +670,23 @@ class _Connection:
         self.cap.info = self.info
 
     # -- segment assembly --
+    def _spill(self) -> None:
+        """Streaming: hand the frames held so far to the sink as a piece of the open segment."""
+        seg = self._build("continues")
+        assert self._sink is not None
+        self._note_piece(seg)
+        self._sink.piece(self.cap, seg, self._piece_first)
+        self._piece_first = False
+
+    def _note_piece(self, seg: Segment) -> None:
+        if self._first_piece is None:
+            self._first_piece = seg
+        self._spilled += seg.n_samples
+        self._spilled_frames += seg.frame_seq.size
+        self._spilled_missing += seg.missing_frames
+
     def _finish_segment(self) -> None:
-        if not self._hdrs and not self._rx_meta:
+        if not self._hdrs and not self._rx_meta and not self._spilled:
             return
         if not self._in_window:  # ended before the session's start was known: kept all the same
             held = len(self._rx_meta) or len(self._hdrs) // kw.HEADER_SIZE
@@ -667,6 +695,44 @@ class _Connection:
         reason = "complete"
         if self.done.done() and self.done.exception() is not None:
             reason = str(self.done.exception())
+        if self._sink is not None:
+            self._finish_streamed(reason)
+            return
+        seg = self._build(reason)
+        self.cap.segments.append(seg)
+        if self._want is not None:
+            self._want = max(0, self._want - seg.n_samples)
+
+    def _finish_streamed(self, reason: str) -> None:
+        """Streaming: the last piece goes to the sink with the segment's end; the capture keeps a
+        summary of the segment (its length, first fit and end), not its samples or frames."""
+        assert self._sink is not None
+        if self._hdrs or self._rx_meta:
+            seg = self._build(reason)
+            self._note_piece(seg)
+            self._sink.piece(self.cap, seg, self._piece_first)
+        else:
+            self._sink.end_segment(reason)
+        first = self._first_piece
+        assert first is not None
+        n = self._spilled
+        self.cap.segments.append(Segment(
+            samples=np.zeros((0, 2), np.int16), streamed=n,
+            frame_seq=np.zeros(0, np.uint32), frame_flags=np.zeros(0, np.uint8),
+            frame_rssi_dbm=np.zeros(0, np.float32), frame_last_gps=np.zeros(0, np.uint8),
+            frame_gps_ns=np.zeros(0, np.int64), frame_received=np.zeros(0, bool),
+            fit=first.fit, end_reason=reason, seq_gaps=0, missing_frames=self._spilled_missing,
+            lag_s=self._behind - self._min_behind, timing=first.timing,
+            receipt_t0_gps_ns=first.receipt_t0_gps_ns,
+        ))
+        if self._want is not None:
+            self._want = max(0, self._want - n)
+        self._spilled = self._spilled_frames = self._spilled_missing = 0
+        self._first_piece = None
+        self._piece_first = True
+
+    def _build(self, reason: str) -> Segment:
+        """A Segment of the frames held, which are then let go."""
         if self._rx_meta:
             seg = build_receipt_segment(
                 self._rx_meta, bytes(self._data), nominal_fs=self._sample_rate or 12000.0,
@@ -682,9 +748,7 @@ class _Connection:
         seg.lag_s = self._behind - self._min_behind
         self._hdrs.clear()
         self._data.clear()
-        self.cap.segments.append(seg)
-        if self._want is not None:
-            self._want = max(0, self._want - seg.n_samples)
+        return seg
 
 
 class KiwiReceiver:
@@ -719,6 +783,12 @@ class KiwiReceiver:
         #: connection came up and whatever drops in between; None: ``duration_s`` from the first frame
         self.window: Window | None = None
         self.waited_for_channel = False
+        #: streaming: an object with ``piece(capture, segment, first)`` and ``end_segment(reason)``
+        #: (e.g. :class:`sdrlab.recording.StationRecorder`) that gets the samples and frame
+        #: records as pieces of segments every ``spill_frames`` frames, in the event loop's thread;
+        #: the Capture then keeps only a summary of each segment (length, first time fit, end)
+        self.sink: Any = None
+        self.spill_frames = 24
 
     def stop_requested(self) -> bool:
         if self.stopped:
