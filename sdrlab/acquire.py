@@ -340,8 +340,10 @@ def capture_group(
 def _stream_writers(stations: Sequence[Station], stream: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """Streaming: the store the chunks go to (from ``stream``: url, storage_options, timeout_s,
     session_id, chunk_samples), its background writer and one recorder per station."""
-    from .recording import ChunkWriter, StationRecorder
+    from .recording import ChunkWriter, StationRecorder, steady_heap
     from .store import Store
+
+    steady_heap()
 
     store = Store(stream["url"], stream.get("storage_options"), timeout_s=float(stream["timeout_s"]))
     sid = str(stream["session_id"])
@@ -349,8 +351,24 @@ def _stream_writers(stations: Sequence[Station], stream: dict[str, Any]) -> tupl
     def put(station: str, k: int, chunk: bytes, sidecar: bytes) -> None:
         store.put_stream(sid, station, k, chunk, sidecar)
 
-    writer = ChunkWriter(put)
-    return writer, {st.id: StationRecorder(st.id, int(stream["chunk_samples"]), writer.put) for st in stations}
+    after = None
+    if stream.get("db"):  # the metric time series to the index as each chunk is committed
+        from .index import make_engine
+        from .index.ingest import add_interval_rows
+        from .recording import sidecar_intervals
+
+        engine = make_engine(str(stream["db"]))
+
+        def after(station: str, k: int, chunk: bytes, sidecar: bytes) -> None:
+            meta, ivs = sidecar_intervals(sidecar)
+            if (meta.get("capture") or {}).get("info") is None or not ivs:
+                return
+            add_interval_rows(engine, sid, station, float(meta["capture"]["frequency_hz"]),
+                              float(meta.get("interval_s") or 0.0), [iv for iv in ivs if iv["utc"] is not None])
+
+    writer = ChunkWriter(put, after=after)
+    return writer, {st.id: StationRecorder(st.id, int(stream["chunk_samples"]), writer.put,
+                                           interval_s=float(stream["interval_s"])) for st in stations}
 
 
 def _close_stream(writer: Any, recorders: dict[str, Any], results: list[StationResult], timeout_s: float) -> None:
@@ -658,6 +676,7 @@ def acquire(
     spec = None
     if streaming:
         spec = begin_stream(store, sid, chosen, frequency_hz, duration_s, settings, options, attrs)
+        spec["db"] = _live_index(index)
     t0 = time.perf_counter()
     if client is not None:
         results, start_ns = _run(client, chosen, frequency_hz, duration_s, options, sid, show, on_progress, stop,
@@ -700,6 +719,7 @@ def begin_stream(store: Any, sid: str, chosen: Sequence[Station], frequency_hz: 
     """Make the session visible in the store as ``recording`` (this also checks the store before
     anything is captured: a store that fails here is a StorageError, nothing acquired yet) and
     return what the capture tasks need to stream into it."""
+    from .metrics import INTERVAL_S
     from .recording import chunk_samples
 
     n = chunk_samples(settings.chunk_s)
@@ -713,9 +733,14 @@ def begin_stream(store: Any, sid: str, chosen: Sequence[Station], frequency_hz: 
                   **({"papermill_run_id": settings.run_id} if settings.run_id else {})},
         "start_time": None,
     }
+    record["interval_s"] = INTERVAL_S
     store.begin_recording(sid, record)
     return {"url": store.url, "storage_options": store.options, "timeout_s": store.timeout_s, "session_id": sid,
-            "chunk_samples": n}
+            "chunk_samples": n, "interval_s": INTERVAL_S}
+
+
+#: how a segment still open when its capture's process ended is recorded
+STOPPED = "the capture stopped with its process (not finalised)"
 
 
 def finalise(store: Any, session_id: str, *, session: Session | None = None, start_ns: int | None = None,
@@ -742,10 +767,21 @@ def finalise(store: Any, session_id: str, *, session: Session | None = None, sta
     record = store.summary(session_id)
     if results:
         statuses = {sid: r.as_status().as_dict() for sid, r in results.items()}
-        ds.attrs["station_status"] = json.dumps(statuses, sort_keys=True)
-        ds = ds.assign_coords(status=("station", [statuses.get(str(s), {}).get("status", "partial")
-                                                   for s in ds["station"].values]))
-    ds = add_metrics(ds)
+    else:  # the capturing process ended without finalising: what was stored is what there is
+        have = {str(s) for s in ds["station"].values}
+        statuses = {sid: {"status": "partial", "error_class": "CaptureStopped",
+                          "message": "the capture stopped before the session was finalised (its process ended); "
+                                     "what was stored is kept"} if sid in have else
+                    {"status": "failed", "error_class": "NoData", "message": "nothing was stored"}
+                    for sid in record.get("stations", sorted(have))}
+        import numpy as np
+
+        ends = ds["segment_end"].values.astype(object)
+        ds["segment_end"] = (ds["segment_end"].dims, np.where(ends == "recording", STOPPED, ends))
+    ds.attrs["station_status"] = json.dumps(statuses, sort_keys=True)
+    ds = ds.assign_coords(status=("station", [statuses.get(str(s), {}).get("status", "partial")
+                                               for s in ds["station"].values]))
+    ds = _attach_streamed_metrics(ds)
     duration_s = float(record.get("duration_s") or ds.attrs.get("requested_duration_s", 0.0))
     ds.attrs.update(window_attrs(ds, start_ns, duration_s, int(ds.attrs.get("gps_utc_offset_s", 18))))
     ds.attrs["requested_duration_s"] = duration_s
@@ -758,6 +794,38 @@ def finalise(store: Any, session_id: str, *, session: Session | None = None, sta
     if index is not False and index is not None:
         add_to_index(session, index)
     return session
+
+
+def _live_index(engine: Any) -> str | None:
+    """The URL the capture tasks index each chunk's metric time series with (the schema set up
+    here first); None when there is no index or it cannot be set up now (the rows then go in
+    when the session is finalised)."""
+    if engine is None or engine is False:
+        return None
+    from .index import init_db
+
+    try:
+        init_db(engine)
+        return str(engine.url.render_as_string(hide_password=False))
+    except Exception as exc:  # an index that is down now costs nothing: rows go in at the end
+        log.warning("the metric time series will be indexed when the session is finalised: %s", exc)
+        return None
+
+
+def _attach_streamed_metrics(ds: xr.Dataset) -> xr.Dataset:
+    """The per-station metrics of a streamed session, read from the store one chunk at a time
+    (dask's synchronous scheduler: one chunk in memory, whatever the length); its metric time
+    series was measured while it was recorded."""
+    import dask
+
+    from .metrics import metrics
+
+    with dask.config.set(scheduler="synchronous"):
+        m = metrics(ds).compute()
+    res = [StationResult(str(s), "ok", None, metrics={str(k): float(v.sel(station=s)) for k, v in m.data_vars.items()},
+                         metric_attrs={**{str(k): dict(v.attrs) for k, v in m.data_vars.items()}, "": dict(m.attrs)})
+           for s in ds["station"].values]
+    return attach_metrics(ds, res)
 
 
 def _rescue_stream(store: Any, session_id: str, unsent: list[tuple[str, int, bytes, bytes]], msg: str,

@@ -206,9 +206,11 @@ def build_segment(
     gps_utc_offset_s: int = timing.DEFAULT_GPS_UTC_OFFSET_S,
     end_reason: str = "complete",
     host_gps_ns: int | None = None,
+    fit: bool = True,
 ) -> Segment:
     """Turn raw frame headers and sample bytes (as received, in order, seq strictly increasing)
-    into a :class:`Segment`: byte order per frame, zero-filled gaps, GPS stamps and time fit."""
+    into a :class:`Segment`: byte order per frame, zero-filled gaps, GPS stamps and time fit
+    (``fit=False``: none, for a piece of a segment whose fit is made over all of it later)."""
     h = np.frombuffer(headers, dtype=HEADER_DTYPE)
     nf = h.shape[0]
     raw = np.frombuffer(data, dtype=np.uint8).reshape(nf, SAMPLES_PER_FRAME * 4)
@@ -244,7 +246,8 @@ def build_segment(
         gps_ns[has] = (wk[has] * timing.WEEK_S + gsec[has]) * timing.NS + gnsec[has]
     frame_gps = _spread(gps_ns, slot, total, -1, np.int64)
 
-    fit = fit_frames(slot * SAMPLES_PER_FRAME, gps_ns, h["last_gps"], nominal_fs=nominal_fs)
+    tfit = (fit_frames(slot * SAMPLES_PER_FRAME, gps_ns, h["last_gps"], nominal_fs=nominal_fs) if fit else
+            timing.TimeFit(-1, float(nominal_fs), float("nan"), 0, 0, "not fitted (a piece of a segment)"))
     missing = total - nf
     gaps = int(np.count_nonzero(np.diff(slot) > 1)) if nf > 1 else 0
     return Segment(
@@ -255,7 +258,7 @@ def build_segment(
         frame_last_gps=last,  # type: ignore[arg-type]
         frame_gps_ns=frame_gps,  # type: ignore[arg-type]
         frame_received=received,
-        fit=fit,
+        fit=tfit,
         end_reason=end_reason,
         seq_gaps=gaps,
         missing_frames=missing,

@@ -28,7 +28,7 @@ import math
 import threading
 import time
 from collections import deque
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -59,6 +59,8 @@ FRAME_FIELDS = {
     "frame_gps_ns": np.int64, "frame_received": np.bool_, "frame_sample": np.int64, "frame_segment": np.int16,
 }
 _NOMINAL_FS = 12000.0
+#: an interval with fewer samples than one Welch segment of the metrics measures nothing
+INTERVAL_MIN_SAMPLES = 8192
 
 
 def chunk_samples(chunk_s: float = CHUNK_S) -> int:
@@ -93,7 +95,7 @@ def decode_chunk(data: bytes, n: int) -> npt.NDArray[np.int16]:
 
 
 # ---- writing ---------------------------------------------------------------------------------
-Put = Callable[[str, int, bytes, bytes], None]
+Put = Callable[[str, int, bytes, Any], None]
 
 
 class StationRecorder:
@@ -105,7 +107,7 @@ class StationRecorder:
     capture's length.  Frames missing between two pieces of one segment are zero-filled, as
     inside a piece, so that the sample index stays linear in time."""
 
-    def __init__(self, station: str, n: int, put: Put) -> None:
+    def __init__(self, station: str, n: int, put: Put, *, interval_s: float | None = None) -> None:
         self.station = station
         self.n = n
         self.put = put
@@ -120,6 +122,15 @@ class StationRecorder:
         self._seg_frames = 0
         self.capture: Capture | None = None
         self.closed = False
+        #: the metric time series, measured as the samples arrive: interval j holds the station's
+        #: samples edge(j) .. edge(j+1) (whole frames, about ``interval_s`` at the rate of its
+        #: first GPS fit, as :func:`sdrlab.metrics.interval_metrics` defines them); pieces not
+        #: yet measured are kept (at most one interval and a piece)
+        self.interval_s = interval_s
+        self._tail: list[tuple[int, Segment]] = []
+        self._next_interval = 0
+        self._fs = 0.0
+        self._intervals: list[dict[str, Any]] = []  # measured since the last sidecar
 
     # -- pieces in --
     def piece(self, cap: Capture, seg: Segment, first: bool) -> None:
@@ -151,6 +162,8 @@ class StationRecorder:
         self._add_frames(seg.frame_seq, seg.frame_flags, seg.frame_rssi_dbm, seg.frame_last_gps, seg.frame_gps_ns,
                          seg.frame_received, self.total + np.asarray(starts, dtype=np.int64), j)
         sg["missing_frames"] += int(seg.missing_frames)
+        if self.interval_s:
+            self._keep_for_intervals(self.total, seg, np.asarray(starts, dtype=np.int64))
         self._samples(seg.samples)
         sg["length"] = self.total - sg["start"]
         if k:
@@ -174,7 +187,14 @@ class StationRecorder:
                          np.full(frames, GPS_NO_CLOCK, np.uint8), np.full(frames, -1, np.int64),
                          np.zeros(frames, bool), self.total + np.arange(frames, dtype=np.int64) * width, j)
         self.segments[-1]["missing_frames"] += frames
-        self._samples(np.zeros((frames * width, 2), np.int16))
+        zeros = np.zeros((frames * width, 2), np.int16)
+        if self.interval_s:
+            filler = Segment(zeros, seq, np.zeros(frames, np.uint8), np.full(frames, np.nan, np.float32),
+                             np.full(frames, GPS_NO_CLOCK, np.uint8), np.full(frames, -1, np.int64),
+                             np.zeros(frames, bool), timing.TimeFit(-1, self._fs or _NOMINAL_FS, float("nan"), 0, 0, ""),
+                             "continues", 0, frames)
+            self._keep_for_intervals(self.total, filler, np.arange(frames, dtype=np.int64) * width)
+        self._samples(zeros)
         self._last_seq += frames
 
     def _add_frames(self, *cols: Any) -> None:
@@ -205,7 +225,7 @@ class StationRecorder:
         side = self._sidecar(stored, final)
         k = self.k
         self.k += 1
-        self._buf = np.zeros((self.n, 2), dtype=np.int16)
+        self._buf[:] = 0  # reused: no new chunk-sized allocation per chunk
         self._fill = 0
         self.put(self.station, k, chunk, side)
 
@@ -222,9 +242,11 @@ class StationRecorder:
         self._open = False
         if self.total == 0 and self.k == 0:
             return  # nothing arrived: nothing to store
+        if self.interval_s:
+            self._measure_due(final=True)
         self._flush(final=True)
 
-    def _sidecar(self, stored: int, final: bool) -> bytes:
+    def _sidecar(self, stored: int, final: bool) -> Sidecar:
         cols = {name: (np.concatenate(parts) if parts else np.zeros(0, FRAME_FIELDS[name]))
                 for name, parts in self._frames.items()}
         self._frames = {f: [] for f in FRAME_FIELDS}
@@ -239,9 +261,123 @@ class StationRecorder:
                 "events": list(cap.events), "bad_frames": cap.bad_frames,
             },
         }
+        meta["interval_s"] = self.interval_s
+        meta["intervals"] = self._intervals
+        self._intervals = []
+        return Sidecar(meta, cols)
+
+    # -- the metric time series --
+    def _keep_for_intervals(self, offset: int, seg: Segment, starts: npt.NDArray[np.int64]) -> None:
+        if not self._fs and seg.fit.ok:
+            self._fs = float(seg.fit.fs)
+        self._tail.append((offset, replace(seg, frame_start=starts)))
+        self._measure_due(final=False)
+
+    def _edge(self, j: int) -> int:
+        fs = self._fs or _NOMINAL_FS
+        return int(round(j * float(self.interval_s or 0) * fs / SAMPLES_PER_FRAME)) * SAMPLES_PER_FRAME
+
+    def _measure_due(self, final: bool) -> None:
+        """Measure every interval whose samples have all arrived (``final``: the last, shorter
+        one too), then let go of the pieces before the next."""
+        end = (self._tail[-1][0] + self._tail[-1][1].n_samples) if self._tail else 0
+        while self._tail:
+            a, b = self._edge(self._next_interval), self._edge(self._next_interval + 1)
+            if end < b and not final:
+                return
+            b = min(b, end)
+            if b > a:
+                self._intervals.append(self._measure(a, b))
+            self._next_interval += 1
+            self._tail = [(o, sg) for o, sg in self._tail if o + sg.n_samples > b]
+            if end <= b:
+                self._tail = [] if final else self._tail
+                return
+
+    def _measure(self, a: int, b: int) -> dict[str, Any]:
+        """Samples a .. b of the station axis as a one-segment capture, to be measured (every
+        metric) by :func:`measure_intervals`."""
+        parts = [(o, sg) for o, sg in self._tail if o < b and o + sg.n_samples > a]
+        samples = np.concatenate([sg.samples[max(0, a - o):min(sg.n_samples, b - o)] for o, sg in parts])
+        cols: dict[str, list[npt.NDArray[Any]]] = {k: [] for k in ("frame_seq", "frame_flags", "frame_rssi_dbm",
+                                                                   "frame_last_gps", "frame_gps_ns", "frame_received")}
+        first: list[npt.NDArray[np.int64]] = []
+        for o, sg in parts:
+            st = o + np.asarray(sg.frame_start, dtype=np.int64)
+            inside = (st >= a) & (st < b)
+            for k in cols:
+                cols[k].append(np.asarray(getattr(sg, k))[inside])
+            first.append(st[inside] - a)
+        fs = self._fs or _NOMINAL_FS
+        t0 = -1  # GPS time of sample a: from the first GPS-stamped frame inside the interval
+        for o, sg in parts:
+            st = o + np.asarray(sg.frame_start, dtype=np.int64)
+            stamped = np.flatnonzero((sg.frame_gps_ns >= 0) & (st >= a) & (st < b))
+            if stamped.size:
+                i = int(stamped[0])
+                t0 = int(sg.frame_gps_ns[i]) - round((int(st[i]) - a) / fs * 1e9)
+                break
+        cap = self.capture
+        assert cap is not None
+        c = {k: np.concatenate(v) for k, v in cols.items()}
+        fit = timing.TimeFit(t0, fs, 0.0, 2, 0, "ok") if t0 >= 0 else timing.TimeFit(-1, fs, float("nan"), 0, 0, "")
+        seg = Segment(samples=samples, frame_seq=c["frame_seq"], frame_flags=c["frame_flags"],
+                      frame_rssi_dbm=c["frame_rssi_dbm"], frame_last_gps=c["frame_last_gps"],
+                      frame_gps_ns=c["frame_gps_ns"], frame_received=c["frame_received"], fit=fit, end_reason="",
+                      seq_gaps=0, missing_frames=0, frame_start=np.concatenate(first))
+        out: dict[str, Any] = {"first": a, "samples": b - a, "t0_gps_ns": t0}
+        if b - a >= INTERVAL_MIN_SAMPLES:  # measured later, many at once (measure_intervals)
+            out[_JOB] = replace(cap, segments=[seg], events=[])
+        return out
+
+
+#: the key of an interval's capture until it is measured
+_JOB = "_capture"
+#: intervals measured together (one metrics pass over this many one-interval stations)
+MEASURE_BATCH = 32
+
+
+class Sidecar:
+    """A chunk's sidecar before it is stored: its meta (with intervals that may still wait for
+    :func:`measure_intervals`) and frame columns; :meth:`to_bytes` is what is stored."""
+
+    def __init__(self, meta: dict[str, Any], cols: dict[str, npt.NDArray[Any]]) -> None:
+        self.meta = meta
+        self.cols = cols
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return [iv for iv in self.meta.get("intervals", []) if _JOB in iv]
+
+    def to_bytes(self) -> bytes:
+        measure_intervals(self.jobs())
         bio = io.BytesIO()
-        np.savez(bio, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **cols)  # type: ignore[arg-type]
+        np.savez(bio, meta=np.frombuffer(json.dumps(self.meta).encode(), dtype=np.uint8),
+                 **self.cols)  # type: ignore[arg-type]
         return bio.getvalue()
+
+
+def measure_intervals(intervals: list[dict[str, Any]]) -> None:
+    """Every metric of each interval waiting with its capture (in place), :data:`MEASURE_BATCH`
+    intervals of any stations per metrics pass: one pass costs about 50 ms of xarray overhead
+    however many stations it holds, and an interval's own arithmetic ~2 ms."""
+    from . import model
+    from .metrics import metrics
+
+    todo = [iv for iv in intervals if _JOB in iv]
+    for i in range(0, len(todo), MEASURE_BATCH):
+        batch = todo[i:i + MEASURE_BATCH]
+        caps = [replace(iv[_JOB], station=f"i{j}") for j, iv in enumerate(batch)]
+        try:
+            ds = model.build_dataset(caps, {})
+            with np.errstate(all="ignore"):
+                m = metrics(ds).compute()
+            values = {str(k): v.values for k, v in m.data_vars.items()}
+        except Exception:  # a metric must never cost the chunk: the interval stays unmeasured
+            log.exception("interval metrics failed")
+            values = {}
+        for j, iv in enumerate(batch):
+            del iv[_JOB]
+            iv.update({k: float(v[j]) for k, v in values.items()})
 
 
 # ---- reading ---------------------------------------------------------------------------------
@@ -312,6 +448,25 @@ def assemble(station: str, sidecars: list[dict[str, Any]], chunks: int, *,
     return cap if cap.segments else None
 
 
+def steady_heap() -> None:
+    """Fix glibc's mmap threshold at 128 kB (Linux; elsewhere a no-op).  glibc raises it after the
+    first chunk-sized block is freed, and from then on the chunk-sized buffers of a long capture
+    (encoded chunks, sidecars, the pieces of every station) come from the heap, which fragments:
+    resident memory grew ~20 % per 10 minutes of seven stations.  With a fixed threshold they are
+    mapped and unmapped whole (``benchmarks/memory.py``)."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc
+        log.debug("mallopt unavailable", exc_info=True)
+
+
 # ---- the writer thread -----------------------------------------------------------------------
 class ChunkWriter:
     """Stores the chunks of many stations in the background, in order of arrival, with
@@ -320,9 +475,13 @@ class ChunkWriter:
     :meth:`close`; what is still unstored then is in :attr:`unsent` (station, k, chunk, sidecar)
     and :attr:`error` says why."""
 
-    def __init__(self, store_put: Put, *, threads: int = 4, retry_s: float = 2.0) -> None:
+    def __init__(self, store_put: Put, *, threads: int = 4, retry_s: float = 2.0,
+                 after: Put | None = None) -> None:
         self._put = store_put
-        self._queue: deque[tuple[str, int, bytes, bytes]] = deque()
+        #: called with each chunk once stored (e.g. to index its metric time series); an error in
+        #: it is logged and never costs the chunk
+        self._after = after
+        self._queue: deque[tuple[str, int, bytes, Any]] = deque()
         self._cv = threading.Condition()
         self._closing = False
         self._busy = 0
@@ -337,7 +496,7 @@ class ChunkWriter:
         for t in self._threads:
             t.start()
 
-    def put(self, station: str, k: int, chunk: bytes, sidecar: bytes) -> None:
+    def put(self, station: str, k: int, chunk: bytes, sidecar: bytes | Sidecar) -> None:
         with self._cv:
             self._queue.append((station, k, chunk, sidecar))
             self._cv.notify()
@@ -354,8 +513,18 @@ class ChunkWriter:
                     self._cv.wait()
                 if not self._queue:
                     return
-                item = self._queue.popleft()
+                batch = [self._queue.popleft() for _ in range(min(len(self._queue), MEASURE_BATCH))]
+                self._busy += len(batch)
+            # the sidecars' intervals measured together, then each sidecar serialised once
+            pending = [iv for it in batch if isinstance(it[3], Sidecar) for iv in it[3].jobs()]
+            measure_intervals(pending)
+            items = [(st, k, chunk, side.to_bytes() if isinstance(side, Sidecar) else side)
+                     for st, k, chunk, side in batch]
+            with self._cv:
+                self._busy -= len(items)
+                self._queue.extendleft(reversed(items))
                 self._busy += 1
+                item = self._queue.popleft()
                 self._inflight[id(item)] = item
             try:
                 self._put(*item)
@@ -373,6 +542,11 @@ class ChunkWriter:
                     self._queue.append(item)
                     self._cv.notify()
                 continue
+            if self._after is not None:
+                try:
+                    self._after(*item)
+                except Exception:
+                    log.warning("after storing chunk %d of %s", item[1], item[0], exc_info=True)
             with self._cv:
                 self._busy -= 1
                 self._inflight.pop(id(item), None)
@@ -391,8 +565,72 @@ class ChunkWriter:
             t.join(max(0.0, deadline - time.monotonic()))
         with self._cv:
             # still queued, or in a store call that did not return (a frozen server): not stored
-            self.unsent.extend(self._queue)
+            self.unsent.extend((st, k, c, side.to_bytes() if isinstance(side, Sidecar) else side)
+                               for st, k, c, side in self._queue)
             self.unsent.extend(self._inflight.values())
             self._queue.clear()
         if self.unsent and self.error is None:
             self.error = f"the store did not take {len(self.unsent)} chunk(s) within {timeout_s:g} s"
+
+
+def intervals(sidecars: list[dict[str, Any]], stored: int) -> list[dict[str, Any]]:
+    """The metric time series measured as a station's samples arrived, from its sidecars (those
+    of the run :func:`assemble` read), without intervals reaching past the ``stored`` samples."""
+    out = [iv for car in sidecars for iv in car["meta"].get("intervals", [])]
+    return [iv for iv in out if iv["first"] + iv["samples"] <= stored]
+
+
+def stored_samples(sidecars: list[dict[str, Any]], chunks: int) -> int:
+    """Samples of a station readable from its run of sidecars and ``chunks`` chunk objects."""
+    if not sidecars:
+        return 0
+    last = sidecars[-1]["meta"]
+    return min(int(last["stored"]), chunks * int(last["chunk_samples"]))
+
+
+def interval_variables(ds: Any, by_station: dict[str, list[dict[str, Any]]], interval_s: float) -> Any:
+    """``ds`` with the metric time series as :func:`sdrlab.acquire.attach_interval_metrics` stores
+    it (``interval_<metric>`` (station, interval), ``interval_start``, ``interval_samples``,
+    attribute ``interval_s``), from the intervals measured while recording."""
+    from .metric_table import LONG_NAMES, UNITS
+
+    ids = [str(s) for s in ds["station"].values]
+    n_int = max([len(by_station.get(i, [])) for i in ids] + [0])
+    if n_int == 0:
+        return ds
+    offset = int(ds.attrs.get("gps_utc_offset_s", timing.DEFAULT_GPS_UTC_OFFSET_S))
+    start = np.full((len(ids), n_int), np.datetime64("NaT", "ns"))
+    samples = np.zeros((len(ids), n_int), np.int64)
+    values = {m: np.full((len(ids), n_int), np.nan) for m in UNITS}
+    for i, sid in enumerate(ids):
+        for j, iv in enumerate(by_station.get(sid, [])):
+            if iv["t0_gps_ns"] >= 0:
+                start[i, j] = timing.gps_ns_to_utc(int(iv["t0_gps_ns"]), offset)
+            samples[i, j] = iv["samples"] if iv["samples"] >= INTERVAL_MIN_SAMPLES else 0
+            for m in UNITS:
+                if m in iv:
+                    values[m][i, j] = iv[m]
+    for m in UNITS:
+        if np.isfinite(values[m]).any():
+            ds[f"interval_{m}"] = (("station", "interval"), values[m],
+                                   {"units": UNITS[m], "long_name": f"{LONG_NAMES.get(m, m)} per interval"})
+    ds = ds.assign_coords(
+        interval_start=(("station", "interval"), start, {"long_name": "UTC of the interval's first sample (GPS time base)"}),
+        interval_samples=(("station", "interval"), samples, {"long_name": "valid samples in the interval", "units": "1"}),
+    )
+    ds.attrs["interval_s"] = float(interval_s)
+    return ds
+
+
+def sidecar_intervals(sidecar: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A sidecar's meta and the intervals measured since the previous one, each with ``utc``
+    (numpy datetime64, from its GPS time; NaT where it has none)."""
+    meta = read_sidecar(sidecar)["meta"]
+    cap = meta.get("capture") or {}
+    offset = int(cap.get("gps_utc_offset_s", timing.DEFAULT_GPS_UTC_OFFSET_S))
+    out = []
+    for iv in meta.get("intervals", []):
+        t0 = int(iv.get("t0_gps_ns", -1))
+        ok = t0 >= 0 and iv["samples"] >= INTERVAL_MIN_SAMPLES
+        out.append({**iv, "utc": timing.gps_ns_to_utc(t0, offset) if ok else None})
+    return meta, out

@@ -561,12 +561,19 @@ class Store:
         rec = summary if summary is not None else self._read_record(session_id)
         stations = [str(s) for s in rec.get("stations", [])]
         live = rec.get("layout") == LAYOUT_RECORDING
+        return self._recording(session_id, rec)[0]
+
+    def _recording(self, session_id: str, rec: dict[str, Any]) -> tuple[list[Any], dict[str, list[dict[str, Any]]]]:
+        stations = [str(s) for s in rec.get("stations", [])]
+        live = rec.get("layout") == LAYOUT_RECORDING
         caps = []
+        series = {}
         for st, (cars, n) in self._stream_runs(session_id, stations).items():
             cap = recording.assemble(st, cars, n, recording=live)
             if cap is not None:
                 caps.append(cap)
-        return caps
+                series[st] = recording.intervals(cars, recording.stored_samples(cars, n))
+        return caps, series
 
     def stale_recordings(self, min_age_s: float) -> list[str]:
         """Sessions still ``recording`` with nothing written for ``min_age_s`` seconds: their
@@ -637,10 +644,11 @@ class Store:
         return self._do(f"finalising session {sid}", run)
 
     def _open_recording(self, session_id: str, summary: dict[str, Any]) -> xr.Dataset:
-        caps = self.recording_captures(session_id, summary)
+        caps, series = self._recording(session_id, summary)
         if not caps:
             raise StorageError(f"session {session_id} in {self.where} is recording and has no chunk stored yet")
-        shell = recording_shell(caps, summary)
+        shell = recording.interval_variables(recording_shell(caps, summary), series,
+                                             float(summary.get("interval_s") or 10.0))
         refs, _aux = self._stream_refs(session_id, shell, int(summary["chunk_samples"]), inline=1 << 62)
         return self._open_packed(session_id, refs=refs)
 

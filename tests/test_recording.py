@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdrlab import model, recording
+from sdrlab import model, recording, timing
 from sdrlab.acquire import acquire
 from sdrlab.capture import Segment
 from sdrlab.config import Settings
@@ -58,7 +58,8 @@ def record(store: Store, sid: str, caps, *, cut=None, drop: tuple[int, int] | No
     store.begin_recording(sid, {"stations": [c.station for c in caps], "chunk_samples": N,
                                 "center_frequency_hz": DEMO7_TUNE_HZ, "duration_s": 4.0})
     for i, cap in enumerate(caps):
-        rec = recording.StationRecorder(cap.station, N, lambda st, k, c, s: store.put_stream(sid, st, k, c, s))
+        rec = recording.StationRecorder(cap.station, N,
+                                        lambda st, k, c, s: store.put_stream(sid, st, k, c, s.to_bytes()))
         [seg] = cap.segments
         nf = seg.frame_seq.size
         a = 0
@@ -129,3 +130,138 @@ def test_frames_lost_between_pieces_are_zero_filled(captured, tmp_path):
     assert int(got["seq_gaps"]) == 3
     assert not got["iq"].values[40 * FRAME:43 * FRAME].any()
     np.testing.assert_array_equal(got["iq"].values[43 * FRAME:n], want["iq"].isel(station=0).values[43 * FRAME:n])
+
+
+def test_a_streaming_acquisition_grows_in_the_s3_store_and_is_indexed(s3_server, bucket, tmp_path):
+    """Seven stations for 24 s (at speed 10) into the S3 store in 2 s chunks: while it runs the
+    session lists as ``recording`` and opens with more samples each time; at the end it is
+    committed without copying (its IQ references the chunk objects), measured like a session held
+    in memory (the scene's truth), and indexed with its metric time series."""
+    from sdrlab.index import find_captures, make_engine
+    from sdrlab.index.queries import metric_over_time
+    from sdrlab.sim.server import SimServer
+
+    store = Store(f"s3://{bucket}/lab", s3_server.storage_options)
+    index = make_engine(f"sqlite:///{tmp_path}/index.db")
+    scene = demo7(seed=12)
+    seen: list[tuple[str, int]] = []
+    rows: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            try:
+                listed = store.sessions()
+                if len(listed) and listed["status"].iloc[-1] == "recording":
+                    ds = store.open(listed.index[-1])
+                    seen.append((ds.attrs["recording_state"], int(ds["n_samples"].min())))
+                    with index.connect() as c:  # the metric time series is indexed as chunks commit
+                        rows.append(c.exec_driver_sql("SELECT count(*) FROM interval_metrics").scalar())
+            except Exception as exc:  # no chunk yet
+                seen.append(("error", str(exc)))  # type: ignore[arg-type]
+            time.sleep(0.3)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    with SimServer(scene, base_port=0, speed=10) as sim:
+        watcher.start()
+        try:
+            session = acquire(demo7_stations(sim.ports), DEMO7_TUNE_HZ, 24.0, settings=SETTINGS, store=store,
+                              index=index)
+        finally:
+            done.set()
+            watcher.join()
+    assert session.store_error is None and session.index_error is None
+    growing = [n for state, n in seen if state == "recording"]
+    assert len(growing) >= 3 and growing[-1] > growing[0] > 0, seen
+    ds = store.open(session.session_id)
+    # whole chunks, never a torn one (but a station's last, once it has ended)
+    assert all(n % recording.chunk_samples(2.0) == 0 or n in ds["n_samples"].values for n in growing), seen
+    assert ds.attrs["recording_state"] == "final" and session.ok == [rx.id for rx in scene.receivers]
+    record_ = store.summary(session.session_id)
+    assert record_["status"] == "ok" and "pack" not in record_["objects"]
+    assert sum(k.endswith(".iq") for k in record_["objects"]) >= 7 * 24 * 12000 // recording.chunk_samples(2.0)
+    for rx in scene.receivers:
+        truth = scene.truth(rx.id, DEMO7_TUNE_HZ)
+        s = ds.sel(station=rx.id)
+        assert int(s["n_samples"]) >= 24.0 * rx.sample_rate
+        assert float(s["snr_db"]) == pytest.approx(truth["snr_db"], abs=0.5)
+        assert float(s["frequency_offset_hz"]) == pytest.approx(truth["frequency_offset_hz"], abs=1.0)
+    assert ds.attrs["start_spread_s"] < 512 / 12000 + 1e-3
+    assert ds.sizes["interval"] == 3 and bool(np.isfinite(ds["interval_snr_db"]).all())
+    assert sorted(find_captures(index)["station_id"]) == sorted(session.ok)
+    assert max(rows) >= 7, rows  # while recording: at least an interval of every station
+    series = metric_over_time(index, "snr_db", bucket_s=10, source="intervals")
+    assert len(series) == 7 * 3
+    for rx in scene.receivers:  # every 10 s of every station measures the scene
+        truth = scene.truth(rx.id, DEMO7_TUNE_HZ)
+        np.testing.assert_allclose(ds["interval_snr_db"].sel(station=rx.id).values[:2], truth["snr_db"], atol=0.7)
+
+
+def _catalog(tmp_path: Path, ports: dict[str, int]) -> Path:
+    lines = []
+    for rx in demo7().receivers:
+        lines += ["[[station]]", f'id = "{rx.id}"', 'host = "127.0.0.1"', f"port = {ports[rx.id]}",
+                  f"latitude = {rx.latitude}", f"longitude = {rx.longitude}", "channels = 4", ""]
+    p = tmp_path / "stations.toml"
+    p.write_text("\n".join(lines))
+    return p
+
+
+def test_sigkill_of_the_acquiring_process_loses_at_most_the_chunk_being_filled(tmp_path, run_sim, monkeypatch):
+    """``sdrlab acquire`` killed with SIGKILL at a random moment of a 60 s streaming acquisition:
+    the session is there, ``recording``, and opens consistent; each station lost at most the
+    chunk it was filling (what the receiver had sent but the store had not: measured on the GPS
+    time base against the simulator's count of frames sent); ``sdrlab store finalise`` then
+    measures, commits and indexes it, every station ``partial``."""
+    from sdrlab.cli import main
+    from sdrlab.index import find_captures, make_engine
+
+    chunk_s = 1.0
+    n = recording.chunk_samples(chunk_s)
+    speed = 4.0
+    scene = demo7(seed=13)
+    env = {**os.environ, "SDRLAB_PROGRESS": "0", "SDRLAB_STORE": f"file://{tmp_path}/store",
+           "SDRLAB_DB": f"sqlite:///{tmp_path}/index.db", "SDRLAB_CHUNK_S": str(chunk_s),
+           "SDRLAB_STREAM_ABOVE_S": "0", "SDRLAB_RESCUE": f"file://{tmp_path}/rescue"}
+    with run_sim(scene, speed=speed) as sim:
+        cat = _catalog(tmp_path, sim.ports)
+        p = subprocess.Popen([str(Path(sys.executable).parent / "sdrlab"), "acquire", "--all", "--frequency",
+                              str(DEMO7_TUNE_HZ), "--duration", "60", "--catalog", str(cat)], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        store = Store(f"file://{tmp_path}/store")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (len(store.sessions()) and
+                                                   len(list((Path(store.root) / "sessions").rglob("*.iq"))) >= 7):
+            time.sleep(0.2)
+        time.sleep(random.Random().uniform(0.5, 4.0))  # the first chunks are in: kill at any moment after
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(10)
+        time.sleep(0.5)
+        sent = {r.receiver_id: r for r in sim.streams}
+    sid = store.sessions().index[-1]
+    assert store.sessions().loc[sid, "status"] == "recording"
+    ds = store.open(sid)
+    assert ds.attrs["recording_state"] == "recording" and ds.sizes["station"] == 7
+    for rx in scene.receivers:
+        s = ds.sel(station=rx.id)
+        kept = int(s["n_samples"])
+        assert kept % n == 0 and kept > 0
+        rec = sent[rx.id]
+        last_sent_ns = rec.t0_gps_ns + (rec.frames_sent * FRAME) / rx.sample_rate * 1e9
+        t0_ns = timing.utc_to_gps_ns(s["start_time"].values, int(ds.attrs["gps_utc_offset_s"]))
+        stored_end_ns = t0_ns + kept / float(s["sample_rate"]) * 1e9
+        lost_s = (last_sent_ns - stored_end_ns) / 1e9
+        # the chunk being filled, the piece the client held (24 frames) and the socket's frames in flight
+        assert 0 <= lost_s <= (n + 24 * FRAME + 32 * FRAME) / rx.sample_rate, (rx.id, lost_s)
+        np.testing.assert_array_equal(s["frame_received"].values[: kept // FRAME], True)
+    for key in ("SDRLAB_STORE", "SDRLAB_DB", "SDRLAB_RESCUE"):
+        monkeypatch.setenv(key, env[key])
+    assert main(["store", "finalise", "--min-age", "0"]) == 0  # every session left recording
+    env_store = Store(f"file://{tmp_path}/store")
+    final = env_store.open(sid)
+    assert final.attrs["recording_state"] == "final"
+    assert set(final["status"].values) == {"partial"}
+    assert np.isfinite(final["snr_db"]).all()
+    np.testing.assert_array_equal(final["n_samples"].values, ds["n_samples"].values)
+    hits = find_captures(make_engine(f"sqlite:///{tmp_path}/index.db"))
+    assert len(hits) == 7

@@ -139,6 +139,36 @@ def interval_rows(ds: xr.Dataset) -> list[dict[str, Any]]:
     return rows
 
 
+def add_interval_rows(engine: Engine, session_id: str, station: str, frequency_hz: float, interval_s: float,
+                      intervals: Sequence[Mapping[str, Any]]) -> int:
+    """Index one station's intervals of a session still being recorded, as their chunk is
+    committed (``intervals``: ``utc`` (datetime64 or ISO), ``samples`` and the metrics by name;
+    those without a time or samples are left out).  Rows already there (a chunk stored twice)
+    are replaced; :func:`index_session` replaces them all when the session is finalised."""
+    rows = []
+    for iv in intervals:
+        t = _ts(iv.get("utc"))
+        if t is None or int(iv.get("samples", 0)) <= 0:
+            continue
+        row: dict[str, Any] = {"time": t, "station_id": station, "session_id": session_id, "interval_s": interval_s,
+                               "samples": int(iv["samples"]), "frequency_hz": float(frequency_hz)}
+        row.update({m: _f(iv.get(m)) for m in METRIC_COLUMNS})
+        rows.append(row)
+    if not rows:
+        return 0
+    try:
+        with engine.begin() as c:
+            for row in rows:
+                c.execute(delete(IntervalMetricRow).where(
+                    IntervalMetricRow.station_id == station, IntervalMetricRow.time == row["time"],
+                    IntervalMetricRow.session_id == session_id))
+            c.execute(insert(IntervalMetricRow), rows)
+    except Exception as exc:
+        raise IndexStoreError(f"indexing intervals of {station} in session {session_id} failed: "
+                              f"{type(exc).__name__}: {exc}"[:500]) from None
+    return len(rows)
+
+
 def index_session(engine: Engine, ds: xr.Dataset, store_url: str) -> int:
     """Index a committed session (replacing any earlier rows of it) in one transaction; returns
     the number of metric rows."""

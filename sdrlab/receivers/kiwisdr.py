@@ -671,8 +671,10 @@ class _Connection:
 
     # -- segment assembly --
     def _spill(self) -> None:
-        """Streaming: hand the frames held so far to the sink as a piece of the open segment."""
-        seg = self._build("continues")
+        """Streaming: hand the frames held so far to the sink as a piece of the open segment
+        (only a segment's first piece gets a time fit: the capture's summary keeps it; the
+        stored segment is fitted over all its frames when read)."""
+        seg = self._build("continues", fit=self._first_piece is None)
         assert self._sink is not None
         self._note_piece(seg)
         self._sink.piece(self.cap, seg, self._piece_first)
@@ -708,7 +710,7 @@ class _Connection:
         summary of the segment (its length, first fit and end), not its samples or frames."""
         assert self._sink is not None
         if self._hdrs or self._rx_meta:
-            seg = self._build(reason)
+            seg = self._build(reason, fit=self._first_piece is None)
             self._note_piece(seg)
             self._sink.piece(self.cap, seg, self._piece_first)
         else:
@@ -731,7 +733,7 @@ class _Connection:
         self._first_piece = None
         self._piece_first = True
 
-    def _build(self, reason: str) -> Segment:
+    def _build(self, reason: str, fit: bool = True) -> Segment:
         """A Segment of the frames held, which are then let go."""
         if self._rx_meta:
             seg = build_receipt_segment(
@@ -743,7 +745,7 @@ class _Connection:
         else:
             seg = build_segment(
                 bytes(self._hdrs), bytes(self._data), nominal_fs=self._sample_rate or 12000.0,
-                gps_utc_offset_s=self.opt.gps_utc_offset_s, end_reason=reason,
+                gps_utc_offset_s=self.opt.gps_utc_offset_s, end_reason=reason, fit=fit,
             )
         seg.lag_s = self._behind - self._min_behind
         self._hdrs.clear()
