@@ -310,7 +310,8 @@ def capture_group(
     import asyncio
 
     t = time.perf_counter()
-    if session_id and _started_before(f"sdrlab-started-{session_id}-g{group}"):
+    rerun = bool(session_id) and _started_before(f"sdrlab-started-{session_id}-g{group}")
+    if rerun and stream is None:
         # the scheduler re-ran this task because the worker running it died: capturing from
         # scratch, seconds late, would silently break the session's simultaneity
         return [StationResult(st.id, "failed", None, "WorkerDied",
@@ -321,11 +322,15 @@ def capture_group(
     poll = _stop_poller(stop_event)
     writer = recorders = None
     if stream is not None:
-        writer, recorders = _stream_writers(stations, stream)
+        # streaming and re-run (its worker died): each station continues after what it stored,
+        # as a new segment, to the end of the session's window; never from scratch
+        writer, recorders = _stream_writers(stations, stream, resume=rerun)
     results = asyncio.run(_capture_group(stations, frequency_hz, duration_s, options, emit, poll,
                                          _window_link(window_topics, group), start_wait_s, t, recorders))
     if writer is not None and recorders is not None:
         _close_stream(writer, recorders, results, float(stream["timeout_s"]) if stream else 60.0)
+        if rerun:
+            _note_resumed(results, recorders)
         return results  # metrics are measured on the stored session when it is finalised
     for st, res in zip(stations, results):
         if res.capture is not None:
@@ -337,9 +342,32 @@ def capture_group(
     return results
 
 
-def _stream_writers(stations: Sequence[Station], stream: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+#: how a segment ends when the dask worker capturing it died (a resumed station's)
+WORKER_DIED = "the dask worker capturing it died"
+
+
+def _note_resumed(results: list[StationResult], recorders: dict[str, Any]) -> None:
+    """A re-run group's stations: ``partial``, saying they resumed; what the dead worker stored
+    counts as their data even when nothing more came."""
+    for res in results:
+        rec = recorders.get(res.station)
+        if rec is None or not rec.resumed_from:
+            continue
+        note = (f"its dask worker died after {rec.resumed_from} stored sample(s); resumed on another worker as a "
+                "new segment")
+        if res.status == "failed" and res.error_class in ("NoData", "Stopped"):
+            res.error_class = None
+            note += f" ({res.message})"
+            res.message = None
+        res.status = "partial"
+        res.message = "; ".join(x for x in (note, res.message) if x)
+
+
+def _stream_writers(stations: Sequence[Station], stream: dict[str, Any],
+                    resume: bool = False) -> tuple[Any, dict[str, Any]]:
     """Streaming: the store the chunks go to (from ``stream``: url, storage_options, timeout_s,
-    session_id, chunk_samples), its background writer and one recorder per station."""
+    session_id, chunk_samples), its background writer and one recorder per station (``resume``:
+    each continuing after what the store holds of it)."""
     from .recording import ChunkWriter, StationRecorder, steady_heap
     from .store import Store
 
@@ -367,8 +395,12 @@ def _stream_writers(stations: Sequence[Station], stream: dict[str, Any]) -> tupl
                               float(meta.get("interval_s") or 0.0), [iv for iv in ivs if iv["utc"] is not None])
 
     writer = ChunkWriter(put, after=after)
-    return writer, {st.id: StationRecorder(st.id, int(stream["chunk_samples"]), writer.put,
-                                           interval_s=float(stream["interval_s"])) for st in stations}
+    recorders = {st.id: StationRecorder(st.id, int(stream["chunk_samples"]), writer.put,
+                                        interval_s=float(stream["interval_s"])) for st in stations}
+    if resume:
+        for st_id, (cars, n) in store.stream_runs(sid, list(recorders)).items():
+            recorders[st_id].resume(cars, n, WORKER_DIED)
+    return writer, recorders
 
 
 def _close_stream(writer: Any, recorders: dict[str, Any], results: list[StationResult], timeout_s: float) -> None:

@@ -131,6 +131,8 @@ class StationRecorder:
         self._next_interval = 0
         self._fs = 0.0
         self._intervals: list[dict[str, Any]] = []  # measured since the last sidecar
+        #: samples stored by an earlier capture of this station this one continues (resume)
+        self.resumed_from = 0
 
     # -- pieces in --
     def piece(self, cap: Capture, seg: Segment, first: bool) -> None:
@@ -172,6 +174,36 @@ class StationRecorder:
             sg["end"] = seg.end_reason
             self._open = False
             self._last_seq = -1
+
+    def resume(self, sidecars: list[dict[str, Any]], chunks: int, why: str) -> None:
+        """Continue a station whose capture stopped elsewhere (a dask worker that died): from the
+        end of its stored run (the sidecars and chunks :func:`assemble` would read), in chunk
+        ``chunks``, its next data a new segment; the open segment it had ends with ``why``."""
+        if not sidecars:
+            return
+        stored = stored_samples(sidecars, chunks)
+        self.resumed_from = stored
+        meta = sidecars[-1]["meta"]
+        self.k = len(sidecars) if stored % self.n else chunks
+        self.total = stored
+        if stored % self.n:  # a final chunk: continue after it, on the chunk grid
+            self.total = self.k * self.n
+        segs = []
+        for sg in meta["segments"]:
+            if int(sg["start"]) >= stored:
+                break
+            sg = dict(sg, length=min(int(sg["length"]), stored - int(sg["start"])))
+            sg["end"] = sg["end"] or why
+            segs.append(sg)
+        self.segments = segs
+        self._open = False
+        self._last_seq = -1
+        self._fs = float(meta.get("interval_fs") or 0.0)
+        if self.interval_s:
+            j = 0
+            while self._edge(j) < self.total:
+                j += 1
+            self._next_interval = j
 
     def end_segment(self, reason: str) -> None:
         """The open segment ended with no frames after its last piece."""
@@ -262,6 +294,7 @@ class StationRecorder:
             },
         }
         meta["interval_s"] = self.interval_s
+        meta["interval_fs"] = self._fs
         meta["intervals"] = self._intervals
         self._intervals = []
         return Sidecar(meta, cols)

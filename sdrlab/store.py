@@ -521,7 +521,7 @@ class Store:
 
         self._do(f"storing chunk {k} of {station} in session {session_id}", run)
 
-    def _stream_runs(self, session_id: str, stations: list[str]) -> dict[str, tuple[list[dict[str, Any]], int]]:
+    def stream_runs(self, session_id: str, stations: list[str]) -> dict[str, tuple[list[dict[str, Any]], int]]:
         """Per station: its sidecars 0, 1, ... as far as they form an unbroken run, and how many
         chunk objects that run holds (one LIST, then the sidecars read concurrently)."""
         base = self._path(SESSIONS, session_id, recording.STREAM)
@@ -568,7 +568,7 @@ class Store:
         live = rec.get("layout") == LAYOUT_RECORDING
         caps = []
         series = {}
-        for st, (cars, n) in self._stream_runs(session_id, stations).items():
+        for st, (cars, n) in self.stream_runs(session_id, stations).items():
             cap = recording.assemble(st, cars, n, recording=live)
             if cap is not None:
                 caps.append(cap)

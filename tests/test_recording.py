@@ -265,3 +265,61 @@ def test_sigkill_of_the_acquiring_process_loses_at_most_the_chunk_being_filled(t
     np.testing.assert_array_equal(final["n_samples"].values, ds["n_samples"].values)
     hits = find_captures(make_engine(f"sqlite:///{tmp_path}/index.db"))
     assert len(hits) == 7
+
+
+def test_a_killed_workers_stations_continue_on_the_other_worker(tmp_path):
+    """SIGKILL of one of two dask worker processes mid-way through a streaming acquisition: its
+    stations are captured on by the other worker as a new segment after what they had stored (at
+    most the chunk in flight lost, nothing captured twice), to the end of the session's window;
+    the other stations are untouched; nothing hangs."""
+    from distributed import Client
+
+    from sdrlab.acquire import _groups
+    from sdrlab.sim.server import SimServer
+    from tests.test_acquire import _dask_cluster, _worker_of
+
+    store = Store(f"file://{tmp_path}/store")
+    settings = Settings(progress=False, chunk_s=1.0, stream_above_s=0.0)
+    with _dask_cluster(tmp_path, n_workers=2, nthreads=4) as (addr, _workers):
+        with SimServer(demo7(seed=14), base_port=0, speed=1.0) as sim:
+            stations = demo7_stations(sim.ports)[:4]
+            box: dict[str, object] = {}
+            t = threading.Thread(target=lambda: box.update(s=acquire(
+                stations, DEMO7_TUNE_HZ, 14.0, settings=settings, scheduler=addr, store=store, index=False)))
+            t.start()
+            deadline = time.time() + 40
+            while time.time() < deadline and len(list(Path(store.root).rglob("*.iq"))) < 3 * len(stations):
+                time.sleep(0.1)
+            where = _worker_of(addr, "acquire-g")
+            victim_addr = sorted(set(where.values()))[0]
+            with Client(addr, timeout="5s") as c:
+                pids = c.run(os.getpid)
+                members = [[st.id for st in g] for _a, g in _groups(c, stations)]
+            victims = {sid for k, w in where.items() if w == victim_addr for sid in members[int(k.split("-")[1][1:])]}
+            os.kill(pids[victim_addr], signal.SIGKILL)
+            t.join(120)
+            assert not t.is_alive()
+    session = box["s"]
+    assert victims and session.store_error is None
+    ds = store.open(session.session_id)
+    end = np.datetime64(ds.attrs["window_end"].rstrip("Z"))
+    for sid, res in session.results.items():
+        s = ds.sel(station=sid)
+        n_seg = int((s["segment_start"] >= 0).sum())
+        if sid not in victims:
+            assert res.status == "ok" and n_seg == 1, (sid, res)
+            continue
+        assert res.status == "partial" and "resumed on another worker" in res.message, (sid, res)
+        assert n_seg == 2 and str(s["segment_end"].values[0]).startswith("the dask worker capturing it died")
+        first_len, second_start = int(s["segment_length"].values[0]), int(s["segment_start"].values[1])
+        assert first_len >= 3 * recording.chunk_samples(1.0) and second_start == first_len
+        # in GPS time: the second segment starts after the first ended (nothing twice) and the
+        # station reaches the end of the session's window
+        t1 = s["segment_t0"].values
+        fs = s["segment_fs"].values
+        first_end = t1[0] + np.timedelta64(int(first_len / fs[0] * 1e9), "ns")
+        assert t1[1] >= first_end
+        last_end = t1[1] + np.timedelta64(int(int(s["segment_length"].values[1]) / fs[1] * 1e9), "ns")
+        assert abs((last_end - end) / np.timedelta64(1, "s")) < 0.1
+        gps = s["frame_gps_ns"].values[: int(s["n_samples"]) // FRAME]
+        assert (np.diff(gps[gps >= 0]) > 0).all()
