@@ -721,8 +721,10 @@ def acquire(
     ordered = {s.id: results[s.id] for s in chosen}
     _check_window(ordered, start_ns)
     if streaming:
+        assert spec is not None
         session = Session(sid, float(frequency_hz), float(duration_s), ordered, None, timings={"acquire_s": t_acq})
-        return finalise(store, sid, session=session, start_ns=start_ns, index=index, rescue=settings.rescue_obj())
+        return finalise(store, sid, session=session, start_ns=start_ns, index=index, rescue=settings.rescue_obj(),
+                        record=spec["record"])
     caps = [r.capture for r in ordered.values() if r.capture is not None]
     ds = None
     if caps:
@@ -768,7 +770,7 @@ def begin_stream(store: Any, sid: str, chosen: Sequence[Station], frequency_hz: 
     record["interval_s"] = INTERVAL_S
     store.begin_recording(sid, record)
     return {"url": store.url, "storage_options": store.options, "timeout_s": store.timeout_s, "session_id": sid,
-            "chunk_samples": n, "interval_s": INTERVAL_S}
+            "chunk_samples": n, "interval_s": INTERVAL_S, "record": record}
 
 
 #: how a segment still open when its capture's process ended is recorded
@@ -776,7 +778,7 @@ STOPPED = "the capture stopped with its process (not finalised)"
 
 
 def finalise(store: Any, session_id: str, *, session: Session | None = None, start_ns: int | None = None,
-             index: Any = False, rescue: Any = None) -> Session:
+             index: Any = False, rescue: Any = None, record: dict[str, Any] | None = None) -> Session:
     """Complete a streamed session: chunks that did not reach the store in the capture tasks are
     tried again, the session is opened from the store as recorded, its statuses (from the capture
     results when given, else ``partial`` for every station with data), metrics and metric time
@@ -794,11 +796,20 @@ def finalise(store: Any, session_id: str, *, session: Session | None = None, sta
         except StorageError as exc:
             left = unsent[i:]
             msg = f"{len(left)} chunk(s) of session {session_id} not stored: {exc}"
-            return _rescue_stream(store, session_id, left, msg, session, rescue)
-    ds = store.open(session_id)
-    record = store.summary(session_id)
+            return _rescue_stream(store, session_id, left, msg, session, rescue, record)
+    try:
+        ds = store.open(session_id)
+        record = store.summary(session_id)
+    except StorageError as exc:  # every chunk is in the store: it stays `recording`, finalised later
+        if session is None:
+            raise
+        session.store_error = (f"session {session_id} not finalised ({exc}); its chunks are in the store: "
+                               f"`sdrlab store finalise {session_id}` completes it")
+        return session
     if results:
         statuses = {sid: r.as_status().as_dict() for sid, r in results.items()}
+    elif record.get("station_status"):  # pushed back from the rescue directory: as captured
+        statuses = dict(record["station_status"])
     else:  # the capturing process ended without finalising: what was stored is what there is
         have = {str(s) for s in ds["station"].values}
         statuses = {sid: {"status": "partial", "error_class": "CaptureStopped",
@@ -861,7 +872,7 @@ def _attach_streamed_metrics(ds: xr.Dataset) -> xr.Dataset:
 
 
 def _rescue_stream(store: Any, session_id: str, unsent: list[tuple[str, int, bytes, bytes]], msg: str,
-                   session: Session | None, rescue: Any) -> Session:
+                   session: Session | None, rescue: Any, record: dict[str, Any] | None = None) -> Session:
     """The store would not take a streamed session's last chunks: they go to the rescue store
     (with the session's record, as a recording there) for ``sdrlab store push``; the session
     stays ``recording`` in the store with what it took."""
@@ -875,12 +886,15 @@ def _rescue_stream(store: Any, session_id: str, unsent: list[tuple[str, int, byt
         session.store_error += "; no rescue store: those chunks are lost"
         return session
     try:
-        try:
-            record = store.summary(session_id)
-        except StorageError:
-            record = None
+        if record is None:
+            try:
+                record = store.summary(session_id)
+            except StorageError:
+                record = None
         if record is not None and not rescue.fs.exists(rescue._commit_key(session_id)):
-            keep = {k: v for k, v in record.items() if k not in ("layout", "status", "committed")}
+            keep = {k: v for k, v in record.items() if k not in ("layout", "status", "committed", "session_id")}
+            if session.results:  # how each station went, for when it is pushed back and finalised
+                keep["station_status"] = {sid: r.as_status().as_dict() for sid, r in session.results.items()}
             rescue.begin_recording(session_id, keep)
         for station, k, chunk, side in unsent:
             rescue.put_stream(session_id, station, k, chunk, side)

@@ -716,6 +716,20 @@ def _store_finalise(a: argparse.Namespace) -> int:
     return rc
 
 
+def _push_stream(rescue: Any, store: Any, sid: str, engine: Any) -> None:
+    """The chunks of a streamed session the store refused: into the store beside those it took,
+    then the session is finalised there (measured, committed, indexed) and leaves the rescue."""
+    from .acquire import finalise
+
+    moved = rescue.move_stream(sid, store)
+    session = finalise(store, sid, index=engine)
+    if session.store_error:
+        raise StorageError(f"session {sid}: {session.store_error}")
+    rescue.delete(sid)
+    note = f" (not indexed: {session.index_error}; run `sdrlab index rebuild`)" if session.index_error else ""
+    print(f"pushed {sid} ({moved} chunk object(s)) to {session.path}{note}")
+
+
 def _store_push(a: argparse.Namespace) -> int:
     """Rescued sessions -> the store (same ids), then the index; each leaves the rescue
     directory only once it is committed in the store."""
@@ -734,6 +748,9 @@ def _store_push(a: argparse.Namespace) -> int:
         raise ConfigError(f"not in {rescue.where}: {', '.join(missing)}")
     engine = settings.engine()
     for sid in ids:
+        if rescue.summary(sid).get("layout") == "recording":  # chunks of a streamed session
+            _push_stream(rescue, store, sid, engine)
+            continue
         ds = rescue.open(sid).load()
         ref = store.write(ds)  # idempotent: a session already pushed is left as it is
         session = Session(sid, float(ds.attrs.get("center_frequency_hz", 0.0)),

@@ -575,6 +575,28 @@ class Store:
                 series[st] = recording.intervals(cars, recording.stored_samples(cars, n))
         return caps, series
 
+    def move_stream(self, session_id: str, target: Store) -> int:
+        """Copy this store's stream objects of a recording session into ``target`` (its rescue
+        copy going home; the session's record there, if missing, from here); returns how many."""
+        def run() -> int:
+            base = self._path(SESSIONS, session_id)
+            keys = [k for k in self._keys(base) if k.startswith(f"{base}/{recording.STREAM}/")]
+            mine = json.loads(self.fs.cat(self._commit_key(session_id)))
+            try:
+                theirs = target._read_record(session_id)
+            except StorageError:
+                theirs = None
+            if theirs is None:
+                target._put_atomic(target._commit_key(session_id), json.dumps(mine, indent=1).encode())
+            elif theirs.get("layout") == LAYOUT_RECORDING and mine.get("station_status"):
+                theirs["station_status"] = mine["station_status"]  # how the capture went, for finalising
+                target._put_atomic(target._commit_key(session_id), json.dumps(theirs, indent=1).encode())
+            for key in keys:
+                target._put_atomic(target._path(SESSIONS, session_id, key[len(base) + 1:]), self.fs.cat(key))
+            return len(keys)
+
+        return self._do(f"moving the stream of {session_id} to {target.where}", run)
+
     def stale_recordings(self, min_age_s: float) -> list[str]:
         """Sessions still ``recording`` with nothing written for ``min_age_s`` seconds: their
         capture stopped without finalising them (``sdrlab store finalise``)."""

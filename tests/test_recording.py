@@ -323,3 +323,59 @@ def test_a_killed_workers_stations_continue_on_the_other_worker(tmp_path):
         assert abs((last_end - end) / np.timedelta64(1, "s")) < 0.1
         gps = s["frame_gps_ns"].values[: int(s["n_samples"]) // FRAME]
         assert (np.diff(gps[gps >= 0]) > 0).all()
+
+
+def test_a_frozen_s3_server_mid_stream_loses_nothing(tmp_path, monkeypatch, capsys):
+    """The S3 server stops answering (SIGSTOP) while a session streams into it: the capture goes
+    on, the chunks it refuses are kept and tried again, the session ends with an error naming the
+    timeout and the refused chunks in the rescue directory; once the server is back,
+    ``sdrlab store push`` moves them home and finalises the session: every sample of every
+    station is there."""
+    from sdrlab.cli import main
+    from sdrlab.sim.server import SimServer
+    from tests.support.servers import SeaweedS3
+
+    srv = SeaweedS3(str(tmp_path / "s3")).start()
+    try:
+        assert srv.proc is not None
+        store = Store("s3://sdrlab-frozen/lab", srv.storage_options, timeout_s=3.0)
+        store.health()
+        rescue = f"file://{tmp_path}/rescue"
+        settings = Settings(progress=False, chunk_s=1.0, stream_above_s=0.0, rescue=rescue)
+        with SimServer(demo7(seed=15), base_port=0, speed=4) as sim:
+            box: dict[str, object] = {}
+            t = threading.Thread(target=lambda: box.update(s=acquire(
+                demo7_stations(sim.ports)[:3], DEMO7_TUNE_HZ, 24.0, settings=settings, store=store, index=False)))
+            t.start()
+            deadline = time.time() + 30
+            while time.time() < deadline and len(store.fs.find(f"{store.root}/sessions")) < 6:
+                time.sleep(0.2)
+            os.killpg(os.getpgid(srv.proc.pid), signal.SIGSTOP)
+            try:
+                t.join(120)
+                assert not t.is_alive()
+            finally:
+                os.killpg(os.getpgid(srv.proc.pid), signal.SIGCONT)
+        session = box["s"]
+        assert "no answer within 3 s" in (session.store_error or ""), session.store_error
+        assert session.rescued is not None and all(r.status == "ok" for r in session.results.values())
+        assert list(Path(tmp_path / "rescue").rglob("*.iq"))
+        for key, value in (("SDRLAB_STORE", "s3://sdrlab-frozen/lab"), ("SDRLAB_RESCUE", rescue),
+                           ("SDRLAB_S3_ENDPOINT", srv.endpoint_url), ("SDRLAB_S3_KEY", srv.storage_options["key"]),
+                           ("SDRLAB_S3_SECRET", srv.storage_options["secret"]),
+                           ("SDRLAB_DB", f"sqlite:///{tmp_path}/index.db")):
+            monkeypatch.setenv(key, value)
+        deadline = time.time() + 60
+        while main(["store", "push", session.session_id]) != 0:  # the server may take a moment to come back
+            assert time.time() < deadline
+            time.sleep(1.0)
+        assert f"pushed {session.session_id}" in capsys.readouterr().out
+        back = Store("s3://sdrlab-frozen/lab", srv.storage_options).open(session.session_id)
+        assert back.attrs["recording_state"] == "final" and set(back["status"].values) == {"ok"}
+        for sid in back["station"].values:
+            s = back.sel(station=sid)
+            assert int(s["n_samples"]) >= 24.0 * 12000 and int((s["segment_start"] >= 0).sum()) == 1
+            assert bool(s["frame_received"].values[: int(s["n_samples"]) // FRAME].all())  # nothing lost
+        assert not list(Path(tmp_path / "rescue").rglob("*.iq"))
+    finally:
+        srv.cleanup()
