@@ -857,14 +857,15 @@ def _live_index(engine: Any) -> str | None:
 
 def _attach_streamed_metrics(ds: xr.Dataset) -> xr.Dataset:
     """The per-station metrics of a streamed session, read from the store one chunk at a time
-    (dask's synchronous scheduler: one chunk in memory, whatever the length); its metric time
+    (dask's synchronous scheduler: one chunk in memory, one station at a time); its metric time
     series was measured while it was recorded."""
     import dask
 
     from .metrics import metrics
 
+    # station by station: the Welch sums of one station's chunks wait for their reduction, not all
     with dask.config.set(scheduler="synchronous"):
-        m = metrics(ds).compute()
+        m = xr.concat([metrics(ds.isel(station=[i])).compute() for i in range(ds.sizes["station"])], "station")
     res = [StationResult(str(s), "ok", None, metrics={str(k): float(v.sel(station=s)) for k, v in m.data_vars.items()},
                          metric_attrs={**{str(k): dict(v.attrs) for k, v in m.data_vars.items()}, "": dict(m.attrs)})
            for s in ds["station"].values]

@@ -671,8 +671,14 @@ class Store:
             raise StorageError(f"session {session_id} in {self.where} is recording and has no chunk stored yet")
         shell = recording.interval_variables(recording_shell(caps, summary), series,
                                              float(summary.get("interval_s") or 10.0))
-        refs, _aux = self._stream_refs(session_id, shell, int(summary["chunk_samples"]), inline=1 << 62)
-        return self._open_packed(session_id, refs=refs)
+        # the small variables are in memory already: only the IQ goes through zarr (references
+        # to the chunk objects), never the frame records (tens of MB for an hour)
+        iq_only = xr.Dataset({"n_samples": shell["n_samples"].reset_coords(drop=True).variable}).assign_coords(
+            station=shell["station"].values)
+        refs, _aux = self._stream_refs(session_id, iq_only, int(summary["chunk_samples"]), inline=1 << 62)
+        iq = self._open_packed(session_id, refs=refs)["iq"].variable
+        iq.attrs = dict(model.IQ_ATTRS)
+        return shell.assign(iq=iq)
 
     def summary(self, session_id: str) -> dict[str, Any]:
         check_session_id(session_id)
@@ -790,7 +796,7 @@ class Store:
     def captures(self, session_id: str) -> pd.DataFrame:
         """One row per station of a session: status, samples, rate, UTC start, position, metrics."""
         s = self.summary(session_id)
-        df = pd.DataFrame(s["captures"]).set_index("station")
+        df = pd.DataFrame(s["captures"] or {"station": []}).set_index("station")
         for sid, st in s.get("station_status", {}).items():
             if sid not in df.index:
                 df.loc[sid, "status"] = st.get("status")
@@ -843,6 +849,11 @@ class Store:
             dirs = set(self._session_dirs())
             leftovers = sorted(dirs - committed)
             orphans = sorted(committed - dirs)
+            if orphans:  # a session just begun records: its record comes before its first chunk
+                young = {sid for sid, rec in self._records(orphans) if rec is not None
+                         and rec.get("layout") == LAYOUT_RECORDING
+                         and time.time() - self._newest(self._commit_key(sid)) < min_age_s}
+                orphans = [d for d in orphans if d not in young]
             unreadable = []
             damaged = []
             for d in sorted(committed & dirs):
