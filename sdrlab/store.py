@@ -678,7 +678,8 @@ class Store:
         refs, _aux = self._stream_refs(session_id, iq_only, int(summary["chunk_samples"]), inline=1 << 62)
         iq = self._open_packed(session_id, refs=refs)["iq"].variable
         iq.attrs = dict(model.IQ_ATTRS)
-        return shell.assign(iq=iq)
+        out: xr.Dataset = shell.assign(iq=iq)
+        return out
 
     def summary(self, session_id: str) -> dict[str, Any]:
         check_session_id(session_id)
