@@ -31,6 +31,8 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
@@ -115,6 +117,9 @@ def main() -> int:
         lost = int(ds["seq_gaps"].sum())
         from collections import Counter
 
+        secs = (ds["n_samples"] / ds["sample_rate"]).values
+        print(f"sdrlab: stored per station {secs.min():.1f} / {float(np.median(secs)):.1f} / {secs.max():.1f} s "
+              f"(min / median / max) of {a.duration:g} s", flush=True)
         states = Counter(r.status for r in session.results.values())
         why = Counter(f"{r.error_class}: {(r.message or '')[:90]}" for r in session.results.values() if r.status != "ok")
         print(f"sdrlab: stations {dict(states)}; not ok because: {why.most_common(4)}", flush=True)

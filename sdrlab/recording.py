@@ -285,7 +285,7 @@ class StationRecorder:
         cap = self.capture
         meta = {
             "version": 1, "station": self.station, "k": self.k, "chunk_samples": self.n, "stored": int(stored),
-            "final": bool(final), "segments": self.segments,
+            "final": bool(final), "segments": [dict(sg) for sg in self.segments],  # as now: stored later
             "capture": None if cap is None else {
                 "frequency_hz": cap.frequency_hz, "low_cut": cap.low_cut, "high_cut": cap.high_cut,
                 "requested_s": cap.requested_s, "gps_utc_offset_s": cap.gps_utc_offset_s,
@@ -551,11 +551,19 @@ class ChunkWriter:
             # the sidecars' intervals measured together, then each sidecar serialised once
             pending = [iv for it in batch if isinstance(it[3], Sidecar) for iv in it[3].jobs()]
             measure_intervals(pending)
-            items = [(st, k, chunk, side.to_bytes() if isinstance(side, Sidecar) else side)
-                     for st, k, chunk, side in batch]
+            items = []
+            for st, k, chunk, side in batch:
+                try:
+                    items.append((st, k, chunk, side.to_bytes() if isinstance(side, Sidecar) else side))
+                except Exception as exc:  # a bug: named, and the chunk is not silently dropped
+                    log.exception("sidecar %d of %s could not be serialised", k, st)
+                    with self._cv:
+                        self.error = f"sidecar {k} of {st} could not be serialised: {exc}"
             with self._cv:
-                self._busy -= len(items)
+                self._busy -= len(batch)
                 self._queue.extendleft(reversed(items))
+                if not self._queue:
+                    continue
                 self._busy += 1
                 item = self._queue.popleft()
                 self._inflight[id(item)] = item

@@ -379,3 +379,21 @@ def test_a_frozen_s3_server_mid_stream_loses_nothing(tmp_path, monkeypatch, caps
         assert not list(Path(tmp_path / "rescue").rglob("*.iq"))
     finally:
         srv.cleanup()
+
+
+def test_a_sidecar_is_what_its_chunk_saw_even_when_stored_later(captured):
+    """Sidecars are serialised in the writer threads, after the capture has gone on: each still
+    says what the station's segments were when its chunk filled (the capture's own list changed
+    under a queued sidecar, and a stored one claimed samples it did not have)."""
+    caps, _ = captured
+    cap = caps[0]
+    [seg] = cap.segments
+    held: list = []
+    rec = recording.StationRecorder(cap.station, N, lambda *a: held.append(a), interval_s=None)
+    rec.piece(cap, piece(seg, 0, 10), True)  # 5120 samples: chunk 0 (4096) fills
+    assert len(held) == 1
+    rec.piece(cap, piece(seg, 10, 12, "a reason"), False)
+    rec.piece(cap, piece(seg, 12, 30), True)  # a second segment
+    meta = recording.read_sidecar(held[0][3].to_bytes())["meta"]
+    assert meta["stored"] == N and len(meta["segments"]) == 1
+    assert meta["segments"][0]["end"] == "" and meta["segments"][0]["length"] == N
