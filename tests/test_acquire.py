@@ -6,7 +6,6 @@ import contextlib
 import itertools
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -151,28 +150,23 @@ def test_partial_station_keeps_its_data():
     assert 0 < int(ds["n_samples"].sel(station="demo-zurich")) < 2.0 * 12001
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _dask_cluster(tmp_path: Path, n_workers: int = 1, nthreads: int | None = 8) -> Iterator[tuple[str, list[subprocess.Popen]]]:
     """A `dask scheduler` and ``n_workers`` `dask worker` processes on loopback (``nthreads``
-    None: dask's default, one thread per core)."""
-    port = _free_port()
-    addr = f"tcp://127.0.0.1:{port}"
+    None: dask's default, one thread per core).  The scheduler picks its own port and writes its
+    address to a scheduler file the workers read (a port probed free here could be taken by any
+    outgoing connection before the scheduler binds it)."""
     bindir = Path(sys.executable).parent
     env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    sfile = tmp_path / "scheduler.json"
     sched = subprocess.Popen(
-        [str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+        [str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file", str(sfile),
          "--dashboard-address", "127.0.0.1:0", "--no-show"],
         stdout=subprocess.DEVNULL, stderr=open(tmp_path / "scheduler.log", "w"), env=env, cwd=tmp_path,
     )
     workers = [subprocess.Popen(
-        [str(bindir / "dask"), "worker", addr, *(("--nthreads", str(nthreads)) if nthreads else ()), "--no-nanny",
-         "--dashboard-address", "127.0.0.1:0",
+        [str(bindir / "dask"), "worker", "--scheduler-file", str(sfile),
+         *(("--nthreads", str(nthreads)) if nthreads else ()), "--no-nanny", "--dashboard-address", "127.0.0.1:0",
          "--host", "127.0.0.1", "--local-directory", str(tmp_path)],
         stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"worker{i}.log", "w"), env=env, cwd=tmp_path,
     ) for i in range(n_workers)]
@@ -180,15 +174,18 @@ def _dask_cluster(tmp_path: Path, n_workers: int = 1, nthreads: int | None = 8) 
         from distributed import Client
 
         deadline = time.time() + 60
+        addr = ""
         while True:
             try:
+                addr = addr or json.loads(sfile.read_text())["address"]
                 with Client(addr, timeout="2s") as c:
                     if len(c.scheduler_info()["workers"]) == n_workers:
                         break
-            except OSError:
+            except (OSError, ValueError, KeyError):
                 pass
-            if time.time() > deadline:
-                raise RuntimeError("dask scheduler/workers did not come up:\n" + (tmp_path / "worker0.log").read_text())
+            if time.time() > deadline or sched.poll() is not None:
+                raise RuntimeError("dask scheduler/workers did not come up:\n" + (tmp_path / "scheduler.log").read_text()
+                                   + (tmp_path / "worker0.log").read_text())
             time.sleep(0.3)
         yield addr, workers
     finally:
@@ -528,7 +525,7 @@ def test_a_worker_killed_mid_capture_is_named_not_silently_recaptured_late(tmp_p
     from sdrlab.sim.server import SimServer
 
     with _dask_cluster(tmp_path, n_workers=2, nthreads=4) as (addr, workers):
-        with SimServer(demo7(seed=12), base_port=0, speed=1.0) as sim:
+        with SimServer(demo7(seed=12), base_port=0, speed=2.0) as sim:
             stations = demo7_stations(sim.ports)[:4]
             box: dict[str, object] = {}
             t = threading.Thread(target=lambda: box.update(s=acquire(
