@@ -120,6 +120,18 @@ def main() -> int:
         secs = (ds["n_samples"] / ds["sample_rate"]).values
         print(f"sdrlab: stored per station {secs.min():.1f} / {float(np.median(secs)):.1f} / {secs.max():.1f} s "
               f"(min / median / max) of {a.duration:g} s", flush=True)
+        short = [str(st) for st, v in zip(ds["station"].values, secs) if v < a.duration - 5]
+        if short:  # what the store holds of the stations stored short
+            from sdrlab import recording
+
+            runs = store.stream_runs(session.session_id, short[:3])
+            for st in short[:3]:
+                names = sorted(k.rsplit("/", 1)[1] for k in store.fs.find(
+                    f"{store.root}/sessions/{session.session_id}/stream/{st}"))
+                cars, n = runs[st]
+                print(f"  short {st}: objects {names}; run of {len(cars)} sidecar(s), {n} chunk(s); stored "
+                      f"{[c['meta']['stored'] for c in cars]}; result {session.results[st].capture.n_samples if session.results[st].capture else None}",
+                      flush=True)
         states = Counter(r.status for r in session.results.values())
         why = Counter(f"{r.error_class}: {(r.message or '')[:90]}" for r in session.results.values() if r.status != "ok")
         print(f"sdrlab: stations {dict(states)}; not ok because: {why.most_common(4)}", flush=True)

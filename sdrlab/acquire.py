@@ -808,6 +808,10 @@ def finalise(store: Any, session_id: str, *, session: Session | None = None, sta
         return session
     if results:
         statuses = {sid: r.as_status().as_dict() for sid, r in results.items()}
+        _late_in_store(ds, statuses, start_ns, float(record.get("duration_s") or 0.0))
+        for sid, st in statuses.items():  # the session's table says the same
+            if sid in results and results[sid].status != st["status"]:
+                results[sid].status, results[sid].message = st["status"], st["message"]
     elif record.get("station_status"):  # pushed back from the rescue directory: as captured
         statuses = dict(record["station_status"])
     else:  # the capturing process ended without finalising: what was stored is what there is
@@ -837,6 +841,30 @@ def finalise(store: Any, session_id: str, *, session: Session | None = None, sta
     if index is not False and index is not None:
         add_to_index(session, index)
     return session
+
+
+def _late_in_store(ds: xr.Dataset, statuses: dict[str, dict[str, Any]], start_ns: int | None,
+                   duration_s: float) -> None:
+    """A streamed station that came up after the session's start, or stopped before its end, is
+    ``partial`` saying by how much, from the time fit of everything stored (the capture task only
+    had its first second's, which may have had too few GPS fixes to say)."""
+    if start_ns is None:
+        return
+    for i, sid in enumerate(str(s) for s in ds["station"].values):
+        st = statuses.get(sid)
+        t0 = ds["start_time"].values[i]
+        if st is None or st.get("status") != "ok" or str(ds["timing"].values[i]) != "gps" or t0 != t0:
+            continue
+        late = (timing.utc_to_gps_ns(t0, int(ds.attrs.get("gps_utc_offset_s", 18))) - start_ns) / 1e9
+        span = float(ds["n_samples"].values[i]) / float(ds["sample_rate"].values[i])
+        notes = []
+        if late > LATE_START_S:
+            notes.append(f"started {late:.2f} s after the session's start (came up late)")
+        if late + span < duration_s - LATE_START_S - 512 / float(ds["sample_rate"].values[i]):
+            notes.append(f"ended {duration_s - late - span:.2f} s before the session's end")
+        if notes:
+            st["status"] = "partial"
+            st["message"] = "; ".join(x for x in (*notes, st.get("message")) if x)
 
 
 def _live_index(engine: Any) -> str | None:
