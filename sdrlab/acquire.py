@@ -811,7 +811,8 @@ def finalise(store: Any, session_id: str, *, session: Session | None = None, sta
         _late_in_store(ds, statuses, start_ns, float(record.get("duration_s") or 0.0))
         for sid, st in statuses.items():  # the session's table says the same
             if sid in results and results[sid].status != st["status"]:
-                results[sid].status, results[sid].message = st["status"], st["message"]
+                results[sid].status = str(st["status"])
+                results[sid].message = st.get("message")
     elif record.get("station_status"):  # pushed back from the rescue directory: as captured
         statuses = dict(record["station_status"])
     else:  # the capturing process ended without finalising: what was stored is what there is
