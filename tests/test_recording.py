@@ -197,16 +197,6 @@ def test_a_streaming_acquisition_grows_in_the_s3_store_and_is_indexed(s3_server,
         np.testing.assert_allclose(ds["interval_snr_db"].sel(station=rx.id).values[:2], truth["snr_db"], atol=0.7)
 
 
-def _catalog(tmp_path: Path, ports: dict[str, int]) -> Path:
-    lines = []
-    for rx in demo7().receivers:
-        lines += ["[[station]]", f'id = "{rx.id}"', 'host = "127.0.0.1"', f"port = {ports[rx.id]}",
-                  f"latitude = {rx.latitude}", f"longitude = {rx.longitude}", "channels = 4", ""]
-    p = tmp_path / "stations.toml"
-    p.write_text("\n".join(lines))
-    return p
-
-
 def test_sigkill_of_the_acquiring_process_loses_at_most_the_chunk_being_filled(tmp_path, run_sim, monkeypatch):
     """``sdrlab acquire`` killed with SIGKILL at a random moment of a 60 s streaming acquisition:
     the session is there, ``recording``, and opens consistent; each station lost at most the
@@ -215,6 +205,7 @@ def test_sigkill_of_the_acquiring_process_loses_at_most_the_chunk_being_filled(t
     measures, commits and indexes it, every station ``partial``."""
     from sdrlab.cli import main
     from sdrlab.index import find_captures, make_engine
+    from tests.test_cli import _catalog
 
     chunk_s = 1.0
     n = recording.chunk_samples(chunk_s)
