@@ -1,9 +1,14 @@
-"""Monitoring campaigns (sdrlab.monitor): schedules, a simulated day, resuming, the CLI."""
+"""Monitoring campaigns (sdrlab.monitor): schedules, a simulated day, resuming, the CLI, a campaign's
+waterfall from the store and metric series from the index, a run in the background."""
 
 from __future__ import annotations
 
+import gc
 import threading
+import time
+import weakref
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -16,7 +21,17 @@ from sdrlab.demo import demo7_stations
 from sdrlab.errors import ConfigError
 from sdrlab.index import make_engine, metric_over_time
 from sdrlab.index.models import IntervalMetricRow, MetricRow
-from sdrlab.monitor import Campaign, done_slots, load_campaign, monitor
+from sdrlab.monitor import (
+    SESSION_COLUMNS,
+    Campaign,
+    CampaignRun,
+    campaign_metrics,
+    campaign_sessions,
+    campaign_waterfall,
+    done_slots,
+    load_campaign,
+    monitor,
+)
 from sdrlab.sim.networks import DEMO7_TUNE_HZ, demo7
 from sdrlab.sim.scene import Faults
 from sdrlab.sim.server import SimServer
@@ -152,3 +167,192 @@ def test_sdrlab_monitor_runs_a_campaign_from_its_file(tmp_path, capsys):
     done, _ = done_slots(Settings.from_env().store_obj(), "cli-1")
     assert done == {(0, DEMO7_TUNE_HZ), (1, DEMO7_TUNE_HZ)}
     assert main(["monitor", str(Path(tmp_path) / "missing.yaml")]) == 2
+
+
+# ---- the campaign's data: a waterfall from the store, the metric series from the index ---------
+class OneSessionAtATime(Store):
+    """A real store that records every session it opens and how many of them were still alive
+    (referenced anywhere) when the next one was opened."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.opened: list[str] = []
+        self.most_alive = 0
+        self._alive: list[Any] = []
+
+    def open(self, session_id: str, *args: Any, **kw: Any) -> Any:
+        gc.collect()
+        self._alive = [r for r in self._alive if r() is not None]
+        ds = super().open(session_id, *args, **kw)
+        self._alive.append(weakref.ref(ds))
+        self.most_alive = max(self.most_alive, len(self._alive))
+        self.opened.append(session_id)
+        return ds
+
+
+@pytest.fixture(scope="module")
+def five_slots(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """Five 2 s slots of three stations half an hour apart on the simulator's clock; demo-paris is
+    down for slot 2."""
+    tmp = tmp_path_factory.mktemp("waterfall")
+    store = Store(f"file://{tmp}/store")
+    engine = make_engine(f"sqlite:///{tmp}/index.db")
+    campaign = Campaign("wf-1", THREE, (DEMO7_TUNE_HZ,), duration_s=2.0, every_s=1800.0, total_s=5 * 1800.0)
+    with SimServer(demo7(seed=34), base_port=0, speed=10) as sim:
+        def outage(session: Any) -> None:
+            slot = session.dataset.attrs["campaign_slot"]
+            sim.set_faults("demo-paris", Faults(down=True) if slot == 1 else Faults())
+
+        report = monitor(campaign, settings=Settings(progress=False), stations=_stations(sim), store=store,
+                         index=engine, clock=_sim_clock(sim), sleep=sim.advance, on_session=outage)
+    assert [s.failed for s in report.sessions] == [[], [], ["demo-paris"], [], []]
+    return SimpleNamespace(tmp=tmp, store=store, engine=engine, campaign=campaign, report=report)
+
+
+def test_campaign_sessions_lists_the_campaign_in_slot_order(five_slots: SimpleNamespace) -> None:
+    table = campaign_sessions(five_slots.store, "wf-1")
+    assert list(table.columns) == list(SESSION_COLUMNS[1:])
+    assert table.index.tolist() == [s.session_id for s in five_slots.report.sessions]
+    assert table["slot"].tolist() == [0, 1, 2, 3, 4] and set(table["frequency_hz"]) == {DEMO7_TUNE_HZ}
+    assert table["status"].tolist() == ["ok", "ok", "partial", "ok", "ok"]
+    assert campaign_sessions(five_slots.store, "another").empty
+    assert done_slots(five_slots.store, "wf-1")[0] == {(k, DEMO7_TUNE_HZ) for k in range(5)}
+
+
+@pytest.mark.parametrize("station", ["demo-berlin", "demo-paris"])
+def test_the_waterfall_shows_the_carrier_in_every_slot_from_one_session_at_a_time(five_slots: SimpleNamespace,
+                                                                                   station: str) -> None:
+    """One row per slot, half an hour apart, each the station's Welch PSD from the store: its
+    strongest bin at demo7's carrier (+1 kHz from the tuning), its integral the station's stored
+    total power; the slot demo-paris was down is a row of NaN at that session's start.  The store
+    saw one session open at a time, each once for its attributes and once for its samples."""
+    store = OneSessionAtATime(five_slots.store.url)
+    wf = campaign_waterfall(store, "wf-1", station, nfft=1024)
+    sessions = [s.session_id for s in five_slots.report.sessions]
+    assert store.most_alive == 1 and store.opened == sessions + sessions
+    assert wf.dims == ("time", "frequency") and wf.shape == (5, 1024) and wf.attrs["units"] == "dBFS/Hz"
+    assert wf["session_id"].values.tolist() == sessions and wf["slot"].values.tolist() == [0, 1, 2, 3, 4]
+    gaps_s = np.diff(wf["time"].values) / np.timedelta64(1, "s")
+    assert np.all(np.abs(gaps_s - 1800.0) < 30.0), gaps_s  # slot 0 began while the dask client started
+    df = float(wf["frequency"][1] - wf["frequency"][0])
+    assert abs(df - 12000.0 / 1024) < 0.01
+    np.testing.assert_allclose(wf["frequency_abs"].values - wf["frequency"].values, DEMO7_TUNE_HZ)
+    down = station == "demo-paris"
+    for k, sid in enumerate(sessions):
+        row = wf.isel(time=k)
+        if down and k == 2:
+            assert np.isnan(row.values).all() and str(row["status"].values) == "failed"
+            assert abs(row["time"].values - five_slots.store.sessions().loc[sid, "start_time"].to_datetime64()) \
+                < np.timedelta64(1, "s")
+            continue
+        assert str(row["status"].values) == "ok" and np.isfinite(row.values).all()
+        assert abs(float(row["frequency"][int(np.argmax(row.values))]) - 1000.0) <= df
+        ds = five_slots.store.open(sid)
+        total = float(ds["total_power_dbfs"].sel(station=station))
+        assert abs(10 * np.log10(np.sum(10 ** (row.values.astype(float) / 10)) * df) - total) < 0.1, (k, total)
+        assert row["time"].values == ds["start_time"].sel(station=station).values
+        assert int(row["samples"]) == int(ds["n_samples"].sel(station=station))
+
+
+def test_the_waterfall_by_interval_and_its_mistakes(five_slots: SimpleNamespace) -> None:
+    """``interval_s=1``: a row per second of each 2 s session, one second apart, and one for the
+    last samples when they fill at least one segment (as the metrics' intervals do)."""
+    wf = campaign_waterfall(five_slots.store, "wf-1", "demo-berlin", nfft=512, interval_s=1.0)
+    want_slots, want_samples = [], []
+    for s in five_slots.report.sessions:
+        n = int(s.dataset["n_samples"].sel(station="demo-berlin"))
+        length = round(float(s.dataset["sample_rate"].sel(station="demo-berlin")))
+        used = [min(length, n - i0) for i0 in range(0, n, length) if min(length, n - i0) >= 512]
+        want_slots += [s.dataset.attrs["campaign_slot"]] * len(used)
+        want_samples += used
+    assert 10 <= len(want_slots) <= 15 and wf.shape == (len(want_slots), 512)
+    assert wf["slot"].values.tolist() == want_slots and wf["samples"].values.tolist() == want_samples
+    first = wf.isel(time=wf["slot"].values == 0)
+    within = (first["time"].values[1:] - first["time"].values[:-1]) / np.timedelta64(1, "s")
+    np.testing.assert_allclose(within, 1.0, atol=1e-3)
+    peaks = wf["frequency"].values[np.argmax(wf.values, axis=1)]
+    assert np.all(np.abs(peaks - 1000.0) <= 12000.0 / 512), peaks
+    with pytest.raises(ConfigError, match="no session of campaign 'nothing'"):
+        campaign_waterfall(five_slots.store, "nothing", "demo-berlin")
+    with pytest.raises(ConfigError, match="did not observe 10000000 Hz"):
+        campaign_waterfall(five_slots.store, "wf-1", "demo-berlin", frequency_hz=10e6)
+    with pytest.raises(ConfigError, match="nfft"):
+        campaign_waterfall(five_slots.store, "wf-1", "demo-berlin", nfft=8)
+    absent = campaign_waterfall(five_slots.store, "wf-1", "demo-zurich")  # never in the campaign
+    assert absent.shape == (5, 1024) and np.isnan(absent.values).all()
+    assert set(absent["status"].values) == {"absent"}
+
+
+def test_campaign_metrics_are_the_sessions_interval_metrics_from_the_index(five_slots: SimpleNamespace) -> None:
+    sessions = five_slots.report.sessions
+    got = campaign_metrics(five_slots.engine, [s.session_id for s in sessions], "snr_db")
+    assert list(got.columns) == ["time", "station_id", "session_id", "value"]
+    assert len(got) == 14 and got["time"].is_monotonic_increasing  # 3 x 5 less the slot demo-paris was down
+    for s in sessions:
+        ds = s.dataset
+        for st in s.ok:
+            row = got[(got["session_id"] == s.session_id) & (got["station_id"] == st)]
+            assert len(row) == 1
+            assert row["value"].iloc[0] == pytest.approx(float(ds["interval_snr_db"].sel(station=st).values[0]), abs=1e-9)
+    assert campaign_metrics(five_slots.engine, [], "snr_db").empty
+    with pytest.raises(ConfigError, match="unknown metric"):
+        campaign_metrics(five_slots.engine, ["x"], "loudness")
+
+
+# ---- a campaign in the background ---------------------------------------------------------------
+def test_a_background_run_stops_promptly_and_keeps_what_it_stored(tmp_path):
+    """Back-to-back 16 s sessions (8 s of wall time each at speed 2), stopped 1.5 s into the
+    second: the run ends within 5 s (the session had 6 s to go), the first session is
+    stored whole, the second with what arrived before the stop, both indexed."""
+    store = Store(f"file://{tmp_path}/store")
+    engine = make_engine(f"sqlite:///{tmp_path}/index.db")
+    campaign = Campaign("bg-1", THREE[:2], (DEMO7_TUNE_HZ,), duration_s=16.0)  # until stopped
+    with SimServer(demo7(seed=35), base_port=0, speed=2) as sim:
+        run = CampaignRun(campaign, settings=Settings(progress=False), stations=_stations(sim)[:2], store=store,
+                          index=engine, clock=_sim_clock(sim), sleep=sim.advance)
+        assert run.total is None and "not started" in run.progress()
+        run.start()
+        assert run.running and run.wait_sessions(1, timeout=60) == 1
+        time.sleep(1.5)
+        t0 = time.perf_counter()
+        report = run.stop(timeout=30)
+        stopped_in = time.perf_counter() - t0
+    assert stopped_in < 5.0, stopped_in  # the session would have gone on for 6 s more
+    assert report is not None and run.done and report.stopped and run.error is None
+    assert run.wait() is report and "2 session(s) stored, stopped" in run.progress()
+    first, second = report.sessions
+    assert len(first.ok) == 2 and not first.store_error and first.index_error is None
+    assert all(r.status == "partial" and "stopped by request" in r.message for r in second.results.values())
+    assert second.path is not None and second.index_error is None
+    table = campaign_sessions(store, "bg-1")
+    assert table.index.tolist() == [first.session_id, second.session_id] and table["slot"].tolist() == [0, 1]
+    full = store.open(first.session_id)["n_samples"].values
+    part = store.open(second.session_id)["n_samples"].values
+    assert np.all(full >= 16 * 11_990) and np.all(part < 0.75 * full), (full, part)
+    assert set(run.metrics()["session_id"]) == {first.session_id, second.session_id}
+    with pytest.raises(ConfigError, match="started already"):
+        run.start()
+
+
+def test_stop_after_ends_a_run_between_sessions_and_callbacks_cannot_kill_it(tmp_path):
+    store = Store(f"file://{tmp_path}/store")
+    engine = make_engine(f"sqlite:///{tmp_path}/index.db")
+    campaign = Campaign("bg-2", THREE[:2], (DEMO7_TUNE_HZ,), duration_s=1.0, every_s=600.0, total_s=3000.0)
+    ended: list[bool] = []
+
+    def broken(session: Any) -> None:
+        raise RuntimeError("a plot that fails")
+
+    with SimServer(demo7(seed=36), base_port=0, speed=10) as sim:
+        run = CampaignRun(campaign, settings=Settings(progress=False), stations=_stations(sim)[:2], store=store,
+                          index=engine, clock=_sim_clock(sim), sleep=sim.advance, on_session=broken,
+                          on_done=lambda r: ended.append(r.done))
+        run.stop_after(2)
+        report = run.start().wait(timeout=120)
+    assert ended == [True] and run.total == 5
+    assert report.stopped and len(report.sessions) == 2 and [len(s.ok) for s in report.sessions] == [2, 2]
+    assert sorted(done_slots(store, "bg-2")[0]) == [(0, DEMO7_TUNE_HZ), (1, DEMO7_TUNE_HZ)]
+    assert run.wait_sessions(5, timeout=1) == 2  # ended: it does not wait for sessions that never come
+    assert "2 of 5 session(s) stored, stopped" in run.progress()
+    with pytest.raises(ConfigError, match="sets stop"):
+        CampaignRun(campaign, store=store, index=engine, stop=threading.Event())
