@@ -149,6 +149,43 @@ def plot_metrics(m: xr.Dataset, names: Sequence[str] = ("snr_db", "signal_power_
     return fig
 
 
+def plot_campaign_waterfall(wf: xr.DataArray, *, dynamic_range_db: float = 50.0, title: str | None = None) -> Figure:
+    """A campaign's waterfall (:func:`sdrlab.monitor.campaign_waterfall`: dBFS/Hz, dims (time,
+    frequency)): UTC down, frequency offset across; each row holds until the next one starts (a
+    session of seconds every hour would be a hairline otherwise), the last for the median spacing;
+    a row without data is blank."""
+    import matplotlib.dates as mdates
+
+    fig = Figure(figsize=(9, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    db = np.asarray(wf.values, dtype=float)
+    times = wf["time"].values
+    if not len(times) or not np.isfinite(db).any():
+        ax.text(0.5, 0.5, "no data for this waterfall", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
+    t = np.asarray(mdates.date2num(times), dtype=np.float64)  # type: ignore[no-untyped-call]
+    step = float(np.median(np.diff(t))) if len(t) > 1 else 1.0 / 86400
+    t_edges = np.append(t, t[-1] + step)
+    f = wf["frequency"].values
+    df = float(f[1] - f[0]) if len(f) > 1 else 1.0
+    f_edges = np.append(f - df / 2, f[-1] + df / 2)
+    vmax = float(np.nanmax(db))
+    mesh = ax.pcolormesh(f_edges, t_edges, db, shading="flat", vmin=vmax - dynamic_range_db, vmax=vmax,
+                         cmap="viridis", rasterized=True)
+    ax.yaxis_date()
+    locator = mdates.AutoDateLocator()  # type: ignore[no-untyped-call]
+    ax.yaxis.set_major_locator(locator)
+    ax.yaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
+    ax.invert_yaxis()
+    ax.set_xlabel(f"Frequency offset{_centre_label(wf.attrs)} (Hz)")
+    ax.set_ylabel("UTC")
+    fig.colorbar(mesh, ax=ax, label="PSD (dBFS/Hz)", shrink=0.9)
+    station = wf.attrs.get("station", "")
+    ax.set_title(title or f"Waterfall of {station} over campaign {wf.attrs.get('campaign_id', '')}".strip())
+    return fig
+
+
 # ---- TDoA (sdrlab.tdoa) ----------------------------------------------------------------------
 from typing import TYPE_CHECKING
 

@@ -5,6 +5,8 @@
     SessionBrowser()             the store's sessions: open one, summary, PSD / spectrogram / map /
                                  metric plots
     HistoryPanel()               a metric per station over time from the index, plot and table
+    CampaignPanel(campaign)      Start / Stop a monitoring campaign in the background; sessions
+                                 stored, its state, and its metric per station live from the index
 
 Each panel is a plain object whose ``.widget`` is the ipywidgets container; a panel displays
 itself (``display(panel)`` or a bare ``panel`` at the end of a cell).  Every button calls a public
@@ -46,6 +48,7 @@ from .acquire import acquire as run_acquisition
 from .config import Settings
 from .errors import AcquisitionError, ConfigError
 from .metrics import UNITS
+from .monitor import Campaign, CampaignReport, CampaignRun
 from .plots import metric_label
 from .redact import mask_url
 from .stations import Catalog, Station
@@ -865,3 +868,99 @@ def history_figure(df: pd.DataFrame, metric: str, bucket: str = "") -> Figure:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small", loc="best")
     return fig
+
+
+# ---- campaigns ------------------------------------------------------------------------------
+class CampaignPanel(_Panel):
+    """Start and Stop a monitoring campaign run in the background
+    (:class:`sdrlab.monitor.CampaignRun`), and watch it: a bar of the sessions stored, its state,
+    and ``metric`` of every station per 10 s interval, read from the index after each session.
+
+    ``run_kw`` go to :class:`~sdrlab.monitor.CampaignRun` (``settings``, ``stations``, ``store``,
+    ``index``, ``clock``, ``sleep``, ``attrs``...).  Stop ends the session being captured at
+    once (what arrived is stored); a run starts once, and a new panel of the same campaign resumes it."""
+
+    def __init__(self, campaign: Campaign, *, metric: str = "snr_db", **run_kw: Any) -> None:
+        from .index.models import METRIC_COLUMNS
+
+        if metric not in METRIC_COLUMNS:
+            raise ConfigError(f"unknown metric {metric!r} (known: {', '.join(METRIC_COLUMNS)})")
+        self.metric = metric
+        self.figure: Figure | None = None
+        self._log = _ErrorLog()
+        self.run = CampaignRun(campaign, on_session=self._on_session, on_done=self._on_done, **run_kw)
+        total = self.run.total
+        self.start_button = W.Button(description="Start", button_style="primary", icon="play",
+                                     tooltip="run the campaign in the background")
+        self.stop_button = W.Button(description="Stop", button_style="danger", icon="stop", disabled=True,
+                                    tooltip="end the session being captured now (what arrived is stored) and stop")
+        self.bar = W.IntProgress(value=0, min=0, max=max(1, total or 1), bar_style="info",
+                                 layout=W.Layout(width="18em", display="" if total else "none"))
+        self.status = W.HTML(value="")
+        self.plot_output = W.Output()
+        self.start_button.on_click(self._handler("start", self.start))
+        self.stop_button.on_click(self._handler("stop", self.stop))
+        self.widget = W.VBox([
+            W.HBox([self.start_button, self.stop_button, self.bar], layout=W.Layout(flex_flow="row wrap",
+                                                                                    align_items="center")),
+            self.status, self.plot_output, self.error_output,
+        ])
+        self._show_state()
+
+    def start(self) -> CampaignRun:
+        """Start the campaign in a background thread (the Start button does the same)."""
+        run: CampaignRun = self._guard(f"starting campaign {self.run.campaign.id}", self.run.start)
+        self.start_button.disabled = True
+        self.stop_button.disabled = False
+        self._show_state()
+        return run
+
+    def stop(self) -> None:
+        """Stop now, without waiting for the run to end (the Stop button does the same)."""
+        self.run.stop(timeout=0)
+        self.stop_button.disabled = True
+        self._show_state()
+
+    def wait(self, timeout: float | None = None) -> CampaignReport:
+        """The run's report once it has ended (see :meth:`sdrlab.monitor.CampaignRun.wait`)."""
+        return self.run.wait(timeout)
+
+    def refresh(self) -> Figure:
+        """Read the campaign's metric from the index and draw it (done after every session)."""
+        df: pd.DataFrame = self._guard("reading the campaign's metrics from the index",
+                                       lambda: self.run.metrics(self.metric))
+        fig = history_figure(df.rename(columns={"time": "bucket"}), self.metric)
+        if fig.axes and fig.axes[0].get_title():
+            fig.axes[0].set_title(f"{metric_label(self.metric)} per station and 10 s interval, "
+                                  f"campaign {self.run.campaign.id}")
+        _show_figure(self.plot_output, fig)
+        self.figure = fig
+        return fig
+
+    def _show_state(self) -> None:
+        run = self.run
+        colour = "#c62828" if run.error is not None else "#2e7d32" if run.done else "#555"
+        self.status.value = _message_html(run.progress(), colour)
+
+    def _on_session(self, session: Session) -> None:
+        """Called by the campaign's thread with each stored session."""
+        self.bar.value = min(self.bar.max, len(self.run.sessions))
+        sid = session.session_id
+        for st, res in session.results.items():
+            if res.status != "ok":
+                self._log.add(f"{st} {res.status} in session {sid}: {res.error_class}: {res.message}")
+        if session.store_error:
+            self._log.add(f"session {sid} NOT stored: {session.store_error}")
+        try:
+            self.refresh()
+        except Exception:  # shown in the error output; the campaign goes on
+            pass
+        self._show_state()
+
+    def _on_done(self, run: CampaignRun) -> None:
+        self.start_button.disabled = True  # a run starts once: a new panel resumes the campaign
+        self.stop_button.disabled = True
+        if run.error is not None:
+            self._report("campaign failed", run.error)
+        self.bar.bar_style = "danger" if run.error is not None else "success" if not run.stopping else "warning"
+        self._show_state()

@@ -117,6 +117,37 @@ def test_maps_draw_in_about_a_second(tdoa_result: TdoaResult) -> None:
     assert time.process_time() - t0 < 10.0
 
 
+def test_campaign_waterfall_draws_each_row_until_the_next_and_leaves_gaps_blank() -> None:
+    """Four rows an hour apart, the third without data: a mesh of four rows whose edges are the
+    rows' times (the last holds for the median spacing), the third masked, time down, the line
+    at +1 kHz the top of the colour scale."""
+    import matplotlib.dates as mdates
+    import xarray as xr
+    from matplotlib.collections import QuadMesh
+
+    f = (np.arange(256) - 128) * (12000.0 / 256)
+    db = np.full((4, 256), -120.0, dtype=np.float32)
+    db[:, np.argmin(np.abs(f - 1000.0))] = -70.0
+    db[2] = np.nan
+    times = np.datetime64("2026-12-07T06:00:00", "ns") + np.arange(4) * np.timedelta64(3600, "s")
+    wf = xr.DataArray(db, dims=("time", "frequency"), coords={"time": times, "frequency": f},
+                      attrs={"station": "demo-berlin", "campaign_id": "c-1", "center_frequency_hz": 9.749e6})
+    fig = plots.plot_campaign_waterfall(wf)
+    ax = fig.axes[0]
+    mesh = next(c for c in ax.collections if isinstance(c, QuadMesh))
+    values = mesh.get_array()
+    assert values.shape == (4, 256) and values.mask[2].all() and not values.mask[[0, 1, 3]].any()
+    assert mesh.get_clim() == (-120.0, -70.0)
+    edges = mdates.num2date(mesh.get_coordinates()[:, 0, 1])
+    assert [e.hour for e in edges] == [6, 7, 8, 9, 10]
+    top, bottom = ax.get_ylim()
+    assert top > bottom  # time runs down
+    assert "demo-berlin" in ax.get_title() and "9.749 MHz" in ax.get_xlabel()
+    assert draw(fig)[:8] == b"\x89PNG\r\n\x1a\n"
+    empty = plots.plot_campaign_waterfall(wf.isel(time=[2]))
+    assert "no data" in empty.axes[0].texts[0].get_text()
+
+
 def write_examples(folder: Path) -> None:
     """The pictures in docs/: the station map (Scandinavia, SNR colours) and the TDoA map."""
     lat, lon, ids = _scandinavia()

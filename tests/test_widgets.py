@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 
 pytest.importorskip("ipywidgets", reason="the panels need the notebook extra: pip install 'sdrlab[notebook]'")
@@ -510,3 +511,53 @@ def test_results_table_keeps_dates_when_the_starts_span_midnight() -> None:
     out = session_table_html(one)
     assert parse_table(out)["demo-paris"]["start (UTC)"] == "23:59:59.900" and "3 s on 2026-12-07" in out
     assert "error" not in parse_table(out)["demo-paris"]  # an empty error column is left out
+
+
+# ---- the campaign panel -------------------------------------------------------------------------
+def test_campaign_panel_starts_plots_each_session_from_the_index_and_stops(tmp_path: Path) -> None:
+    """Start: three 1 s slots ten minutes apart on the simulator's clock; after each session the
+    plot is redrawn from the index (at the end: a line per station through its three interval
+    values); the bar fills.  A second panel of a campaign without end: Stop ends it, the session
+    being captured is kept, and neither button can be pressed again."""
+    from sdrlab.index import make_engine
+    from sdrlab.monitor import Campaign, campaign_metrics, campaign_sessions
+    from sdrlab.widgets import CampaignPanel
+
+    store, engine = Store(f"file://{tmp_path}/store"), make_engine(f"sqlite:///{tmp_path}/index.db")
+    two = ["demo-berlin", "demo-paris"]
+    with SimServer(demo7(seed=37), base_port=0, speed=10) as sim:
+        stations = [s for s in demo7_stations(sim.ports) if s.id in two]
+        kw: dict[str, Any] = dict(settings=Settings(progress=False), stations=stations, store=store, index=engine,
+                                  clock=lambda: sim.clock_ns() / 1e9, sleep=sim.advance)
+        panel = CampaignPanel(Campaign("panel-1", tuple(two), (DEMO7_TUNE_HZ,), duration_s=1.0, every_s=600.0,
+                                       total_s=1800.0), **kw)
+        assert not panel.start_button.disabled and panel.stop_button.disabled and "not started" in panel.status.value
+        redrawn: list[int] = []
+        panel.plot_output.observe(lambda _change: redrawn.append(len(panel.run.sessions)), names="outputs")
+        panel.start_button.click()
+        assert panel.start_button.disabled and not panel.stop_button.disabled
+        report = panel.wait(timeout=120)
+        assert len(report.sessions) == 3 and not report.stopped and not panel.errors
+        assert redrawn == [1, 2, 3] and panel.bar.value == 3 == panel.bar.max and panel.bar.bar_style == "success"
+        assert "3 of 3 session(s) stored, ended" in panel.status.value
+        assert panel.start_button.disabled and panel.stop_button.disabled
+        assert_png(panel.plot_output)
+        series = campaign_metrics(engine, [s.session_id for s in report.sessions])
+        assert panel.figure is not None
+        lines = {ln.get_label(): ln.get_ydata() for ln in panel.figure.axes[0].get_lines()}
+        assert sorted(lines) == two
+        for sid in two:
+            np.testing.assert_allclose(lines[sid], series[series["station_id"] == sid]["value"].to_numpy())
+
+        endless = CampaignPanel(Campaign("panel-2", tuple(two), (DEMO7_TUNE_HZ,), duration_s=30.0), **kw)
+        assert endless.bar.layout.display == "none"  # no total to fill up to
+        endless.start()
+        assert endless.run.wait_sessions(1, timeout=120) == 1
+        endless.stop_button.click()
+        assert endless.stop_button.disabled
+        stopped = endless.wait(timeout=60)
+    assert stopped.stopped and len(stopped.sessions) in (1, 2) and endless.bar.bar_style == "warning"
+    assert "stopped" in endless.status.value and endless.start_button.disabled
+    assert len(campaign_sessions(store, "panel-2")) == sum(s.path is not None for s in stopped.sessions) >= 1
+    with pytest.raises(ConfigError, match="unknown metric"):
+        CampaignPanel(Campaign("panel-3", tuple(two), (DEMO7_TUNE_HZ,), duration_s=1.0), metric="loudness", **kw)
