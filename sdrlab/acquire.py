@@ -1003,6 +1003,7 @@ def save(session: Session, store: Any, index: Any = False, rescue: Any = None) -
     try:
         ref = store.write(session.dataset)
         session.path, session.store_error = ref.url, None
+        session.dataset.attrs["data_version"] = ref.version  # as an open of it would say
     except StorageError as exc:
         log.error("session %s not stored: %s", session.session_id, exc)
         session.store_error = str(exc)

@@ -68,16 +68,30 @@ def check_acquisition(frequency_hz: Any, duration_s: Any) -> tuple[float, float]
 
 
 def check_session_param(session: Any) -> str:
-    """``""`` (acquire, or take the newest) or a session id as the store names them."""
+    """``""`` (acquire, or take the newest), ``"latest"``, a session id as the store names them,
+    or ``ID@VERSION``: that exact data version (a past run's ``data_version``), to reproduce it."""
     from .store import check_session_id
 
     check_type("session", session, str)
     if session in ("", "latest"):
         return str(session)
+    sid, at, version = session.partition("@")
+    if at and not re.fullmatch(r"[0-9a-f]{16}", version):
+        raise ConfigError(f"parameter session: {version!r} after '@' is not a data version (16 hex digits, "
+                          "as a run's data_version says)")
     try:
-        return str(check_session_id(session))
+        check_session_id(sid)
     except Exception as exc:
         raise ConfigError(f"parameter session: {exc}") from None
+    return str(session)
+
+
+def open_session(store: Store, session: str = "") -> tuple[str, Any]:
+    """``(session_id, dataset)`` of :func:`pick_session`'s choice; ``ID@VERSION`` opens that
+    exact data version or fails naming the version the store holds now."""
+    sid, _, version = session.partition("@")
+    session_id = pick_session(store, sid)
+    return session_id, store.open(session_id, version=version or None)
 
 
 def parse_station_spec(spec: Any) -> list[str]:
@@ -238,6 +252,8 @@ def heading(ds: Any) -> str:
     parts.append(f"started {start:%Y-%m-%d %H:%M:%S} UTC")
     if ds.attrs.get("simulated_scene"):
         parts.append(f"simulated scene {ds.attrs['simulated_scene']}")
+    if ds.attrs.get("data_version"):  # what a rerun passes as session=ID@VERSION to read the same data
+        parts.append(f"data version `{ds.attrs['data_version']}`")
     return f"## Session `{ds.attrs.get('session_id', '?')}`\n\n" + ", ".join(parts) + "."
 
 

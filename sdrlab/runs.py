@@ -60,8 +60,14 @@ class RunResult:
 
     @property
     def session_ids(self) -> list[str]:
+        """The sessions the run published, as ``ID@VERSION`` when it published the data version
+        it read (``-p session ID@VERSION`` reruns it on exactly that data)."""
         ids = self.published.get("session_id")
-        return [ids] if isinstance(ids, str) else list(ids or [])
+        out = [ids] if isinstance(ids, str) else list(ids or [])
+        version = self.published.get("data_version")
+        if isinstance(version, str) and version and len(out) == 1:
+            out = [f"{out[0]}@{version}"]
+        return out
 
 
 def new_run_id(now: datetime | None = None) -> str:

@@ -25,6 +25,7 @@ the operation, never a credential.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -69,6 +70,8 @@ SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: the listing's cache of commit-record summaries (see :meth:`Store.sessions`), under the root
 LISTING_CACHE = ".cache/sessions.json"
 LISTING_COLUMNS = ["session_id", "start_time", "center_frequency_hz", "duration_s", "stations", "failed", "status"]
+#: the attribute of an opened session naming the version of the data read (:func:`data_version`)
+DATA_VERSION = "data_version"
 #: fsck --remove leaves prefixes younger than this alone (a write may be in progress)
 FSCK_MIN_AGE_S = 3600.0
 
@@ -79,6 +82,16 @@ def check_session_id(session_id: object) -> str:
     if not isinstance(session_id, str) or not SESSION_ID.match(session_id) or set(session_id) <= {"."}:
         raise StorageError(f"invalid session id {quote(session_id, 100)} (letters, digits, '.', '_', '-'; no '/')")
     return session_id
+
+
+def data_version(record: dict[str, Any], stored: list[int] | None = None) -> str:
+    """The exact version of a session's data: a digest of its commit record (which lists every
+    object and is written last; a committed session is never changed in place) and, while it is
+    recording, of the samples each station has stored so far."""
+    h = hashlib.sha256(json.dumps(record, sort_keys=True).encode())
+    if stored is not None:
+        h.update(json.dumps(stored).encode())
+    return h.hexdigest()[:16]
 
 
 def _fingerprint(summary: dict[str, Any]) -> list[Any]:
@@ -94,6 +107,8 @@ T = TypeVar("T")
 class SessionRef:
     session_id: str
     url: str
+    #: the data version now in the store (:func:`data_version`)
+    version: str = ""
 
 
 def _summary(ds: xr.Dataset) -> dict[str, Any]:
@@ -280,16 +295,16 @@ class Store:
             summary = _summary(ds)
             if self._committed(sid):
                 try:
-                    same = _fingerprint(self.summary(sid)) == _fingerprint(summary)
+                    existing = self.summary(sid)
                 except StorageError:
-                    same = False  # an unreadable record: rewrite below
+                    existing = None  # an unreadable record: rewrite below
                     self.fs.rm(self._commit_key(sid))
-                else:
-                    if not same:
+                if existing is not None:
+                    if _fingerprint(existing) != _fingerprint(summary):
                         raise StorageError(f"session {sid} already exists in {self.where} with different "
                                            "content; delete it first or write under a new id")
                     log.info("session %s is already committed in %s", sid, self.where)
-                    return ref
+                    return SessionRef(sid, ref.url, data_version(existing))
             prefix = self._path(SESSIONS, sid)
             if self._keys(prefix):
                 log.warning("removing leftovers of an interrupted write of %s", sid)
@@ -297,6 +312,7 @@ class Store:
             if self.protocol == "s3":
                 self._ensure_bucket()
             out = model.for_writing(ds).copy(deep=False)  # new Variables: the caller's stay untouched
+            out.attrs.pop(DATA_VERSION, None)  # a version is of what was read, not of what is written
             for v in out.variables.values():  # encodings from an opened store would clash
                 v.encoding = {}
             if self.protocol == "s3" and out.nbytes <= STAGE_IN_MEMORY_BYTES:
@@ -310,7 +326,7 @@ class Store:
                                 encoding=model.encoding(out), storage_options=self._zarr_options())
                 summary["objects"] = self._relative_keys(sid)
             self._put_atomic(self._commit_key(sid), json.dumps(summary, indent=1).encode())
-            return ref
+            return SessionRef(sid, ref.url, data_version(summary))
 
         out = self._do(f"writing session {sid}", run)
         log.info("session %s committed in %s", sid, self.where)
@@ -405,14 +421,26 @@ class Store:
         found = set(present if present is not None else self._relative_keys(session_id))
         return [k for k in listed if k not in found]
 
-    def open(self, session_id: str) -> xr.Dataset:
+    def open(self, session_id: str, version: str | None = None) -> xr.Dataset:
         """A committed session, lazily: IQ dask-backed with the chunks as stored (one station
         each); a packed session's small records (inline in its references) are read at once.  A
         session whose objects are not all there is a :class:`StorageError` naming them (zarr
-        would read the missing chunks as zeros)."""
+        would read the missing chunks as zeros).
+
+        The dataset's ``data_version`` attribute names exactly what was read (see
+        :func:`data_version`); with ``version`` the open fails unless the store still holds that
+        version, so a report can be reproduced or says why it cannot."""
         check_session_id(session_id)
 
         def run() -> xr.Dataset:
+            ds = read()
+            found = str(ds.attrs[DATA_VERSION])
+            if version is not None and found != version:
+                raise StorageError(f"session {session_id} in {self.where} is data version {found}, not {version}: "
+                                   "it was rewritten or is still recording since that version was read")
+            return ds
+
+        def read() -> xr.Dataset:
             # record, references (a packed session's; absent otherwise) and object list at once:
             # three round trips in the time of one
             with ThreadPoolExecutor(3, thread_name_prefix="sdrlab-store-open") as pool:
@@ -421,18 +449,24 @@ class Store:
                 present = pool.submit(self._relative_keys, session_id)
                 summary = record.result()  # "no committed session" when there is no record
                 if summary.get("layout") == LAYOUT_RECORDING:
-                    return self._open_recording(session_id, summary)
+                    ds = self._open_recording(session_id, summary)
+                    # a growing session: the record and what each station has stored so far
+                    ds.attrs[DATA_VERSION] = data_version(summary, [int(n) for n in ds["n_samples"].values])
+                    return ds
                 gone = self.missing_objects(session_id, summary, present.result())
                 if gone:
                     raise StorageError(f"session {session_id} in {self.where} is damaged: {len(gone)} object(s) "
                                        f"missing ({', '.join(gone[:5])}{', ...' if len(gone) > 5 else ''}); "
                                        "run `sdrlab store fsck`")
                 if summary.get("layout") == LAYOUT_PACKED:
-                    return self._open_packed(session_id, refs.result())
+                    ds = self._open_packed(session_id, refs.result())
+                    ds.attrs[DATA_VERSION] = data_version(summary)
+                    return ds
             with packing.quiet_consolidation():
-                ds: xr.Dataset = xr.open_zarr(self._zarr_url(session_id), consolidated=model.CONSOLIDATED,
-                                              zarr_format=model.ZARR_FORMAT, storage_options=self._zarr_options())
-            return ds
+                plain: xr.Dataset = xr.open_zarr(self._zarr_url(session_id), consolidated=model.CONSOLIDATED,
+                                                 zarr_format=model.ZARR_FORMAT, storage_options=self._zarr_options())
+            plain.attrs[DATA_VERSION] = data_version(summary)
+            return plain
 
         return self._do(f"opening session {session_id}", run)
 
@@ -649,6 +683,7 @@ class Store:
             n = int(record["chunk_samples"])
             shell = ds.drop_vars("iq").compute()
             shell.attrs["recording_state"] = "final"
+            shell.attrs.pop(DATA_VERSION, None)
             refs, aux = self._stream_refs(sid, shell, n, inline=packing.INLINE_BYTES)
             prefix = self._path(SESSIONS, sid)
             extra = {f"{prefix}/{PACK}.1": aux} if aux else {}
@@ -661,7 +696,7 @@ class Store:
                              if isinstance(v, list) and str(v[0]).startswith("{{u}}/" + recording.STREAM)})
             summary["objects"] = sorted([REFS] + [k.rsplit("/", 1)[1] for k in extra] + chunks)
             self._put_atomic(self._commit_key(sid), json.dumps(summary, indent=1).encode())
-            return SessionRef(sid, self.session_url(sid))
+            return SessionRef(sid, self.session_url(sid), data_version(summary))
 
         return self._do(f"finalising session {sid}", run)
 

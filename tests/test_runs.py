@@ -21,6 +21,7 @@ from sdrlab.runs import (
     PUBLISH_MIME, collect_published, output_path, parse_parameter, render_report, run_notebook,
 )
 from sdrlab.sim.networks import demo7
+from sdrlab.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "notebooks" / "report.ipynb"
@@ -56,7 +57,8 @@ def test_good_run_writes_the_templated_notebook_and_publishes_the_session(lab, r
     assert r.status == "ok" and r.error is None and r.failed_cell is None
     assert Path(r.output) == lab["root"] / "runs" / f"report-{lab['session']}.ipynb"
     assert Path(r.html).name == f"report-{r.run_id}.html"
-    assert r.session_ids == [lab["session"]]
+    version = Store(lab["store"]).open(lab["session"]).attrs["data_version"]
+    assert r.session_ids == [f"{lab['session']}@{version}"]  # exactly the data it read
     nb = nbformat.read(r.output, as_version=4)
     assert nb.metadata["sdrlab"]["run_id"] == r.run_id
     assert nb.metadata["sdrlab"]["parameters"]["session"] == lab["session"]
@@ -76,7 +78,7 @@ def test_good_run_is_in_the_index(lab, report_run):
         row = c.execute(select(RunRow.status, RunRow.session_ids, RunRow.parameters, RunRow.html_path)
                         .where(RunRow.id == report_run.run_id)).one()
     assert row.status == "ok"
-    assert row.session_ids == [lab["session"]]
+    assert row.session_ids == report_run.session_ids and row.session_ids[0].startswith(lab["session"] + "@")
     assert row.parameters["session"] == lab["session"]
     assert row.html_path == report_run.html
 
@@ -125,7 +127,9 @@ def test_run_that_acquires_carries_the_run_id_into_the_index(lab, tmp_path, caps
     out = capsys.readouterr().out
     assert rc == 0, out
     run_id = re.search(r"^run (run-\S+): ok", out, re.M).group(1)
-    [sid] = re.search(r"^sessions: (.+)$", out, re.M).group(1).split(", ")
+    [read] = re.search(r"^sessions: (.+)$", out, re.M).group(1).split(", ")
+    sid, version = read.split("@")  # the session acquired, and the data version the report read
+    assert Store(f"{lab['store']}-acq").open(sid).attrs["data_version"] == version
     assert (tmp_path / "out" / "report-3.ipynb").exists()
     with make_engine(lab["db"]).connect() as c:
         assert c.execute(select(SessionRow.papermill_run_id).where(SessionRow.id == sid)).scalar_one() == run_id
@@ -323,3 +327,17 @@ def test_a_password_in_a_db_parameter_is_never_shown(tmp_path, capsys, monkeypat
     assert "postgresql+psycopg://lab:***@127.0.0.1:1/idx" in written  # what was run stays readable
     for text in (captured.out, captured.err, written, (tmp_path / "out.html").read_text()):
         assert secret not in text and secret.replace("-", "%2D") not in text
+
+
+def test_a_run_reproduces_exactly_the_data_version_it_is_given(lab, report_run, tmp_path):
+    """``-p session ID@VERSION`` (what a run records) reads that version again; a version the
+    store no longer holds stops the run at the open, naming both versions."""
+    (recorded,) = report_run.session_ids
+    again = run_notebook(REPORT, {"session": recorded, "store": lab["store"], "db": lab["db"]},
+                         output=tmp_path / "again.ipynb", cwd=lab["root"])
+    assert again.status == "ok" and again.session_ids == [recorded]
+    text = json.dumps([c.get("outputs", []) for c in nbformat.read(again.output, as_version=4).cells])
+    assert f"data version `{recorded.split('@')[1]}`" in text
+    with pytest.raises(NotebookRunError, match="not 0123456789abcdef"):
+        run_notebook(REPORT, {"session": f"{lab['session']}@0123456789abcdef", "store": lab["store"], "db": lab["db"]},
+                     output=tmp_path / "stale.ipynb", cwd=lab["root"])

@@ -15,6 +15,13 @@ from sdrlab.errors import StorageError
 from sdrlab.store import Store
 
 
+def assert_same_data(opened: xr.Dataset, want: xr.Dataset) -> None:
+    """``opened`` holds exactly ``want``, and names the data version it was read at."""
+    back = opened.load()
+    assert len(back.attrs.pop("data_version")) == 16
+    xr.testing.assert_identical(back, want)
+
+
 @pytest.fixture(scope="module")
 def session() -> xr.Dataset:
     ds = testing.synthetic_dataset(n_stations=7, duration_s=10.0, seed=11)
@@ -37,7 +44,7 @@ def test_round_trip_is_bit_exact_and_lazy(store, session):
     back = store.open(ref.session_id)
     assert back["iq"].chunks is not None  # dask-backed: nothing read yet
     assert back["iq"].dtype == np.int16
-    xr.testing.assert_identical(back.load(), session)
+    assert_same_data(back, session)
 
 
 def test_list_show_and_captures(store, session):
@@ -70,7 +77,7 @@ def test_interrupted_write_is_not_a_session_and_rerun_is_idempotent(store, sessi
     n = len(store.objects(sid))
     store.write(session)  # committed already: nothing changes
     assert len(store.objects(sid)) == n
-    xr.testing.assert_identical(store.open(sid).load(), session)
+    assert_same_data(store.open(sid), session)
 
 
 def test_fsck_remove(store, session):
@@ -140,7 +147,7 @@ def test_sessions_of_the_previous_layout_still_open(store, session, monkeypatch)
     store.write(session)
     assert "layout" not in store.summary(sid)
     assert any("/iq/c/" in k for k in store.objects(sid))
-    xr.testing.assert_identical(store.open(sid).load(), session)
+    assert_same_data(store.open(sid), session)
     assert list(store.sessions().index) == [sid] and store.fsck() == []
     store.fs.rm(f"{store.root}/{[k for k in store.objects(sid) if '/iq/c/' in k][0]}")
     with pytest.raises(StorageError, match="damaged"):
@@ -157,7 +164,7 @@ def test_a_packed_session_opens_with_its_small_records_in_memory(s3_server, buck
     assert back["iq"].chunks is not None
     assert all(back[v].chunks is None for v in back.variables if v != "iq")
     assert set(back.data_vars) == set(session.data_vars) and set(back.coords) == set(session.coords)
-    xr.testing.assert_identical(back.load(), session)
+    assert_same_data(back, session)
 
 
 @pytest.mark.parametrize("block", [32 * 1024 * 1024, 1_000_003, 4096])
@@ -171,7 +178,7 @@ def test_a_packed_session_reads_through_blocks_of_any_size(s3_server, bucket, se
     st.write(session)
     sid = session.attrs["session_id"]
     np.testing.assert_array_equal(st.open(sid)["iq"].isel(station=3).values, session["iq"].isel(station=3).values)
-    xr.testing.assert_identical(st.open(sid).load(), session)
+    assert_same_data(st.open(sid), session)
 
 
 def test_listing_many_sessions_skips_unreadable_records(store, session):
@@ -265,7 +272,7 @@ def test_an_opened_session_can_be_written_to_another_store(store, session, tmp_p
     src.write(session)
     lazy = src.open(session.attrs["session_id"])
     store.write(lazy)
-    xr.testing.assert_identical(store.open(session.attrs["session_id"]).load(), session)
+    assert_same_data(store.open(session.attrs["session_id"]), session)
 
 
 @pytest.mark.parametrize("bad", ["", ".", "..", "../x", "a/b", "x y", None])
@@ -289,7 +296,7 @@ def test_rewriting_an_id_with_different_content_is_refused(store, session):
     changed.attrs = dict(session.attrs)
     with pytest.raises(StorageError, match="different content"):
         store.write(changed)
-    xr.testing.assert_identical(store.open(session.attrs["session_id"]).load(), session)
+    assert_same_data(store.open(session.attrs["session_id"]), session)
 
 
 def test_fsck_spares_young_leftovers_and_reports_unreadable_records(store, session):
@@ -344,7 +351,7 @@ def test_a_session_with_missing_chunk_objects_is_damaged_not_zeros(store, sessio
     store.fs.rm(f"{store.root}/{chunks[0]}")
     with pytest.raises(StorageError, match=r"damaged: 1 object\(s\) missing"):
         store.open("20261124T090000Z-bbb222")
-    xr.testing.assert_identical(store.open("20261124T080000Z-aaa111").load(), good)
+    assert_same_data(store.open("20261124T080000Z-aaa111"), good)
     assert store.fsck() == ["20261124T090000Z-bbb222"]
     assert store.fsck(remove=True, min_age_s=0) == ["20261124T090000Z-bbb222"]
     assert "20261124T090000Z-bbb222" in store.sessions().index  # kept: what is left may be read
@@ -391,7 +398,7 @@ def test_a_frozen_server_ends_in_a_timeout_error_with_the_data_kept(tmp_path):
                 if time.time() > deadline:
                     raise
                 time.sleep(1.0)
-        xr.testing.assert_identical(st2.open(ds.attrs["session_id"]).load(), ds)
+        assert_same_data(st2.open(ds.attrs["session_id"]), ds)
     finally:
         srv.cleanup()
 
@@ -476,3 +483,30 @@ def test_listing_a_frozen_server_ends_at_the_deadline(tmp_path):
             os.killpg(os.getpgid(srv.proc.pid), signal.SIGCONT)
     finally:
         srv.cleanup()
+
+
+def test_every_open_names_the_exact_data_version_and_can_insist_on_it(store, session):
+    """The version of an opened session is the digest of its commit record: the same on every
+    open and in what write returns; a rewrite under the same id (new content) is a new version,
+    and opening with the old one fails naming both; a copy written elsewhere gets its own."""
+    sid = session.attrs["session_id"]
+    ref = store.write(session)
+    assert len(ref.version) == 16 and int(ref.version, 16) >= 0
+    first = store.open(sid)
+    assert first.attrs["data_version"] == ref.version == store.open(sid).attrs["data_version"]
+    assert store.write(session).version == ref.version  # idempotent rewrite: the same data
+    assert store.open(sid, version=ref.version).attrs["data_version"] == ref.version
+    store.delete(sid)
+    changed = session.copy()
+    changed["n_samples"] = changed["n_samples"] - 1
+    second = store.write(changed).version
+    assert second != ref.version
+    with pytest.raises(StorageError, match=f"data version {second}, not {ref.version}"):
+        store.open(sid, version=ref.version)
+    # what is written is the data, never the version it was read at
+    assert "data_version" not in store.summary(sid).get("attrs", {})
+    back = store.open(sid).load()
+    back.attrs["session_id"] = "20261124T060000Z-copy01"
+    other = store.write(back)
+    assert other.version not in (second, ref.version)
+    assert store.open("20261124T060000Z-copy01").attrs["data_version"] == other.version
