@@ -43,6 +43,7 @@ PARAMETERS: dict[str, dict[str, Any]] = {
     "02-explore.ipynb": {},
     "03-history.ipynb": {},
     "04-tdoa.ipynb": {"duration_s": 6.0, "min_overlap_s": 5.0, "stations": ",".join(TDOA_STATIONS)},
+    "05-campaign.ipynb": {},
     "report.ipynb": {"duration_s": 6.0, "tdoa_min_overlap_s": 5.0},
 }
 #: Run All of one notebook, acquisitions included, on a loaded 2-core machine
@@ -255,6 +256,37 @@ def test_04_tdoa_locates_and_draws(run_notebook: Any, browser: HeadlessBrowser) 
     assert cell_with(facts, "plot_tdoa_lags(")["images_decoded"] == 1
     pairs = cell_with(facts, "nb.tdoa_pairs(")["tables"]
     assert pairs and pairs[0]["rows"] == 6, pairs  # every pair of the four stations
+
+
+def test_05_campaign_runs_stops_and_draws_its_waterfall(run_notebook: Any, browser: HeadlessBrowser,
+                                                         workdir: Path) -> None:
+    """The notebook's campaign (three simulated stations, 2 s slots 20 min apart on the simulator's
+    clock, six slots) started from its panel and stopped after four sessions: the panel shows Start
+    and Stop, its live plot and its state; the metric series and the waterfall are drawn; the store
+    holds the four sessions of the campaign."""
+    from sdrlab.monitor import campaign_sessions
+
+    nb, facts, saved = run_notebook("05-campaign.ipynb")
+    assert_ran_clean("05-campaign", facts, saved, browser)
+    panel = cell_with(facts, "CampaignPanel(")
+    assert {"Start", "Stop"} <= set(panel["buttons"]) and panel["widgets"] >= 5, panel["buttons"]
+    assert panel["images_decoded"] == 1, panel  # the live plot, redrawn from the index after each session
+    assert re.search(r"campaign notebook-\d{8}T\d{6}: 4 of 6 session\(s\) stored, stopped", panel["text"]), \
+        panel["text"][:500]
+    assert_reads_cleanly("05-campaign", nb.layout("CampaignPanel("))
+    printed = cell_with(facts, "stopped before its end")["text"]
+    assert "stopped before its end: True" in printed and "4 session(s) acquired of 6 slot(s)" in printed, printed
+    assert "stored and indexed: 4 of 4" in printed and "stations ok per session: [3]" in printed, printed
+    assert cell_with(facts, "history_figure(")["images_decoded"] == 1
+    assert cell_with(facts, "plot_campaign_waterfall(")["images_decoded"] == 1
+    waterfall = cell_with(facts, "strongest line")["text"]
+    assert "4 rows (one per session) x 1024 frequencies over 1.0 h" in waterfall, waterfall
+    assert "strongest line at +996 Hz from the tuned frequency in 4 of 4 rows" in waterfall, waterfall
+    listed = cell_with(facts, "campaign_sessions(panel.run.store")["tables"]
+    assert listed and listed[0]["rows"] == 4, listed
+    campaign_id = re.search(r"campaign (notebook-\d{8}T\d{6}):", panel["text"]).group(1)  # type: ignore[union-attr]
+    stored = campaign_sessions(Store(f"file://{workdir / 'data'}"), campaign_id)
+    assert stored["slot"].tolist() == [0, 1, 2, 3] and set(stored["status"]) == {"ok"}, stored
 
 
 def test_report_notebook_renders(run_notebook: Any, browser: HeadlessBrowser) -> None:

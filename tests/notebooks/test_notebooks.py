@@ -22,7 +22,8 @@ SANITIZE = Path(__file__).with_name("nbval-sanitize.cfg")
 
 def test_the_workbench_notebooks_are_there():
     assert [p.name for p in NOTEBOOKS] == [
-        "01-acquire.ipynb", "02-explore.ipynb", "03-history.ipynb", "04-tdoa.ipynb", "report.ipynb"]
+        "01-acquire.ipynb", "02-explore.ipynb", "03-history.ipynb", "04-tdoa.ipynb", "05-campaign.ipynb",
+        "report.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
