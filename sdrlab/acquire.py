@@ -786,6 +786,7 @@ def finalise(store: Any, session_id: str, *, session: Session | None = None, sta
     ``recording`` one; then it is indexed.  Also completes a session whose capturing process
     died (``sdrlab store finalise``): what was stored is kept, the chunk being filled is lost."""
     from .errors import StorageError
+    from .recording import release_heap
 
     t = time.perf_counter()
     results = session.results if session is not None else {}
@@ -834,6 +835,8 @@ def finalise(store: Any, session_id: str, *, session: Session | None = None, sta
     ds.attrs.update(window_attrs(ds, start_ns, duration_s, int(ds.attrs.get("gps_utc_offset_s", 18))))
     ds.attrs["requested_duration_s"] = duration_s
     ref = store.finish_recording(ds)
+    del ds  # the recording's shell (its frame records): the finished session is opened below
+    release_heap()
     final = store.open(session_id)
     if session is None:
         session = Session(session_id, float(final.attrs["center_frequency_hz"]), duration_s, {}, final)

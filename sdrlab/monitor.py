@@ -143,24 +143,18 @@ def campaign_sessions(store: Any, campaign_id: str | None = None) -> pd.DataFram
     slot and frequency order: index ``session_id``; columns campaign_id, slot, frequency_hz,
     campaign_start (epoch seconds), start_time (UTC, the session's first sample) and status.
 
-    The campaign attributes live in the sessions, not in the listing, so each session is opened
-    (lazily: no IQ is read) for its attributes and dropped before the next.  A session that
-    cannot be opened is left out (``sdrlab store fsck`` reports it); a store that cannot be
+    The campaign attributes are in each session's commit record and so in the store's listing
+    (:meth:`~sdrlab.store.Store.sessions`): no session is opened.  A store that cannot be
     listed raises :class:`~sdrlab.errors.StorageError`."""
     listed = store.sessions()
+    if campaign_id is not None:
+        listed = listed[listed["campaign_id"] == campaign_id]
     rows = []
-    for sid, row in listed.iterrows():
-        try:
-            attrs = dict(store.open(str(sid)).attrs)
-        except StorageError as exc:  # a damaged session: fsck reports it
-            log.debug("session %s not read for campaigns: %s", sid, exc)
-            continue
-        if attrs.get("campaign_id") is None or (campaign_id is not None and attrs["campaign_id"] != campaign_id):
-            continue
-        start = attrs.get("campaign_start")
-        rows.append({"session_id": str(sid), "campaign_id": str(attrs["campaign_id"]),
-                     "slot": int(attrs["campaign_slot"]), "frequency_hz": float(attrs["campaign_frequency_hz"]),
-                     "campaign_start": None if start is None else float(start),
+    for sid, row in listed[listed["campaign_id"].notna()].iterrows():
+        start = row["campaign_start"]
+        rows.append({"session_id": str(sid), "campaign_id": str(row["campaign_id"]),
+                     "slot": int(row["campaign_slot"]), "frequency_hz": float(row["campaign_frequency_hz"]),
+                     "campaign_start": None if pd.isna(start) else float(start),
                      "start_time": row.get("start_time"), "status": row.get("status")})
     table = pd.DataFrame(rows, columns=list(SESSION_COLUMNS))
     table = table.sort_values(["campaign_id", "slot", "frequency_hz", "session_id"], kind="stable")

@@ -481,23 +481,42 @@ def assemble(station: str, sidecars: list[dict[str, Any]], chunks: int, *,
     return cap if cap.segments else None
 
 
+def _libc() -> Any:
+    """glibc, or None (another platform or C library)."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018  # both exist: glibc
+    except (OSError, AttributeError):
+        log.debug("glibc malloc controls unavailable", exc_info=True)
+        return None
+    return libc
+
+
+def release_heap() -> None:
+    """Give the heap's free pages back to the system (glibc ``malloc_trim``; elsewhere a no-op).
+    Finalising an hour of seven stations reads ~1,300 sidecars of a few kB each: they are freed
+    one station at a time, but small blocks come from the heap, whose free pages glibc keeps
+    unless asked (``benchmarks/memory.py``: ~25 MB per hour of seven stations otherwise)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 def steady_heap() -> None:
     """Fix glibc's mmap threshold at 128 kB (Linux; elsewhere a no-op).  glibc raises it after the
     first chunk-sized block is freed, and from then on the chunk-sized buffers of a long capture
     (encoded chunks, sidecars, the pieces of every station) come from the heap, which fragments:
     resident memory grew ~20 % per 10 minutes of seven stations.  With a fixed threshold they are
     mapped and unmapped whole (``benchmarks/memory.py``)."""
-    import ctypes
-    import ctypes.util
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc = _libc()
+    if libc is not None:
         libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):  # not glibc
-        log.debug("mallopt unavailable", exc_info=True)
 
 
 # ---- the writer thread -----------------------------------------------------------------------

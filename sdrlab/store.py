@@ -69,7 +69,12 @@ LAYOUT_RECORDING = "recording"
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: the listing's cache of commit-record summaries (see :meth:`Store.sessions`), under the root
 LISTING_CACHE = ".cache/sessions.json"
-LISTING_COLUMNS = ["session_id", "start_time", "center_frequency_hz", "duration_s", "stations", "failed", "status"]
+LISTING_COLUMNS = ["session_id", "start_time", "center_frequency_hz", "duration_s", "stations", "failed", "status",
+                   "campaign_id", "campaign_slot", "campaign_frequency_hz", "campaign_start"]
+LISTING_CACHE_VERSION = 2
+#: session attributes copied into the commit record and the listing (a monitoring campaign's:
+#: :mod:`sdrlab.monitor` finds its sessions from the listing without opening any)
+CAMPAIGN_KEYS = ("campaign_id", "campaign_slot", "campaign_frequency_hz", "campaign_start")
 #: the attribute of an opened session naming the version of the data read (:func:`data_version`)
 DATA_VERSION = "data_version"
 #: fsck --remove leaves prefixes younger than this alone (a write may be in progress)
@@ -150,9 +155,17 @@ def _summary(ds: xr.Dataset) -> dict[str, Any]:
         else "partial",
         "station_status": status,
         "captures": captures,
+        "campaign": _campaign_of(dict(ds.attrs)),
         "zarr_format": model.ZARR_FORMAT,
         "sdrlab_version": __version__,
     }
+
+
+def _campaign_of(attrs: dict[str, Any]) -> dict[str, Any] | None:
+    """The campaign keys of a session's attributes (None: not a campaign's session)."""
+    if attrs.get("campaign_id") is None:
+        return None
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k in CAMPAIGN_KEYS if (v := attrs.get(k)) is not None}
 
 
 #: the longest any one store operation may take (a write of a long session included)
@@ -557,7 +570,13 @@ class Store:
 
     def stream_runs(self, session_id: str, stations: list[str]) -> dict[str, tuple[list[dict[str, Any]], int]]:
         """Per station: its sidecars 0, 1, ... as far as they form an unbroken run, and how many
-        chunk objects that run holds (one LIST, then the sidecars read concurrently)."""
+        chunk objects that run holds (one LIST, then each station's sidecars read concurrently)."""
+        return {st: (cars, n) for st, cars, n in self.iter_stream_runs(session_id, stations)}
+
+    def iter_stream_runs(self, session_id: str, stations: list[str]) -> Iterator[tuple[str, list[dict[str, Any]], int]]:
+        """:meth:`stream_runs` one station at a time: an hour of seven stations is ~1,300
+        sidecars, and holding all of them read and decoded at once was most of what finalising
+        added to a long capture's peak memory."""
         base = self._path(SESSIONS, session_id, recording.STREAM)
         keys = self._keys(base)
         have: dict[str, set[str]] = {}
@@ -575,20 +594,18 @@ class Store:
                 c += 1
             wanted[st] = [self._path(SESSIONS, session_id, recording.chunk_key(st, i, "npz")) for i in range(min(k, c + 1))]
             chunks[st] = min(c, k)
-        flat = [key for st in stations for key in wanted[st]]
-        raw = self.fs.cat(flat) if flat else {}
-        if isinstance(raw, bytes):
-            raw = {flat[0]: raw}
-        out = {}
         for st in stations:
-            cars = [recording.read_sidecar(raw[key]) for key in wanted[st]]
+            keys = wanted[st]
+            raw = self.fs.cat(keys) if keys else {}
+            if isinstance(raw, bytes):
+                raw = {keys[0]: raw}
+            cars = [recording.read_sidecar(raw.pop(key)) for key in keys]  # each read's bytes freed at once
             run, n = min(len(cars), chunks[st]), chunks[st]
             # a last sidecar with no chunk of its own (nothing buffered at the end) belongs to the run;
             # one whose chunk is missing (a crash between the two) does not
             if len(cars) > n and cars[n]["meta"]["stored"] <= n * cars[n]["meta"]["chunk_samples"]:
                 run = n + 1
-            out[st] = (cars[:run], min(n, run))
-        return out
+            yield st, cars[:run], min(n, run)
 
     def recording_captures(self, session_id: str, summary: dict[str, Any] | None = None) -> list[Any]:
         """The captures of a recording session as stored so far (see :func:`sdrlab.recording.assemble`)."""
@@ -602,11 +619,12 @@ class Store:
         live = rec.get("layout") == LAYOUT_RECORDING
         caps = []
         series = {}
-        for st, (cars, n) in self.stream_runs(session_id, stations).items():
+        for st, cars, n in self.iter_stream_runs(session_id, stations):
             cap = recording.assemble(st, cars, n, recording=live)
             if cap is not None:
                 caps.append(cap)
                 series[st] = recording.intervals(cars, recording.stored_samples(cars, n))
+            del cars  # one station's sidecars at a time
         return caps, series
 
     def move_stream(self, session_id: str, target: Store) -> int:
@@ -700,12 +718,17 @@ class Store:
 
         return self._do(f"finalising session {sid}", run)
 
-    def _open_recording(self, session_id: str, summary: dict[str, Any]) -> xr.Dataset:
+    def _recording_shell(self, session_id: str, summary: dict[str, Any]) -> xr.Dataset:
         caps, series = self._recording(session_id, summary)
         if not caps:
             raise StorageError(f"session {session_id} in {self.where} is recording and has no chunk stored yet")
-        shell = recording.interval_variables(recording_shell(caps, summary), series,
-                                             float(summary.get("interval_s") or 10.0))
+        shell: xr.Dataset = recording.interval_variables(recording_shell(caps, summary), series,
+                                                         float(summary.get("interval_s") or 10.0))
+        return shell
+
+    def _open_recording(self, session_id: str, summary: dict[str, Any]) -> xr.Dataset:
+        shell = self._recording_shell(session_id, summary)
+        recording.release_heap()  # the sidecars and captures it was built from, back to the system
         # the small variables are in memory already: only the IQ goes through zarr (references
         # to the chunk objects), never the frame records (tens of MB for an hour)
         iq_only = xr.Dataset({"n_samples": shell["n_samples"].reset_coords(drop=True).variable}).assign_coords(
@@ -784,7 +807,7 @@ class Store:
             cached = json.loads(self.fs.cat(self._path(LISTING_CACHE)))
         except (FileNotFoundError, ValueError):
             return {}
-        rows = cached.get("rows") if isinstance(cached, dict) and cached.get("version") == 1 else None
+        rows = cached.get("rows") if isinstance(cached, dict) and cached.get("version") == LISTING_CACHE_VERSION else None
         return rows if isinstance(rows, dict) else {}
 
     def sessions(self) -> pd.DataFrame:
@@ -812,6 +835,8 @@ class Store:
                     "stations": len(s.get("stations", [])),
                     "failed": len(s.get("failed", [])),
                     "status": s.get("status"),
+                    # a finished session's record says; a recording one has its attrs
+                    **{k: v for k, v in (s.get("campaign") or _campaign_of(s.get("attrs") or {}) or {}).items()},
                 }
             if rows.keys() != cached.keys() or any(rows[k] is not cached[k] for k in rows):
                 self._write_listing_cache(rows)
@@ -825,7 +850,8 @@ class Store:
     def _write_listing_cache(self, rows: dict[str, Any]) -> None:
         """Best effort: a store that refuses it (read-only credentials) still lists."""
         try:
-            self._put_atomic(self._path(LISTING_CACHE), json.dumps({"version": 1, "rows": rows}).encode())
+            self._put_atomic(self._path(LISTING_CACHE),
+                             json.dumps({"version": LISTING_CACHE_VERSION, "rows": rows}).encode())
         except (OSError, PermissionError) as exc:
             log.info("listing cache of %s not written: %s", self.where, _reason(exc))
 

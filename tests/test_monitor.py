@@ -225,11 +225,12 @@ def test_the_waterfall_shows_the_carrier_in_every_slot_from_one_session_at_a_tim
     """One row per slot, half an hour apart, each the station's Welch PSD from the store: its
     strongest bin at demo7's carrier (+1 kHz from the tuning), its integral the station's stored
     total power; the slot demo-paris was down is a row of NaN at that session's start.  The store
-    saw one session open at a time, each once for its attributes and once for its samples."""
+    saw one session open at a time, each once, for its samples (the listing names the campaign's
+    sessions: their commit records carry the campaign keys)."""
     store = OneSessionAtATime(five_slots.store.url)
     wf = campaign_waterfall(store, "wf-1", station, nfft=1024)
     sessions = [s.session_id for s in five_slots.report.sessions]
-    assert store.most_alive == 1 and store.opened == sessions + sessions
+    assert store.most_alive == 1 and store.opened == sessions
     assert wf.dims == ("time", "frequency") and wf.shape == (5, 1024) and wf.attrs["units"] == "dBFS/Hz"
     assert wf["session_id"].values.tolist() == sessions and wf["slot"].values.tolist() == [0, 1, 2, 3, 4]
     gaps_s = np.diff(wf["time"].values) / np.timedelta64(1, "s")

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 
@@ -408,7 +409,7 @@ def test_the_listing_cache_never_gives_a_wrong_row(store, session):
     rewritten and new sessions, a damaged cache and rows it invents all list as the records say."""
     import json
 
-    from sdrlab.store import LISTING_CACHE
+    from sdrlab.store import LISTING_CACHE, LISTING_CACHE_VERSION
 
     sid = session.attrs["session_id"]
     store.write(session)
@@ -421,7 +422,7 @@ def test_the_listing_cache_never_gives_a_wrong_row(store, session):
     other.attrs = dict(session.attrs)
     store.write(other)  # same id, other content: a new record
     assert store.sessions().loc[sid, "stations"] == 2
-    store.fs.pipe(cache, json.dumps({"version": 1, "rows": {
+    store.fs.pipe(cache, json.dumps({"version": LISTING_CACHE_VERSION, "rows": {
         sid: {"tag": "stale", "stations": 99, "status": "ok"},
         "20991231T000000Z-ghost0": {"tag": "x", "stations": 1, "status": "ok"}}}).encode())
     table = store.sessions()
@@ -510,3 +511,19 @@ def test_every_open_names_the_exact_data_version_and_can_insist_on_it(store, ses
     other = store.write(back)
     assert other.version not in (second, ref.version)
     assert store.open("20261124T060000Z-copy01").attrs["data_version"] == other.version
+
+
+def test_the_listing_names_each_sessions_campaign_without_opening_it(store, session):
+    """A campaign's keys go into the commit record, so the listing (cached or not) has them."""
+    plain = session.copy()
+    tagged = session.copy()
+    tagged.attrs = {**session.attrs, "session_id": "20261124T070000Z-camp01", "campaign_id": "beacon",
+                    "campaign_slot": 3, "campaign_frequency_hz": 9749000.0, "campaign_start": 1.5e9}
+    store.write(plain)
+    store.write(tagged)
+    for _ in range(2):  # records read, then from the listing cache
+        table = store.sessions()
+        row = table.loc["20261124T070000Z-camp01"]
+        assert (row["campaign_id"], row["campaign_slot"], row["campaign_frequency_hz"], row["campaign_start"]) == (
+            "beacon", 3, 9749000.0, 1.5e9)
+        assert pd.isna(table.loc[session.attrs["session_id"], "campaign_id"])
