@@ -458,8 +458,14 @@ class Store:
             # three round trips in the time of one
             with ThreadPoolExecutor(3, thread_name_prefix="sdrlab-store-open") as pool:
                 record = pool.submit(self._read_record, session_id)
-                refs = pool.submit(self.fs.cat, self._path(SESSIONS, session_id, REFS))
                 present = pool.submit(self._relative_keys, session_id)
+                try:
+                    raw_refs: bytes | None = self.fs.cat(self._path(SESSIONS, session_id, REFS))
+                except FileNotFoundError:  # not packed (or not there: the record says which)
+                    raw_refs = None
+                # a packed session is decoded (CPU, ~30 ms) while the record and the object list
+                # are still on their way; used only once the record says it is packed and whole
+                packed = pool.submit(self._open_packed, session_id, raw_refs) if raw_refs is not None else None
                 summary = record.result()  # "no committed session" when there is no record
                 if summary.get("layout") == LAYOUT_RECORDING:
                     ds = self._open_recording(session_id, summary)
@@ -472,7 +478,7 @@ class Store:
                                        f"missing ({', '.join(gone[:5])}{', ...' if len(gone) > 5 else ''}); "
                                        "run `sdrlab store fsck`")
                 if summary.get("layout") == LAYOUT_PACKED:
-                    ds = self._open_packed(session_id, refs.result())
+                    ds = packed.result() if packed is not None else self._open_packed(session_id)
                     ds.attrs[DATA_VERSION] = data_version(summary)
                     return ds
             with packing.quiet_consolidation():
@@ -520,7 +526,10 @@ class Store:
 
         store = self._zarr_store(session_id, raw_refs, refs)
         with packing.quiet_consolidation():
-            lazy = xr.open_zarr(store, consolidated=model.CONSOLIDATED, zarr_format=model.ZARR_FORMAT, chunks=None)
+            # CF decoding and indexes after the small variables are in memory: decoding times
+            # lazily reads each time variable's first and last values through zarr one at a time
+            lazy = xr.open_zarr(store, consolidated=model.CONSOLIDATED, zarr_format=model.ZARR_FORMAT, chunks=None,
+                                decode_cf=False, create_default_indexes=False)
         refs = store.fs.references
         in_pack = {k.split("/", 1)[0] for k in refs if isinstance(refs[k], list)}
         # inline variables are already in memory: decode them now (one zarr call each, no dask
@@ -535,8 +544,9 @@ class Store:
                 ds = ds.assign_coords({name: lazy_var})
             else:
                 ds[name] = lazy_var
-        return xr.Dataset({n: ds[n].variable for n in lazy.data_vars}, {c: ds[c].variable for c in lazy.coords},
-                          attrs=lazy.attrs)
+        out: xr.Dataset = xr.decode_cf(xr.Dataset({n: ds[n].variable for n in lazy.data_vars},
+                                                  {c: ds[c].variable for c in lazy.coords}, attrs=lazy.attrs))
+        return out
 
     # ---- streaming (see sdrlab.recording) ---------------------------------------------------
     def begin_recording(self, session_id: str, record: dict[str, Any]) -> None:
