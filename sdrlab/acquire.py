@@ -293,7 +293,7 @@ def capture_group(
     stations: Sequence[Station], frequency_hz: float, duration_s: float, options: KiwiOptions, *,
     session_id: str = "", group: int = 0, progress_topic: str | None = None, stop_event: str | None = None,
     window_topics: tuple[str, str] | None = None, start_wait_s: float = 20.0,
-    stream: dict[str, Any] | None = None,
+    stream: dict[str, Any] | None = None, window_start_ns: int | None = None,
 ) -> list[StationResult]:
     """The dask task: capture every station of one group at once, in one event loop (one worker
     thread holds hundreds of streams); never raises for receiver trouble.
@@ -303,6 +303,7 @@ def capture_group(
     (or ``start_wait_s`` passed) the group reports the latest first time under ``report``, then
     waits for the session's start under ``start`` (decided by :func:`acquire` from all groups).
     Without them (no dask worker) the group's own latest first time is the start.
+    ``window_start_ns`` (GPS ns): the window's start, fixed in advance (see :func:`acquire`).
     ``stop_event`` (the name of a distributed Event) ends every capture as soon as it is set,
     keeping what has arrived (status ``partial``); ``progress_topic``: ``connecting`` and
     ``receiving`` events (see :data:`ProgressCallback`) to the event log under that topic.
@@ -326,7 +327,8 @@ def capture_group(
         # as a new segment, to the end of the session's window; never from scratch
         writer, recorders = _stream_writers(stations, stream, resume=rerun)
     results = asyncio.run(_capture_group(stations, frequency_hz, duration_s, options, emit, poll,
-                                         _window_link(window_topics, group), start_wait_s, t, recorders))
+                                         _window_link(window_topics, group), start_wait_s, t, recorders,
+                                         window_start_ns))
     if writer is not None and recorders is not None:
         _close_stream(writer, recorders, results, float(stream["timeout_s"]) if stream else 60.0)
         if rerun:
@@ -453,13 +455,13 @@ def _window_link(topics: tuple[str, str] | None, group: int) -> WindowLink:
 async def _capture_group(
     stations: Sequence[Station], frequency_hz: float, duration_s: float, options: KiwiOptions,
     emit: Callable[[dict[str, Any]], None] | None, poll: Callable[[], bool] | None, link: WindowLink,
-    start_wait_s: float, t: float, recorders: dict[str, Any] | None = None,
+    start_wait_s: float, t: float, recorders: dict[str, Any] | None = None, window_start_ns: int | None = None,
 ) -> list[StationResult]:
     import asyncio
 
     from .receivers.window import Window
 
-    window = Window(duration_s, [st.id for st in stations], auto=link is None)
+    window = Window(duration_s, [st.id for st in stations], auto=link is None, start_ns=window_start_ns)
     every = max(_PROGRESS_INTERVAL_S, len(stations) / 200.0)  # the event log carries ~200 events/s
     receivers = []
     for st in stations:
@@ -651,6 +653,9 @@ def acquire(
     stop: threading.Event | None = None,
     start_wait_s: float = 20.0,
     stream: bool | None = None,
+    window_start_ns: int | None = None,
+    on_start: Callable[[int], None] | None = None,
+    finish_attrs: Callable[[xr.Dataset], dict[str, Any]] | None = None,
 ) -> Session:
     """Acquire ``duration_s`` of IQ at ``frequency_hz`` from every station, in parallel, and
     write the session to the store as soon as it is complete.
@@ -683,6 +688,17 @@ def acquire(
     ``recording`` while it grows and opens at every chunk boundary, and a crash loses at most the
     chunk being filled (``sdrlab store finalise`` completes such a session).  Default: sessions
     longer than ``settings.stream_above_s`` stream, shorter ones are held in memory.
+
+    ``window_start_ns`` (GPS ns) fixes the session's window in advance instead of starting it at
+    the latest first frame: stations that come up before it wait (dropping what ends before it),
+    those that come up after it are ``partial``, saying how late (a start already past costs the
+    stations that much of the window).  ``on_start`` is called with the window's start (GPS ns) as
+    soon as it is decided, from the acquiring thread.  A continuous campaign (:mod:`sdrlab.monitor`)
+    uses both to start each session's window where the previous one's ends.
+
+    ``finish_attrs`` is called with the session's Dataset (data and metrics in) just before it is
+    stored; the attributes it returns are added (never replacing sdrlab's; an error in it is
+    logged and costs nothing).
     """
     settings = settings or Settings.from_env()
     validate_request(frequency_hz, duration_s)
@@ -712,11 +728,11 @@ def acquire(
     t0 = time.perf_counter()
     if client is not None:
         results, start_ns = _run(client, chosen, frequency_hz, duration_s, options, sid, show, on_progress, stop,
-                                 start_wait_s, spec)
+                                 start_wait_s, spec, window_start_ns, on_start)
     else:
         with settings.dask_client(scheduler, n_threads=2) as c:
             results, start_ns = _run(c, chosen, frequency_hz, duration_s, options, sid, show, on_progress, stop,
-                                     start_wait_s, spec)
+                                     start_wait_s, spec, window_start_ns, on_start)
     t_acq = time.perf_counter() - t0
     ordered = {s.id: results[s.id] for s in chosen}
     _check_window(ordered, start_ns)
@@ -724,7 +740,7 @@ def acquire(
         assert spec is not None
         session = Session(sid, float(frequency_hz), float(duration_s), ordered, None, timings={"acquire_s": t_acq})
         return finalise(store, sid, session=session, start_ns=start_ns, index=index, rescue=settings.rescue_obj(),
-                        record=spec["record"])
+                        record=spec["record"], finish_attrs=finish_attrs)
     caps = [r.capture for r in ordered.values() if r.capture is not None]
     ds = None
     if caps:
@@ -741,6 +757,7 @@ def acquire(
         ds.attrs.update({k: v for k, v in (attrs or {}).items() if k not in ds.attrs})
         if settings.run_id:  # acquired inside `sdrlab run`: the index links the session to the run
             ds.attrs["papermill_run_id"] = settings.run_id
+        _add_finish_attrs(ds, finish_attrs)
     session = Session(sid, float(frequency_hz), float(duration_s), ordered, ds,
                       timings={"acquire_s": t_acq, "build_s": time.perf_counter() - t0 - t_acq})
     if write and ds is not None:
@@ -778,13 +795,15 @@ STOPPED = "the capture stopped with its process (not finalised)"
 
 
 def finalise(store: Any, session_id: str, *, session: Session | None = None, start_ns: int | None = None,
-             index: Any = False, rescue: Any = None, record: dict[str, Any] | None = None) -> Session:
+             index: Any = False, rescue: Any = None, record: dict[str, Any] | None = None,
+             finish_attrs: Callable[[xr.Dataset], dict[str, Any]] | None = None) -> Session:
     """Complete a streamed session: chunks that did not reach the store in the capture tasks are
     tried again, the session is opened from the store as recorded, its statuses (from the capture
     results when given, else ``partial`` for every station with data), metrics and metric time
     series are computed chunk by chunk from the store, and its commit record replaces the
     ``recording`` one; then it is indexed.  Also completes a session whose capturing process
-    died (``sdrlab store finalise``): what was stored is kept, the chunk being filled is lost."""
+    died (``sdrlab store finalise``): what was stored is kept, the chunk being filled is lost.
+    ``finish_attrs``: as :func:`acquire`'s, called before the commit record is replaced."""
     from .errors import StorageError
     from .recording import release_heap
 
@@ -834,6 +853,7 @@ def finalise(store: Any, session_id: str, *, session: Session | None = None, sta
     duration_s = float(record.get("duration_s") or ds.attrs.get("requested_duration_s", 0.0))
     ds.attrs.update(window_attrs(ds, start_ns, duration_s, int(ds.attrs.get("gps_utc_offset_s", 18))))
     ds.attrs["requested_duration_s"] = duration_s
+    _add_finish_attrs(ds, finish_attrs)
     ref = store.finish_recording(ds)
     del ds  # the recording's shell (its frame records): the finished session is opened below
     release_heap()
@@ -990,6 +1010,22 @@ def window_attrs(ds: xr.Dataset, start_ns: int | None, duration_s: float, gps_ut
     return out
 
 
+def _add_finish_attrs(ds: xr.Dataset, finish_attrs: Callable[[xr.Dataset], dict[str, Any]] | None) -> None:
+    """The attributes ``finish_attrs`` makes of the session, added to it (never one sdrlab sets,
+    never at the cost of the session)."""
+    if finish_attrs is None:
+        return
+    try:
+        more = _json_safe(dict(finish_attrs(ds)))
+    except Exception:
+        log.exception("finish_attrs failed: the session is stored without its attributes")
+        return
+    refused = sorted(k for k in more if k in model.RESERVED_ATTRS or k in ds.attrs)
+    if refused:
+        log.warning("finish_attrs: %s set already, not replaced", ", ".join(refused))
+    ds.attrs.update({k: v for k, v in more.items() if k not in refused})
+
+
 def save(session: Session, store: Any, index: Any = False, rescue: Any = None) -> Session:
     """Write the session to ``store``; a failure is recorded in ``store_error``, never raised.
 
@@ -1094,9 +1130,11 @@ def _run(
     client: Any, chosen: list[Station], frequency_hz: float, duration_s: float,
     options: KiwiOptions, sid: str, show: bool, on_progress: ProgressCallback | None = None,
     stop: threading.Event | None = None, start_wait_s: float = 20.0, stream: dict[str, Any] | None = None,
+    window_start_ns: int | None = None, on_start: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, StationResult], int | None]:
     """Run the group tasks, coordinate the session's start, gather the results: (station ->
-    result, the window's start in GPS ns or None when no group reported one)."""
+    result, the window's start in GPS ns or None when no group reported one).  ``window_start_ns``
+    fixes the start in advance; ``on_start`` is called with the start once it is decided."""
     from distributed import Event, wait
 
     topic = None
@@ -1107,7 +1145,14 @@ def _run(
     finished = threading.Event()
     report_topic, start_topic = f"sdrlab-window-{sid}", f"sdrlab-start-{sid}"
     reports: dict[int, int | None] = {}
-    start_ns: int | None = None
+    start_ns: int | None = None if window_start_ns is None else int(window_start_ns)
+
+    def _started(at_ns: int) -> None:
+        if on_start is not None:
+            try:
+                on_start(at_ns)
+            except Exception:  # the caller's scheduling must never cost the capture
+                log.exception("on_start callback failed")
 
     def _record(res: StationResult) -> None:
         results[res.station] = res
@@ -1129,6 +1174,8 @@ def _run(
 
         threading.Thread(target=relay, name=f"sdrlab-stop-{sid}", daemon=True).start()
     groups = _groups(client, chosen)
+    if start_ns is not None:  # fixed in advance: every group's window has it from the start
+        _started(start_ns)
     try:
         if notify is not None:
             topic = f"sdrlab-progress-{sid}"
@@ -1140,7 +1187,8 @@ def _run(
             client.submit(
                 capture_group, members, frequency_hz, duration_s, options, session_id=sid, group=g,
                 progress_topic=topic, stop_event=stop_name, window_topics=(report_topic, start_topic),
-                start_wait_s=start_wait_s, stream=stream, key=f"acquire-g{g}-{sid}", pure=False, retries=0,
+                start_wait_s=start_wait_s, stream=stream, window_start_ns=window_start_ns,
+                key=f"acquire-g{g}-{sid}", pure=False, retries=0,
                 workers=[addr] if addr else None, allow_other_workers=True,
             ): (g, members)
             for g, (addr, members) in enumerate(groups)
@@ -1178,6 +1226,7 @@ def _run(
                         firsts = [v for v in reports.values() if v is not None]
                         start_ns = max(firsts) if firsts else timing.gps_now_ns(options.gps_utc_offset_s)
                         client.log_event(start_topic, {"start_ns": start_ns})
+                        _started(start_ns)
                 if done_now or not pending:
                     lonely_since = None
                     continue

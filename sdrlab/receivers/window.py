@@ -10,6 +10,12 @@ receivers' own time stamps decide, never the host clock, so this works at any cl
 simulator's speed-up too).  A capture that comes up after the start simply starts late, and the
 session says by how much.
 
+A window's start may also be fixed in advance (``start_ns``): no first time is awaited, captures
+that come up before it wait (dropping the frames that end before it) and those that come up after
+it start late.  A continuous campaign (:mod:`sdrlab.monitor`) connects each next session a few
+seconds early with its window fixed where the current one's ends, so consecutive sessions abut in
+GPS time.
+
 Protocol-neutral: a receiver client gives its frames' first-sample times in GPS ns, or ``None``
 where a frame has no GPS time (receipt-timed receivers are then kept from the moment the start is
 known).
@@ -29,9 +35,10 @@ class Window:
 
     ``stations`` are the captures expected to report; with ``auto=True`` the start is set to the
     latest reported first time as soon as every station has reported (one process, no
-    coordinator)."""
+    coordinator).  ``start_ns`` (GPS ns): the start, fixed in advance."""
 
-    def __init__(self, duration_s: float, stations: Iterable[str], *, auto: bool = False) -> None:
+    def __init__(self, duration_s: float, stations: Iterable[str], *, auto: bool = False,
+                 start_ns: int | None = None) -> None:
         if not math.isfinite(duration_s) or duration_s <= 0:
             raise ValueError(f"window duration must be a positive number of seconds, got {duration_s!r}")
         self.duration_s = float(duration_s)
@@ -40,7 +47,7 @@ class Window:
         self.auto = auto
         #: station -> GPS ns of its first frame (None: no GPS time, or it ended without data)
         self.first: dict[str, int | None] = {}
-        self.start_ns: int | None = None
+        self.start_ns: int | None = None if start_ns is None else int(start_ns)
         self._changed: asyncio.Event | None = None
 
     def __repr__(self) -> str:
