@@ -1135,7 +1135,7 @@ def _run(
     """Run the group tasks, coordinate the session's start, gather the results: (station ->
     result, the window's start in GPS ns or None when no group reported one).  ``window_start_ns``
     fixes the start in advance; ``on_start`` is called with the start once it is decided."""
-    from distributed import Event, wait
+    from distributed import Event
 
     topic = None
     notify = _safe_callback(on_progress)
@@ -1197,52 +1197,47 @@ def _run(
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(chosen), desc="acquire", unit="station")
-        with client.as_current():
-            pending = set(futures)
-            lonely_since: float | None = None
-            first_report: float | None = None
-            t_submit = time.monotonic()
-            while pending:
+        pending = set(futures)
+        lonely_since: float | None = None
+        first_report: float | None = None
+        t_submit = time.monotonic()
+        while pending:
+            done_now, pending = _first_done(pending, 0.1 if start_ns is None else 2.0)
+            for fut in done_now:
                 try:
-                    done_now, pending = wait(pending, timeout=0.1 if start_ns is None else 2.0,
-                                             return_when="FIRST_COMPLETED")
-                except TimeoutError:
-                    done_now = set()
-                for fut in done_now:
-                    try:
-                        for res in fut.result():
-                            _record(res)
-                    except Exception as exc:  # the worker died or could not run the task
-                        for st in futures[fut][1]:
-                            _record(StationResult(st.id, "failed", None, type(exc).__name__, f"task failed: {exc}"))
-                if start_ns is None:
-                    # every group reported (or finished without), or the slow ones waited for long enough
-                    if reports and first_report is None:
-                        first_report = time.monotonic()
-                    groups_in = len(set(reports) | {g for f, (g, _m) in futures.items() if f.done()})
-                    late = (first_report is not None and time.monotonic() - first_report > start_wait_s
-                            or time.monotonic() - t_submit > 3 * start_wait_s)
-                    if groups_in >= len(futures) or late:
-                        firsts = [v for v in reports.values() if v is not None]
-                        start_ns = max(firsts) if firsts else timing.gps_now_ns(options.gps_utc_offset_s)
-                        client.log_event(start_topic, {"start_ns": start_ns})
-                        _started(start_ns)
-                if done_now or not pending:
-                    lonely_since = None
-                    continue
-                # no dask worker at all for long: nothing will ever finish (all of them died)
-                if _worker_count(client) > 0:
-                    lonely_since = None
-                elif lonely_since is None:
-                    lonely_since = time.monotonic()
-                elif time.monotonic() - lonely_since > NO_WORKER_GRACE_S:
-                    for fut in pending:
-                        fut.cancel()
-                        for st in futures[fut][1]:
-                            _record(StationResult(st.id, "failed", None, "NoWorkers",
-                                                  f"no dask worker left to run it for {NO_WORKER_GRACE_S:g} s "
-                                                  "(every worker died)"))
-                    pending = set()
+                    for res in fut.result():
+                        _record(res)
+                except Exception as exc:  # the worker died or could not run the task
+                    for st in futures[fut][1]:
+                        _record(StationResult(st.id, "failed", None, type(exc).__name__, f"task failed: {exc}"))
+            if start_ns is None:
+                # every group reported (or finished without), or the slow ones waited for long enough
+                if reports and first_report is None:
+                    first_report = time.monotonic()
+                groups_in = len(set(reports) | {g for f, (g, _m) in futures.items() if f.done()})
+                late = (first_report is not None and time.monotonic() - first_report > start_wait_s
+                        or time.monotonic() - t_submit > 3 * start_wait_s)
+                if groups_in >= len(futures) or late:
+                    firsts = [v for v in reports.values() if v is not None]
+                    start_ns = max(firsts) if firsts else timing.gps_now_ns(options.gps_utc_offset_s)
+                    client.log_event(start_topic, {"start_ns": start_ns})
+                    _started(start_ns)
+            if done_now or not pending:
+                lonely_since = None
+                continue
+            # no dask worker at all for long: nothing will ever finish (all of them died)
+            if _worker_count(client) > 0:
+                lonely_since = None
+            elif lonely_since is None:
+                lonely_since = time.monotonic()
+            elif time.monotonic() - lonely_since > NO_WORKER_GRACE_S:
+                for fut in pending:
+                    fut.cancel()
+                    for st in futures[fut][1]:
+                        _record(StationResult(st.id, "failed", None, "NoWorkers",
+                                              f"no dask worker left to run it for {NO_WORKER_GRACE_S:g} s "
+                                              "(every worker died)"))
+                pending = set()
     finally:
         finished.set()
         if bar is not None:
@@ -1254,6 +1249,20 @@ def _run(
                 except Exception:  # the client may be closing
                     log.debug("unsubscribe %s failed", t_, exc_info=True)
     return results, start_ns
+
+
+def _first_done(pending: set[Any], timeout: float) -> tuple[set[Any], set[Any]]:
+    """(done, still pending) of the futures ``pending`` once one is done or ``timeout`` seconds
+    passed.  Polled: ``distributed.wait`` needs the client made the current one
+    (``Client.as_current``), which sets dask's global config and restores it on exit, so two
+    acquisitions in threads of one process (a continuous campaign) could leave the config naming
+    a client that is gone."""
+    end = time.monotonic() + timeout
+    while True:
+        done = {f for f in pending if f.done()}
+        if done or time.monotonic() >= end:
+            return done, pending - done
+        time.sleep(0.02)
 
 
 #: how long an acquisition waits with no dask worker at all before its pending stations fail
