@@ -350,16 +350,18 @@ class Stream(Engine):
 
         iq = iq_chunk(seed, self.n)
         nf = self.n // 512
-        items: list[tuple[str, int, bytes, Any]] = []
+        if not hasattr(self, "_recs"):
+            self._recs: dict[str, Any] = {}
+            self._ready: list[tuple[str, int, bytes, Any]] = []  # what the recorders hand over
         for i in range(STATIONS):
-            if not hasattr(self, "_recs"):
-                self._recs: dict[str, Any] = {}
             st = f"st{i}"
-            rec = self._recs.setdefault(st, recording.StationRecorder(st, self.n, lambda *a: items.append(a)))
+            rec = self._recs.setdefault(st, recording.StationRecorder(st, self.n, lambda *a: self._ready.append(a)))
             seg = Segment(iq[i], (k * nf + np.arange(nf)).astype(np.uint32), np.zeros(nf, np.uint8),
                           np.full(nf, -60.0, np.float32), np.zeros(nf, np.uint8), np.full(nf, -1, np.int64),
                           np.ones(nf, bool), TimeFit(-1, 12000.0, float("nan"), 0, 0, ""), "continues", 0, 0)
             rec.piece(Capture(st, 1e7, -5000.0, 5000.0, 60.0), seg, k == 0)
+        items, self._ready = self._ready, []
+        assert len(items) == STATIONS, f"{len(items)} chunks handed over for {STATIONS} stations"
         with ThreadPoolExecutor(STATIONS) as pool:
             list(pool.map(lambda it: self.store.put_stream(sid, it[0], it[1], it[2], it[3].to_bytes()), items))
 
