@@ -391,21 +391,28 @@ def _cmd_monitor(a: argparse.Namespace) -> int:
     for sid in campaign.stations:  # unknown ids are named before the campaign starts
         catalog.get(sid)
     n = campaign.n_slots()
+    every = (f"continuous (each session connects {campaign.lead_s:g} s early)" if campaign.continuous
+             else f"every {campaign.period_s:g} s")
     print(f"campaign {campaign.id}: {len(campaign.stations)} station(s), {len(campaign.frequencies_hz)} "
-          f"frequency(ies), {campaign.duration_s:g} s every {campaign.period_s:g} s, "
+          f"frequency(ies), {campaign.duration_s:g} s {every}, "
           f"{f'{n} slot(s)' if n is not None else 'until stopped'}; store {store.where}", flush=True)
 
     def line(session: Any) -> None:
         attrs = session.dataset.attrs if session.dataset is not None else {}
+        follows = attrs.get("continuity")
+        if follows not in (None, "first", "unmeasured"):
+            follows = f"{follows} to the previous (gap {attrs.get('continuity_gap_s', float('nan')) * 1e3:+.1f} ms)"
         print(f"slot {attrs.get('campaign_slot', '?')} {session.frequency_hz:.0f} Hz: {session.session_id} "
-              f"{len(session.ok)} ok, {len(session.failed)} failed"
+              f"{len(session.ok)} ok, {len(session.failed)} failed" + (f", {follows}" if follows else "")
               + (f"; not stored ({session.store_error})" if session.store_error else "")
               + (f"; not indexed ({session.index_error})" if session.index_error else ""), flush=True)
 
     with _stop_on_signals() as stop:
         report = monitor(campaign, settings=settings, catalog=catalog, store=store, stop=stop, on_session=line)
     print(f"campaign {campaign.id}: {len(report.sessions)} session(s) acquired, {len(report.skipped)} already "
-          f"stored (resumed), {len(report.missed)} slot(s) missed{'; stopped' if report.stopped else ''}")
+          f"stored (resumed), {len(report.missed)} slot(s) missed"
+          + (f", {len(report.gaps)} gap(s) between sessions" if campaign.continuous else "")
+          + ("; stopped" if report.stopped else ""))
     return 0 if all(s.store_error is None for s in report.sessions) else 1
 
 

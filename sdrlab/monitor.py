@@ -10,6 +10,8 @@ A campaign is a :class:`Campaign` (or a YAML file, :func:`load_campaign`)::
     every_s: 600                # a slot every 10 minutes; omit for back to back sessions
     total_s: 86400              # how long the campaign runs; omit: until stopped
     start: 2026-12-07T06:00:00Z # first slot (UTC); omit: now
+    # continuous: true          # instead of every_s: each window starts where the last one ended
+    # lead_s: 5                 # continuous: connect the next session this long before its window
 
 Slot k starts at ``start + k * every_s``; in each slot one simultaneous session per frequency is
 acquired (:func:`sdrlab.acquire.acquire`: stored, indexed, its metric time series included) on
@@ -19,9 +21,20 @@ the campaign was not running (a restart, a long outage) is a gap.  Restarting th
 resumes it from what the store holds: sessions carry ``campaign_id``, ``campaign_slot`` and
 ``campaign_frequency_hz``, and (slot, frequency) pairs already stored are not acquired again.
 
+Back to back (no ``every_s``): each session is acquired once the previous one is stored, so they
+are seconds apart (connection and storing) and the slots drift.  ``continuous: true`` (one
+frequency) leaves no gap: each session is connected ``lead_s`` before the previous one's window
+ends and its window is fixed at that end in the receivers' GPS time, so the windows abut exactly
+and every station's data of two consecutive sessions meet with no sample missing (they share at
+most the two 512-sample frames around the boundary); each receiver holds two channels for
+``lead_s`` seconds per session.  Each session records how it follows the previous one
+(``continuity``, ``continuity_gap_s``, ... see :func:`sdrlab.continuous.continuity_attrs`) and the
+report lists ``gaps``.  See :mod:`sdrlab.continuous`.
+
 The clock is injectable (``clock`` in seconds, ``sleep``), so a simulated campaign of a day runs
 in seconds against a simulator whose clock is advanced between slots
-(:meth:`sdrlab.sim.server.SimServer.advance`).
+(:meth:`sdrlab.sim.server.SimServer.advance`); a continuous campaign waits in the receivers' GPS
+time (``gps_now``), never advancing a clock while sessions capture.
 
 A campaign's data: :func:`campaign_sessions` lists its sessions in a store (the one place that
 reads the campaign attributes back), :func:`campaign_waterfall` draws one station's spectrum per
@@ -48,8 +61,10 @@ import numpy.typing as npt
 import pandas as pd
 import xarray as xr
 
+from . import timing
 from .config import Settings
 from .constants import KIWI_RATE_HZ
+from .continuous import MAX_IN_FLIGHT, ContinuousRun, bounded_waits, continuity_attrs
 from .errors import ConfigError, StorageError
 
 log = logging.getLogger(__name__)
@@ -69,6 +84,10 @@ class Campaign:
     every_s: float | None = None
     total_s: float | None = None
     start: datetime | None = None
+    #: one session after the other without a gap: each window starts where the previous ends
+    continuous: bool = False
+    #: continuous: how long before a window's start its session connects (seconds)
+    lead_s: float = 5.0
 
     def __post_init__(self) -> None:
         from .acquire import validate_request
@@ -87,10 +106,21 @@ class Campaign:
                               f"frequencies ({self.duration_s * len(self.frequencies_hz):g} s), got {self.every_s!r}")
         if self.total_s is not None and not (math.isfinite(self.total_s) and self.total_s > 0):
             raise ConfigError(f"campaign {self.id}: total_s must be a positive number of seconds, got {self.total_s!r}")
+        if not isinstance(self.continuous, bool):
+            raise ConfigError(f"campaign {self.id}: continuous must be true or false, got {self.continuous!r}")
+        if self.continuous and self.every_s is not None:
+            raise ConfigError(f"campaign {self.id}: continuous sessions follow each other; every_s does not apply "
+                              "(omit one of them)")
+        if self.continuous and len(self.frequencies_hz) > 1:
+            raise ConfigError(f"campaign {self.id}: a continuous campaign observes one frequency (got "
+                              f"{len(self.frequencies_hz)}); run one campaign per frequency, side by side if the "
+                              "receivers have the channels (two per campaign)")
+        if not (isinstance(self.lead_s, (int, float)) and math.isfinite(self.lead_s) and self.lead_s > 0):
+            raise ConfigError(f"campaign {self.id}: lead_s must be a positive number of seconds, got {self.lead_s!r}")
 
     @property
     def period_s(self) -> float:
-        """Time between slot starts (back to back: the sessions' own length)."""
+        """Time between slot starts (back to back and continuous: the sessions' own length)."""
         return self.every_s if self.every_s is not None else self.duration_s * len(self.frequencies_hz)
 
     def n_slots(self) -> int | None:
@@ -109,7 +139,7 @@ def load_campaign(path: str | Path) -> Campaign:
         raise ConfigError(f"campaign {p}: cannot read it: {str(exc)[:200]}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"campaign {p}: expected a mapping of keys (id, stations, frequencies_hz, ...)")
-    known = {"id", "stations", "frequencies_hz", "duration_s", "every_s", "total_s", "start"}
+    known = {"id", "stations", "frequencies_hz", "duration_s", "every_s", "total_s", "start", "continuous", "lead_s"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"campaign {p}: unknown key(s) {', '.join(map(repr, unknown))} (known: {', '.join(sorted(known))})")
@@ -129,6 +159,7 @@ def load_campaign(path: str | Path) -> Campaign:
             duration_s=float(raw["duration_s"]),
             every_s=None if raw.get("every_s") is None else float(raw["every_s"]),
             total_s=None if raw.get("total_s") is None else float(raw["total_s"]), start=start,
+            continuous=raw.get("continuous", False), **({"lead_s": float(raw["lead_s"])} if "lead_s" in raw else {}),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"campaign {p}: {str(exc)[:200]}") from None
@@ -183,6 +214,9 @@ class CampaignReport:
     skipped: list[tuple[int, float]] = field(default_factory=list)
     #: slots whose time had passed when the campaign reached them (a restart, an outage)
     missed: list[int] = field(default_factory=list)
+    #: continuous: (slot, seconds) of sessions that did not follow the previous one without a gap
+    #: (``continuity`` "gap": a station missed more than a frame between the two)
+    gaps: list[tuple[int, float]] = field(default_factory=list)
     stopped: bool = False
 
     def table(self) -> pd.DataFrame:
@@ -207,12 +241,18 @@ def monitor(
     stop: threading.Event | None = None,
     on_session: Callable[[Any], None] | None = None,
     attrs: dict[str, Any] | None = None,
+    keep_going: Callable[[int], bool] | None = None,
+    gps_now: Callable[[], int] | None = None,
 ) -> CampaignReport:
     """Run ``campaign`` (see the module docstring) until its end or ``stop``; resumes what the
     store already holds of it.  ``stations`` (Station objects) replace the catalogue lookup of
     ``campaign.stations``; ``on_session`` is called with each session once stored and indexed;
     ``attrs`` are added to every session's attributes (a simulated scene's truth, say; the
-    campaign's own attributes take precedence)."""
+    campaign's own attributes take precedence).  ``keep_going`` is asked with the number of
+    sessions this run started before each new one: False starts no more (those running
+    complete).  ``gps_now`` (continuous campaigns): the receivers' GPS time in ns, by which the
+    next session is connected ``lead_s`` before its window; default the host's clock
+    (:func:`sdrlab.timing.gps_now_ns`; a simulator faster than real time: ``sim.clock_ns``)."""
     from .acquire import acquire
 
     settings = settings or Settings.from_env()
@@ -235,6 +275,27 @@ def monitor(
     if k:
         report.missed.extend(s for s in range(k) if any((s, f) not in done for f in campaign.frequencies_hz))
         report.skipped.extend(sorted(p for p in done if p[0] < k))
+    if campaign.continuous:
+        left = t0 - now
+        if left > 0:
+            wait(left)  # no stream runs yet: a simulator's clock may be advanced
+        if not stop.is_set():
+            from .receivers.kiwisdr import KiwiOptions
+
+            options = bounded_waits(options or KiwiOptions(gps_utc_offset_s=settings.gps_utc_offset_s),
+                                    campaign.lead_s + campaign.duration_s)
+            offset = int(getattr(options, "gps_utc_offset_s", settings.gps_utc_offset_s))
+            f0 = float(campaign.frequencies_hz[0])
+            run = ContinuousRun(campaign, report, done, k, chosen, lambda s: _tags(campaign, s, f0, t0, attrs),
+                                stop, on_session, keep_going, gps_now or (lambda: timing.gps_now_ns(offset)), store,
+                                lambda s: _last_before(store, campaign.id, f0, s),
+                                dict(catalog=catalog, settings=settings, options=options, progress=False,
+                                     store=store, index=index))
+            with settings.dask_client(scheduler, n_threads=2 + MAX_IN_FLIGHT) as client:
+                run.run(client)
+        report.stopped = stop.is_set()
+        return report
+    launched = 0
     with settings.dask_client(scheduler, n_threads=2) as client:
         while (n_slots is None or k < n_slots) and not stop.is_set():
             slot_t = t0 + k * campaign.period_s
@@ -248,14 +309,13 @@ def monitor(
                 k += 1
                 continue
             for i, f in enumerate(campaign.frequencies_hz):
-                if stop.is_set():
+                if stop.is_set() or keep_going is not None and not keep_going(launched):
                     break
                 if (k, f) in done:
                     report.skipped.append((k, f))
                     continue
-                tags = {**(attrs or {}), "campaign_id": campaign.id, "campaign_slot": k,
-                        "campaign_frequency_hz": float(f), "campaign_start": float(t0),
-                        "campaign": json.dumps(_spec(campaign))}
+                tags = _tags(campaign, k, f, t0, attrs)
+                launched += 1
                 session = acquire(chosen, f, campaign.duration_s, catalog=catalog, settings=settings,
                                   client=client, options=options, progress=False, store=store, index=index,
                                   attrs=tags, stop=stop)
@@ -265,9 +325,29 @@ def monitor(
                          f", not stored: {session.store_error}" if session.store_error else "")
                 if on_session is not None:
                     on_session(session)
+            if keep_going is not None and not keep_going(launched):
+                break
             k += 1
     report.stopped = stop.is_set()
     return report
+
+
+def _tags(campaign: Campaign, k: int, f: float, t0: float, attrs: dict[str, Any] | None) -> dict[str, Any]:
+    """A session's attributes: the caller's, then the campaign's."""
+    return {**(attrs or {}), "campaign_id": campaign.id, "campaign_slot": k, "campaign_frequency_hz": float(f),
+            "campaign_start": float(t0), "campaign": json.dumps(_spec(campaign))}
+
+
+def _last_before(store: Any, campaign_id: str, frequency_hz: float, k: int) -> str | None:
+    """The id of a campaign's last stored session at ``frequency_hz`` before slot ``k`` (None:
+    none, or the store cannot be listed)."""
+    try:
+        table = campaign_sessions(store, campaign_id)
+    except StorageError:
+        return None
+    table = table[(table["slot"] < k) & (np.abs(table["frequency_hz"].to_numpy(float) - frequency_hz) < 0.5)]
+    return None if table.empty else str(table.index[-1])
+
 
 
 # ---- a campaign's data: its waterfall from the store, its metric time series from the index ----
@@ -435,7 +515,7 @@ class CampaignRun:
     def __init__(self, campaign: Campaign, *, settings: Settings | None = None, store: Any = None,
                  index: Any = None, on_session: Callable[[Any], None] | None = None,
                  on_done: Callable[[CampaignRun], None] | None = None, **monitor_kw: Any) -> None:
-        reserved = {"stop", "on_session", "settings", "store", "index"} & set(monitor_kw)
+        reserved = {"stop", "on_session", "settings", "store", "index", "keep_going"} & set(monitor_kw)
         if reserved:
             raise ConfigError(f"CampaignRun sets {', '.join(sorted(reserved))} itself")
         self.campaign = campaign
@@ -514,7 +594,8 @@ class CampaignRun:
 
     def stop_after(self, n_sessions: int) -> None:
         """Stop once ``n_sessions`` sessions of this run are stored (at once if they are): the
-        session being captured completes, no further one starts."""
+        session being captured completes, no further one starts (a continuous campaign starts
+        none beyond the ``n_sessions``-th, and those it started complete)."""
         with self._changed:
             self._stop_after = int(n_sessions)
             if len(self.sessions) >= self._stop_after:
@@ -554,6 +635,12 @@ class CampaignRun:
         return campaign_waterfall(self.store, self.campaign.id, station, **kw)
 
     # ---- the thread ----------------------------------------------------------------------
+    def _keep_going(self, started: int) -> bool:
+        """Whether monitor may start another session (a continuous campaign starts the next one
+        before the current one is stored: ``stop_after`` must not cut it short)."""
+        with self._changed:
+            return self._stop_after is None or started < self._stop_after
+
     def _session(self, session: Any) -> None:
         with self._changed:
             self.sessions.append(session)
@@ -569,7 +656,7 @@ class CampaignRun:
     def _run(self) -> None:
         try:
             self.report = monitor(self.campaign, settings=self.settings, store=self.store, index=self.index,
-                                  stop=self._stop, on_session=self._session, **self._kw)
+                                  stop=self._stop, on_session=self._session, keep_going=self._keep_going, **self._kw)
         except BaseException as exc:  # kept for wait(); the thread never dies silently
             self.error = exc
             log.exception("campaign %s failed", self.campaign.id)
@@ -592,4 +679,4 @@ def _spec(c: Campaign) -> dict[str, Any]:
 
 
 __all__ = ["CAMPAIGN_ATTRS", "SESSION_COLUMNS", "Campaign", "CampaignReport", "CampaignRun", "campaign_metrics",
-           "campaign_sessions", "campaign_waterfall", "done_slots", "load_campaign", "monitor"]
+           "campaign_sessions", "campaign_waterfall", "continuity_attrs", "done_slots", "load_campaign", "monitor"]

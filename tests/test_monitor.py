@@ -4,9 +4,12 @@ waterfall from the store and metric series from the index, a run in the backgrou
 from __future__ import annotations
 
 import gc
+import json
+import socket
 import threading
 import time
 import weakref
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -357,3 +360,195 @@ def test_stop_after_ends_a_run_between_sessions_and_callbacks_cannot_kill_it(tmp
     assert "2 of 5 session(s) stored, stopped" in run.progress()
     with pytest.raises(ConfigError, match="sets stop"):
         CampaignRun(campaign, store=store, index=engine, stop=threading.Event())
+
+
+# ---- continuous campaigns: each session's window starts where the previous one's ends ---------
+FRAME_S = 512 / 12000.0  # one IQ frame at the nominal rate
+
+
+def _ns(iso: str) -> int:
+    return int(np.datetime64(iso.rstrip("Z"), "ns").astype(np.int64))
+
+
+def _spans(ds: Any) -> dict[str, tuple[int, int]]:
+    """Station -> (first sample, end of the last) in UTC ns, from what the store holds."""
+    out = {}
+    for i, st in enumerate(ds["station"].values):
+        t0 = int(ds["start_time"].values[i].astype("datetime64[ns]").astype(np.int64))
+        n, fs = int(ds["n_samples"].values[i]), float(ds["sample_rate"].values[i])
+        out[str(st)] = (t0, t0 + round(n / fs * 1e9))
+    return out
+
+
+def test_a_continuous_campaign_abuts_its_sessions_in_gps_time(tmp_path):
+    """Four 4 s sessions of three stations in real time, each connected 2 s before its window:
+    every window starts where the previous one ends (to the microsecond of the stored window
+    times), every station's stored data covers its window to within one frame at either end, so
+    consecutive sessions neither leave a gap nor overlap by more than the two frames around the
+    boundary, by the receivers' GPS time; no slot is missed; each session is stored and indexed
+    with its interval metric rows and says how it follows the previous one.  demo-paris is down
+    while slot 2 connects (refused twice): a failed station of that session, back for slot 3.
+    demo-zurich is unreachable throughout (its port refuses connections): failed in every
+    session, each of which still ends with its window (no retry after it), so none waits behind it."""
+    store = Store(f"file://{tmp_path}/store")
+    engine = make_engine(f"sqlite:///{tmp_path}/index.db")
+    four = (*THREE, "demo-zurich")
+    campaign = Campaign("cont-1", four, (DEMO7_TUNE_HZ,), duration_s=4.0, total_s=16.0, continuous=True, lead_s=2.0)
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    with SimServer(demo7(seed=37), base_port=0, speed=1) as sim:
+        def outage() -> None:  # slot 1 connects at W1 - 2 s; paris down from W1 + 0.5 s to W2 + 1 s
+            while sim.connection_count("demo-paris") < 2:
+                time.sleep(0.01)
+            time.sleep(2.5)
+            sim.set_faults("demo-paris", Faults(down=True))
+            time.sleep(4.5)
+            sim.set_faults("demo-paris", Faults())
+
+        watcher = threading.Thread(target=outage, daemon=True)
+        watcher.start()
+        t = time.perf_counter()
+        report = monitor(campaign, settings=Settings(progress=False),
+                         stations=[replace(s, port=closed) if s.id == "demo-zurich" else s
+                                   for s in demo7_stations(sim.ports) if s.id in four], store=store,
+                         index=engine, clock=_sim_clock(sim))
+        took = time.perf_counter() - t
+        most = {st: sim.max_connections(st) for st in THREE}
+    assert took < 16.0 + 12.0, took
+    assert not report.missed and not report.gaps and not report.skipped and not report.stopped
+    assert [s.dataset.attrs["campaign_slot"] for s in report.sessions] == [0, 1, 2, 3]
+    assert [sorted(s.failed) for s in report.sessions] == [["demo-zurich"], ["demo-zurich"],
+                                                           ["demo-paris", "demo-zurich"], ["demo-zurich"]]
+    assert all(s.path is not None and s.index_error is None for s in report.sessions)
+    # each capture ended with its window (2 s of lead, 4 s of window), not after zurich's retries
+    assert all(s.timings["acquire_s"] < 2.0 + 4.0 + 2.5 for s in report.sessions), [s.timings for s in report.sessions]
+    assert most == {st: 2 for st in THREE}  # two sessions overlap while the next one connects, never three
+    stored = [store.open(s.session_id) for s in report.sessions]
+    for a, b in zip(stored, stored[1:]):  # the windows abut exactly
+        assert _ns(a.attrs["window_end"]) == _ns(b.attrs["window_start"])
+        assert _ns(b.attrs["window_start"]) - _ns(a.attrs["window_start"]) == 4_000_000_000
+    frame_ns = round(FRAME_S * 1e9)
+    gaps_us = []
+    for k, ds in enumerate(stored):  # each station's data covers its window, to within one frame at either end
+        w0, w1 = _ns(ds.attrs["window_start"]), _ns(ds.attrs["window_end"])
+        for st, (t0, t1) in _spans(ds).items():
+            assert w0 - frame_ns < t0 <= w0 + 100_000, (k, st, (t0 - w0) / 1e6)
+            assert w1 - 100_000 <= t1 < w1 + frame_ns, (k, st, (t1 - w1) / 1e6)
+        if k:
+            before = _spans(stored[k - 1])
+            for st, (t0, _t1) in _spans(ds).items():
+                if st in before:
+                    gap = t0 - before[st][1]  # the first sample after the previous session's last
+                    assert -2 * frame_ns < gap <= 100_000, (k, st, gap / 1e6)
+                    gaps_us.append(gap / 1e3)
+    assert len(gaps_us) == 3 + 2 + 2  # paris has no slot 2 to follow or be followed by
+    print(f"gaps between consecutive sessions (us, negative: overlap): {sorted(round(g) for g in gaps_us)}")
+    # what each session records about it
+    assert stored[0].attrs["continuity"] == "first" and stored[0].attrs["continuity_previous"] == ""
+    for k in (1, 2, 3):
+        at = stored[k].attrs
+        assert at["continuity"] == "abutting" and at["continuity_previous"] == report.sessions[k - 1].session_id
+        assert at["continuity_previous_slot"] == k - 1 and at["continuity_window_gap_s"] == 0.0
+        per = json.loads(at["continuity_gaps_s"])
+        assert set(per) == ({"demo-berlin", "demo-munich"} if k in (2, 3) else set(THREE))
+        assert at["continuity_gap_s"] == pytest.approx(max(per.values()), abs=1e-9) and at["continuity_gap_s"] <= 1e-4
+    # stored and indexed: the listing names the campaign's slots, the index its interval rows
+    table = campaign_sessions(store, "cont-1")
+    assert table.index.tolist() == [s.session_id for s in report.sessions] and table["slot"].tolist() == [0, 1, 2, 3]
+    got = campaign_metrics(engine, table.index.tolist(), "snr_db")
+    assert got.groupby("session_id").size().reindex(table.index).tolist() == [3, 3, 2, 3]
+    assert got["value"].notna().all()
+
+
+def test_a_continuous_campaign_stops_promptly_keeps_what_arrived_and_resumes_with_its_gap_said(tmp_path):
+    """Streamed 3 s sessions (1 s chunks), until stopped, stopped 1.5 s into the third window
+    (the fourth session connected and waiting for its window): the run ends within 4 s, the
+    third session is stored with what arrived (both stations ``partial``, "stopped by request"),
+    the waiting one leaves nothing in the store; the listing holds exactly the three, finished.
+    A new run of the same campaign resumes at the slot of its time (those between are missed),
+    says its first session follows the stored third one after a gap of the seconds in between, and with
+    ``stop_after(1)`` starts no second session: the one it started completes."""
+    from sdrlab import timing
+
+    store = Store(f"file://{tmp_path}/store")
+    engine = make_engine(f"sqlite:///{tmp_path}/index.db")
+    campaign = Campaign("cont-2", THREE[:2], (DEMO7_TUNE_HZ,), duration_s=3.0, continuous=True, lead_s=2.0)
+    settings = Settings(progress=False, stream_above_s=1.0, chunk_s=1.0)
+    with SimServer(demo7(seed=38), base_port=0, speed=1) as sim:
+        kw: dict[str, Any] = dict(settings=settings, stations=_stations(sim)[:2], store=store, index=engine,
+                                  clock=_sim_clock(sim))
+        run = CampaignRun(campaign, **kw).start()
+        assert run.wait_sessions(2, timeout=60) == 2
+        w2 = timing.utc_to_gps_ns(np.datetime64(run.sessions[1].dataset.attrs["window_end"].rstrip("Z"), "ns"))
+        while sim.clock_ns() < w2 + 1_500_000_000:  # 1.5 s into the third window
+            time.sleep(0.01)
+        t0 = time.perf_counter()
+        report = run.stop(timeout=30)
+        stopped_in = time.perf_counter() - t0
+        assert report is not None and report.stopped and run.error is None
+        time.sleep(2.0)  # the campaign's time passes: a slot or two
+        again = CampaignRun(campaign, **kw)
+        again.stop_after(1)
+        second = again.start().wait(timeout=60)
+    assert stopped_in < 4.0, stopped_in
+    first, middle, cut = report.sessions
+    assert [s.dataset.attrs["campaign_slot"] for s in report.sessions] == [0, 1, 2]
+    assert len(first.ok) == 2 and len(middle.ok) == 2
+    assert all(r.status == "partial" and "stopped by request" in (r.message or "") for r in cut.results.values())
+    listed = store.sessions()
+    assert set(listed.index) == {s.session_id for s in report.sessions + second.sessions}  # no empty recording left
+    assert "recording" not in set(listed["status"])
+    full = store.open(middle.session_id)["n_samples"].values
+    part = store.open(cut.session_id)["n_samples"].values
+    assert np.all(full >= 3 * 11_990) and np.all((part > 0.3 * full) & (part < 0.75 * full)), (full, part)
+    for a, b in ((first, middle), (middle, cut)):
+        at = store.open(b.session_id).attrs
+        assert at["continuity"] == "abutting" and at["continuity_previous"] == a.session_id
+        assert at["continuity_window_gap_s"] == 0.0
+    # the resumed run: slots whose time passed are missed, its first session says how long the gap was
+    assert second.stopped and len(second.sessions) == 1
+    assert sorted(second.skipped) == [(k, DEMO7_TUNE_HZ) for k in range(3)]
+    (resumed,) = second.sessions
+    at = store.open(resumed.session_id).attrs
+    assert at["campaign_slot"] >= 3 and second.missed == list(range(3, at["campaign_slot"]))
+    assert at["campaign_start"] == first.dataset.attrs["campaign_start"]
+    assert at["continuity"] == "gap" and at["continuity_previous"] == cut.session_id
+    assert at["continuity_previous_slot"] == 2 and at["continuity_window_gap_s"] > 2.0
+    assert at["continuity_gap_s"] >= at["continuity_window_gap_s"] - FRAME_S
+    assert second.gaps == [(at["campaign_slot"], pytest.approx(at["continuity_gap_s"]))]
+    assert len(resumed.ok) == 2  # stop_after: the session it started completed, no next one started
+    assert campaign_sessions(store, "cont-2")["slot"].tolist() == [0, 1, 2, at["campaign_slot"]]
+
+
+def test_continuous_campaign_files_and_their_mistakes(tmp_path, capsys):
+    """``continuous: true`` (and ``lead_s``) from YAML; what it cannot be combined with; the CLI
+    runs it and says how each session follows the previous one."""
+    from sdrlab.cli import main
+
+    from tests.test_cli import _catalog
+
+    spec = tmp_path / "c.yaml"
+    spec.write_text("id: cont-cli\nstations: [demo-berlin, demo-zurich]\nfrequencies_hz: [9749000]\n"
+                    "duration_s: 1\ncontinuous: true\nlead_s: 1.5\ntotal_s: 2\n")
+    c = load_campaign(spec)
+    assert c.continuous and c.lead_s == 1.5 and c.every_s is None and c.period_s == 1.0 and c.n_slots() == 2
+    assert Campaign("x", ("a",), (9e6,), duration_s=1.0).continuous is False  # without the key: back to back
+    base = "id: x\nstations: [a]\nduration_s: 10\n"
+    for text, message in (
+        (base + "frequencies_hz: [9e6]\ncontinuous: true\nevery_s: 60\n", "every_s does not apply"),
+        (base + "frequencies_hz: [9e6, 10e6]\ncontinuous: true\n", "observes one frequency"),
+        (base + "frequencies_hz: [9e6]\ncontinuous: yes please\n", "continuous must be true or false"),
+        (base + "frequencies_hz: [9e6]\ncontinuous: true\nlead_s: 0\n", "lead_s must be a positive"),
+    ):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load_campaign(bad)
+    with SimServer(demo7(seed=39), base_port=0, speed=1) as sim:
+        cat = _catalog(tmp_path, sim.ports)
+        assert main(["monitor", str(spec), "--catalog", str(cat)]) == 0
+    out = capsys.readouterr().out
+    assert "campaign cont-cli: 2 station(s), 1 frequency(ies), 1 s continuous (each session connects 1.5 s early)" in out
+    assert "slot 0 9749000 Hz" in out and "slot 1 9749000 Hz" in out and "abutting to the previous (gap -" in out
+    assert "2 session(s) acquired, 0 already stored (resumed), 0 slot(s) missed, 0 gap(s) between sessions" in out
