@@ -5,9 +5,9 @@ one's ends in the receivers' GPS time, and how each session follows the previous
 :class:`ContinuousRun`: session k+1 is acquired (:func:`sdrlab.acquire.acquire`) in its own
 thread, connected ``lead_s`` before session k's window ends, with its window fixed in advance at
 that end (``window_start_ns``).  The windows so lie on one GPS grid from the run's first session
-on (start W0, then W0 + k x duration): the stored windows abut to the nanosecond.  Each station
+on (start W0, then W0 + k x duration): consecutive windows abut exactly.  Each station
 keeps whole 512-sample frames, from the one holding its window's start to the one holding its end,
-so consecutive sessions of a station share up to the two frames around a boundary (up to 85 ms at
+so consecutive sessions of a station share at most the two frames around a boundary (85 ms at
 12 kHz) and never miss a sample between them.  Costs: each receiver holds two channels for
 ``lead_s`` (the next session waits for its window while the current one captures), and a station
 that comes up more than ``lead_s`` late starts late (``partial``) without moving the grid.

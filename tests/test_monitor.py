@@ -443,7 +443,8 @@ def test_a_continuous_campaign_abuts_its_sessions_in_gps_time(tmp_path):
                     assert -2 * frame_ns < gap <= 100_000, (k, st, gap / 1e6)
                     gaps_us.append(gap / 1e3)
     assert len(gaps_us) == 3 + 2 + 2  # paris has no slot 2 to follow or be followed by
-    print(f"gaps between consecutive sessions (us, negative: overlap): {sorted(round(g) for g in gaps_us)}")
+    print(f"gaps between consecutive sessions (us, negative: overlap): {sorted(round(g) for g in gaps_us)}; "
+          f"captures {[round(s.timings['acquire_s'], 2) for s in report.sessions]} s; all in {took:.1f} s")
     # what each session records about it
     assert stored[0].attrs["continuity"] == "first" and stored[0].attrs["continuity_previous"] == ""
     for k in (1, 2, 3):
@@ -491,6 +492,7 @@ def test_a_continuous_campaign_stops_promptly_keeps_what_arrived_and_resumes_wit
         again = CampaignRun(campaign, **kw)
         again.stop_after(1)
         second = again.start().wait(timeout=60)
+    print(f"stopped in {stopped_in:.2f} s")
     assert stopped_in < 4.0, stopped_in
     first, middle, cut = report.sessions
     assert [s.dataset.attrs["campaign_slot"] for s in report.sessions] == [0, 1, 2]
