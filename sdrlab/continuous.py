@@ -262,9 +262,9 @@ class ContinuousRun:
             if not prev.done.wait(PREVIOUS_WAIT_S):
                 log.warning("campaign %s slot %d: the previous session is not in after %.0f s: continuity unmeasured",
                             self.c.id, flight.slot, PREVIOUS_WAIT_S)
-            session = prev.session
-            if session is None or never_opened(session):
-                return continuity_attrs(None, None, ds)
+            session = prev.session if prev.done.is_set() else None
+            if session is None or never_opened(session):  # not in (yet), or nothing: there was one all the same
+                return continuity_attrs("", None, ds, previous_slot=prev.slot)
             return continuity_attrs(session.session_id, session.dataset, ds, previous_slot=prev.slot)
         if stored_prev is None:
             return continuity_attrs(None, None, ds)
@@ -286,9 +286,10 @@ def never_opened(session: Any) -> bool:
 def continuity_attrs(previous_id: str | None, previous: xr.Dataset | None, ds: xr.Dataset, *,
                      previous_slot: int | None = None) -> dict[str, Any]:
     """How session ``ds`` follows the previous one of its campaign (``previous``, id
-    ``previous_id``; None: it is the first), as session attributes:
+    ``previous_id``; None: it is the first; "": there was one, not known), as session attributes:
 
-    ``continuity_previous`` (its id, "" for none), ``continuity_previous_slot`` (-1 for none),
+    ``continuity_previous`` (its id, "" for none or not known), ``continuity_previous_slot`` (-1
+    for none),
     ``continuity_window_gap_s`` (this window's start minus the previous window's end, from their
     GPS windows: 0 when they abut), ``continuity_gaps_s`` (JSON, per station GPS-timed in both:
     this session's first sample minus the end of the previous one's last, from the stored start
