@@ -1015,9 +1015,10 @@ def recording_shell(captures: list[Any], record: dict[str, Any]) -> xr.Dataset:
     return ds
 
 
-def _utc(text: str | None) -> pd.Timestamp:
-    """A stored ``...Z`` time as a tz-naive UTC Timestamp (like the Dataset's datetime64)."""
-    return pd.Timestamp(text.rstrip("Z")) if text else pd.NaT
+def _utc(text: object) -> pd.Timestamp:
+    """A stored ``...Z`` time as a tz-naive UTC Timestamp (like the Dataset's datetime64); NaT
+    for none (a session recording before its first chunk: pandas gives that row NaN)."""
+    return pd.Timestamp(text.rstrip("Z")) if isinstance(text, str) and text else pd.NaT
 
 
 def _reason(exc: BaseException) -> str:

@@ -527,3 +527,16 @@ def test_the_listing_names_each_sessions_campaign_without_opening_it(store, sess
         assert (row["campaign_id"], row["campaign_slot"], row["campaign_frequency_hz"], row["campaign_start"]) == (
             "beacon", 3, 9749000.0, 1.5e9)
         assert pd.isna(table.loc[session.attrs["session_id"], "campaign_id"])
+
+
+def test_a_session_recording_before_its_first_chunk_lists_beside_finished_ones(store, session):
+    """A recording begun (its record written, no chunk yet: a continuous campaign's next session
+    waiting for its window) lists with no start time; the other sessions list as ever."""
+    store.write(session)
+    store.begin_recording("20261124T090000Z-rec001", {"stations": ["a", "b"], "chunk_samples": 240128,
+                                                      "center_frequency_hz": 1e7, "duration_s": 60.0})
+    table = store.sessions()
+    assert list(table.index) == [session.attrs["session_id"], "20261124T090000Z-rec001"]
+    assert pd.isna(table.loc["20261124T090000Z-rec001", "start_time"])
+    assert table.loc["20261124T090000Z-rec001", "status"] == "recording"
+    assert table.loc[session.attrs["session_id"], "start_time"] == session["start_time"].min().values
