@@ -188,6 +188,10 @@ class _Connection:
         self.host, self.port = host, port
         self.loop = asyncio.get_running_loop()
         self.done: asyncio.Future[None] = self.loop.create_future()
+        # a connection lost during the WebSocket upgrade ends ``done`` too, but that failure is
+        # raised from the upgrade (never awaited here): mark it seen, or asyncio logs "Future
+        # exception was never retrieved" for every refused connection
+        self.done.add_done_callback(lambda f: None if f.cancelled() else f.exception())
         self._lost: asyncio.Future[None] = self.loop.create_future()
         self.ws: WebSocketClient | None = None
         info = cap.info or ReceiverInfo(host, port)

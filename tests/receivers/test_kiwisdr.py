@@ -298,6 +298,44 @@ def test_unreachable_receiver(fast_options):
         capture(rx, 0.5)
 
 
+def test_a_connection_closed_during_the_upgrade_is_one_clear_error_and_no_asyncio_noise(fast_options, caplog):
+    """A server that accepts and closes at once (an overloaded or refusing host): the client
+    retries, then names the receiver; asyncio logs no "Future exception was never retrieved"
+    (each refused attempt used to leave one)."""
+    import gc
+    import socket
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    port = srv.getsockname()[1]
+    stop = threading.Event()
+
+    def refuse() -> None:
+        srv.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            conn.recv(4096)  # the upgrade request
+            conn.close()
+
+    t = threading.Thread(target=refuse, daemon=True)
+    t.start()
+    try:
+        rx = KiwiReceiver("refusing", "127.0.0.1", port, options=replace(fast_options, connect_retries=3))
+        with caplog.at_level("ERROR", logger="asyncio"):
+            with pytest.raises(ReceiverUnreachable, match=f"127.0.0.1:{port}"):
+                capture(rx, 0.5)
+            gc.collect()
+    finally:
+        stop.set()
+        t.join(2)
+        srv.close()
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
 def test_never_more_connections_than_channels(run_sim, scene, fast_options):
     """Two captures from one receiver with a single channel: the client queues the second, so
     the simulator never answers too_busy."""
