@@ -25,7 +25,7 @@ import logging
 import math
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import xarray as xr
@@ -33,8 +33,6 @@ import xarray as xr
 from .constants import KIWI_RATE_HZ
 from .errors import StorageError
 
-if TYPE_CHECKING:  # types only: monitor imports this module
-    from .monitor import Campaign, CampaignReport
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +103,14 @@ class ContinuousRun:
     station slower than ``lead_s`` to come up starts late (``partial``) without moving the grid;
     a slot whose whole window passed before its session could start is missed."""
 
-    def __init__(self, campaign: Campaign, report: CampaignReport, done: set[tuple[int, float]], k: int,
+    def __init__(self, campaign: Any, report: Any, done: set[tuple[int, float]], k: int,
                  chosen: list[Any], tags: Callable[[int], dict[str, Any]], stop: threading.Event,
                  on_session: Callable[[Any], None] | None, keep_going: Callable[[int], bool] | None,
                  gps_now: Callable[[], int], store: Any, previous_in_store: Callable[[int], str | None],
                  acquire_kw: dict[str, Any]) -> None:
-        """From slot ``k`` on, skipping the (slot, frequency) pairs in ``done``; ``tags(k)``: the
+        """``campaign`` is a :class:`sdrlab.monitor.Campaign` and ``report`` its
+        :class:`~sdrlab.monitor.CampaignReport` (typed ``Any``: monitor imports this module, and
+        an import back, even for types only, would be a cycle).  From slot ``k`` on, skipping the (slot, frequency) pairs in ``done``; ``tags(k)``: the
         attributes of slot k's session; ``previous_in_store(k)``: the id of the campaign's last
         stored session before slot k (a resumed campaign's first session follows it)."""
         self.c, self.report, self.done, self.k = campaign, report, done, k

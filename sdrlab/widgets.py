@@ -588,6 +588,18 @@ class AcquisitionPanel(_Panel):
 
 
 # ---- the store ------------------------------------------------------------------------------
+def _listing_shown(df: pd.DataFrame) -> pd.DataFrame:
+    """The listing as the browser shows it: a monitoring campaign's four keys as one short
+    ``campaign`` column (``id #slot``), and only when some session belongs to one."""
+    from .store import CAMPAIGN_KEYS
+
+    shown = df.drop(columns=[c for c in CAMPAIGN_KEYS if c in df.columns])
+    if "campaign_id" in df.columns and df["campaign_id"].notna().any():
+        shown["campaign"] = [f"{c} #{int(k)}" if isinstance(c, str) else ""
+                             for c, k in zip(df["campaign_id"], df["campaign_slot"])]
+    return shown
+
+
 class SessionBrowser(_Panel):
     """The sessions of a store (default: the settings' one): Refresh, pick, Open, Plot."""
 
@@ -641,8 +653,8 @@ class SessionBrowser(_Panel):
                 f"no sessions in {where} yet: acquire one with sdrlab.widgets.AcquisitionPanel, "
                 "sdrlab.acquire.acquire(...) or <code>sdrlab acquire --station ID --frequency HZ --duration S</code>"))
         else:
-            self.listing.value = table_html(df.iloc[::-1], caption_html=f"{len(ids)} session(s) in {where}",
-                                            time_format=TIME_SECONDS)
+            self.listing.value = table_html(_listing_shown(df).iloc[::-1],
+                                            caption_html=f"{len(ids)} session(s) in {where}", time_format=TIME_SECONDS)
         return df
 
     @staticmethod

@@ -364,6 +364,28 @@ def test_session_browser_on_an_empty_store(tmp_path: Path) -> None:
         browser.plot()
 
 
+def test_session_browser_shows_a_campaign_as_one_short_column(tmp_path: Path) -> None:
+    """The listing's four campaign keys become one ``campaign`` column ("id #slot"), and none at
+    all in a store without campaigns, so the table keeps to its box."""
+    from sdrlab.testing import synthetic_dataset
+
+    store = Store(f"file://{tmp_path}/store")
+    plain = synthetic_dataset(2, 1.0)
+    plain.attrs["session_id"] = "20261124T060000Z-plain1"
+    store.write(plain)
+    browser = SessionBrowser(store)
+    browser.refresh()
+    assert "campaign" not in browser.listing.value
+    tagged = plain.copy()
+    tagged.attrs = {**plain.attrs, "session_id": "20261124T070000Z-camp01", "campaign_id": "beacon",
+                    "campaign_slot": 4, "campaign_frequency_hz": 9749000.0, "campaign_start": 1.5e9}
+    store.write(tagged)
+    browser.refresh()
+    html = browser.listing.value
+    assert ">campaign<" in html and "beacon #4" in html
+    assert "campaign_frequency_hz" not in html and "campaign_start" not in html
+
+
 def test_session_browser_reports_a_session_deleted_under_it(tmp_path: Path) -> None:
     from sdrlab import testing
     from sdrlab.testing import synthetic_dataset
