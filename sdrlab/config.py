@@ -207,11 +207,18 @@ class Settings:
         cluster: Any = None
         client: Any = None
         try:
-            cluster = LocalCluster(
-                processes=False, n_workers=1, threads_per_worker=max(1, n_threads),
-                # its HTTP endpoint on loopback and a free port: never 0.0.0.0, never a clash on 8787
-                dashboard_address="127.0.0.1:0", local_directory=scratch,
-            )
+            import dask
+
+            # the worker's statistical profiler (a stack sample every 10 ms, for the dashboard's
+            # profile page) keeps a growing tree of dicts for a task that runs for hours: a
+            # capture task grew the process by ~15 MB per hour of seven stations
+            # (benchmarks/memory.py), and the sampling costs CPU the streams need
+            with dask.config.set({"distributed.worker.profile.enabled": False}):
+                cluster = LocalCluster(
+                    processes=False, n_workers=1, threads_per_worker=max(1, n_threads),
+                    # its HTTP endpoint on loopback and a free port: never 0.0.0.0, never a clash on 8787
+                    dashboard_address="127.0.0.1:0", local_directory=scratch,
+                )
             client = Client(cluster, set_as_default=False)
             yield client
         finally:

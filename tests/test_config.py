@@ -81,3 +81,12 @@ def test_an_sqlite_index_outside_the_local_store_needs_its_directory(tmp_path):
     assert not (tmp_path / "nope").exists()
     Settings(store=f"file://{tmp_path}/data", db=f"sqlite:///{tmp_path}/data/index.db").engine()
     assert (tmp_path / "data").is_dir()  # inside the store's own directory: made, as the store makes it
+
+
+def test_the_local_cluster_runs_without_the_workers_profiler():
+    """The LocalCluster's worker takes no stack samples: its profile tree grew the process by
+    ~15 MB per hour of a seven-station capture task (benchmarks/memory.py)."""
+    with Settings(progress=False).dask_client() as client:
+        callbacks = client.run(lambda dask_worker: sorted(dask_worker.periodic_callbacks))
+    (names,) = callbacks.values()
+    assert "profile" not in names and "profile-cycle" not in names and "heartbeat" in names
