@@ -23,6 +23,7 @@ from sdrlab.acquire import acquire
 from sdrlab.capture import Segment
 from sdrlab.config import Settings
 from sdrlab.demo import demo7_stations
+from sdrlab.errors import StorageError
 from sdrlab.sim.networks import DEMO7_TUNE_HZ, demo7
 from sdrlab.store import Store
 
@@ -101,12 +102,18 @@ def test_a_crash_loses_at_most_the_chunk_being_filled(captured, tmp_path):
     caps, want = captured
     store = Store(f"file://{tmp_path}/store")
     record(store, "rec-2", caps)
+    whole = store.open("rec-2").attrs["data_version"]
+    assert store.open("rec-2").attrs["data_version"] == whole  # the same data: the same version
     base = Path(store.root) / "sessions" / "rec-2" / "stream" / caps[0].station
     chunks = sorted(base.glob("*.iq"))
     for p in chunks[-3:]:
         p.unlink()
     kept = (len(chunks) - 3) * N
     got = store.open("rec-2")
+    # a recording's version follows what each station has stored: a report of it says which
+    assert got.attrs["data_version"] != whole
+    with pytest.raises(StorageError, match=f"not {whole}"):
+        store.open("rec-2", version=whole)
     s = got.sel(station=caps[0].station)
     assert int(s["n_samples"]) == kept
     np.testing.assert_array_equal(s["iq"].values[:kept], want["iq"].isel(station=0).values[:kept])
