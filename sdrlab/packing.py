@@ -45,7 +45,9 @@ def encode_in_memory(ds: xr.Dataset, encoding: dict[str, dict[str, Any]], *,
         else:
             ds.to_zarr(mem, mode="w", zarr_format=model.ZARR_FORMAT, consolidated=model.CONSOLIDATED,
                        encoding=encoding, compute=False)
-    return {k: v.to_bytes() for k, v in mem._store_dict.items()}
+    # each buffer let go as soon as it is bytes: one copy of the encoded session at a time
+    held = mem._store_dict
+    return {k: held.pop(k).to_bytes() for k in list(held)}
 
 
 def packed_encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
