@@ -1035,6 +1035,7 @@ def save(session: Session, store: Any, index: Any = False, rescue: Any = None) -
     where) for ``sdrlab store push`` to move back under its own id; if that fails too, the data
     stays in ``session.dataset`` and ``store_error`` says so."""
     from .errors import StorageError
+    from .store import DATA_VERSION
 
     if session.dataset is None:
         return session
@@ -1042,7 +1043,7 @@ def save(session: Session, store: Any, index: Any = False, rescue: Any = None) -
     try:
         ref = store.write(session.dataset)
         session.path, session.store_error = ref.url, None
-        session.dataset.attrs["data_version"] = ref.version  # as an open of it would say
+        session.dataset.attrs[DATA_VERSION] = ref.version  # as an open of it would say
     except StorageError as exc:
         log.error("session %s not stored: %s", session.session_id, exc)
         session.store_error = str(exc)

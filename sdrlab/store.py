@@ -620,8 +620,6 @@ class Store:
     def recording_captures(self, session_id: str, summary: dict[str, Any] | None = None) -> list[Any]:
         """The captures of a recording session as stored so far (see :func:`sdrlab.recording.assemble`)."""
         rec = summary if summary is not None else self._read_record(session_id)
-        stations = [str(s) for s in rec.get("stations", [])]
-        live = rec.get("layout") == LAYOUT_RECORDING
         return self._recording(session_id, rec)[0]
 
     def _recording(self, session_id: str, rec: dict[str, Any]) -> tuple[list[Any], dict[str, list[dict[str, Any]]]]:
@@ -846,7 +844,7 @@ class Store:
                     "failed": len(s.get("failed", [])),
                     "status": s.get("status"),
                     # a finished session's record says; a recording one has its attrs
-                    **{k: v for k, v in (s.get("campaign") or _campaign_of(s.get("attrs") or {}) or {}).items()},
+                    **(s.get("campaign") or _campaign_of(s.get("attrs") or {}) or {}),
                 }
             if rows.keys() != cached.keys() or any(rows[k] is not cached[k] for k in rows):
                 self._write_listing_cache(rows)
