@@ -24,7 +24,7 @@ import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -38,7 +38,7 @@ from .constants import FULL_SCALE as FULL_SCALE
 SIGMF_VERSION = "1.2.0"
 DATATYPE = "ci16_le"
 #: zarr format written and read everywhere (decided here only)
-ZARR_FORMAT = 3
+ZARR_FORMAT: Literal[3] = 3
 #: consolidated metadata in the group's zarr.json: a session opens with one GET (zarr 3 supports it
 #: although the v3 spec does not standardise it yet)
 CONSOLIDATED = True

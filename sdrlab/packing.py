@@ -8,11 +8,15 @@ import asyncio
 import base64
 import functools
 import json
+import math
+import struct
 import warnings
 from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+import numpy as np
+import numpy.typing as npt
 import xarray as xr
 
 from . import model
@@ -134,6 +138,68 @@ def block_reader() -> type:
                 del self._blocks[key]
 
     return _BlockReader
+
+
+#: the codec chains :func:`decode_inline` decodes (zarr 3's defaults for the small arrays)
+_INLINE_CODECS = (["bytes"], ["bytes", "zstd"], ["vlen-utf8"], ["vlen-utf8", "zstd"])
+#: zarr v3 fill values that JSON cannot hold as numbers
+_SPECIAL_FLOATS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def decode_inline(refs: dict[str, Any]) -> tuple[dict[str, xr.Variable], dict[str, Any], dict[str, Any]]:
+    """The arrays of a packed session whose whole content is one chunk inline in the references
+    (every variable but IQ and long frame records), decoded here without zarr, as xarray's zarr
+    backend would give them (CF-encoded: :func:`xarray.decode_cf` comes after); the consolidated
+    metadata of every array; the group's attributes.
+
+    Why not zarr: a session has ~35 small arrays, and opening them through xarray's zarr backend
+    costs ~35 ms of per-array machinery (metadata objects, one event-loop hand-over per call) for
+    ~1 ms of decompression, which is most of an open (``benchmarks/store.py``).  Only what the
+    packed layout writes is decoded here: one regular chunk holding the whole array, codecs
+    ``bytes`` or ``vlen-utf8`` then optionally ``zstd``; a chunk zarr did not write (all fill
+    value) is the fill value.  Any other array is left out, for zarr to read
+    (``tests/test_store.py`` checks the two agree variable by variable)."""
+    import numcodecs
+
+    root = json.loads(refs["zarr.json"])
+    meta: dict[str, Any] = root["consolidated_metadata"]["metadata"]
+    out: dict[str, xr.Variable] = {}
+    for name, m in meta.items():
+        shape = list(m.get("shape", ()))
+        codecs = [c["name"] for c in m.get("codecs", ())]
+        grid, keys = m.get("chunk_grid", {}), m.get("chunk_key_encoding", {})
+        if (m.get("node_type") != "array" or codecs not in _INLINE_CODECS or not m.get("dimension_names")
+                or grid.get("name") != "regular" or grid["configuration"]["chunk_shape"] != shape
+                or keys.get("name") != "default" or m.get("storage_transformers")):
+            continue
+        sep = keys.get("configuration", {}).get("separator", "/")
+        chunk = refs.get(f"{name}/c{sep}" + sep.join("0" * len(shape)) if shape else f"{name}/c")
+        string = codecs[0] == "vlen-utf8"
+        dtype = np.dtypes.StringDType() if string else np.dtype(m["data_type"])
+        attrs = dict(m.get("attributes", {}))
+        if "_FillValue" in attrs:  # xarray writes a float's as base64 of a little-endian double
+            if dtype.kind == "f":
+                attrs["_FillValue"] = struct.unpack("<d", base64.standard_b64decode(attrs["_FillValue"]))[0]
+            elif dtype.kind not in "iub":
+                continue
+        if chunk is None:  # zarr writes no chunk that is all fill value
+            fill = m["fill_value"]
+            data: npt.NDArray[Any] = np.full(shape, _SPECIAL_FLOATS.get(fill, fill) if isinstance(fill, str)
+                                             and not string else fill, dtype=dtype)
+        elif isinstance(chunk, str) and chunk.startswith("base64:"):
+            raw = base64.b64decode(chunk[7:])
+            if codecs[-1] == "zstd":
+                raw = numcodecs.Zstd().decode(raw)
+            if string:
+                data = np.asarray(numcodecs.VLenUTF8().decode(raw), dtype=dtype).reshape(shape)
+            else:
+                endian = m["codecs"][0].get("configuration", {}).get("endian", "little")
+                wire = dtype.newbyteorder("<" if endian == "little" else ">")
+                data = np.frombuffer(raw, dtype=wire).astype(dtype).reshape(shape)  # a writable copy
+        else:
+            continue
+        out[name] = xr.Variable(m["dimension_names"], data, attrs)
+    return out, meta, dict(root.get("attributes", {}))
 
 
 def same_array(a: bytes, b: bytes) -> bool:

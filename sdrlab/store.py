@@ -522,30 +522,40 @@ class Store:
 
     def _open_packed(self, session_id: str, raw_refs: bytes | None = None,
                      refs: dict[str, Any] | None = None) -> xr.Dataset:
+        """A packed session: its small arrays decoded from the references at once
+        (:func:`packing.decode_inline`), the rest (IQ, long frame records) dask arrays on their
+        zarr chunks in the pack, read when computed; then CF decoding."""
+        import asyncio
+
+        import dask.array
+        import zarr
         from zarr.core.sync import sync
 
-        store = self._zarr_store(session_id, raw_refs, refs)
-        with packing.quiet_consolidation():
-            # CF decoding and indexes after the small variables are in memory: decoding times
-            # lazily reads each time variable's first and last values through zarr one at a time
-            lazy = xr.open_zarr(store, consolidated=model.CONSOLIDATED, zarr_format=model.ZARR_FORMAT, chunks=None,
-                                decode_cf=False, create_default_indexes=False)
-        refs = store.fs.references
-        in_pack = {k.split("/", 1)[0] for k in refs if isinstance(refs[k], list)}
-        # inline variables are already in memory: decode them now (one zarr call each, no dask
-        # graph); the rest become dask arrays on their zarr chunks, read when computed
-        packed = sorted(in_pack & set(lazy.variables))
-        # xarray's async load on zarr's own loop: one hand-over for all of them instead of one each
-        ds = sync(lazy.drop_vars(packed).load_async())
-        for name in packed:
-            var = lazy[name].variable
-            lazy_var = var.chunk(dict(zip(var.dims, var.encoding.get("chunks") or var.shape)))
-            if name in lazy.coords:
-                ds = ds.assign_coords({name: lazy_var})
-            else:
-                ds[name] = lazy_var
-        out: xr.Dataset = xr.decode_cf(xr.Dataset({n: ds[n].variable for n in lazy.data_vars},
-                                                  {c: ds[c].variable for c in lazy.coords}, attrs=lazy.attrs))
+        if refs is None:
+            refs = self._references(session_id, raw_refs)
+        variables, meta, attrs = packing.decode_inline(refs["refs"])
+        lazy = sorted(k for k, m in meta.items() if m.get("node_type") == "array" and k not in variables)
+        if lazy:
+            store = self._zarr_store(session_id, refs=refs)
+
+            async def open_arrays() -> list[Any]:
+                return list(await asyncio.gather(*(zarr.api.asynchronous.open_array(
+                    store=store, path=k, zarr_format=model.ZARR_FORMAT, mode="r") for k in lazy)))
+
+            arrays = sync(open_arrays())  # one hand-over to zarr's event loop for all of them
+            # dask names from the references (what and where the chunks are), not a hash of the array
+            token = hashlib.sha1(json.dumps(refs["refs"], sort_keys=True).encode()).hexdigest()[:16]
+            for name, arr in zip(lazy, arrays):
+                m = meta[name]
+                data = dask.array.from_array(  # type: ignore[no-untyped-call]
+                    zarr.Array(arr), chunks=arr.chunks, name=f"sdrlab-{name}-{token}", inline_array=True)
+                variables[name] = xr.Variable(m["dimension_names"], data, dict(m.get("attributes", {})))
+        coords = set(attrs.pop("coordinates", "").split())  # none at group level, as xarray writes
+        for var in variables.values():
+            coords.update(var.attrs.get("coordinates", "").split())
+        coords |= {k for k, v in variables.items() if v.dims == (k,)}  # dimension coordinates
+        out: xr.Dataset = xr.decode_cf(xr.Dataset({k: v for k, v in variables.items() if k not in coords},
+                                                  {k: v for k, v in variables.items() if k in coords}, attrs=attrs))
         return out
 
     # ---- streaming (see sdrlab.recording) ---------------------------------------------------
