@@ -202,6 +202,106 @@ def decode_inline(refs: dict[str, Any]) -> tuple[dict[str, xr.Variable], dict[st
     return out, meta, dict(root.get("attributes", {}))
 
 
+#: variables below this size are one zarr chunk whatever zarr's chunk guess (its soft minimum), so
+#: :func:`encode_small` may write them; bigger ones go through zarr
+SMALL_BYTES = 128 * 1024
+#: a variable whose encoding asks zarr for a layout of its own is left to zarr
+_ZARR_LAYOUT_KEYS = {"chunks", "compressors", "compressor", "filters", "serializer", "shards", "codecs"}
+_ZSTD = {"name": "zstd", "configuration": {"level": 0, "checksum": False}}
+
+
+def encode_small(variables: dict[str, xr.Variable]) -> tuple[dict[str, bytes], dict[str, Any], list[str]]:
+    """The zarr objects (``name/zarr.json`` and ``name/c/0...``) and metadata of the variables, as
+    ``Dataset.to_zarr`` with zarr 3's defaults writes them: the counterpart of
+    :func:`decode_inline` (``variables``: already CF- and coordinate-encoded, as
+    :func:`xarray.conventions.encode_dataset_coordinates` gives them).  Only what fits one chunk
+    by zarr's own rules (below :data:`SMALL_BYTES`), of a numeric, bool or string dtype; the
+    caller leaves the others (the third value, their names) to zarr.
+
+    Why not zarr: its per-array machinery (three event-loop hand-overs an array, metadata objects)
+    costs ~150 ms of CPU for a session's ~35 small arrays, which is most of a session write
+    (``benchmarks/store.py``); this is ~5 ms.  ``tests/test_packing.py`` checks that every object
+    equals zarr's (the chunks byte for byte, the metadata as JSON)."""
+    import numcodecs
+    from xarray.backends.zarr import FillValueCoder, encode_zarr_attr_value, encode_zarr_variable
+    from xarray.coding.strings import check_vlen_dtype
+
+    objects: dict[str, bytes] = {}
+    meta: dict[str, Any] = {}
+    left: list[str] = []
+    for name, var in variables.items():
+        v = encode_zarr_variable(var, name=name, zarr_format=3)
+        string = v.dtype == np.dtypes.StringDType() or check_vlen_dtype(v.dtype) is str  # type: ignore[no-untyped-call]
+        if (not v.dims or v.nbytes >= SMALL_BYTES or not (string or v.dtype.kind in "biuf")
+                or _ZARR_LAYOUT_KEYS & set(v.encoding)):
+            left.append(name)
+            continue
+        attrs = dict(v.attrs)
+        fill = v.encoding.get("fill_value")
+        if fill is None:
+            fill = math.nan if v.dtype.kind == "f" else "" if string else False if v.dtype.kind == "b" else 0
+        if attrs.get("_FillValue") is not None:
+            attrs["_FillValue"] = FillValueCoder.encode(attrs.pop("_FillValue"), v.dtype)
+        else:
+            attrs.pop("_FillValue", None)
+        data = np.ascontiguousarray(v.values)
+        if string:
+            codecs: list[dict[str, Any]] = [{"name": "vlen-utf8", "configuration": {}}, _ZSTD]
+        elif v.dtype.itemsize == 1:
+            codecs = [{"name": "bytes"}, _ZSTD]
+        else:
+            codecs = [{"name": "bytes", "configuration": {"endian": "little"}}, _ZSTD]
+        json_fill = fill if string or not isinstance(fill, float) or math.isfinite(fill) else (
+            "NaN" if math.isnan(fill) else "Infinity" if fill > 0 else "-Infinity")
+        m = {"shape": list(v.shape), "data_type": "string" if string else v.dtype.name,
+             "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(v.shape)}},
+             "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+             "fill_value": json_fill, "codecs": codecs,
+             "attributes": {k: encode_zarr_attr_value(a) for k, a in attrs.items()},  # type: ignore[no-untyped-call]
+             "dimension_names": list(v.dims), "zarr_format": 3, "node_type": "array", "storage_transformers": []}
+        meta[name] = m
+        objects[f"{name}/zarr.json"] = json.dumps(m, indent=2, allow_nan=False).encode()
+        all_fill = np.array_equal(data, np.full_like(data, fill), equal_nan=not string and v.dtype.kind == "f")
+        if data.size and not all_fill:  # zarr writes no chunk that is all fill value
+            raw = numcodecs.VLenUTF8().encode(data.astype(object)) if string else data.astype(
+                v.dtype.newbyteorder("<"), copy=False).tobytes()
+            objects[f"{name}/c/" + "/".join("0" * v.ndim)] = numcodecs.Zstd(level=0).encode(raw)
+    return objects, meta, left
+
+
+def encode_shell(ds: xr.Dataset, encoding: dict[str, dict[str, Any]], placeholder: str = "iq") -> dict[str, bytes]:
+    """The zarr objects of a session but the chunks of ``placeholder`` (written apart: its
+    metadata only), as ``encode_in_memory(ds, encoding, compute=False)`` with that variable
+    dask-backed gives them: the small arrays by :func:`encode_small`, the rest by zarr, one
+    consolidated metadata for all."""
+    import dask.array
+
+    variables, attrs = xr.conventions.encode_dataset_coordinates(ds)
+    small, meta, _left = encode_small({k: v for k, v in variables.items()
+                                       if k != placeholder and k not in encoding and small_enough(v)})
+    big = variables[placeholder]
+    rest = {k: v for k, v in variables.items() if k not in meta}
+    rest[placeholder] = big.copy(deep=False, data=dask.array.zeros(big.shape, dtype=big.dtype,
+                                                                   chunks=encoding[placeholder]["chunks"]))
+    # everything else zarr writes (no data for the placeholder: compute=False, never computed);
+    # as data variables, the coordinates already named in their attributes
+    for k in rest:
+        rest[k] = rest[k].compute() if k != placeholder else rest[k]
+    objects = encode_in_memory(xr.Dataset(rest, attrs=attrs), {k: encoding[k] for k in rest if k in encoding},
+                               compute=False)
+    root = json.loads(objects["zarr.json"])
+    merged = {**root["consolidated_metadata"]["metadata"], **meta}
+    root["consolidated_metadata"]["metadata"] = {k: merged[k] for k in sorted(merged)}
+    objects["zarr.json"] = json.dumps(root, indent=2, allow_nan=False).encode()
+    objects.update(small)
+    return objects
+
+
+def small_enough(var: xr.Variable) -> bool:
+    """Whether :func:`encode_small` takes this (not yet encoded) variable."""
+    return bool(var.dims) and var.nbytes < SMALL_BYTES and var.dtype.kind in "biufMOT"
+
+
 def same_array(a: bytes, b: bytes) -> bool:
     """Two zarr.json of one array agree on everything but attributes (chunk grid, codecs, dtype)."""
     x, y = json.loads(a), json.loads(b)

@@ -347,10 +347,8 @@ class Store:
 
     def _write_packed(self, out: xr.Dataset, prefix: str) -> list[str]:
         """Store a session packed (see the module's docstring); returns its object names.  The IQ
-        is encoded and uploaded in a second thread while zarr encodes the ~30 small arrays (its
-        per-array overhead is about as long as the upload), then the references are written."""
-        import dask.array
-
+        is encoded and uploaded in a second thread while the rest is encoded
+        (:func:`packing.encode_shell`), then the references are written."""
         enc = packing.packed_encoding(out)
         template = f"s3://{prefix}"
         iq_only = out["iq"].reset_coords(drop=True).to_dataset()
@@ -365,12 +363,7 @@ class Store:
         # catch_warnings is process-wide: one around both threads keeps the filter on throughout
         with packing.quiet_consolidation(), ThreadPoolExecutor(1, thread_name_prefix="sdrlab-store-iq") as pool:
             iq_job = pool.submit(iq_pack)
-            # everything else, with IQ as a placeholder of its shape and chunks: zarr writes its
-            # metadata (consolidated with the rest) but no data (compute=False, never computed)
-            # (the rest loaded first: a dask-backed variable would be left out in the same way)
-            shell = out.drop_vars("iq").compute().assign(iq=out["iq"].variable.copy(data=dask.array.zeros(
-                out["iq"].shape, dtype=out["iq"].dtype, chunks=enc["iq"]["chunks"])))
-            rest = packing.encode_in_memory(shell, enc, compute=False)
+            rest = packing.encode_shell(out, enc)
             refs, aux = packing.pack(rest, template, f"{PACK}.1", inline=packing.INLINE_BYTES)
             iq_refs, iq_meta = iq_job.result()
         if not packing.same_array(iq_meta, rest["iq/zarr.json"]):  # the IQ chunks fit the group's metadata

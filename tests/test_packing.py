@@ -65,3 +65,50 @@ def test_arrays_outside_the_inline_subset_are_left_to_zarr():
     ours, _meta, _attrs = packing.decode_inline(refs["refs"])
     assert not {"latitude", "longitude", "altitude", "iq"} & set(ours)
     assert {"name", "start_time", "frame_received"} <= set(ours)
+
+
+@pytest.mark.parametrize("make", [hard_session, lambda: testing.synthetic_dataset(n_stations=7, duration_s=60.0, seed=1)],
+                         ids=["hard", "7x60s"])
+def test_small_arrays_encode_exactly_as_zarr_writes_them(make):
+    import json
+
+    out = model.for_writing(make())
+    theirs = packing.encode_in_memory(out, packing.packed_encoding(out))
+    variables, _attrs = xr.conventions.encode_dataset_coordinates(out)
+    small = {k: v for k, v in variables.items() if k != "iq" and packing.small_enough(v)}
+    assert len(small) >= 30
+    ours, meta, left = packing.encode_small(small)
+    assert left == []
+    root = json.loads(theirs["zarr.json"])["consolidated_metadata"]["metadata"]
+    assert {k for k in theirs if k.split("/", 1)[0] in small} == set(ours)  # the same objects, none missing
+    for key, data in ours.items():
+        if key.endswith("zarr.json"):
+            assert json.loads(data) == json.loads(theirs[key]), key
+        else:
+            assert data == theirs[key], key  # byte for byte
+    for name in small:
+        assert meta[name] == root[name], name
+
+
+@pytest.mark.parametrize("make", [hard_session, lambda: testing.synthetic_dataset(n_stations=7, duration_s=300.0, seed=1)],
+                         ids=["hard", "7x300s"])
+def test_a_session_shell_is_what_zarr_writes(make):
+    """The shell of a packed session (every object but the IQ chunks) equals zarr's, small arrays
+    ours and big ones (5-minute frame records) zarr's alike."""
+    import json
+
+    import dask.array
+
+    out = model.for_writing(make())
+    enc = packing.packed_encoding(out)
+    ours = packing.encode_shell(out, enc)
+    shell = out.assign(iq=out["iq"].variable.copy(data=dask.array.zeros(out["iq"].shape, dtype=out["iq"].dtype,
+                                                                          chunks=enc["iq"]["chunks"])))
+    theirs = packing.encode_in_memory(shell, enc, compute=False)
+    assert set(ours) == set(theirs)
+    for key in theirs:
+        if key.endswith("zarr.json"):
+            assert json.loads(ours[key]) == json.loads(theirs[key]), key
+        else:
+            assert ours[key] == theirs[key], key
+    assert not any(k.startswith("iq/c") for k in ours)
