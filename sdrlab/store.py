@@ -305,8 +305,14 @@ class Store:
         target = self._zarr_url(sid)
 
         def run() -> SessionRef:
+            prefix = self._path(SESSIONS, sid)
+            # leftovers listed while the commit record is looked for: two round trips in the time of one
+            with ThreadPoolExecutor(1, thread_name_prefix="sdrlab-store-write") as pool:
+                leftovers = pool.submit(self._keys, prefix)
+                committed = self._committed(sid)
+                left = leftovers.result()
             summary = _summary(ds)
-            if self._committed(sid):
+            if committed:
                 try:
                     existing = self.summary(sid)
                 except StorageError:
@@ -318,8 +324,7 @@ class Store:
                                            "content; delete it first or write under a new id")
                     log.info("session %s is already committed in %s", sid, self.where)
                     return SessionRef(sid, ref.url, data_version(existing))
-            prefix = self._path(SESSIONS, sid)
-            if self._keys(prefix):
+            if left:
                 log.warning("removing leftovers of an interrupted write of %s", sid)
                 self.fs.rm(prefix, recursive=True)
             if self.protocol == "s3":
