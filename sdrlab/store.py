@@ -443,12 +443,14 @@ class Store:
         version, so a report can be reproduced or says why it cannot."""
         check_session_id(session_id)
 
-        def run() -> xr.Dataset:
-            ds = read()
-            found = str(ds.attrs[DATA_VERSION])
+        def refuse(found: str) -> None:
             if version is not None and found != version:
                 raise StorageError(f"session {session_id} in {self.where} is data version {found}, not {version}: "
                                    "it was rewritten or is still recording since that version was read")
+
+        def run() -> xr.Dataset:
+            ds = read()
+            refuse(str(ds.attrs[DATA_VERSION]))
             return ds
 
         def read() -> xr.Dataset:
@@ -465,6 +467,8 @@ class Store:
                 # are still on their way; used only once the record says it is packed and whole
                 packed = pool.submit(self._open_packed, session_id, raw_refs) if raw_refs is not None else None
                 summary = record.result()  # "no committed session" when there is no record
+                if summary.get("layout") != LAYOUT_RECORDING:
+                    refuse(data_version(summary))  # a committed session's version is its record's: no need to read it
                 if summary.get("layout") == LAYOUT_RECORDING:
                     ds = self._open_recording(session_id, summary)
                     # a growing session: the record and what each station has stored so far
