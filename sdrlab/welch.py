@@ -416,7 +416,7 @@ def _block_sums(
     p *= p
     if (k < kmax).any():
         p[np.arange(kmax)[None, :] >= k[:, None]] = 0.0
-    out[:, :nperseg] = np.fft.fftshift(p.sum(axis=1), axes=-1)
+    out[:, :nperseg] = np.fft.fftshift(p.sum(axis=1, dtype=np.float64), axes=-1)
     return out, frames
 
 
