@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from . import model
 from .errors import StorageError
 
 
@@ -46,8 +47,7 @@ def open_captures(captures: pd.DataFrame, store: Any = None) -> xr.Dataset:
 
 #: what pads a shorter capture, per variable (the model's own padding values)
 PADDING: dict[str, Any] = {
-    "iq": 0, "frame_seq": 0, "frame_flags": 0, "frame_rssi_dbm": np.nan, "frame_last_gps": 255,
-    "frame_gps_ns": -1, "frame_received": False, "frame_sample": -1, "frame_segment": -1,
+    "iq": 0, **model.FRAME_FILL,
     "segment_start": -1, "segment_length": 0, "segment_t0": np.datetime64("NaT", "ns"),
     "segment_fs": np.nan, "segment_fit_rms": np.nan, "segment_end": "", "segment_timing": "",
 }

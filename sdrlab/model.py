@@ -31,7 +31,7 @@ import pandas as pd
 import xarray as xr
 
 from ._version import __version__
-from .capture import Capture
+from .capture import SAMPLES_PER_FRAME, Capture
 from .stations import Station
 from .constants import FULL_SCALE as FULL_SCALE
 
@@ -81,6 +81,58 @@ def _gps_status(capture: Capture) -> str:
     return fits[0].status if fits else "no data"
 
 
+#: the per-frame record (dims station, frame): dtype, padding value and attributes of each variable
+FRAME_DTYPES: dict[str, Any] = {
+    "frame_seq": np.uint32, "frame_flags": np.uint8, "frame_rssi_dbm": np.float32, "frame_last_gps": np.uint8,
+    "frame_gps_ns": np.int64, "frame_received": np.bool_, "frame_sample": np.int64, "frame_segment": np.int16,
+}
+FRAME_FILL: dict[str, Any] = {
+    "frame_seq": 0, "frame_flags": 0, "frame_rssi_dbm": np.nan, "frame_last_gps": 255, "frame_gps_ns": -1,
+    "frame_received": False, "frame_sample": -1, "frame_segment": -1,
+}
+FRAME_ATTRS: dict[str, dict[str, Any]] = {
+    "frame_gps_ns": {
+        "units": "ns",
+        "long_name": "raw GPS stamp of the frame's first sample",
+        "comment": "ns since the GPS epoch 1980-01-06T00:00:00 on the GPS time scale (no leap "
+                   "seconds); -1 = no stamp",
+    },
+    "frame_rssi_dbm": {"units": "dBm"},
+    "frame_sample": {"long_name": "index of the frame's first sample on the sample axis; -1 = padding"},
+}
+
+
+def n_frames(capture: Capture) -> int:
+    """Frames in a capture's record (its length on the ``frame`` axis)."""
+    return sum(s.frame_seq.size for s in capture.segments)
+
+
+def frame_columns(capture: Capture) -> dict[str, np.ndarray[Any, Any]]:
+    """A capture's per-frame record as its row of the ``frame_*`` variables (unpadded):
+    segments end to end, ``frame_sample`` on the station's sample axis, ``frame_segment`` the
+    segment's index."""
+    parts: dict[str, list[np.ndarray[Any, Any]]] = {name: [] for name in FRAME_DTYPES}
+    pos = 0
+    for j, seg in enumerate(capture.segments):
+        k = seg.frame_seq.size
+        for name in ("frame_seq", "frame_flags", "frame_rssi_dbm", "frame_last_gps", "frame_gps_ns",
+                     "frame_received"):
+            parts[name].append(np.asarray(getattr(seg, name), dtype=FRAME_DTYPES[name]))
+        starts = seg.frame_start if seg.frame_start is not None else np.arange(k) * SAMPLES_PER_FRAME
+        parts["frame_sample"].append((pos + np.asarray(starts)).astype(np.int64))
+        parts["frame_segment"].append(np.full(k, j, np.int16))
+        pos += seg.n_samples
+    return {name: (np.concatenate(p) if p else np.zeros(0, FRAME_DTYPES[name])).astype(FRAME_DTYPES[name], copy=False)
+            for name, p in parts.items()}
+
+
+def mean_rssi_dbm(capture: Capture) -> float:
+    """Mean S-meter RSSI (dBm, averaged in linear power) over the frames that arrived."""
+    rssi = np.concatenate([s.frame_rssi_dbm[s.frame_received] for s in capture.segments]) if capture.segments \
+        else np.zeros(0, np.float32)
+    return float(10 * np.log10(np.mean(10 ** (rssi / 10.0)))) if rssi.size else np.nan
+
+
 #: the attributes of the ``iq`` variable
 IQ_ATTRS = {"long_name": "raw IQ samples", "units": "1", "full_scale": FULL_SCALE,
             "comment": "int16 as on the wire; 32768 is 0 dBFS; samples past n_samples are padding"}
@@ -94,28 +146,24 @@ def build_dataset(
     session_id: str = "",
     attrs: Mapping[str, Any] | None = None,
     with_iq: bool = True,
+    frames: bool = True,
 ) -> xr.Dataset:
     """One Dataset from the captures that hold data (station order as given).  ``with_iq=False``:
-    everything but the ``iq`` variable (a streamed session's samples stay where they are stored)."""
+    everything but the ``iq`` variable (a streamed session's samples stay where they are stored).
+    ``frames=False``: without the ``frame_*`` variables (:func:`frame_columns` gives them a station
+    at a time; a streamed session reads them lazily, see :meth:`sdrlab.store.Store.open`); the
+    captures' frames are still used for ``rssi_dbm``."""
     caps = [c for c in captures if c.n_samples > 0]
     if not caps:
         raise ValueError("no capture with data")
     ns = len(caps)
     n_max = max(c.n_samples for c in caps)
-    f_max = max(sum(s.frame_seq.size for s in c.segments) for c in caps)
+    f_max = max(n_frames(c) for c in caps)
     s_max = max(len(c.segments) for c in caps)
 
     iq = np.zeros((ns, n_max if with_iq else 0, 2), dtype=np.int16)
     fr: dict[str, np.ndarray[Any, Any]] = {
-        "frame_seq": np.zeros((ns, f_max), np.uint32),
-        "frame_flags": np.zeros((ns, f_max), np.uint8),
-        "frame_rssi_dbm": np.full((ns, f_max), np.nan, np.float32),
-        "frame_last_gps": np.full((ns, f_max), 255, np.uint8),
-        "frame_gps_ns": np.full((ns, f_max), -1, np.int64),
-        "frame_received": np.zeros((ns, f_max), bool),
-        "frame_sample": np.full((ns, f_max), -1, np.int64),
-        "frame_segment": np.full((ns, f_max), -1, np.int16),
-    }
+        name: np.full((ns, f_max if frames else 0), FRAME_FILL[name], dtype) for name, dtype in FRAME_DTYPES.items()}
     sg: dict[str, np.ndarray[Any, Any]] = {
         "segment_start": np.full((ns, s_max), -1, np.int64),
         "segment_length": np.zeros((ns, s_max), np.int64),
@@ -134,24 +182,12 @@ def build_dataset(
     for i, c in enumerate(caps):
         st = stations.get(c.station)
         pos = 0
-        fpos = 0
         for j, seg in enumerate(c.segments):
             n = seg.n_samples
             if with_iq:
                 if seg.streamed:
                     raise ValueError(f"station {c.station}: a streamed segment has no samples here (with_iq=False)")
                 iq[i, pos : pos + n] = seg.samples
-            k = seg.frame_seq.size
-            sl = slice(fpos, fpos + k)
-            fr["frame_seq"][i, sl] = seg.frame_seq
-            fr["frame_flags"][i, sl] = seg.frame_flags
-            fr["frame_rssi_dbm"][i, sl] = seg.frame_rssi_dbm
-            fr["frame_last_gps"][i, sl] = seg.frame_last_gps
-            fr["frame_gps_ns"][i, sl] = seg.frame_gps_ns
-            fr["frame_received"][i, sl] = seg.frame_received
-            starts = seg.frame_start if seg.frame_start is not None else np.arange(k) * 512
-            fr["frame_sample"][i, sl] = pos + starts
-            fr["frame_segment"][i, sl] = j
             sg["segment_start"][i, j] = pos
             sg["segment_length"][i, j] = n
             if seg.fit.ok:
@@ -164,7 +200,9 @@ def build_dataset(
             sg["segment_timing"][i, j] = "gps" if seg.fit.ok else seg.timing if seg.timing == "receipt" else "none"
             sg["segment_end"][i, j] = seg.end_reason
             pos += n
-            fpos += k
+        if frames:
+            for name, values in frame_columns(c).items():
+                fr[name][i, :values.size] = values
         info = c.info
         if info is not None and info.position is not None:
             lat, lon = info.position
@@ -190,8 +228,7 @@ def build_dataset(
             per["start_time"].append(np.datetime64("NaT", "ns"))
         per["timing"].append(c.timing)
         per["n_samples"].append(c.n_samples)
-        rssi = np.concatenate([s.frame_rssi_dbm[s.frame_received] for s in c.segments])
-        per["rssi_dbm"].append(float(10 * np.log10(np.mean(10 ** (rssi / 10.0)))) if rssi.size else np.nan)
+        per["rssi_dbm"].append(mean_rssi_dbm(c))
         per["seq_gaps"].append(sum(s.missing_frames for s in c.segments))
         per["time_fit_rms"].append(first_fit.fit.residual_rms_s if first_fit else np.nan)
         per["gps_status"].append(_gps_status(c))
@@ -238,18 +275,9 @@ def build_dataset(
     data_vars: dict[str, Any] = {}
     if with_iq:
         data_vars["iq"] = (("station", "sample", "component"), iq, IQ_ATTRS)
-    frame_attrs = {
-        "frame_gps_ns": {
-            "units": "ns",
-            "long_name": "raw GPS stamp of the frame's first sample",
-            "comment": "ns since the GPS epoch 1980-01-06T00:00:00 on the GPS time scale (no leap "
-                       "seconds); -1 = no stamp",
-        },
-        "frame_rssi_dbm": {"units": "dBm"},
-        "frame_sample": {"long_name": "index of the frame's first sample on the sample axis; -1 = padding"},
-    }
     for name, values in fr.items():
-        data_vars[name] = (("station", "frame"), values, frame_attrs.get(name, {}))
+        if frames:
+            data_vars[name] = (("station", "frame"), values, dict(FRAME_ATTRS.get(name, {})))
     for name, values in sg.items():
         data_vars[name] = (("station", "segment"), values)
     data_vars["segment_fs"] = (("station", "segment"), sg["segment_fs"], {"units": "Hz"})

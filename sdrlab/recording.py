@@ -520,6 +520,14 @@ def steady_heap() -> None:
 
 
 # ---- the writer thread -----------------------------------------------------------------------
+#: seconds between two :func:`release_heap` calls of a writer: the pieces, chunks, sidecars and
+#: interval measurements of many threads free small blocks all over glibc's arenas, which keep the
+#: free pages (``benchmarks/memory.py``: resident memory crept up ~10 MB over a 10-minute capture
+#: of seven stations, and a one-minute one had not reached that level yet); ``malloc_trim`` takes
+#: ~20 ms over a fragmented heap of a few hundred MB (0.2 % of one writer thread)
+TRIM_S = 10.0
+
+
 class ChunkWriter:
     """Stores the chunks of many stations in the background, in order of arrival, with
     ``threads`` threads: :meth:`put` never blocks the event loop that receives the frames.  A
@@ -528,8 +536,11 @@ class ChunkWriter:
     and :attr:`error` says why."""
 
     def __init__(self, store_put: Put, *, threads: int = 4, retry_s: float = 2.0,
-                 after: Put | None = None) -> None:
+                 after: Put | None = None, trim_s: float = TRIM_S) -> None:
         self._put = store_put
+        #: the freed heap is given back to the system at most this often (see :data:`TRIM_S`)
+        self.trim_s = trim_s
+        self._trimmed = time.monotonic()
         #: called with each chunk once stored (e.g. to index its metric time series); an error in
         #: it is logged and never costs the chunk
         self._after = after
@@ -613,6 +624,11 @@ class ChunkWriter:
                 self.stored += 1
                 self.stored_bytes += len(item[2]) + len(item[3])
                 self._cv.notify_all()
+                trim = time.monotonic() - self._trimmed >= self.trim_s
+                if trim:
+                    self._trimmed = time.monotonic()
+            if trim:
+                release_heap()
 
     def close(self, timeout_s: float) -> None:
         """Store what is queued (one more try each for failed chunks), waiting at most

@@ -35,18 +35,20 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 from urllib.parse import urlsplit
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import xarray as xr
 
 from . import model, packing, recording
 from ._version import __version__
+from .capture import Capture
 from .errors import StorageError, quote
 from .redact import mask_url
 
@@ -701,6 +703,18 @@ class Store:
         shell = xr.Dataset({k: plain(v.variable) for k, v in shell.data_vars.items()},
                            {k: plain(v.variable) for k, v in shell.coords.items()}, attrs=shell.attrs)
         objects = packing.encode_in_memory(shell.assign(iq=iq), enc, compute=False)
+        lazy = [k for k, v in shell.data_vars.items() if v.chunks is not None]
+        if lazy:  # a recording's frame records: their chunks encoded a station at a time
+            import dask
+
+            with dask.config.set(scheduler="synchronous"):
+                rows = packing.encode_in_memory(shell[lazy], {}, compute=True)
+            for key in list(rows):
+                name = key.split("/", 1)[0]
+                if name in lazy and not key.endswith("zarr.json"):
+                    objects[key] = rows.pop(key)
+                elif name in lazy and not packing.same_array(objects[key], rows[key]):
+                    raise StorageError(f"session {session_id}: {name} encoded differently in two passes")
         refs, aux = packing.pack(objects, f"{self.protocol}://{self._path(SESSIONS, session_id)}", f"{PACK}.1", inline)
         for i, st in enumerate(shell["station"].values):
             for k in range(math.ceil(int(shell["n_samples"].values[i]) / n)):
@@ -719,7 +733,9 @@ class Store:
             if record.get("layout") != LAYOUT_RECORDING:
                 raise StorageError(f"session {sid} in {self.where} is not recording (already finalised?)")
             n = int(record["chunk_samples"])
-            shell = ds.drop_vars("iq").compute()
+            shell = ds.drop_vars("iq")
+            lazy = [k for k, v in shell.data_vars.items() if v.chunks is not None]  # a recording's frame records
+            shell = shell.drop_vars(lazy).compute().assign({k: shell[k].variable for k in lazy})
             shell.attrs["recording_state"] = "final"
             shell.attrs.pop(DATA_VERSION, None)
             refs, aux = self._stream_refs(sid, shell, n, inline=packing.INLINE_BYTES)
@@ -739,12 +755,73 @@ class Store:
         return self._do(f"finalising session {sid}", run)
 
     def _recording_shell(self, session_id: str, summary: dict[str, Any]) -> xr.Dataset:
-        caps, series = self._recording(session_id, summary)
-        if not caps:
+        """A recording session without its IQ, its frame records lazy (one dask chunk per station,
+        read from the station's sidecars when computed): an hour of seven stations holds ~17 MB
+        of frame records, which finalising would otherwise hold whole while it measures and packs
+        the session.  Everything else is assembled here, one station at a time."""
+        live = summary.get("layout") == LAYOUT_RECORDING
+        light, series, rssi, runs = [], {}, {}, {}
+        for st, cars, n in self.iter_stream_runs(session_id, [str(s) for s in summary.get("stations", [])]):
+            cap = recording.assemble(st, cars, n, recording=live)
+            if cap is not None:
+                series[st] = recording.intervals(cars, recording.stored_samples(cars, n))
+                rssi[st] = model.mean_rssi_dbm(cap)
+                runs[st] = (len(cars), n, model.n_frames(cap))
+                light.append(_without_frames(cap))
+            del cars, cap  # one station's sidecars and frames at a time
+        if not light:
             raise StorageError(f"session {session_id} in {self.where} is recording and has no chunk stored yet")
-        shell: xr.Dataset = recording.interval_variables(recording_shell(caps, summary), series,
-                                                         float(summary.get("interval_s") or 10.0))
-        return shell
+        shell = recording_shell(light, summary, frames=False)
+        ids = [str(s) for s in shell["station"].values]
+        shell = shell.assign_coords(rssi_dbm=shell["rssi_dbm"].copy(data=np.array([rssi[s] for s in ids], float)))
+        shell = shell.assign(self._lazy_frames(session_id, ids, runs, live))
+        out: xr.Dataset = recording.interval_variables(shell, series, float(summary.get("interval_s") or 10.0))
+        return out
+
+    def _lazy_frames(self, session_id: str, stations: list[str], runs: dict[str, tuple[int, int, int]],
+                     live: bool) -> dict[str, xr.Variable]:
+        """The ``frame_*`` variables of a recording session as dask arrays, one chunk per station
+        (``runs``: station -> sidecars and chunks of its run, frames in it); a station's chunks of
+        all eight variables come from one read of its sidecars per computation."""
+        import dask.array
+        import dask.base
+        from dask.delayed import delayed
+
+        f_max = max(r[2] for r in runs.values())
+        blocks: dict[str, list[Any]] = {name: [] for name in model.FRAME_DTYPES}
+        for st in stations:
+            cars, n, _ = runs[st]
+            token = dask.base.tokenize(self.url, session_id, st, cars, n, live, f_max)
+            rows = delayed(self._frame_rows, pure=True)(session_id, st, cars, n, live, f_max,
+                                                       dask_key_name=f"frames-{st}-{token}")
+            for name, dtype in model.FRAME_DTYPES.items():
+                blocks[name].append(dask.array.from_delayed(  # type: ignore[no-untyped-call]
+                    rows[name], (1, f_max), dtype=dtype, name=f"{name}-{st}-{token}"))
+        return {name: xr.Variable(("station", "frame"), dask.array.concatenate(b, axis=0),  # type: ignore[no-untyped-call]
+                                  dict(model.FRAME_ATTRS.get(name, {}))) for name, b in blocks.items()}
+
+    def _frame_rows(self, session_id: str, station: str, sidecars: int, chunks: int, live: bool,
+                    f_max: int) -> dict[str, npt.NDArray[Any]]:
+        """One station's row (1, ``f_max``) of each ``frame_*`` variable, from its sidecars
+        0 .. ``sidecars`` - 1 as :func:`sdrlab.recording.assemble` reads them."""
+        def run() -> Capture | None:
+            keys = [self._path(SESSIONS, session_id, recording.chunk_key(station, i, "npz")) for i in range(sidecars)]
+            raw = self.fs.cat(keys) if keys else {}
+            if isinstance(raw, bytes):
+                raw = {keys[0]: raw}
+            cars = [recording.read_sidecar(raw.pop(key)) for key in keys]
+            return recording.assemble(station, cars, chunks, recording=live)
+
+        cap = self._do(f"reading the frame records of {station} in session {session_id}", run)
+        cols = model.frame_columns(cap) if cap is not None else {}
+        out = {}
+        for name, dtype in model.FRAME_DTYPES.items():
+            row = np.full((1, f_max), model.FRAME_FILL[name], dtype)
+            values = cols.get(name)
+            if values is not None:
+                row[0, :values.size] = values
+            out[name] = row
+        return out
 
     def _open_recording(self, session_id: str, summary: dict[str, Any]) -> xr.Dataset:
         shell = self._recording_shell(session_id, summary)
@@ -996,7 +1073,18 @@ class Store:
         return self._do("health check", run)
 
 
-def recording_shell(captures: list[Any], record: dict[str, Any]) -> xr.Dataset:
+def _without_frames(cap: Capture) -> Capture:
+    """A capture with its segments' frame records let go (what :func:`recording_shell` needs
+    with ``frames=False``)."""
+    def bare(seg: Any) -> Any:
+        return replace(seg, frame_seq=np.zeros(0, np.uint32), frame_flags=np.zeros(0, np.uint8),
+                       frame_rssi_dbm=np.zeros(0, np.float32), frame_last_gps=np.zeros(0, np.uint8),
+                       frame_gps_ns=np.zeros(0, np.int64), frame_received=np.zeros(0, bool), frame_start=None)
+
+    return replace(cap, segments=[bare(s) for s in cap.segments])
+
+
+def recording_shell(captures: list[Any], record: dict[str, Any], *, frames: bool = True) -> xr.Dataset:
     """A streamed session's Dataset without its IQ, from its captures as assembled from the
     stream and its commit record (positions from the catalogue at the start, statuses once
     finalised; while recording every station with data is ``recording``, after a stop that was
@@ -1019,7 +1107,7 @@ def recording_shell(captures: list[Any], record: dict[str, Any]) -> xr.Dataset:
             statuses.append(model.StationStatus(sid, "recording" if live else "failed",
                                                 None if live else "NoData", None if live else "nothing stored"))
     ds = model.build_dataset(captures, positions, statuses=statuses, session_id=str(record["session_id"]),
-                             attrs=record.get("attrs") or {}, with_iq=False)
+                             attrs=record.get("attrs") or {}, with_iq=False, frames=frames)
     ds.attrs["recording_state"] = "recording" if live else "final"
     ds.attrs["chunk_samples"] = int(record["chunk_samples"])
     return ds

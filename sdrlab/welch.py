@@ -416,7 +416,7 @@ def _block_sums(
     p *= p
     if (k < kmax).any():
         p[np.arange(kmax)[None, :] >= k[:, None]] = 0.0
-    out[:, :nperseg] = np.fft.fftshift(p.sum(axis=1), axes=-1)
+    out[:, :nperseg] = np.fft.fftshift(p.sum(axis=1, dtype=np.float64), axes=-1)
     return out, frames
 
 
@@ -466,6 +466,10 @@ class FramePowers:
         return out
 
 
+#: samples (over all stations) of one slab of the in-memory pass (:func:`_sums`)
+SLAB_SAMPLES = 1 << 18
+
+
 def _sums(
     inp: _Input, *, nperseg: int, step: int, window: WindowLike, spectral: bool = True
 ) -> tuple[xr.DataArray, FramePowers]:
@@ -503,8 +507,11 @@ def _sums(
         fp = np.zeros((x.shape[0], 1, -(-x.shape[1] // FRAME)))
         first = np.zeros(1, dtype=np.int64)
         if step == nperseg:
-            unit = math.lcm(nperseg, FRAME)  # slabs hold whole segments and whole frames
-            slab = unit * max(1, (1 << 20) // unit)
+            # slabs hold whole segments and whole frames, ~2^20 samples over all rows: a slab's
+            # complex copy and spectrum (~8 MB each) stay that size however many stations (or
+            # intervals, measured 32 at a time while recording) the array holds
+            unit = math.lcm(nperseg, FRAME)
+            slab = unit * max(1, SLAB_SAMPLES // (unit * max(1, x.shape[0])))
             total = np.zeros((x.shape[0], width))
             for s0 in range(0, max(int(n.max()), 1), slab):
                 part, frames = _block_sums(x[:, s0 : s0 + slab], n, s0, **kw)

@@ -95,6 +95,38 @@ def test_a_streamed_session_reads_back_as_captured(captured, tmp_path):
         np.testing.assert_array_equal(got[name].values, want[name].values, err_msg=name)
 
 
+def test_a_finalised_session_keeps_every_frame_record_read_a_station_at_a_time(captured, tmp_path):
+    """A recording opens with its frame records still in the store (one dask chunk per station,
+    read from that station's sidecars when used), and the session finalised from it holds, station
+    by station, exactly the frame records that were captured, in one stored chunk per station."""
+    from sdrlab.acquire import finalise
+
+    caps, want = captured
+    store = Store(f"file://{tmp_path}/store")
+    record(store, "rec-f", caps)
+    rec = store.open("rec-f")
+    ns, nf = want.sizes["station"], want.sizes["frame"]
+    for name in model.FRAME_DTYPES:
+        assert rec[name].chunks == ((1,) * ns, (nf,)), name
+        assert rec[name].dtype == want[name].dtype, name
+    # one station's rows computed alone are that station's record, padding included
+    np.testing.assert_array_equal(rec["frame_gps_ns"].isel(station=1).values, want["frame_gps_ns"].values[1])
+    session = finalise(store, "rec-f")
+    assert session.store_error is None
+    got = store.open("rec-f")
+    assert got.attrs["recording_state"] == "final"
+    assert list(got["station"].values) == [c.station for c in caps]
+    for i in range(ns):
+        for name in model.FRAME_DTYPES:
+            np.testing.assert_array_equal(got[name].isel(station=i).values, want[name].isel(station=i).values,
+                                          err_msg=f"{name} of station {i}")
+    assert (got["frame_received"].values == want["frame_received"].values).all()
+    # the metrics finalising measured read the same frames: the S-meter summary is the captured one
+    np.testing.assert_allclose(got["rssi_dbm"].values, want["rssi_dbm"].values)
+    refs = json.loads((Path(store.root) / "sessions" / "rec-f" / "refs.json").read_text())["refs"]
+    assert sorted(k for k in refs if k.startswith("frame_gps_ns/c/")) == [f"frame_gps_ns/c/{i}/0" for i in range(ns)]
+
+
 def test_a_crash_loses_at_most_the_chunk_being_filled(captured, tmp_path):
     """The chunk objects a crash did not let through (here: the last three of the first station,
     its last sidecar kept) are not read as zeros: the station ends at the last complete chunk,
