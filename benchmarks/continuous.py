@@ -66,7 +66,7 @@ async def _watch():
                                   "cpu": round(r.ru_utime + r.ru_stime, 3),
                                   "sessions": len(sim._core.sessions), "streams": len(sim._core.streams)}) + "\\n")
             worst, t_next = 0.0, loop.time() + 1.0
-asyncio.run_coroutine_threadsafe(_watch(), sim._loop)
+_watching = asyncio.run_coroutine_threadsafe(_watch(), sim._loop)
 """
 
 
@@ -177,7 +177,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="sdrlab-continuous-"))
     trace, simlog = work / "sim-trace.jsonl", work / "sim.log"
     script = (SERVER % {"cpu": 1, "chans": CHANS, "n_rx": n_rx}).replace(
-        "sys.stdin.read()", SIM_WATCH % {"log": str(simlog), "trace": str(trace)} + "\nsys.stdin.read()")
+        "sys.stdin.read()", SIM_WATCH % {"log": str(simlog), "trace": str(trace)} + "\nsys.stdin.read()"
+    ).replace("sim.stop_thread()", "_watching.cancel()\nsim.stop_thread()")
     sim = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     out: dict[str, object] = {"streams": a.streams, "duration_s": a.duration}
     try:
