@@ -488,7 +488,11 @@ def test_a_receiver_that_keeps_dropping_is_partial_with_its_gaps_named():
     assert paris.status == "partial" and paris.capture is not None
     assert len(paris.capture.segments) >= 2
     assert paris.message.startswith(f"{len(paris.capture.segments)} segment(s)")
-    assert paris.message.count("reconnected after 3.0 s") == len(paris.capture.segments) - 1
+    # each gap named; every segment but the first lasted the 3 s between drops (the first is cut
+    # at the window's start, the latest first frame of the two stations, which can be a few frames
+    # after paris's own)
+    assert paris.message.count("reconnected after") == len(paris.capture.segments) - 1
+    assert paris.message.count("reconnected after 3.0 s") >= len(paris.capture.segments) - 2
     assert "s lost" in paris.message
     table = session.status()
     assert table.loc["demo-paris", "status"] == "partial" and "reconnected" in table.loc["demo-paris", "notes"]

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import random
 import secrets
 import threading
 import time
@@ -118,6 +119,12 @@ class KiwiOptions:
 
     def backoff(self, base: float, attempt: int) -> float:
         return float(min(base * (2 ** max(attempt - 1, 0)), 8 * base))
+
+
+def _jitter(seconds: float) -> float:
+    """A retry delay spread over +-25 %: captures that lost their receivers together (an
+    overloaded host, a network blip) must not come back in lockstep and overload it again."""
+    return seconds * random.uniform(0.75, 1.25)
 
 
 # ---- outcomes of one connection (internal) ---------------------------------------------------
@@ -827,6 +834,13 @@ class KiwiReceiver:
         host, port = self.host, self.port
         busy = connect = reconnect = redirects = 0
         want: int | None = None
+        #: after a segment ended (the receiver worked in this capture): the loop time until which
+        #: failed connections are retried beyond ``connect_retries``: as long as the rest of the
+        #: capture would take to arrive (a receiver or network slow to take a new connection is
+        #: waited for; one that stays unreachable still ends the capture, at the latest when its
+        #: data would have ended)
+        persist_until: float | None = None
+        loop = asyncio.get_running_loop()
         while True:
             conn: _Connection | None = None
             n_segments = len(cap.segments)
@@ -861,9 +875,16 @@ class KiwiReceiver:
             except _ConnectFailed as exc:
                 connect += 1
                 cap.events.append(f"{exc}, attempt {connect}")
+                left = persist_until - loop.time() if persist_until is not None else 0.0
+                if connect > opt.connect_retries and left <= 0:
+                    since = " since its last segment ended, for as long as the rest of the capture" \
+                        if persist_until is not None else ""
+                    raise self._err(ReceiverUnreachable, f"{exc} (gave up after {connect} attempts{since})",
+                                    cap) from None
+                delay = _jitter(opt.backoff(opt.connect_delay, connect))
                 if connect > opt.connect_retries:
-                    raise self._err(ReceiverUnreachable, f"{exc} (gave up after {connect} attempts)", cap) from None
-                if not await self._pause(opt.backoff(opt.connect_delay, connect)):
+                    delay = min(delay, left)
+                if not await self._pause(delay):
                     return cap
             except _SegmentEnded as exc:
                 added = cap.segments[n_segments:]
@@ -876,7 +897,9 @@ class KiwiReceiver:
                     raise self._err(
                         ReceiverStalled, f"{exc}; gave up after {reconnect - 1} reconnects in a row", cap
                     ) from None
-                if not await self._pause(opt.reconnect_delay):
+                if conn is not None and conn._want is not None:
+                    persist_until = loop.time() + conn._want / rate
+                if not await self._pause(_jitter(opt.reconnect_delay)):
                     return cap
             except ReceiverError as exc:
                 raise self._err(type(exc), exc.detail, cap) from None

@@ -386,6 +386,14 @@ def _db(x: float) -> float:
     return 10.0 * math.log10(x) if x > 0 else -math.inf
 
 
+@functools.lru_cache(maxsize=4096)
+def _fix_error(seed: int, rx_index: int, fix: int) -> float:
+    """The standard-normal draw behind a receiver's stamp error during one GPS fix: one per fix,
+    shared by every frame and stream of the receiver, so it is drawn once (a generator per frame
+    cost more than the rest of the frame's header)."""
+    return float(np.random.default_rng([seed, rx_index, fix, 2]).normal())
+
+
 @functools.lru_cache(maxsize=256)
 def _taps(low: float, high: float, fs: float) -> npt.NDArray[np.complex128]:
     return fe.passband_taps(low, high, fs)
@@ -482,19 +490,21 @@ class FrameSource:
         self.overflow = False
         self.smeter = 0
         self.clipped = 0
-        self._loop: list[tuple[npt.NDArray[np.int16], bool, int, int]] | None = None
-        if loop_frames:
-            loop = []
-            for k in range(loop_frames):
-                iq = self._make(k)
-                loop.append((iq, self.overflow, self.smeter, self.clipped))
-            self._loop = loop
+        #: looped synthesis: the first ``loop_frames`` frames, made in order as they are first
+        #: asked for (a new stream costs the server nothing up front), then repeated
+        self._loop_frames = loop_frames or 0
+        self._loop: list[tuple[npt.NDArray[np.int16], bool, int, int]] | None = [] if loop_frames else None
 
     # ---- public ----------------------------------------------------------------------------
     def frame(self, k: int) -> npt.NDArray[np.int16]:
         """Frame k as a (512, 2) int16 array (I, Q); sets ``overflow``, ``smeter``, ``clipped``."""
-        if self._loop is not None:
-            iq, self.overflow, self.smeter, self.clipped = self._loop[k % len(self._loop)]
+        loop = self._loop
+        if loop is not None:
+            j = k % self._loop_frames if k >= self._loop_frames else k
+            while len(loop) <= j:
+                iq = self._make(len(loop))
+                loop.append((iq, self.overflow, self.smeter, self.clipped))
+            iq, self.overflow, self.smeter, self.clipped = loop[j]
             return iq
         return self._make(k)
 
@@ -509,8 +519,7 @@ class FrameSource:
             interval = rx.gps_fix_interval_s if rx.gps_fix_interval_s > 0 else 1.0
             phase = (self.rx_index * 0.37) % interval
             fix = math.floor((stamp / NS - phase) / interval)
-            rng = np.random.default_rng([self.scene.seed, self.rx_index, fix % (1 << 62), 2])
-            stamp += int(round(float(rng.normal()) * rx.gps_jitter_s * NS))
+            stamp += int(round(_fix_error(self.scene.seed, self.rx_index, fix % (1 << 62)) * rx.gps_jitter_s * NS))
         return stamp
 
     def header(self, k: int) -> tuple[int, int, int]:

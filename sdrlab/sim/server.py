@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 #: pacing tick of the frame pump, seconds
 TICK_S = 0.01
+#: the longest the pacing task runs streams' frames without letting the event loop serve sockets
+SLICE_S = 0.02
 #: how long a server-initiated close waits for the client's close frame
 CLOSE_TIMEOUT_S = 2.0
 
@@ -348,12 +350,21 @@ class SimServer:
         while True:
             now = loop.time()
             sessions = tuple(core.sessions)
+            slice_end = time.perf_counter() + SLICE_S
             for session in sessions:
                 if session.pumping and now >= session.next_due:
                     try:
-                        session.pump(now)
+                        session.pump(now, slice_end)
                     except Exception:
                         _fail(session, "frame pump")
+                if time.perf_counter() > slice_end:
+                    # a tick that takes long (many streams, a burst of new ones to synthesise, a
+                    # busy host) lets the network in between, as a Kiwi's sound tasks yield to its
+                    # web server: the frames come late then, but sockets are read and upgrades
+                    # answered meanwhile, never held up behind every stream's frames
+                    await asyncio.sleep(0)
+                    now = loop.time()
+                    slice_end = time.perf_counter() + SLICE_S
             if now >= next_scan:
                 next_scan = now + scan_every
                 for session in sessions:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import re
 import struct
 import time
@@ -346,8 +347,9 @@ class Session:
         """Whether the stream's working command set has arrived."""
         return self.auth
 
-    def pump(self, now: float) -> None:
-        """Send whatever frames are due at loop time ``now``."""
+    def pump(self, now: float, until: float = math.inf) -> None:
+        """Send whatever frames are due at loop time ``now``, stopping early (the rest stays due)
+        once ``time.perf_counter()`` passes ``until``."""
 
     def check_watchdogs(self, now: float) -> None:
         if self.closing is not None:

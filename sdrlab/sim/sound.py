@@ -20,6 +20,7 @@ import logging
 import math
 import random
 import struct
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -297,7 +298,7 @@ class SndSession(Session):
                 (self.k, (self.freq_khz or 0.0) * 1000.0, self.low_cut, self.high_cut, self.mode or "")
             )
 
-    def pump(self, now: float) -> None:
+    def pump(self, now: float, until: float = math.inf) -> None:
         if self.stalled or self.closing is not None:
             return
         due = int((now - self.wall0) / self.frame_wall) + 1
@@ -305,6 +306,8 @@ class SndSession(Session):
         for _ in range(n):
             if self.congested() or not self._emit():
                 return
+            if time.perf_counter() > until:
+                break
         self.next_due = self.wall0 + self.k * self.frame_wall
 
     def _emit(self) -> bool:

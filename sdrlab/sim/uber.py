@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import struct
 import time
 import urllib.parse
@@ -295,13 +296,15 @@ class UberSndSession(Session):
         if self.record is not None and self.record.close_reason is None:
             self.record.close_reason = self.closing
 
-    def pump(self, now: float) -> None:
+    def pump(self, now: float, until: float = math.inf) -> None:
         if self.closing is not None:
             return
         due = int((now - self.wall0) / self.packet_wall) + 1
         for _ in range(min(due - self.seq, 256)):
             if self.congested() or not self._emit():
                 return
+            if time.perf_counter() > until:
+                break
         self.next_due = self.wall0 + self.seq * self.packet_wall
 
     def _emit(self) -> bool:

@@ -120,7 +120,7 @@ class WfSession(Session):
             self._anchor()
             self.pumping = True
 
-    def pump(self, now: float) -> None:
+    def pump(self, now: float, until: float = math.inf) -> None:
         fps = WF_FPS[self.wf_speed] * self.core.speed
         if fps <= 0.0 or self.closing is not None or self.zoom is None:
             return

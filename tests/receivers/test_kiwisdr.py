@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -454,3 +455,156 @@ def test_malformed_msg_values_are_protocol_errors(fast_options, msg, pattern):
 
     with pytest.raises(ReceiverProtocolError, match=pattern):
         asyncio.run(main())
+
+
+class _Gate:
+    """A TCP proxy on loopback in front of a simulated receiver: passes connections through, or
+    (``refusing``) takes each one and closes it after reading the upgrade request, as a receiver
+    host that is rebooting or overloaded does; ``upgrade_delay_s`` holds each upgrade request that
+    long before passing it on (a slow host or network)."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.refusing = False
+        self.upgrade_delay_s = 0.0
+        self.refused = 0
+        self.passed = 0
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        async def start() -> None:
+            self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+            self.port = self._server.sockets[0].getsockname()[1]
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._loop.run_until_complete(start())
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        ready.wait()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        if self.refusing:
+            self.refused += 1
+            writer.close()
+            return
+        self.passed += 1
+        await asyncio.sleep(self.upgrade_delay_s)
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target)
+        up_w.write(request)
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            try:
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                w.close()
+
+        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+
+    def close(self) -> None:
+        async def shut() -> None:
+            self._server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shut(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+def _gated(sim, sc, fast_options, **changes):  # type: ignore[no-untyped-def]
+    rx = receiver_for(sim, sc, RX, fast_options, **changes)
+    gate = _Gate(rx.port)
+    rx.port = gate.port
+    return rx, gate
+
+
+def test_a_receiver_slow_to_take_a_new_connection_is_waited_for(run_sim, scene, fast_options):
+    """The first connection is dropped after 0.5 s, then the receiver refuses new connections for
+    1.5 s (many more attempts than ``connect_retries``, 2 here): having delivered, the client keeps
+    trying for as long as the rest of the capture, so the capture completes as two segments with
+    only the outage missing, instead of ending with ReceiverUnreachable."""
+    sc = exact_clocks(scene).with_faults(demo_berlin=Faults(close_after_s=0.5, close_times=1))
+    with run_sim(sc, speed=1) as sim:
+        rx, gate = _gated(sim, sc, fast_options)
+        try:
+            def outage() -> None:
+                while not sim.streams or sim.streams[0].close_reason is None:
+                    threading.Event().wait(0.01)
+                gate.refusing = True
+                threading.Event().wait(1.5)
+                gate.refusing = False
+
+            t = threading.Thread(target=outage)
+            t.start()
+            cap = capture(rx, 3.0)
+            t.join()
+        finally:
+            gate.close()
+        recs = [r for r in sim.streams if r.receiver_id == RX]
+    fs = scene.receiver(RX).sample_rate
+    assert gate.refused > fast_options.connect_retries + 1
+    assert len(cap.segments) == len(recs) == 2
+    assert cap.segments[0].frame_received.sum() == recs[0].frames_sent  # nothing received is lost
+    assert cap.n_samples >= 3.0 * fs
+    # the second segment starts after the outage: the gap between them is the outage, named in time
+    gap_s = (cap.segments[1].fit.t0_gps_ns - cap.segments[0].fit.t0_gps_ns) / 1e9 - cap.segments[0].n_samples / fs
+    assert 1.4 < gap_s < 3.0
+    assert sum("attempt" in e for e in cap.events) == gate.refused
+
+
+def test_a_slow_upgrade_is_waited_for_not_counted_as_a_drop(run_sim, scene, fast_options):
+    """A receiver (or network) that answers the WebSocket upgrade 1.5 s late: the client waits for
+    it (its connect timeout, not the delay, bounds the wait) and the capture is one segment."""
+    sc = exact_clocks(scene)
+    with run_sim(sc, speed=1) as sim:
+        rx, gate = _gated(sim, sc, fast_options, connect_retries=0)
+        gate.upgrade_delay_s = 1.5
+        try:
+            cap = capture(rx, 1.0)
+        finally:
+            gate.close()
+    assert gate.passed == 1 and len(cap.segments) == 1
+    assert not [e for e in cap.events if "attempt" in e]
+    assert cap.n_samples >= scene.receiver(RX).sample_rate
+
+
+def test_a_stalled_receiver_that_stays_away_ends_partial_with_its_gap_named(run_sim, scene, fast_options):
+    """The stream stalls after 0.5 s and the receiver then refuses every connection: the stall is
+    detected (no frame for ``read_timeout``), the client retries for as long as the rest of the
+    capture would have taken and no longer, then stops with ReceiverUnreachable carrying the
+    first segment, whose end names the stall."""
+    sc = exact_clocks(scene).with_faults(demo_berlin=Faults(stall_after_s=0.5, stall_times=1))
+    with run_sim(sc, speed=1) as sim:
+        rx, gate = _gated(sim, sc, fast_options)
+        try:
+            def refuse_after_stall() -> None:
+                while not sim.streams:
+                    threading.Event().wait(0.01)
+                gate.refusing = True
+
+            t = threading.Thread(target=refuse_after_stall)
+            t.start()
+            t0 = time.monotonic()
+            with pytest.raises(ReceiverUnreachable, match="for as long as the rest of the capture") as ei:
+                capture(rx, 3.0)
+            elapsed = time.monotonic() - t0
+            t.join()
+        finally:
+            gate.close()
+    part = ei.value.partial
+    assert len(part.segments) == 1 and part.segments[0].end_reason.startswith("stalled: no frame for 0.6 s")
+    assert 0.4 * scene.receiver(RX).sample_rate < part.n_samples < 0.7 * scene.receiver(RX).sample_rate
+    assert gate.refused > fast_options.connect_retries + 1
+    # it kept trying for about the 2.5 s of data still due (plus the stall), not for ever
+    assert 3.0 < elapsed < 6.0

@@ -172,6 +172,23 @@ def test_gps_stamps_err_once_per_fix_as_configured() -> None:
     assert scene.stream("rx", tuned_hz=TUNE, t0_gps_ns=T0, t_ref_gps_ns=T0).stamp_ns(17) == src.stamp_ns(17)
 
 
+@pytest.mark.parametrize("agc", [AgcSettings(), AgcSettings(on=True)], ids=["manual", "agc"])
+def test_looped_synthesis_repeats_the_streams_first_frames(agc: AgcSettings) -> None:
+    """``loop_frames`` (load tests): the stream's own first L frames (made as they are first asked
+    for, none up front), S-meter and flags included, then the same L again, and again."""
+    scene = _scene()
+    whole = scene.stream("rx", tuned_hz=TUNE, t0_gps_ns=T0, t_ref_gps_ns=T0, stream_seed=4, agc=agc)
+    first = [(whole.frame(k).copy(), whole.smeter, whole.overflow) for k in range(12)]
+    looped = scene.stream("rx", tuned_hz=TUNE, t0_gps_ns=T0, t_ref_gps_ns=T0, stream_seed=4, agc=agc,
+                          loop_frames=5)
+    assert looped._loop == []  # nothing made before the first frame is asked for
+    for k in range(12):
+        iq = looped.frame(k)
+        ref, smeter, overflow = first[k % 5]
+        assert np.array_equal(iq, ref) and looped.smeter == smeter and looped.overflow == overflow
+    assert not np.array_equal(first[5][0], first[0][0])  # the unlooped stream goes on
+
+
 def test_adc_overflow_at_high_input_power() -> None:
     quiet = _scene()
     near = replace(quiet, transmitters=(replace(quiet.transmitters[0], latitude=52.001, longitude=9.0, power_dbm=80.0),))
