@@ -13,7 +13,7 @@ import numpy.typing as npt
 import xarray as xr
 
 from .. import timing
-from ..receivers.kiwiwire import GPS_LAST_CAP, SAMPLES_PER_FRAME
+from ..capture import GPS_LAST_CAP, SAMPLES_PER_FRAME
 from .geodesy import FArray
 from ..constants import FULL_SCALE, NS
 from ..constants import KIWI_RATES_HZ as _NOMINAL_RATES
