@@ -85,7 +85,7 @@ class ReceiverUnreachable(ReceiverError):
 
 
 class ReceiverProtocolError(ReceiverError):
-    """The receiver sent something that is not the KiwiSDR protocol (garbage, wrong sizes...)."""
+    """The receiver sent something that is not its protocol (garbage, wrong sizes...)."""
 
 
 class ReceiverAuthError(ReceiverError):
