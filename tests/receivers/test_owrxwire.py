@@ -137,10 +137,10 @@ def test_encoding_in_pieces_equals_encoding_at_once() -> None:
     enc, cuts = ow.AudioEncoder(), [0, 1, 2, 3, 1000, 2001, 2002, 2003, 5555, 9000]
     pieces = b"".join(enc.encode(x[a:b]) for a, b in zip(cuts, cuts[1:]))  # odd pieces wait for a partner
     assert pieces == ow.AudioEncoder().encode(x)
-    assert enc.state == ow.AdpcmState(*RefCodec_state(x))
+    assert enc.state == ow.AdpcmState(*ref_state(x))
 
 
-def RefCodec_state(x: np.ndarray) -> tuple[int, int]:
+def ref_state(x: np.ndarray) -> tuple[int, int]:
     c = RefCodec()
     for s in x:
         c.encode(int(s))
