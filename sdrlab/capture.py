@@ -16,7 +16,7 @@ from here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable, Iterable, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -26,7 +26,8 @@ from . import timing
 __all__ = [
     "FLAG_ADC_OVERFLOW", "FLAG_COMPRESSED", "FLAG_LITTLE_ENDIAN", "FLAG_LPF", "FLAG_NEW_FREQ", "FLAG_RESTART",
     "FLAG_SQUELCHED", "FLAG_STEREO", "GPS_LAST_CAP", "GPS_NO_CLOCK", "HEADER_DTYPE", "SAMPLES_PER_FRAME",
-    "Capture", "ReceiverInfo", "Segment", "build_receipt_segment", "build_segment", "fit_frames",
+    "RSSI_FLOOR_DBM", "TIMINGS", "Capture", "Receiver", "ReceiverInfo", "ReceiverStatus", "Segment",
+    "build_receipt_segment", "build_segment", "fit_frames", "session_timing",
 ]
 
 #: complex samples in one frame of the per-frame record (a KiwiSDR SND IQ frame)
@@ -46,6 +47,13 @@ FLAG_LITTLE_ENDIAN = 0x80
 #: of their own: up to GPS_LAST_CAP a stamp is valid; GPS_NO_CLOCK: the receiver has no GPS time
 GPS_LAST_CAP = 252
 GPS_NO_CLOCK = 255
+
+#: the per-frame RSSI (dBm) of an S-meter at its floor: a frame that says nothing about the level
+RSSI_FLOOR_DBM = -127.0
+
+#: what a capture's times rest on: ``gps`` (GPS-stamped frames, KiwiSDR), ``receipt`` (the host's
+#: receipt times only: OpenWebRX, KiwiSDR emulations without the GPS block), ``none`` (no data)
+TIMINGS = ("gps", "receipt", "none")
 
 #: the 20-byte SND IQ frame header as a numpy record, for vectorised parsing of a whole segment
 HEADER_DTYPE = np.dtype(
@@ -161,6 +169,64 @@ class Capture:
         return "none"
 
 
+def session_timing(timings: Iterable[str]) -> str:
+    """One word for a session's stations' timings: the common one (``gps``, ``receipt``,
+    ``none``), ``mixed`` when GPS-timed and receipt-timed stations share it (stations with no
+    data do not count when others have some)."""
+    kinds = set(timings)
+    if len(kinds) > 1:
+        kinds.discard("none")
+    if not kinds:
+        return "none"
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+@dataclass(frozen=True)
+class ReceiverStatus:
+    """What a receiver's own status page said (KiwiSDR ``/status``, OpenWebRX ``/status.json``),
+    in the terms the stations table keeps.  ``None``: the page did not say.  ``gps``: ``ok``
+    (its frames carry GPS time), ``no fixes`` (it claims a GPS but has no fixes: no GPS time),
+    ``none`` (the protocol has no GPS time at all), ``unknown``."""
+
+    protocol: str
+    name: str | None = None
+    antenna: str | None = None
+    channels: int | None = None
+    bands_hz: tuple[float, float] | None = None
+    gps: str = "unknown"
+    hw: str | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Receiver(Protocol):
+    """What acquisition needs of a receiver client, whatever its protocol (one per station).
+
+    The acquisition sets the hooks before :meth:`capture`; a client calls them from its event
+    loop's thread and never lets an exception in one cost the capture."""
+
+    #: the protocol name it is registered under (``kiwisdr``, ...)
+    protocol: str
+    station: str
+    #: the session's common window (:class:`sdrlab.receivers.window.Window`) or None:
+    #: ``duration_s`` from the first data
+    window: Any
+    #: streaming sink (``piece(capture, segment, first)``, ``end_segment(reason)``) or None
+    sink: Any
+    #: polled about twice a second; True ends the capture at once, keeping what arrived
+    should_stop: Callable[[], bool] | None
+    #: called about twice a second with (samples so far, sample rate): progress displays only
+    on_progress: Callable[[int, float], None] | None
+    #: True once a stop request ended the capture
+    stopped: bool
+
+    def capture(self, frequency_hz: float, duration_s: float) -> Awaitable[Capture]:
+        """Connect, receive ``duration_s`` s at ``frequency_hz``, close, and return everything
+        that arrived; raises a :class:`sdrlab.errors.ReceiverError` carrying the partial
+        capture when it gives up."""
+        ...
+
+
 # ---- segment assembly: frames in, one Segment out (vectorised, once per segment) -------------
 def _spread(values: npt.NDArray[Any], slot: npt.NDArray[np.int64], total: int, fill: object,
             dtype: npt.DTypeLike) -> npt.NDArray[np.generic]:
@@ -172,8 +238,8 @@ def _spread(values: npt.NDArray[Any], slot: npt.NDArray[np.int64], total: int, f
 
 def _rssi_dbm(smeter: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
     """RSSI in dBm from S-meter fields: 0.1 v - 127, clamped to -127 ... +3.4 (section 4)."""
-    out: npt.NDArray[np.float32] = np.clip(0.1 * np.asarray(smeter).astype(np.float32) - 127.0, -127.0,
-                                           3.4).astype(np.float32)
+    out: npt.NDArray[np.float32] = np.clip(0.1 * np.asarray(smeter).astype(np.float32) + RSSI_FLOOR_DBM,
+                                           RSSI_FLOOR_DBM, 3.4).astype(np.float32)
     return out
 
 

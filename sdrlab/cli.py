@@ -776,10 +776,11 @@ def _cmd_stations(a: argparse.Namespace) -> int:
     if a.stations_command == "sync":
         from .index import init_db
         from .index.stations import sync_stations
+        from .receivers import probe_status
 
         engine = _settings().engine()
         init_db(engine)
-        reports = sync_stations(engine, cat, probe=not a.no_probe)
+        reports = sync_stations(engine, cat, probe=None if a.no_probe else probe_status)
         for r in reports:
             state = "-" if r["up"] is None else ("up" if r["up"] else "DOWN")
             extra = f" {r['latency_ms']} ms" if r["up"] else (f" {r['error']}" if r["error"] else "")

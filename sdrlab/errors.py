@@ -85,7 +85,7 @@ class ReceiverUnreachable(ReceiverError):
 
 
 class ReceiverProtocolError(ReceiverError):
-    """The receiver sent something that is not the KiwiSDR protocol (garbage, wrong sizes...)."""
+    """The receiver sent something that is not its protocol (garbage, wrong sizes...)."""
 
 
 class ReceiverAuthError(ReceiverError):
@@ -108,6 +108,23 @@ class ReceiverStalled(ReceiverError):
 
 class AcquisitionError(SdrlabError):
     """An acquisition as a whole failed (no station succeeded, bad parameters...)."""
+
+
+class AnalysisRefused(SdrlabError):
+    """The data cannot support the analysis asked of it (e.g. TDoA on receipt-timed captures):
+    ``stations`` names the stations concerned, ``reason`` says why."""
+
+    def __init__(self, message: str, *, stations: list[str] | None = None, reason: str = "") -> None:
+        self.stations = list(stations or [])
+        self.reason = reason
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_refused, (str(self), self.stations, self.reason))
+
+
+def _rebuild_refused(message: str, stations: list[str], reason: str) -> AnalysisRefused:
+    return AnalysisRefused(message, stations=stations, reason=reason)
 
 
 class StorageError(SdrlabError):

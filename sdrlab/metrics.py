@@ -70,8 +70,8 @@ import numpy.typing as npt
 import pandas as pd
 import xarray as xr
 
-from .receivers.kiwiwire import FLAG_ADC_OVERFLOW, smeter_to_dbm
 from . import metric_table
+from .capture import FLAG_ADC_OVERFLOW, RSSI_FLOOR_DBM
 from .welch import (
     CLIP_LEVEL,
     FRAME,
@@ -138,7 +138,7 @@ _GAIN = ("agc_gain_range_db", "agc_gain_changed")
 #: AGC flag threshold on agc_gain_range_db
 AGC_CHANGE_DB = 2.0
 _AGC_MIN_FRAMES = 10
-_RSSI_FLOOR_DBM = smeter_to_dbm(0)  # an S-meter at its floor says nothing
+_RSSI_FLOOR_DBM = RSSI_FLOOR_DBM  # an S-meter at its floor says nothing
 
 
 # ---- spectral metrics from a PSD -------------------------------------------------------------

@@ -15,7 +15,8 @@ A session is one :class:`xarray.Dataset`::
 Samples of a station past ``n_samples`` are padding (zeros).  Times are never stored per sample:
 :func:`sample_times` derives them from each segment's fit (t = t0 + n / fs), and
 :func:`to_complex` gives complex64 in full-scale units.  Global attributes carry the centre
-frequency, passband, protocol, versions, the per-station status, and SigMF-mirroring ``core:`` keys.
+frequency, passband, protocol, ``timing`` (the stations' time base in one word: gps, receipt, mixed or
+none), versions, the per-station status, and SigMF-mirroring ``core:`` keys.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import pandas as pd
 import xarray as xr
 
 from ._version import __version__
-from .capture import SAMPLES_PER_FRAME, Capture
+from .capture import SAMPLES_PER_FRAME, Capture, session_timing
 from .stations import Station
 from .constants import FULL_SCALE as FULL_SCALE
 
@@ -293,6 +294,8 @@ def build_dataset(
         "session_id": session_id,
         "sdrlab_version": __version__,
         "protocol": "kiwisdr",
+        # what the stations' times rest on: gps, receipt, mixed or none (per station: ``timing``)
+        "timing": session_timing(per["timing"]),
         "center_frequency_hz": float(c0.frequency_hz),
         "passband_low_hz": float(c0.low_cut),
         "passband_high_hz": float(c0.high_cut),
@@ -311,7 +314,7 @@ def build_dataset(
 #: global attributes sdrlab itself sets on a session (build_dataset, the metrics, batch runs):
 #: extra attrs given to acquire() may not replace them
 RESERVED_ATTRS = frozenset({
-    "title", "Conventions", "session_id", "sdrlab_version", "protocol", "center_frequency_hz", "passband_low_hz",
+    "title", "Conventions", "session_id", "sdrlab_version", "protocol", "timing", "center_frequency_hz", "passband_low_hz",
     "passband_high_hz", "requested_duration_s", "gps_utc_offset_s", "station_status", "core:version",
     "core:datatype", "core:recorder", K_FREQUENCY, "metrics_definition", "papermill_run_id",
     "window_start", "window_end", "common_start", "common_end", "start_spread_s", "interval_s",

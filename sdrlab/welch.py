@@ -64,7 +64,7 @@ import xarray as xr
 import xarray.ufuncs as xu
 
 from .model import FULL_SCALE
-from .receivers.kiwiwire import SAMPLES_PER_FRAME
+from .capture import SAMPLES_PER_FRAME
 
 __all__ = [
     "CLIP_LEVEL",

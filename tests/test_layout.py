@@ -1,6 +1,6 @@
 """The package's layout shows its data flow (STYLE.md): no import cycle, counting the imports inside
-functions and under ``TYPE_CHECKING``; the capture types, the model, the importers and the index
-never import a protocol module.
+functions and under ``TYPE_CHECKING``; the capture types, the model, the importers, the index, the
+testing helpers and the analyses (metrics, Welch, TDoA) never import a protocol module.
 
 Read from the source with :mod:`ast`, nothing imported: an edge ``a -> b`` is any ``import`` or
 ``from ... import`` in module ``a`` (at any depth) that names module ``b``, relative imports
@@ -22,8 +22,10 @@ PACKAGE = Path(sdrlab.__file__).parent
 #: protocol modules: what speaks to a receiver (real or simulated)
 PROTOCOLS = ("sdrlab.receivers", "sdrlab.sim")
 #: what must never import a protocol module: the capture types (the neutral module protocols and
-#: importers share), the data model, the importers, the index
-PROTOCOL_FREE = ("sdrlab.capture", "sdrlab.model", "sdrlab.index", "sdrlab.interchange")
+#: importers share), the data model, the importers, the index, the testing helpers users' tests
+#: import, and the analyses of stored data (issue 15: they see only protocol-neutral modules)
+PROTOCOL_FREE = ("sdrlab.capture", "sdrlab.model", "sdrlab.index", "sdrlab.interchange", "sdrlab.testing",
+                 "sdrlab.metrics", "sdrlab.welch", "sdrlab.tdoa")
 
 
 def module_names(root: Path, package: str) -> dict[str, tuple[Path, bool]]:
@@ -177,19 +179,39 @@ def test_no_import_cycle_in_the_package():
         " -> ".join(c) for c in cycles)
 
 
-def test_model_importers_and_index_import_no_protocol_module():
+def test_model_importers_index_testing_and_analyses_import_no_protocol_module():
     """Capture types and the frame record live in sdrlab.capture, which protocols and importers
-    both import; nothing of the model, the importers or the index may reach a protocol module."""
+    both import; nothing of the model, the importers, the index, the testing helpers or the
+    analyses may reach a protocol module."""
     found = sorted(wrong_way(import_graph()))
-    assert not found, "protocol modules imported by the model, the importers or the index:\n" + "\n".join(
+    assert not found, "protocol modules imported by a protocol-free module:\n" + "\n".join(
         f"{a} -> {b}" for a, b in found)
 
 
 def test_wrong_way_finder_sees_an_import_of_a_protocol_module():
     graph = {"sdrlab.model": {"sdrlab.capture"}, "sdrlab.interchange.sigmf": {"sdrlab.receivers.kiwiwire"},
-             "sdrlab.index.schema": {"sdrlab.sim"}, "sdrlab.acquire": {"sdrlab.receivers"}}
+             "sdrlab.index.schema": {"sdrlab.sim"}, "sdrlab.acquire": {"sdrlab.receivers"},
+             "sdrlab.testing.session": {"sdrlab.receivers.kiwisdr"}, "sdrlab.index.stations": {"sdrlab.receivers"},
+             "sdrlab.tdoa.timebase": {"sdrlab.receivers.kiwiwire", "sdrlab.capture"}}
     assert wrong_way(graph) == {("sdrlab.interchange.sigmf", "sdrlab.receivers.kiwiwire"),
-                                ("sdrlab.index.schema", "sdrlab.sim")}
+                                ("sdrlab.index.schema", "sdrlab.sim"),
+                                ("sdrlab.testing.session", "sdrlab.receivers.kiwisdr"),
+                                ("sdrlab.index.stations", "sdrlab.receivers"),
+                                ("sdrlab.tdoa.timebase", "sdrlab.receivers.kiwiwire")}
+
+
+def test_an_added_protocol_import_in_the_package_is_found(tmp_path):
+    """The rule on a real tree: a function-level import of a protocol module in a testing helper."""
+    pkg = tmp_path / "sdrlab"
+    for sub in ("receivers", "testing", "index"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "capture.py").write_text("X = 1\n")
+    (pkg / "receivers" / "kiwiwire.py").write_text("from ..capture import X\n")
+    (pkg / "index" / "stations.py").write_text("from ..capture import X\n")
+    (pkg / "testing" / "session.py").write_text("def f():\n    from ..receivers.kiwiwire import X\n    return X\n")
+    assert wrong_way(import_graph(pkg, "sdrlab")) == {("sdrlab.testing.session", "sdrlab.receivers.kiwiwire")}
 
 
 #: values that have one home, sdrlab/constants.py (issue 14: each was defined in up to five places)

@@ -1,98 +1,32 @@
 """The stations table: kept in sync with the TOML catalogue, and filled from each receiver's own
-``/status`` page (KiwiSDR's key=value list) where it answers; every probe is an availability row."""
+status page where it answers; every probe is an availability row.  The page is read by the
+protocol's own reader, passed in (:func:`sdrlab.receivers.probe_status`): the index speaks no
+receiver protocol."""
 
 from __future__ import annotations
 
-import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from sqlalchemy import Engine, insert, select, update
 
-from ..errors import IndexStoreError
+from ..capture import ReceiverStatus
+from ..errors import IndexStoreError, SdrlabError
 from ..stations import Station
 from .models import AvailabilityRow, StationRow
 
 
-@dataclass(frozen=True)
-class StatusPage:
-    """What a KiwiSDR says about itself on ``/status``."""
-
-    fields: dict[str, str]
-
-    @property
-    def name(self) -> str | None:
-        return self.fields.get("name")
-
-    @property
-    def antenna(self) -> str | None:
-        return self.fields.get("antenna")
-
-    @property
-    def users_max(self) -> int | None:
-        v = self.fields.get("users_max", "")
-        return int(v) if v.isdigit() else None
-
-    @property
-    def gps_timing(self) -> str:
-        """Whether the receiver's frames can carry GPS time: ``ok`` (fixes are coming in), ``no
-        fixes`` (``gps_good`` claims a GPS but ``fixes`` and ``fixes_hour`` are 0, as servers
-        posing as KiwiSDRs answer, e.g. UberSDR's emulation: no GPS timestamps, no TDoA), or
-        ``unknown``."""
-        def num(key: str) -> int | None:
-            v = self.fields.get(key, "")
-            return int(v) if v.lstrip("-").isdigit() else None
-
-        fixes, hour = num("fixes"), num("fixes_hour")
-        if fixes is None and hour is None:
-            return "unknown"
-        if not fixes and not hour:
-            return "no fixes"
-        return "ok"
-
-    @property
-    def bands_hz(self) -> tuple[float, float] | None:
-        lo, sep, hi = self.fields.get("bands", "").partition("-")
-        try:
-            return (float(lo), float(hi)) if sep else None
-        except ValueError:
-            return None
+#: reads a station's own status page: (station, timeout s) -> (status or None, latency ms, error);
+#: :func:`sdrlab.receivers.probe_status` picks the reader by the station's protocol
+StatusProbe = Callable[[Station, float], tuple[ReceiverStatus | None, float, str | None]]
 
 
-def parse_status(text: str) -> StatusPage:
-    fields = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key.strip():
-            fields[key.strip()] = value.strip()
-    return StatusPage(fields)
-
-
-def fetch_status(station: Station, timeout: float = 5.0) -> tuple[StatusPage | None, float, str | None]:
-    """(page or None, latency ms, error) of ``http://host:port/status``."""
-    url = f"http://{station.host}:{station.port}/status"
-    t = time.perf_counter()
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (http to a receiver)
-            text = r.read(65536).decode("utf-8", errors="replace")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return None, 1e3 * (time.perf_counter() - t), f"{type(exc).__name__}: {reason}"[:300]
-    latency = 1e3 * (time.perf_counter() - t)
-    page = parse_status(text)
-    if "status" not in page.fields and "sdr_hw" not in page.fields:
-        return None, latency, "not a KiwiSDR /status page"
-    return page, latency, None
-
-
-def sync_stations(engine: Engine, stations: Iterable[Station], *, probe: bool = True,
-                  deactivate_missing: bool = True) -> list[dict[str, object]]:
-    """Upsert the catalogue's stations; with ``probe``, read each one's ``/status`` (name, antenna,
-    channels, bands) and record its availability.  Stations no longer in the catalogue are marked
-    inactive (rows are kept: old captures refer to them).  Returns one report per station."""
+def sync_stations(engine: Engine, stations: Iterable[Station], *, probe: StatusProbe | None = None,
+                  timeout: float = 5.0, deactivate_missing: bool = True) -> list[dict[str, object]]:
+    """Upsert the catalogue's stations; with ``probe`` (e.g. :func:`sdrlab.receivers.probe_status`),
+    read each one's status page (name, antenna, channels, bands) and record its availability.
+    Stations no longer in the catalogue are marked inactive (rows are kept: old captures refer to
+    them).  Returns one report per station."""
     now = datetime.now(timezone.utc)
     stations = list(stations)
     reports: list[dict[str, object]] = []
@@ -107,17 +41,17 @@ def sync_stations(engine: Engine, stations: Iterable[Station], *, probe: bool = 
                 }
                 report: dict[str, object] = {"station": st.id, "up": None, "latency_ms": None, "error": None,
                                              "gps": None, "hw": None}
-                if probe:
-                    page, latency, error = fetch_status(st)
+                if probe is not None:
+                    page, latency, error = probe(st, timeout)
                     report.update(up=page is not None, latency_ms=round(latency, 1), error=error)
                     c.execute(insert(AvailabilityRow).values(time=datetime.now(timezone.utc), station_id=st.id,
                                                              up=page is not None, latency_ms=latency, error=error))
                     if page is not None:
-                        report.update(gps=page.gps_timing, hw=page.fields.get("sdr_hw"))
+                        report.update(gps=page.gps, hw=page.hw)
                         if page.antenna:
                             row["antenna"] = page.antenna
-                        if page.users_max:
-                            row["channels"] = page.users_max
+                        if page.channels:
+                            row["channels"] = page.channels
                         if page.bands_hz:
                             row["freq_min_hz"], row["freq_max_hz"] = page.bands_hz
                 if st.id in known:
@@ -129,6 +63,8 @@ def sync_stations(engine: Engine, stations: Iterable[Station], *, probe: bool = 
                 gone = known - {s.id for s in stations}
                 if gone:
                     c.execute(update(StationRow).where(StationRow.id.in_(gone)).values(active=False, updated_at=now))
+    except SdrlabError:  # e.g. a station whose protocol has no reader: said as it is
+        raise
     except Exception as exc:
         raise IndexStoreError(f"syncing stations failed: {type(exc).__name__}: {exc}"[:400]) from None
     return reports

@@ -16,7 +16,7 @@ import xarray as xr
 from scipy import stats
 
 from .. import timing
-from ..errors import ConfigError
+from ..errors import AnalysisRefused, ConfigError
 from .consistency import Closure, closures, judge
 from .geodesy import FArray
 from .lags import PairLag, pair_lags
@@ -137,6 +137,30 @@ def _apply_closures(pairs: list[PairLag], fs: float, dropped: dict[str, str]) ->
     return found, verdict.notes
 
 
+#: why receipt-timed data cannot time a lag
+RECEIPT_REASON = ("its times are only the host's receipt times (no GPS stamps on its data: OpenWebRX, or a "
+                  "server posing as a KiwiSDR such as UberSDR), so network and server latency of tens of "
+                  "milliseconds swamp microsecond lags")
+
+
+def _refuse_receipt_timed(ds: xr.Dataset, *, named: bool) -> None:
+    """Raise :class:`AnalysisRefused` when receipt-timed stations leave TDoA nothing to work
+    with: any of them named in ``stations``, or fewer than two other stations.  Otherwise they
+    are left out later, each with its reason (``stations_dropped``)."""
+    if "timing" not in ds.coords:
+        return
+    kinds = {str(s): str(t) for s, t in zip(ds["station"].values, ds["timing"].values)}
+    receipt = sorted(s for s, t in kinds.items() if t == "receipt")
+    if not receipt:
+        return
+    rest = len(kinds) - len(receipt)
+    if named or rest < 2:
+        why = "asked for by name" if named else f"{rest} other station{'' if rest == 1 else 's'} left, 2 needed"
+        raise AnalysisRefused(
+            f"TDoA refused for receipt-timed station(s) {', '.join(receipt)} ({why}): {RECEIPT_REASON}",
+            stations=receipt, reason=RECEIPT_REASON)
+
+
 def tdoa(
     ds: xr.Dataset,
     *,
@@ -171,6 +195,10 @@ def tdoa(
     (station -> seconds late, e.g. :attr:`Calibration.delays_s`) are subtracted from the lags.
     ``truth`` (lat, lon), default the Dataset's ``transmitter_latitude/longitude``, is only
     carried along for the error and the plots.
+
+    Receipt-timed stations (``timing`` coordinate ``receipt``) cannot time a lag: they are left out
+    with the reason when at least two others remain and none of them was named in ``stations``;
+    otherwise :class:`~sdrlab.errors.AnalysisRefused` names them and says why.
     """
     _check_parameters(window_s=window_s, min_overlap_s=min_overlap_s, margin_s=margin_s, confidence=confidence,
                       grid_points=grid_points, timing_sigma_s=timing_sigma_s,
@@ -190,6 +218,7 @@ def tdoa(
             raise ConfigError(f"station(s) not in the session: {', '.join(unknown)} "
                               f"(it has {', '.join(sorted(known))})")
         ds = ds.sel(station=list(stations))
+    _refuse_receipt_timed(ds, named=stations is not None)
     positions = {str(s): (float(a), float(b)) for s, a, b in
                  zip(ds["station"].values, ds["latitude"].values, ds["longitude"].values)}
     times, dropped = station_times(ds, stamp_tolerance_s=stamp_tolerance_s)

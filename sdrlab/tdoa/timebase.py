@@ -13,7 +13,7 @@ import numpy.typing as npt
 import xarray as xr
 
 from .. import timing
-from ..receivers.kiwiwire import GPS_LAST_CAP, SAMPLES_PER_FRAME
+from ..capture import GPS_LAST_CAP, SAMPLES_PER_FRAME
 from .geodesy import FArray
 from ..constants import FULL_SCALE, NS
 from ..constants import KIWI_RATES_HZ as _NOMINAL_RATES
@@ -223,8 +223,8 @@ def station_times(
             continue
         kind = str(ds["timing"].values[i]) if "timing" in ds.coords else "gps"
         if kind == "receipt":
-            dropped[sid] = ("timing is not GPS: its frames carry no GPS stamps (a server posing as a KiwiSDR, "
-                            "e.g. UberSDR); receipt times cannot time a lag")
+            dropped[sid] = ("timing is not GPS: its data carry no GPS stamps (OpenWebRX, or a server posing as "
+                            "a KiwiSDR such as UberSDR); receipt times cannot time a lag")
             continue
         segs: list[SegmentTime] = []
         notes: list[str] = []

@@ -10,8 +10,7 @@ import numpy as np
 import xarray as xr
 
 from .. import model, timing
-from ..receivers.kiwisdr import Capture, ReceiverInfo, Segment
-from ..receivers.kiwiwire import FLAG_ADC_OVERFLOW, SAMPLES_PER_FRAME
+from ..capture import FLAG_ADC_OVERFLOW, SAMPLES_PER_FRAME, Capture, ReceiverInfo, Segment
 from .signals import _tone128, noise_density_dbfs_hz
 
 __all__ = ["PASSBAND_WIDTH_HZ", "synthetic_dataset", "truth"]

@@ -1,5 +1,5 @@
-"""The stations table from the catalogue and the receivers' /status pages (the simulator serves
-KiwiSDR's), on SQLite and PostgreSQL."""
+"""The stations table from the catalogue and the receivers' status pages, read by each protocol's
+reader through the registry (the simulator serves KiwiSDR's /status), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from sqlalchemy import select
 
 from sdrlab.demo import demo7_stations
 from sdrlab.index.models import AvailabilityRow, StationRow
-from sdrlab.index.stations import availability_per_day, parse_status, sync_stations
+from sdrlab.index.stations import availability_per_day, sync_stations
+from sdrlab.receivers import probe_status
 from sdrlab.sim.networks import demo7
 from sdrlab.sim.server import SimServer
 from tests.support.servers import _free_ports
@@ -20,7 +21,7 @@ def test_sync_fills_from_status_and_records_availability(engine):
     with SimServer(scene, base_port=0) as sim:
         stations = demo7_stations(sim.ports)
         dead = replace(stations[0], id="demo-gone", port=_free_ports(1)[0])
-        reports = sync_stations(engine, [*stations, dead])
+        reports = sync_stations(engine, [*stations, dead], probe=probe_status)
     by = {r["station"]: r for r in reports}
     assert all(by[s.id]["up"] for s in stations) and by["demo-gone"]["up"] is False
     assert "demo-gone" in by and by["demo-gone"]["error"]
@@ -33,21 +34,16 @@ def test_sync_fills_from_status_and_records_availability(engine):
     day = availability_per_day(engine)
     assert day.set_index("station_id").loc["demo-gone", "up_fraction"] == 0.0
     # a station dropped from the catalogue becomes inactive, its row stays
-    sync_stations(engine, stations, probe=False)
+    sync_stations(engine, stations)  # no probe
     with engine.connect() as c:
         gone = c.execute(select(StationRow.__table__).where(StationRow.id == "demo-gone")).one()
     assert gone.active is False
-
-
-def test_parse_status():
-    page = parse_status("status=active\nname=My Kiwi\nusers_max=8\nbands=0-30000000\nantenna=loop\n")
-    assert page.name == "My Kiwi" and page.users_max == 8 and page.bands_hz == (0.0, 30e6)
 
 
 def test_sync_tells_a_server_without_gps_fixes(engine):
     """UberSDR's KiwiSDR emulation says gps_good=1 with fixes=0, fixes_hour=0: not GPS-timed."""
     scene = demo7().replace_receiver("demo-berlin", kind="ubersdr", sample_rate=12000.02)
     with SimServer(scene, base_port=0) as sim:
-        reports = {r["station"]: r for r in sync_stations(engine, demo7_stations(sim.ports))}
+        reports = {r["station"]: r for r in sync_stations(engine, demo7_stations(sim.ports), probe=probe_status)}
     assert reports["demo-berlin"]["gps"] == "no fixes" and str(reports["demo-berlin"]["hw"]).startswith("UberSDR")
     assert reports["demo-paris"]["gps"] == "ok" and str(reports["demo-paris"]["hw"]).startswith("KiwiSDR")
