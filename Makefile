@@ -92,9 +92,15 @@ lab: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
-# pytest exit code 5 (no tests collected) is a failure, not a pass
-test: $(STAMP) typecheck | $(CHROMIUM)
-	@set +e; $(PY) -m pytest -p no:cacheprovider $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadscope) tests $(PYTEST_ARGS); rc=$$?; \
+# mypy (as `make typecheck`) runs beside pytest and prints its report when done, among pytest's
+# progress lines (pytest's summary stays the closing lines): the suite's first minute is mostly
+# start-up and waiting, so mypy costs no wall time. Either failing fails the target; pytest exit
+# code 5 (no tests collected) is a failure, not a pass.
+test: $(STAMP) | $(CHROMIUM)
+	@set +e; ( out=$$($(PY) -m mypy 2>&1); mrc=$$?; printf '\nmake test: mypy (beside pytest): %s\n' "$$out"; exit $$mrc ) & typing=$$!; \
+	$(PY) -m pytest -p no:cacheprovider $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadscope) tests $(PYTEST_ARGS); rc=$$?; \
+	wait $$typing; mrc=$$?; \
+	if [ $$mrc -ne 0 ]; then echo "make test: mypy failed (exit $$mrc), its report above" >&2; exit 1; fi; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; exit $$rc
 
 bench: $(STAMP)
