@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import pytest
@@ -70,20 +70,54 @@ def test_all_seven_captured_with_gps_times(demo_session):
     for rx in scene.receivers:
         s = ds.sel(station=rx.id)
         assert int(s["n_samples"]) >= DEMO_S * rx.sample_rate
-        # GPS time to within the receiver's stamp errors (one per fix; demo7: 0.1-1 us)
-        slack = 1e-7 + 5 * rx.gps_jitter_s
-        # the rate comes from two or three fixes: its error over the capture is a few stamp errors
-        assert abs(float(s["sample_rate"]) - rx.sample_rate) / rx.sample_rate * DEMO_S < 2 * slack
+        # The time fit is a least-squares line through the capture's fresh stamps (one per GPS fix,
+        # each off by its own draw of the receiver's clock error, sd rx.gps_jitter_s; see
+        # capture.fit_frames and the simulator's stamp_ns).  Its errors follow from where those
+        # stamps lie: sd of the slope sigma / sqrt(Sxx), of the line at the capture's first sample
+        # sigma * sqrt(1/k + mean(x)^2 / Sxx).  Each bound below is 5 of its sds, plus 100 ns for
+        # the ns rounding of stamps and times.
+        err = _fit_errors(s, rx.gps_jitter_s)
+        assert err.fixes >= 2  # 8 s of capture: two to five fixes at demo7's 2-4 s fix intervals
+        assert abs(float(s["sample_rate"]) - rx.sample_rate) / rx.sample_rate * DEMO_S < 1e-7 + 5 * err.rate_s
         # the capture starts at the frame of the stream holding the session's window start:
         # stream start + a whole number of frames, at most one frame before the window's start
         t0 = np.datetime64(timing_utc(streams[rx.id].t0_gps_ns))
         after_s = (s["start_time"].values - t0) / np.timedelta64(1, "ns") / 1e9
         frames = after_s * rx.sample_rate / 512
-        assert abs(frames - round(frames)) * 512 / rx.sample_rate < slack, (rx.id, frames)
+        assert abs(frames - round(frames)) * 512 / rx.sample_rate < 1e-7 + 5 * err.start_s, (rx.id, frames, err)
+        # the frame holding the start is found by its raw stamp (window.py: the start is the latest
+        # station's first raw stamp, each capture keeps from its frame whose raw stamp reaches it),
+        # and that stamp's own fix error is not among the fitted ones: the fitted start can lie
+        # after the window's start by that error less the line's
+        slack = 1e-7 + 5 * err.raw_less_start_s
         before_window_s = (window_start - s["start_time"].values) / np.timedelta64(1, "ns") / 1e9
-        assert -slack <= before_window_s < 512 / rx.sample_rate + slack, rx.id
+        assert -slack <= before_window_s < 512 / rx.sample_rate + slack, (rx.id, before_window_s, err)
         assert s["gps_status"].item() == "ok"
         assert float(s["latitude"]) == pytest.approx(rx.latitude, abs=1e-4)
+
+
+class FitErrors(NamedTuple):
+    fixes: int
+    rate_s: float  # sd of the fitted rate's relative error times DEMO_S (seconds over the capture)
+    start_s: float  # sd of the fitted time at the capture's first sample
+    raw_less_start_s: float  # sd of (a raw stamp of another fix) - (the fitted time there)
+
+
+def _fit_errors(s: xr.Dataset, sigma: float) -> FitErrors:
+    """Standard deviations of the GPS time fit of one station's capture, from where its fresh
+    stamps (the frames where last_gps_solution drops: a new fix) lie on the sample axis."""
+    fs = float(s["sample_rate"])
+    valid = s["frame_sample"].values >= 0
+    last = s["frame_last_gps"].values[valid].astype(np.int16)
+    stamped = s["frame_gps_ns"].values[valid] >= 0
+    fresh = stamped & np.r_[False, np.diff(last) < 0]
+    x = s["frame_sample"].values[valid][fresh] / fs
+    k = int(x.size)
+    if k < 2:
+        return FitErrors(k, np.inf, np.inf, np.inf)
+    sxx = float(((x - x.mean()) ** 2).sum())
+    v0 = 1.0 / k + x.mean() ** 2 / sxx  # variance of the line at x = 0, in units of sigma^2
+    return FitErrors(k, sigma * DEMO_S / np.sqrt(sxx), sigma * np.sqrt(v0), sigma * np.sqrt(1.0 + v0))
 
 
 def timing_utc(gps_ns: int) -> np.datetime64:

@@ -16,6 +16,7 @@ import os
 import struct
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -289,16 +290,21 @@ def test_no_process_outlives_the_browsers(tmp_path: Path, how: str) -> None:
     assert left == []
 
 
-def test_start_failure_is_clear_and_clean(tmp_path: Path) -> None:
+def test_start_failure_is_clear_and_clean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = tmp_path / "fake-chromium"
     fake.write_text("#!/bin/sh\necho 'cannot open display' >&2\nexit 3\n")
     fake.chmod(0o755)
-    before = set(Path(os.environ.get("TMPDIR", "/tmp")).glob("sdrlab-chromium-*"))
+    # the browser's temporary profile in a directory of this test's own (tempfile.mkdtemp's default),
+    # so no other browser of a parallel test run comes or goes there
+    own_tmp = tmp_path / "tmp"
+    own_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(own_tmp))
+    before = set(own_tmp.glob("sdrlab-chromium-*"))
     drivers = dict(browser_module._drivers)
     with pytest.raises(BrowserError, match=r"cannot start .*fake-chromium(.|\n)*cannot open display") as info:
         HeadlessBrowser(executable=str(fake), start_timeout=10)
     assert "exitCode=3" in str(info.value)
-    assert set(Path(os.environ.get("TMPDIR", "/tmp")).glob("sdrlab-chromium-*")) == before
+    assert set(own_tmp.glob("sdrlab-chromium-*")) == before == set()
     assert browser_module._drivers == drivers  # the driver reference is given back
 
 
