@@ -26,8 +26,8 @@ from . import timing
 __all__ = [
     "FLAG_ADC_OVERFLOW", "FLAG_COMPRESSED", "FLAG_LITTLE_ENDIAN", "FLAG_LPF", "FLAG_NEW_FREQ", "FLAG_RESTART",
     "FLAG_SQUELCHED", "FLAG_STEREO", "GPS_LAST_CAP", "GPS_NO_CLOCK", "HEADER_DTYPE", "SAMPLES_PER_FRAME",
-    "RSSI_FLOOR_DBM", "TIMINGS", "Capture", "Receiver", "ReceiverInfo", "ReceiverStatus", "Segment",
-    "build_receipt_segment", "build_segment", "fit_frames", "session_timing",
+    "KINDS", "RSSI_FLOOR_DBM", "TIMINGS", "AudioSegment", "Capture", "Receiver", "ReceiverInfo", "ReceiverStatus",
+    "Segment", "SmeterReadings", "SpectrumRows", "build_receipt_segment", "build_segment", "fit_frames", "session_timing",
 ]
 
 #: complex samples in one frame of the per-frame record (a KiwiSDR SND IQ frame)
@@ -54,6 +54,11 @@ RSSI_FLOOR_DBM = -127.0
 #: what a capture's times rest on: ``gps`` (GPS-stamped frames, KiwiSDR), ``receipt`` (the host's
 #: receipt times only: OpenWebRX, KiwiSDR emulations without the GPS block), ``none`` (no data)
 TIMINGS = ("gps", "receipt", "none")
+
+#: what a capture holds: ``iq`` (complex baseband samples in :class:`Segment`, KiwiSDR) or
+#: ``audio`` (demodulated audio in :class:`AudioSegment`, spectrum rows and S-meter readings, all
+#: with receipt times only: OpenWebRX)
+KINDS = ("iq", "audio")
 
 #: the 20-byte SND IQ frame header as a numpy record, for vectorised parsing of a whole segment
 HEADER_DTYPE = np.dtype(
@@ -128,9 +133,103 @@ class Segment:
         return int(self.samples.shape[0]) + self.streamed
 
 
+I16 = npt.NDArray[np.int16]
+I64 = npt.NDArray[np.int64]
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+
+
+@dataclass
+class AudioSegment:
+    """One uninterrupted stretch of demodulated audio (a connection, or the part of one between two
+    profile changes), as an audio-only receiver (OpenWebRX) delivers it: mono int16 PCM at the
+    rate the client asked for, with the host's receipt time of every message that carried some.
+
+    Nothing here is signal time: ``message_receipt_ns`` are host clock times (ns since the unix
+    epoch) at which the samples up to ``message_end`` (exclusive sample index within the segment)
+    had arrived; ``rate_hz`` is measured from sample counts over the whole segment where it is long
+    enough (else ``nominal_rate_hz``).  A squelch or a stall is a gap in receipt times, not samples.
+    """
+
+    samples: I16  # (n,) mono PCM, 32767 ~ full scale of the demodulated audio
+    nominal_rate_hz: float
+    message_end: I64  # (m,) end sample (exclusive) of each message's samples
+    message_receipt_ns: I64  # (m,) host receipt time of each message, unix ns
+    end_reason: str = "complete"
+    #: what the receiver was tuned to for this segment (absolute Hz), its demodulator and passband
+    frequency_hz: float = float("nan")
+    mode: str = ""
+    low_cut: float = float("nan")
+    high_cut: float = float("nan")
+    #: the receiver's profile in force (its SDR centre and sample rate, Hz; ``sdr|profile`` id)
+    center_freq_hz: float = float("nan")
+    samp_rate_hz: float = float("nan")
+    profile: str = ""
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.samples.shape[0])
+
+    @property
+    def rate_hz(self) -> float:
+        """Audio rate measured from sample counts against receipt times (least squares over the
+        messages; needs >= 2 s), else the nominal rate."""
+        n, t = self.message_end, self.message_receipt_ns
+        if n.size < 3 or (t[-1] - t[0]) < 2 * 10**9:
+            return float(self.nominal_rate_hz)
+        tt = (t - t[0]).astype(np.float64) / 1e9
+        slope = np.polyfit(tt, n.astype(np.float64), 1)[0]
+        # receipt jitter makes the fit noisy on short segments: keep it only within 1 % of nominal
+        return float(slope) if abs(slope / self.nominal_rate_hz - 1.0) < 0.01 else float(self.nominal_rate_hz)
+
+    @property
+    def receipt_t0_ns(self) -> int:
+        """Earliest-arrival estimate of sample 0 (unix ns): every sample was produced before the
+        message holding it arrived (server and network latency are not removed)."""
+        if self.message_end.size == 0:
+            return -1
+        back = np.rint(self.message_end / self.rate_hz * 1e9).astype(np.int64)
+        return int(np.min(self.message_receipt_ns - back))
+
+
+@dataclass
+class SpectrumRows:
+    """Waterfall rows as received (dB as the server computed them, uncalibrated), each tagged with
+    the profile in force at receipt: its centre, sample rate and FFT size (bins = fft_size; rows
+    of a smaller size are NaN-padded).  Bin k of a row is at
+    ``center - samp_rate/2 + k * samp_rate / fft_size`` (DC at bin fft_size/2)."""
+
+    db: F32  # (rows, bins)
+    receipt_ns: I64  # (rows,) unix ns
+    center_freq_hz: F64  # (rows,)
+    samp_rate_hz: F64  # (rows,)
+    fft_size: I64  # (rows,)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.db.shape[0])
+
+
+@dataclass
+class SmeterReadings:
+    """S-meter readings as received: the linear mean power of the channel (full scale 1.0,
+    uncalibrated), with receipt times (unix ns)."""
+
+    power: F64  # (k,)
+    receipt_ns: I64  # (k,)
+
+    @property
+    def n(self) -> int:
+        return int(self.power.shape[0])
+
+
 @dataclass
 class Capture:
-    """Everything one receiver delivered for one request."""
+    """Everything one receiver delivered for one request.
+
+    ``kind`` ``iq``: ``segments`` hold the samples (KiwiSDR).  ``kind`` ``audio``: ``audio``,
+    ``spectrum`` and ``smeter`` hold them (OpenWebRX) and ``segments`` stays empty.  ``protocol``
+    and ``hw`` say which receiver family and what it said it was."""
 
     station: str
     frequency_hz: float
@@ -142,14 +241,33 @@ class Capture:
     segments: list[Segment] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
     bad_frames: int = 0
+    kind: str = "iq"
+    protocol: str = "kiwisdr"
+    #: the receiver's own description (software, version, hardware), for ``core:hw``
+    hw: str = ""
+    audio: list[AudioSegment] = field(default_factory=list)
+    spectrum: SpectrumRows | None = None
+    smeter: SmeterReadings | None = None
 
     @property
     def n_samples(self) -> int:
+        """Samples of the capture's main stream: IQ samples, or audio samples for ``audio``."""
+        if self.kind == "audio":
+            return sum(a.n_samples for a in self.audio)
         return sum(s.n_samples for s in self.segments)
 
     @property
+    def has_data(self) -> bool:
+        """Anything at all arrived (samples, spectrum rows or S-meter readings)."""
+        return (self.n_samples > 0 or (self.spectrum is not None and self.spectrum.n_rows > 0)
+                or (self.smeter is not None and self.smeter.n > 0))
+
+    @property
     def sample_rate(self) -> float:
-        """The measured rate of the first segment with a GPS fit, else the announced rate."""
+        """The measured rate of the first segment with a GPS fit, else the announced rate (audio:
+        the first audio segment's rate, measured from sample counts)."""
+        if self.kind == "audio":
+            return self.audio[0].rate_hz if self.audio else float("nan")
         for s in self.segments:
             if s.fit.ok:
                 return s.fit.fs
@@ -164,7 +282,7 @@ class Capture:
         without GPS stamps (times from the host clock only), else ``none``."""
         if any(s.fit.ok for s in self.segments):
             return "gps"
-        if any(s.timing == "receipt" for s in self.segments):
+        if any(s.timing == "receipt" for s in self.segments) or (self.kind == "audio" and self.has_data):
             return "receipt"
         return "none"
 
