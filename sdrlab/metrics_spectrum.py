@@ -31,7 +31,7 @@ import xarray as xr
 
 from .metric_table import LONG_NAMES, UNITS
 
-__all__ = ["audio_metrics", "row_bin_frequencies", "window_sum_sq", "AUDIO_METRICS"]
+__all__ = ["AUDIO_METRICS", "audio_metrics", "row_bin_frequencies", "waterfall_psd", "waterfall_spectrogram", "window_sum_sq"]
 
 F64 = npt.NDArray[np.float64]
 
@@ -135,4 +135,90 @@ def audio_metrics(ds: xr.Dataset, *, transition_hz: float = 320.0, threshold_db:
     out.attrs = {"title": "sdrlab signal metrics (audio receivers: S-meter and waterfall, uncalibrated)",
                  "transition_hz": transition_hz, "occupancy_threshold_db": threshold_db,
                  "edge_fraction": edge_fraction}
+    return out
+
+
+def _audio_ids(ds: xr.Dataset) -> list[str]:
+    if "kind" not in ds.coords:
+        return []
+    return [str(s) for s, k in zip(ds["station"].values, ds["kind"].values) if k == "audio"]
+
+
+def _row_density(s: xr.Dataset, r: int, offset_db: float, window: str) -> tuple[F64, F64]:
+    """Row ``r`` of a station as (absolute bin frequencies, density FS^2/Hz)."""
+    n = int(s["spectrum_fft_size"].values[r])
+    rate = float(s["spectrum_samp_rate_hz"].values[r])
+    db = s["spectrum"].values[r, :n].astype(np.float64)
+    dens = 10 ** ((db - offset_db) / 10) / (rate * window_sum_sq(n, window))
+    return row_bin_frequencies(float(s["spectrum_center_hz"].values[r]), rate, n), dens
+
+
+def waterfall_psd(ds: xr.Dataset) -> xr.DataArray:
+    """The mean waterfall row of each audio station as a power density (station, frequency) in
+    FS^2/Hz (uncalibrated), ``frequency`` relative to the session's tuned frequency and
+    ``frequency_abs`` absolute (stations whose rows lie on other bins are NaN off theirs)."""
+    offset_db = float(ds["spectrum"].attrs.get("offset_db", -70.0))
+    window = str(ds["spectrum"].attrs.get("window", "hamming"))
+    tuned = float(ds.attrs.get("center_frequency_hz", 0.0))
+    parts = []
+    for sid in _audio_ids(ds):
+        s = ds.sel(station=sid)
+        rows = np.flatnonzero(s["spectrum_fft_size"].values > 0)
+        if rows.size == 0:
+            continue
+        first = rows[0]
+        same = [r for r in rows if s["spectrum_center_hz"].values[r] == s["spectrum_center_hz"].values[first]
+                and s["spectrum_fft_size"].values[r] == s["spectrum_fft_size"].values[first]]
+        f, _ = _row_density(s, first, offset_db, window)
+        mean = np.mean([_row_density(s, r, offset_db, window)[1] for r in same], axis=0)
+        parts.append(xr.DataArray(mean[None, :], dims=("station", "frequency_abs"),
+                                  coords={"station": [sid], "frequency_abs": f}))
+    if not parts:
+        raise ValueError("no audio station with waterfall rows in this session")
+    out = xr.concat(parts, dim="station", join="outer")
+    out = out.assign_coords(frequency=("frequency_abs", out["frequency_abs"].values - tuned)).swap_dims(
+        frequency_abs="frequency")
+    out.attrs = {"units": "FS^2/Hz", "long_name": "mean waterfall row (receiver's FFT, uncalibrated)",
+                 "center_frequency_hz": tuned, "source": "waterfall"}
+    return out
+
+
+def waterfall_spectrogram(ds: xr.Dataset, *, max_rows: int = 600) -> xr.DataArray:
+    """The waterfall rows of each audio station as a power density (station, time, frequency),
+    ``time`` in seconds since the station's first row on a common grid (row number times the
+    stations' median row period, from receipt times: the rows carry no signal time), averaged in
+    linear power down to at most ``max_rows`` rows; ``frequency`` relative to the tuned frequency."""
+    offset_db = float(ds["spectrum"].attrs.get("offset_db", -70.0))
+    window = str(ds["spectrum"].attrs.get("window", "hamming"))
+    tuned = float(ds.attrs.get("center_frequency_hz", 0.0))
+    found: list[tuple[str, F64, F64]] = []
+    periods = []
+    for sid in _audio_ids(ds):
+        s = ds.sel(station=sid)
+        rows = np.flatnonzero(s["spectrum_fft_size"].values > 0)
+        if rows.size == 0:
+            continue
+        first = rows[0]
+        rows = np.array([r for r in rows if s["spectrum_center_hz"].values[r] == s["spectrum_center_hz"].values[first]
+                         and s["spectrum_fft_size"].values[r] == s["spectrum_fft_size"].values[first]])
+        f, _ = _row_density(s, int(first), offset_db, window)
+        found.append((sid, f, np.array([_row_density(s, int(r), offset_db, window)[1] for r in rows])))
+        if rows.size > 1:
+            t = s["spectrum_time"].values[rows]
+            periods.append(float((t[-1] - t[0]) / np.timedelta64(1, "ns")) / 1e9 / (rows.size - 1))
+    if not found:
+        raise ValueError("no audio station with waterfall rows in this session")
+    period = float(np.median(periods)) if periods else 1.0
+    k = max(1, int(np.ceil(max(d.shape[0] for _, _, d in found) / max_rows)))
+    parts = []
+    for sid, f, dens in found:
+        m = dens.shape[0] // k * k
+        if k > 1 and m:
+            dens = dens[:m].reshape(-1, k, dens.shape[1]).mean(axis=1)
+        t = np.arange(dens.shape[0]) * period * k
+        parts.append(xr.DataArray(dens[None], dims=("station", "time", "frequency"),
+                                  coords={"station": [sid], "time": np.round(t, 6), "frequency": f - tuned}))
+    out = xr.concat(parts, dim="station", join="outer")
+    out.attrs = {"units": "FS^2/Hz", "long_name": "waterfall rows (receiver's FFT, uncalibrated, receipt times)",
+                 "center_frequency_hz": tuned, "source": "waterfall", "row_period_s": period}
     return out

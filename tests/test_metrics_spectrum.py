@@ -100,3 +100,21 @@ def test_a_mixed_session_gets_both_kinds_of_metrics():
     assert np.isfinite(float(m["noise_floor_dbfs_hz"].sel(station="kiwi")))
     assert np.isnan(float(m["occupancy_fraction"].sel(station="kiwi")))
     assert float(m["noise_floor_dbfs_hz"].sel(station="owrx")) == pytest.approx(N0_DB, abs=0.3)
+
+
+def test_waterfall_psd_and_spectrogram_of_an_audio_session():
+    ds = model.build_dataset([capture()], {})
+    p = ds.sdr.psd()
+    assert p.dims == ("station", "frequency") and p.sizes["frequency"] == N
+    # the density away from the signal is the known N0; at the tuned frequency the wide signal
+    f = p["frequency"].values
+    quiet = (np.abs(f) > 20_000) & (np.abs(f - (CENTRE - TUNE)) > 2_000)
+    assert 10 * np.log10(float(np.median(p.sel(station="owrx").values[quiet]))) == pytest.approx(N0_DB, abs=0.3)
+    on = 10 * np.log10(float(p.sel(station="owrx").sel(frequency=0.0, method="nearest")))
+    sig_density = 0.5 * 10 ** (SIG_DB / 10) / SIG_BW + 10 ** (N0_DB / 10)
+    assert on == pytest.approx(10 * np.log10(sig_density), abs=1.0)
+    sg = ds.sdr.spectrogram()
+    assert sg.sizes["time"] == ROWS and sg.attrs["row_period_s"] == pytest.approx(0.111)
+    rows_on = 10 * np.log10(sg.sel(station="owrx").sel(frequency=0.0, method="nearest").values)
+    assert (rows_on[1::2] > rows_on[0::2] + 10).all()  # keyed on in every other row
+    assert ds.sdr.plot_psd() is not None and ds.sdr.plot_spectrogram() is not None
