@@ -49,11 +49,13 @@ class SdrDatasetAccessor:
 
     def _iq_only(self) -> xr.Dataset | None:
         """The session's IQ stations (all of it without audio stations); None: audio stations only."""
+        from .model_audio import iq_part
+
         ds = self._ds
-        if "kind" not in ds.coords or not bool((ds["kind"] == "audio").any()):
+        if "audio" not in ds.data_vars:  # no audio stations (their variables exist only then)
             return ds
-        iq = [s for s, k in zip(ds["station"].values, ds["kind"].values) if k != "audio"]
-        return ds.sel(station=iq) if iq else None
+        out: xr.Dataset | None = iq_part(ds)
+        return out
 
     def psd(self, **kw: Any) -> xr.DataArray:
         """Welch PSD of the IQ stations; a session of audio receivers only: their mean waterfall

@@ -675,7 +675,7 @@ def metrics(
     """
     step = _check_welch(nperseg, noverlap)
     _check_fraction(fraction)
-    if isinstance(ds, xr.Dataset) and "kind" in ds.coords and bool((ds["kind"] == "audio").any()):
+    if isinstance(ds, xr.Dataset) and "audio" in ds.data_vars:  # audio stations (their variables exist only then)
         return _with_audio(ds, dict(fs=fs, nperseg=nperseg, noverlap=noverlap, window=window, passband=passband,
                                     bandwidth_hz=bandwidth_hz, fraction=fraction))
     inp = _Input(ds, fs)
@@ -714,13 +714,15 @@ def _with_audio(ds: xr.Dataset, params: dict[str, Any]) -> xr.Dataset:
     stations' as :func:`metrics` makes them; one row per station in the session's order."""
     from .metrics_spectrum import audio_metrics
 
+    from .model_audio import iq_part
+
     order = ds["station"].values
     audio = audio_metrics(ds)
-    iq_ids = [s for s, k in zip(order, ds["kind"].values) if k != "audio"]
-    if not iq_ids:
+    part = iq_part(ds)
+    if part is None:
         out = audio
     else:
-        iq = metrics(ds.sel(station=iq_ids), **params)
+        iq = metrics(part, **params)
         out = iq.reindex(station=order).combine_first(audio.reindex(station=order))
         out.attrs = {**audio.attrs, **iq.attrs, "audio_stations": audio.attrs["title"]}
     out = out[[v for v in UNITS if v in out.data_vars]]

@@ -169,8 +169,8 @@ def waterfall_psd(ds: xr.Dataset) -> xr.DataArray:
         first = rows[0]
         same = [r for r in rows if s["spectrum_center_hz"].values[r] == s["spectrum_center_hz"].values[first]
                 and s["spectrum_fft_size"].values[r] == s["spectrum_fft_size"].values[first]]
-        f, _ = _row_density(s, first, offset_db, window)
-        mean = np.mean([_row_density(s, r, offset_db, window)[1] for r in same], axis=0)
+        f, _ = _row_density(s, int(first), offset_db, window)
+        mean = np.mean([_row_density(s, int(r), offset_db, window)[1] for r in same], axis=0)
         parts.append(xr.DataArray(mean[None, :], dims=("station", "frequency_abs"),
                                   coords={"station": [sid], "frequency_abs": f}))
     if not parts:

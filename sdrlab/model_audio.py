@@ -32,12 +32,27 @@ import numpy.typing as npt
 
 from .capture import AudioSegment, Capture
 
-__all__ = ["AUDIO_DATATYPE", "audio_variables", "unix_ns_to_utc", "audio_hw", "audio_t0"]
+__all__ = ["AUDIO_DATATYPE", "AUDIO_DIMS", "audio_variables", "unix_ns_to_utc", "audio_hw", "audio_t0", "iq_part"]
+
+#: the dims of the audio-kind variables
+AUDIO_DIMS = frozenset({"audio_sample", "audio_segment", "audio_message", "spectrum_row", "spectrum_bin",
+                        "smeter_reading"})
 
 #: SigMF datatype of the ``audio`` variable (real int16, little-endian)
 AUDIO_DATATYPE = "ri16_le"
 
 NAT = np.datetime64("NaT", "ns")
+
+
+def iq_part(ds: Any) -> Any:
+    """The session's IQ stations with only the IQ kind's variables (the audio kind's dropped);
+    None when it has no IQ station."""
+    if "kind" in ds.coords:
+        iq = [s for s, k in zip(ds["station"].values, ds["kind"].values) if k != "audio"]
+        if not iq:
+            return None
+        ds = ds.sel(station=iq)
+    return ds.drop_vars([k for k, v in ds.variables.items() if AUDIO_DIMS & set(v.dims)])
 
 
 def unix_ns_to_utc(ns: npt.ArrayLike) -> npt.NDArray[np.datetime64]:
