@@ -180,7 +180,10 @@ def attach_interval_metrics(ds: xr.Dataset, interval_s: float | None = None) -> 
     if ds.sizes.get("station", 0) == 0 or "iq" not in ds.data_vars:
         return ds
     step = INTERVAL_S if interval_s is None else interval_s
-    m = interval_metrics(ds, step).compute()
+    from .model_audio import iq_part
+
+    # audio stations (a mixed session) have no IQ to measure per interval: NaN rows for them
+    m = interval_metrics(iq_part(ds), step).compute().reindex(station=ds["station"].values)
     for name, v in m.data_vars.items():
         attrs = {"units": v.attrs.get("units", ""), "long_name": f"{LONG_NAMES.get(str(name), name)} per interval"}
         ds[f"interval_{name}"] = (("station", "interval"), v.transpose("station", "interval").values,

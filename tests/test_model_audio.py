@@ -130,3 +130,12 @@ def test_audio_sessions_round_trip_bit_exact(store, mixed):
     caps_table = store.captures(ref.session_id)
     assert int(caps_table.loc["it-torino", "samples"] if "it-torino" in caps_table.index else
                caps_table.set_index("station").loc["it-torino", "samples"]) == 140 * 2002
+
+
+def test_interval_metrics_of_a_mixed_session_leave_the_audio_station_out():
+    from sdrlab.acquire import attach_interval_metrics
+
+    ds = attach_interval_metrics(model.build_dataset([kiwi_capture(), audio_capture()], {}), 0.5)
+    snr = ds["interval_total_power_dbfs"]
+    assert np.isfinite(snr.sel(station="kiwi").values[0])
+    assert np.isnan(snr.sel(station="it-torino").values).all()
