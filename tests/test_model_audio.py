@@ -135,7 +135,7 @@ def test_audio_sessions_round_trip_bit_exact(store, mixed):
 def test_interval_metrics_of_a_mixed_session_leave_the_audio_station_out():
     from sdrlab.acquire import attach_interval_metrics
 
-    ds = attach_interval_metrics(model.build_dataset([kiwi_capture(), audio_capture()], {}), 0.5)
+    ds = attach_interval_metrics(model.build_dataset([kiwi_capture(), audio_capture()], {}), 1.0)
     snr = ds["interval_total_power_dbfs"]
     assert np.isfinite(snr.sel(station="kiwi").values[0])
     assert np.isnan(snr.sel(station="it-torino").values).all()
