@@ -365,8 +365,17 @@ def to_complex(ds: xr.Dataset | xr.DataArray) -> xr.DataArray:
 
 
 def sample_times(ds: xr.Dataset, station: str | None = None) -> xr.DataArray:
-    """UTC time of every sample from each segment's GPS fit (NaT where no fit or padding)."""
+    """UTC time of every sample from each segment's GPS fit (NaT where no fit or padding).  Audio
+    stations (kind ``audio``): of every audio sample, from each audio segment's receipt-time
+    estimate and measured rate (dims station, audio_sample); a selection must not mix kinds."""
     ids = [station] if station is not None else list(ds["station"].values)
+    if "kind" in ds.coords:
+        kinds = {str(k) for k in ds["kind"].sel(station=ids).values}
+        if kinds == {"audio"}:
+            return _audio_times(ds, ids, station)
+        if "audio" in kinds:
+            raise ValueError("sample_times: IQ and audio stations have different sample axes; ask for one "
+                             "station, or select the stations of one kind")
     n = ds.sizes["sample"]
     out = np.full((len(ids), n), np.datetime64("NaT", "ns"))
     for i, sid in enumerate(ids):
@@ -380,6 +389,23 @@ def sample_times(ds: xr.Dataset, station: str | None = None) -> xr.DataArray:
             k = np.arange(int(length), dtype=np.float64)
             out[i, start : start + length] = t0 + np.rint(k * (1e9 / fs)).astype("timedelta64[ns]")
     da = xr.DataArray(out, dims=("station", "sample"), coords={"station": ids}, name="time")
+    return da.isel(station=0, drop=True) if station is not None else da
+
+
+def _audio_times(ds: xr.Dataset, ids: list[Any], station: str | None) -> xr.DataArray:
+    """Receipt-time UTC of every audio sample: t0 + n / rate per audio segment (NaT for padding)."""
+    n = ds.sizes["audio_sample"]
+    out = np.full((len(ids), n), np.datetime64("NaT", "ns"))
+    for i, sid in enumerate(ids):
+        s = ds.sel(station=sid)
+        for start, length, t0, fs in zip(s["audio_segment_start"].values, s["audio_segment_length"].values,
+                                         s["audio_segment_t0"].values, s["audio_segment_rate"].values):
+            if start < 0 or np.isnat(t0) or not np.isfinite(fs):
+                continue
+            k = np.arange(int(length), dtype=np.float64)
+            out[i, start : start + length] = t0 + np.rint(k * (1e9 / fs)).astype("timedelta64[ns]")
+    da = xr.DataArray(out, dims=("station", "audio_sample"), coords={"station": ids}, name="time",
+                      attrs={"comment": "host receipt time estimate, not signal time"})
     return da.isel(station=0, drop=True) if station is not None else da
 
 

@@ -139,3 +139,19 @@ def test_interval_metrics_of_a_mixed_session_leave_the_audio_station_out():
     snr = ds["interval_total_power_dbfs"]
     assert np.isfinite(snr.sel(station="kiwi").values[0])
     assert np.isnan(snr.sel(station="it-torino").values).all()
+
+
+def test_audio_sample_times_follow_each_segments_receipt_time_and_rate():
+    ds = model.build_dataset([kiwi_capture(), audio_capture()], {})
+    t = ds.sdr.time("it-torino")
+    assert t.dims == ("audio_sample",)
+    seg = audio_capture().audio
+    first = (t.values[0] - np.datetime64(seg[0].receipt_t0_ns, "ns")) / np.timedelta64(1, "ns")
+    assert first == 0
+    # the second segment starts at its own t0 (a profile change: a new receipt-time estimate)
+    k = 100 * 2002
+    assert (t.values[k] - np.datetime64(seg[1].receipt_t0_ns, "ns")) / np.timedelta64(1, "ns") == 0
+    step = (t.values[k - 1] - t.values[k - 2]) / np.timedelta64(1, "ns")
+    assert step == pytest.approx(1e9 / seg[0].rate_hz, abs=1)
+    with pytest.raises(ValueError, match="different sample axes"):
+        ds.sdr.time()
