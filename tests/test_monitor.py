@@ -498,35 +498,43 @@ def test_a_continuous_campaign_stops_promptly_keeps_what_arrived_and_resumes_wit
     # of 2 s): a bound that tells stopping from waiting out another session, with room for a
     # loaded machine (4.3 s seen with the CPU shared with another job)
     assert stopped_in < 8.0, stopped_in
-    first, middle, cut = report.sessions
-    assert [s.dataset.attrs["campaign_slot"] for s in report.sessions] == [0, 1, 2]
+    # the next session connects lead_s (2 s) before the third window ends, 1 s into it: stopped
+    # 0.5 s later it normally has no data yet and is no session; on a loaded machine its window
+    # may open before the stop reaches it (7 s to stop seen), and then what it received is kept
+    first, middle, third, *fourth = report.sessions
+    cut = report.sessions[-1]
+    assert len(fourth) <= 1
+    assert [s.dataset.attrs["campaign_slot"] for s in report.sessions] == list(range(len(report.sessions)))
     assert len(first.ok) == 2 and len(middle.ok) == 2
-    assert all(r.status == "partial" and "stopped by request" in (r.message or "") for r in cut.results.values())
+    for stopped in (third, *fourth):
+        assert all(r.status == "partial" and "stopped by request" in (r.message or "")
+                   for r in stopped.results.values())
     listed = store.sessions()
     assert set(listed.index) == {s.session_id for s in report.sessions + second.sessions}  # no empty recording left
     assert "recording" not in set(listed["status"])
     full = store.open(middle.session_id)["n_samples"].values
-    part = store.open(cut.session_id)["n_samples"].values
+    part = store.open(third.session_id)["n_samples"].values
     assert np.all(full >= 3 * 11_990) and np.all((part > 0.3 * full) & (part < 0.75 * full)), (full, part)
-    for a, b in ((first, middle), (middle, cut)):
+    for a, b in zip(report.sessions, report.sessions[1:]):
         at = store.open(b.session_id).attrs
         assert at["continuity"] == "abutting" and at["continuity_previous"] == a.session_id
         assert at["continuity_window_gap_s"] == 0.0
     # the resumed run: slots whose time passed are missed, its first session says how long the gap was
     assert second.stopped and len(second.sessions) == 1
-    assert sorted(second.skipped) == [(k, DEMO7_TUNE_HZ) for k in range(3)]
+    assert sorted(second.skipped) == [(k, DEMO7_TUNE_HZ) for k in range(len(report.sessions))]
     (resumed,) = second.sessions
     at = store.open(resumed.session_id).attrs
-    assert at["campaign_slot"] >= 3 and second.missed == list(range(3, at["campaign_slot"]))
+    n = len(report.sessions)
+    assert at["campaign_slot"] >= n and second.missed == list(range(n, at["campaign_slot"]))
     assert at["campaign_start"] == first.dataset.attrs["campaign_start"]
     assert at["continuity"] == "gap" and at["continuity_previous"] == cut.session_id
     cut_end_ns = timing.utc_to_gps_ns(np.datetime64(cut.dataset.attrs["window_end"].rstrip("Z"), "ns"))
-    assert at["continuity_previous_slot"] == 2
+    assert at["continuity_previous_slot"] == len(report.sessions) - 1
     assert at["continuity_window_gap_s"] >= (restart_ns - cut_end_ns) / 1e9 > 0  # the seconds in between, at least
     assert at["continuity_gap_s"] >= at["continuity_window_gap_s"] - FRAME_S
     assert second.gaps == [(at["campaign_slot"], pytest.approx(at["continuity_gap_s"]))]
     assert len(resumed.ok) == 2  # stop_after: the session it started completed, no next one started
-    assert campaign_sessions(store, "cont-2")["slot"].tolist() == [0, 1, 2, at["campaign_slot"]]
+    assert campaign_sessions(store, "cont-2")["slot"].tolist() == [*range(len(report.sessions)), at["campaign_slot"]]
 
 
 def test_continuous_campaign_files_and_their_mistakes(tmp_path, capsys):
