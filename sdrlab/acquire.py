@@ -31,6 +31,9 @@ from .stations import Catalog, Station
 log = logging.getLogger(__name__)
 
 MAX_FREQUENCY_HZ = 30_000_000.0  # KiwiSDR: HF, 0-30 MHz
+#: the highest frequency each receiver family tunes (OpenWebRX: whatever its SDR's profiles cover,
+#: the client checks the profile; 6 GHz bounds the hardware it runs on)
+MAX_FREQUENCY_BY_PROTOCOL = {"kiwisdr": MAX_FREQUENCY_HZ, "openwebrx": 6_000_000_000.0}
 #: the metrics shown in the per-station table (all of them are stored in the Dataset)
 TABLE_METRICS = metric_table.TABLE_METRICS
 #: metric flags behind the table's notes
@@ -211,13 +214,29 @@ def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def validate_request(frequency_hz: float, duration_s: float) -> None:
+def validate_request(frequency_hz: float, duration_s: float, stations: Iterable[Station] | None = None) -> None:
+    """The frequency (within every chosen station's family's range; without ``stations``:
+    KiwiSDR's 0-30 MHz) and the duration, each named when wrong."""
     if not isinstance(frequency_hz, (int, float)) or not math.isfinite(frequency_hz):
         raise ConfigError(f"frequency must be a number of Hz, got {frequency_hz!r}")
-    if not 0.0 < frequency_hz <= MAX_FREQUENCY_HZ:
-        raise ConfigError(
-            f"frequency {frequency_hz:g} Hz is outside 0-30 MHz (KiwiSDR receivers cover HF only)"
-        )
+    if stations is None:
+        if not 0.0 < frequency_hz <= MAX_FREQUENCY_HZ:
+            raise ConfigError(
+                f"frequency {frequency_hz:g} Hz is outside 0-30 MHz (KiwiSDR receivers cover HF only)"
+            )
+    else:
+        sts = list(stations)
+        kiwi_out = [s.id for s in sts if s.protocol == "kiwisdr" and not 0.0 < frequency_hz <= MAX_FREQUENCY_HZ]
+        if kiwi_out:
+            raise ConfigError(f"frequency {frequency_hz:g} Hz is outside 0-30 MHz (KiwiSDR receivers cover HF only): "
+                              f"{', '.join(kiwi_out)}")
+        top = max(MAX_FREQUENCY_BY_PROTOCOL.values())
+        if not 0.0 < frequency_hz <= top:
+            raise ConfigError(f"frequency {frequency_hz:g} Hz is outside 0-{top / 1e6:g} MHz (no receiver tunes it)")
+        other = [s.id for s in sts
+                 if not 0.0 < frequency_hz <= MAX_FREQUENCY_BY_PROTOCOL.get(s.protocol, MAX_FREQUENCY_HZ)]
+        if other:
+            raise ConfigError(f"frequency {frequency_hz:g} Hz is outside what {', '.join(other)} can tune")
     if not isinstance(duration_s, (int, float)) or not math.isfinite(duration_s):
         raise ConfigError(f"duration must be a finite number of seconds, got {duration_s!r}")
     if duration_s < MIN_DURATION_S:
@@ -708,8 +727,8 @@ def acquire(
     logged and costs nothing).
     """
     settings = settings or Settings.from_env()
-    validate_request(frequency_hz, duration_s)
     chosen = _resolve(stations, catalog, settings)
+    validate_request(frequency_hz, duration_s, chosen)
     reserved = sorted(set(attrs or {}) & model.RESERVED_ATTRS)
     if reserved:  # checked before anything is acquired, so nothing acquired is ever refused
         raise ConfigError(f"attrs: {', '.join(map(repr, reserved))} set by sdrlab, cannot be replaced")

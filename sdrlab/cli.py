@@ -106,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="simulate demo7, acquire all seven, store the session, print the table")
     demo.add_argument("--duration", type=_duration, default=5.0, metavar="S")
+    demo.add_argument("--network", default="demo7",
+                      help="the simulated network: demo7 (KiwiSDR, HF) or italy7 (OpenWebRX, 145.5 MHz)")
     demo.add_argument("--out", metavar="PATH", help="store directory (default: ./sdrlab-data)")
     demo.add_argument("--speed", type=float, default=1.0, help="simulator speed-up (1.0 = real rate)")
     demo.add_argument("--no-progress", action="store_true")
@@ -263,11 +265,22 @@ def print_session(session: object) -> None:
 
 
 def _cmd_sim_serve(a: argparse.Namespace) -> int:
+    from .demo import OWRX_NETWORKS
     from .sim.networks import network
     from .sim.server import run_forever
 
     if a.speed <= 0:
         raise ConfigError(f"--speed must be positive, got {a.speed}")
+    if a.network in OWRX_NETWORKS:
+        from .sim.owrx import server as owrx
+        from .sim.owrx.networks import italy7
+
+        port = 8180 if a.port == 8073 else a.port  # the catalogue's italy7 ports by default
+        try:
+            owrx.run_forever(italy7(a.seed), host=a.host, base_port=port)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve on {a.host} from port {port}: {exc.strerror or exc}") from None
+        return 0
     scene = network(a.network, a.seed)
     last = a.port + len(scene.receivers) - 1
     if a.port < 0 or (a.port and last > 65535):
@@ -428,7 +441,7 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     if a.report and not Path(a.report).is_file():
         raise ConfigError(f"--report {a.report}: no such notebook")
     session = run_demo(duration_s=a.duration, out=a.out, speed=a.speed, progress=not a.no_progress,
-                       settings=_settings())
+                       settings=_settings(), network=a.network)
     rc = _save_or_rescue(session)
     print_session(session)
     if rc or not a.report:

@@ -1,4 +1,5 @@
-"""``sdrlab demo``: the demo7 simulator in-process, all seven acquired, the session stored."""
+"""``sdrlab demo``: a simulated network in-process (demo7: KiwiSDRs on HF; italy7: OpenWebRX on
+2 m), all its stations acquired, the session stored."""
 
 from __future__ import annotations
 
@@ -16,9 +17,18 @@ from .stations import Station, load_catalog
 from .store import Store
 
 
+def network_stations(network: str, ports: dict[str, int], host: str = "127.0.0.1") -> list[Station]:
+    """The catalogue's stations of a simulated network, pointed at a running simulator's ports."""
+    return [replace(s, host=host, port=ports[s.id]) for s in load_catalog().network(network)]
+
+
 def demo7_stations(ports: dict[str, int], host: str = "127.0.0.1") -> list[Station]:
     """The catalogue's demo7 stations, pointed at a running simulator's ports."""
-    return [replace(s, host=host, port=ports[s.id]) for s in load_catalog().network("demo7")]
+    return network_stations("demo7", ports, host)
+
+
+#: the built-in simulated OpenWebRX networks (the others are KiwiSDR scenes: sim.networks)
+OWRX_NETWORKS = ("italy7",)
 
 
 def scene_attrs(scene: Scene) -> dict[str, Any]:
@@ -36,13 +46,25 @@ def run_demo(
     progress: bool = True,
     seed: int = 0,
     settings: Settings | None = None,
+    network: str = "demo7",
 ) -> Session:
-    """Simulate demo7 on ephemeral loopback ports (so a running ``sdrlab sim serve`` does not
-    clash), acquire every station at the demo frequency, write the session under ``out``."""
+    """Simulate ``network`` on ephemeral loopback ports (so a running ``sdrlab sim serve`` does
+    not clash), acquire every station at the network's demo frequency, write the session under
+    ``out``.  ``italy7``: the seven OpenWebRX receivers at 145.5 MHz (real rate only)."""
     if not speed > 0:
         raise ConfigError(f"speed must be positive, got {speed}")
     settings = settings or Settings.from_env()
     store = Store(f"file://{Path(out).resolve()}") if out is not None else settings.store_obj()
+    if network in OWRX_NETWORKS:
+        from .sim.owrx.networks import ITALY7_TUNE_HZ, italy7
+        from .sim.owrx.server import OwrxSimServer
+
+        with OwrxSimServer(italy7(seed), base_port=0) as owrx:
+            session = acquire(network_stations(network, owrx.ports), ITALY7_TUNE_HZ, duration_s, settings=settings,
+                              progress=progress, write=False, attrs={"simulated_scene": network})
+        return save(session, store, index=settings.engine(), rescue=settings.rescue_obj())
+    if network != "demo7":
+        raise ConfigError(f"unknown simulated network {network!r} (known: demo7, {', '.join(OWRX_NETWORKS)})")
     scene = demo7(seed)
     with SimServer(scene, base_port=0, speed=speed) as sim:
         # the simulated scene's truth travels with the session (maps show the transmitter)

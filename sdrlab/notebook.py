@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 #: simulated networks started by this kernel, reused by later cells: (network, seed, speed) -> server
-_SERVERS: dict[tuple[str, int, float], tuple[SimServer, Scene]] = {}
+_SERVERS: dict[tuple[str, int, float], tuple[Any, Scene | None]] = {}
 
 
 # ---- parameter checks -------------------------------------------------------------------------
@@ -57,13 +57,27 @@ def check_choice(name: str, value: Any, choices: Any) -> Any:
     return value
 
 
-def check_acquisition(frequency_hz: Any, duration_s: Any) -> tuple[float, float]:
-    """Frequency and duration as numbers within the receivers' limits (messages name the parameter)."""
+def check_acquisition(frequency_hz: Any, duration_s: Any, stations: str | None = None,
+                      settings: Settings | None = None) -> tuple[float, float]:
+    """Frequency and duration as numbers within the receivers' limits (messages name the parameter):
+    with ``stations`` (a network name, ``all`` or ids, as :func:`choose_stations` takes them) those
+    stations' ranges (a KiwiSDR tunes 0-30 MHz), else any receiver family's."""
     from .acquire import validate_request
+    from .stations import load_catalog
 
     check_type("frequency_hz", frequency_hz, (int, float))
     check_type("duration_s", duration_s, (int, float))
-    validate_request(float(frequency_hz), float(duration_s))
+    chosen: list[Station] = []
+    if stations is not None:
+        words = parse_station_spec(stations)
+        known: dict[str, Station] = {}
+        for cat in (load_catalog(), (settings or Settings.from_env()).catalog_obj()):
+            known.update({s.id: s for s in cat})
+        by_net = [s for s in known.values() if s.network in words]
+        chosen = by_net or [known[w] for w in words if w in known]
+        if words == ["all"]:
+            chosen = []
+    validate_request(float(frequency_hz), float(duration_s), chosen)
     return float(frequency_hz), float(duration_s)
 
 
@@ -131,7 +145,24 @@ def simulate(network: str = "demo7", *, seed: int = 0, speed: float = 1.0) -> tu
         if not _SERVERS:
             atexit.register(stop_simulators)
         _SERVERS[key] = (SimServer(scene, base_port=0, speed=speed).start_in_thread(), scene)
-    return _SERVERS[key]
+    server, sc = _SERVERS[key]
+    assert sc is not None  # a KiwiSDR network always has its scene
+    return server, sc
+
+
+def simulate_owrx(network: str = "italy7", *, seed: int = 0) -> dict[str, int]:
+    """A simulated OpenWebRX network on free loopback ports, started once per (network, seed)
+    and kept for the rest of this kernel's life; its ports by station id."""
+    from .sim.owrx.networks import italy7
+    from .sim.owrx.server import OwrxSimServer
+
+    key = (network, int(seed), 0.0)
+    if key not in _SERVERS:
+        if not _SERVERS:
+            atexit.register(stop_simulators)
+        _SERVERS[key] = (OwrxSimServer(italy7(seed), base_port=0).start_in_thread(), None)
+    ports: dict[str, int] = _SERVERS[key][0].ports
+    return ports
 
 
 def choose_stations(spec: str, *, simulated: bool, settings: Settings | None = None,
@@ -139,23 +170,30 @@ def choose_stations(spec: str, *, simulated: bool, settings: Settings | None = N
     """The stations a notebook acquires from.  ``simulated``: the named simulated network (or the
     named stations of demo7) served in-process; otherwise the catalogue's network, ``all``, or
     the named station ids."""
+    from .demo import OWRX_NETWORKS, network_stations
     from .sim.networks import NETWORKS
 
     words = parse_station_spec(spec)
     settings = settings or Settings.from_env()
     if simulated:
-        net = words[0] if len(words) == 1 and words[0] in NETWORKS else "demo7"
-        from .demo import demo7_stations
         from .stations import load_catalog
 
-        known = [s.id for s in load_catalog().network(net)]
-        unknown = [w for w in words if w not in known and w not in NETWORKS and w != "all"]
+        nets = set(NETWORKS) | set(OWRX_NETWORKS)
+        cat = load_catalog()
+        net = words[0] if len(words) == 1 and words[0] in nets else next(
+            (n for n in OWRX_NETWORKS if words[0] in {s.id for s in cat.network(n)}), "demo7")
+        known = [s.id for s in cat.network(net)]
+        unknown = [w for w in words if w not in known and w not in nets and w != "all"]
         if unknown:  # checked before a simulator is started
             raise ConfigError(f"parameter stations: {', '.join(unknown)} not in the simulated network {net} "
                               f"(its stations: {', '.join(known)})")
-        server, scene = simulate(net, seed=seed)
-        pointed = {s.id: s for s in demo7_stations(server.ports)}
-        if words[0] in NETWORKS or words == ["all"]:
+        if net in OWRX_NETWORKS:
+            ports, scene = simulate_owrx(net, seed=seed), None
+        else:
+            server, scene = simulate(net, seed=seed)
+            ports = server.ports
+        pointed = {s.id: s for s in network_stations(net, ports)}
+        if words[0] in nets or words == ["all"]:
             return list(pointed.values()), scene
         return [pointed[w] for w in words], scene
     catalog = settings.catalog_obj()
@@ -274,7 +312,15 @@ def methods_note(ds: Any) -> str:
     if ds.attrs.get("metrics_definition"):
         d = json.loads(ds.attrs["metrics_definition"])
         lines.append("- Spectral estimate: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in d.items() if k != "title"))
-    lines.append(f"- Recorded by {ds.attrs.get('core:recorder', 'sdrlab')}; times are GPS-derived UTC.")
+    times = {"gps": "times are GPS-derived UTC",
+             "receipt": "times are this host's receipt times (the receivers send no timestamps), not signal time",
+             "mixed": "times are GPS-derived UTC for the GPS-timed stations and this host's receipt times for the "
+                      "others (column timing)"}.get(str(ds.attrs.get("timing", "gps")), "no station has a time base")
+    if "audio" in ds.variables:
+        lines.append("- Audio receivers (OpenWebRX): levels from their S-meter and waterfall rows, relative to "
+                     "each receiver's ADC full scale (uncalibrated); SNR = (S-meter power - N0 B) / (N0 B) with N0 "
+                     "from the waterfall's median bin and B the passband plus the filter's transition")
+    lines.append(f"- Recorded by {ds.attrs.get('core:recorder', 'sdrlab')}; {times}.")
     return "\n".join(lines)
 
 

@@ -466,8 +466,8 @@ class AcquisitionPanel(_Panel):
         (:class:`~sdrlab.errors.ConfigError` names what is wrong)."""
         frequency_hz = float(self.frequency_khz.value) * 1e3
         duration_s = float(self.duration.value)
-        validate_request(frequency_hz, duration_s)
         ids = [str(s) for s in self.station_select.value]
+        validate_request(frequency_hz, duration_s, [self.stations[s] for s in ids] if ids else None)
         if not ids:
             raise ConfigError("select at least one station")
         return [self.stations[s] for s in ids], frequency_hz, duration_s

@@ -13,7 +13,8 @@ from sdrlab.store import Store
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: nb.check_acquisition(-5.0, 1.0), "frequency -5 Hz is outside 0-30 MHz"),
+    (lambda: nb.check_acquisition(-5.0, 1.0), "frequency -5 Hz is outside 0-6000 MHz"),
+    (lambda: nb.check_acquisition(7e9, 1.0), "frequency 7e+09 Hz is outside 0-6000 MHz"),
     (lambda: nb.check_acquisition(9e6, 0), "duration"),
     (lambda: nb.check_acquisition("9e6", 1.0), "parameter frequency_hz must be int or float, got '9e6'"),
     (lambda: nb.check_acquisition(9e6, True), "parameter duration_s must be int or float, got True"),
