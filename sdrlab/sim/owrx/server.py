@@ -36,6 +36,7 @@ from .config import OwrxConfig, OwrxFaults
 from .pages import index_html, metrics_json, metrics_text, status_json
 from .receiver import OwrxTruth, ReceiverHub
 from .session import Session
+from .signals import Emitter
 
 __all__ = ["OwrxSimServer", "run_forever"]
 
@@ -142,6 +143,8 @@ class OwrxSimServer(ThreadedServer):
     # ---- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        emitters = {e for r in self.receivers for p in r.profiles for e in p.band.emitters}
+        await asyncio.to_thread(_prepare, emitters)  # voice tables: not on first use
         try:
             for hub in self._hubs.values():
                 port = self.base_port + hub.index if self.base_port else 0
@@ -226,6 +229,11 @@ async def _pinger(ws: ServerConnection, last_rx: list[float]) -> None:
         except ConnectionClosed:
             return
         last_rx[0] = time.monotonic()
+
+
+def _prepare(emitters: set[Emitter]) -> None:
+    for e in emitters:
+        e.prepare()
 
 
 def _page(status: http.HTTPStatus, body: str, content_type: str) -> Response:

@@ -33,7 +33,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from ...receivers.owrxmsg import CLIENT_PREFIX, DEFAULT_BANDPASS, SERVER_PREFIX, SQUELCH_OPEN_DB
-from ...receivers.owrxwire import FRAME_AUDIO, FRAME_FFT, AudioEncoder, float_to_int16
+from ...receivers.owrxwire import FRAME_AUDIO, FRAME_FFT, SYNC_MAGIC, SYNC_SIZE, AudioEncoder, float_to_int16
 from .config import OwrxConfig, OwrxFaults, Profile
 from .demod import AUDIO_MODS, Demodulator
 from .dsp import SMETER_DECIMATION, ChannelChain, smeter_schedule
@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 #: cpuusage (and Plus temperature) period, s
 CPU_PERIOD_S = 3.0
 #: how often the channel pump wakes up, s
-PUMP_TICK_S = 0.04
+PUMP_TICK_S = 0.02
 #: audio messages carry between these many bytes (seeded random): SYNC frames end up split
 AUDIO_MESSAGE_BYTES = (40, 1600)
 #: squelch: upstream sends this many blocks of zeros after closing, then nothing (section 5)
@@ -480,12 +480,17 @@ class Session:
         return self.encoder.encode(samples)
 
     async def _send_audio(self, data: bytes) -> None:
-        """Arbitrary message boundaries (even ones for uncompressed int16), as the server's pump."""
+        """Arbitrary message boundaries (even ones for uncompressed int16), as the server's pump
+        forwards whatever its buffer holds; a third of the SYNC frames get a boundary inside."""
         pos, lo, hi = 0, *AUDIO_MESSAGE_BYTES
         while pos < len(data):
             size = int(self.rng.integers(lo, hi + 1))
             if self.cfg.audio_compression == "none":
                 size &= ~1
+            else:
+                sync = data.find(SYNC_MAGIC, pos + 1, pos + size)
+                if sync > 0 and self.rng.random() < 1 / 3:
+                    size = sync - pos + int(self.rng.integers(1, SYNC_SIZE))
             chunk = data[pos : pos + size]
             pos += len(chunk)
             self.truth.audio_bytes += len(chunk)

@@ -90,6 +90,26 @@ class Recording:
         return (np.concatenate(parts) if parts else np.zeros(0, np.int16)), counts
 
 
+def burst_counts(counts: list[tuple[float, int]], gap_s: float = 0.004) -> list[tuple[float, int]]:
+    """The (time, cumulative samples) of the last message of each burst (the messages one server
+    pump tick sent together): block boundaries, not a block's middle."""
+    out = []
+    for i, (t, n) in enumerate(counts):
+        if i + 1 == len(counts) or counts[i + 1][0] - t > gap_s:
+            out.append((t, n))
+    return out
+
+
+def align_rows(got: np.ndarray, sent: np.ndarray) -> np.ndarray:
+    """The run of ``sent`` rows that ``got`` (received in order) matches best."""
+    best, best_err = 0, np.inf
+    for k in range(0, len(sent) - len(got) + 1):
+        err = float(np.median(np.abs(got[:, 100:200] - sent[k : k + len(got), 100:200])))
+        if err < best_err:
+            best, best_err = k, err
+    return sent[best : best + len(got)]
+
+
 async def record(url: str, seconds: float, on_profiles: list[str] | None = None, *, handshake: str = HANDSHAKE,
                  until_closed: bool = False) -> Recording:
     """Connect, handshake, send ``on_profiles`` once the ``profiles`` message arrived, record."""
