@@ -23,6 +23,7 @@ import asyncio
 import functools
 import http
 import logging
+import socket
 import time
 from typing import Callable, Sequence, TypeVar
 
@@ -196,6 +197,10 @@ class OwrxSimServer(ThreadedServer):
         addr = ws.remote_address
         self._numbers += 1
         session = Session(hub, ws, self._numbers, str(addr[0]) if addr else "127.0.0.1")
+        if hub.faults.sndbuf_bytes is not None:
+            sock = ws.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, hub.faults.sndbuf_bytes)
         hub.opened(session)
         last_rx = [time.monotonic()]
         pinger = asyncio.get_running_loop().create_task(_pinger(ws, last_rx))

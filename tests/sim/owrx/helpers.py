@@ -160,9 +160,15 @@ def http_get(url: str) -> tuple[int, str, dict[str, str]]:
         return e.code, e.read().decode(), dict(e.headers)
 
 
-def raw_upgrade(port: int, key: str = "dGhlIHNhbXBsZSBub25jZQ==", path: str = "/ws/") -> tuple[socket.socket, bytes]:
-    """A plain-socket upgrade: (socket, the exact reply bytes up to the blank line)."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+def raw_upgrade(port: int, key: str = "dGhlIHNhbXBsZSBub25jZQ==", path: str = "/ws/",
+                rcvbuf: int | None = None) -> tuple[socket.socket, bytes]:
+    """A plain-socket upgrade: (socket, the exact reply bytes up to the blank line); ``rcvbuf``:
+    the receive buffer set before connecting (a small TCP window)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(5)
+    s.connect(("127.0.0.1", port))
     s.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
     buf = b""
