@@ -87,10 +87,12 @@ class ReceiverHub:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ---- bookkeeping -------------------------------------------------------------------------
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task of this receiver: kept until done, cancelled and awaited by :meth:`stop`."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     @property
     def users(self) -> int:
@@ -161,7 +163,7 @@ class ReceiverHub:
     def _start_spectrum(self, sdr: SdrState) -> None:
         if sdr.task is not None:
             sdr.task.cancel()
-        sdr.task = asyncio.get_running_loop().create_task(self._spectrum(sdr), name=f"owrx-fft-{self.cfg.id}")
+        sdr.task = self.spawn(self._spectrum(sdr))
 
     def _stop_sdr(self, sdr: SdrState) -> None:
         if sdr.task is not None:

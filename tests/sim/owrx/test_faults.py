@@ -18,8 +18,8 @@ from websockets.asyncio.client import connect
 from sdrlab.receivers import owrxwire as W
 from sdrlab.sim.owrx import OwrxFaults, OwrxSimServer, Profile
 
-from .helpers import (CENTER, HANDSHAKE, PROPS, START, TONE_HZ, Recording, _collect, dsp, masked_text, raw_upgrade,
-                      receiver, record, run_record)
+from .helpers import (CENTER, HANDSHAKE, PROPS, START, TONE_HZ, Recording, _collect, dsp, http_get, masked_text,
+                      raw_upgrade, receiver, record, run_record)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def fsim() -> Iterator[OwrxSimServer]:
     spare = Profile("airspy", "2m", "Airspy", "2m", 145_400_000, 3_000_000, TONE_HZ, band=two.profiles[0].band)
     receivers = [receiver("f-up", max_clients=2), receiver("f-plus", fork="plus", version="v1.2.100",
                                                              max_clients_per_ip=1),
-                 replace(two, profiles=two.profiles + (spare,))]
+                 replace(two, profiles=two.profiles + (spare,)), receiver("f-dead")]
     with OwrxSimServer(receivers) as server:
         yield server
 
@@ -141,13 +141,15 @@ def test_sdr_failure_moves_listeners_or_reports_error(fsim: OwrxSimServer) -> No
     stream = b"".join(p for _, p in moved.frames(W.FRAME_AUDIO))
     assert b"SYNC\x00\x00\x00\x00" in stream  # a new DSP: a new encoder, SYNC with state (0, 0)
     assert len(moved.frames(W.FRAME_FFT)) >= 9
-    status = json.loads(__import__("urllib.request").request.urlopen(fsim.url("f-two") + "status.json").read())
+    status = json.loads(http_get(fsim.url("f-two") + "status.json")[1])
     assert [s["name"] for s in status["sdrs"]] == ["Airspy"]
 
-    dead = asyncio.run(listen("f-up"))
+    dead = asyncio.run(listen("f-dead"))
     assert dead.values("sdr_error") == ["No SDR Devices available"]
     t_err = next(t for t, m in dead.json() if m["type"] == "sdr_error")
-    assert not [t for t, _ in dead.binary if t > t_err + 0.3]  # no FFT, no audio after it
+    late = [(round(t - t_err, 3), b[0], len(b)) for t, b in dead.binary if t > t_err + 0.3]
+    assert not late  # no FFT, no audio after it
+    assert json.loads(http_get(fsim.url("f-dead") + "status.json")[1])["sdrs"] == []
 
 
 def test_encoder_restart_mid_block(fsim: OwrxSimServer) -> None:
