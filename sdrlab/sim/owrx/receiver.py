@@ -28,6 +28,8 @@ __all__ = ["OwrxTruth", "ProfileChange", "ReceiverHub"]
 logger = logging.getLogger(__name__)
 
 FULL_REASON = "Too many clients"
+#: how long stopping waits for the receiver's tasks, s
+STOP_TIMEOUT_S = 5.0
 BANNED_REASON = "Client address banned"
 
 
@@ -275,7 +277,10 @@ class ReceiverHub:
             self._stop_sdr(sdr)
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
+            if pending:
+                logger.warning("%s: %d tasks did not stop: %s", self.cfg.id, len(pending), pending)
 
 
 def _copy_truth(t: SessionTruth) -> SessionTruth:

@@ -166,7 +166,11 @@ class OwrxSimServer(ThreadedServer):
     async def stop(self) -> None:
         for hub in self._hubs.values():
             await hub.stop()
-        await self._close_servers()
+        try:
+            await asyncio.wait_for(self._close_servers(), CLOSE_TIMEOUT_S * 3)
+        except TimeoutError:
+            logger.warning("OpenWebRX simulator: connections still open at stop: %s",
+                           [s for h in self._hubs.values() for s in h.sessions])
         logger.info("OpenWebRX simulator stopped")
 
     async def _close_servers(self) -> None:

@@ -133,7 +133,11 @@ def test_sdr_failure_moves_listeners_or_reports_error(fsim: OwrxSimServer) -> No
             await _collect(ws, rec, 1.5, [], False)
         return rec
 
-    moved = asyncio.run(listen("f-two"))
+    async def both() -> tuple[Recording, Recording]:
+        moved, dead = await asyncio.gather(listen("f-two"), listen("f-dead"))
+        return moved, dead
+
+    moved, dead = asyncio.run(both())
     assert moved.values("log_message") == ['SDR device "RTL-SDR" has failed, selecting new device']
     assert {"center_freq": 145_400_000, "samp_rate": 3_000_000, "sdr_id": "airspy"}.items() <= \
         [v for v in moved.values("config") if "center_freq" in v][-1].items()
@@ -144,7 +148,6 @@ def test_sdr_failure_moves_listeners_or_reports_error(fsim: OwrxSimServer) -> No
     status = json.loads(http_get(fsim.url("f-two") + "status.json")[1])
     assert [s["name"] for s in status["sdrs"]] == ["Airspy"]
 
-    dead = asyncio.run(listen("f-dead"))
     assert dead.values("sdr_error") == ["No SDR Devices available"]
     t_err = next(t for t, m in dead.json() if m["type"] == "sdr_error")
     late = [(round(t - t_err, 3), b[0], len(b)) for t, b in dead.binary if t > t_err + 0.3]
