@@ -42,17 +42,15 @@ import logging
 import math
 import random
 import re
-import threading
 import time
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, TypeGuard
+from dataclasses import dataclass
+from typing import Any, Callable, TypeGuard
 
 import numpy as np
 
 from .. import timing
 from .._version import __version__
-from ..capture import AudioSegment, Capture, ReceiverInfo, SmeterReadings, SpectrumRows
+from ..capture import Capture, ReceiverInfo
 from ..constants import NS
 from ..errors import (
     ReceiverBusy,
@@ -65,7 +63,8 @@ from ..errors import (
 )
 from . import owrxmsg as om
 from . import owrxwire as ow
-from ._hooks import StopHooks, jitter
+from .owrxbuffers import AudioBuffer, Rows
+from ._hooks import SessionGate, StopHooks, jitter
 from ._ws import OP_BINARY, OP_TEXT, HandshakeError, WebSocketClient
 from .owrxstatus import fork_of
 
@@ -125,6 +124,9 @@ class OwrxOptions:
     #: politeness towards one receiver: simultaneous sessions and seconds between connections
     max_sessions: int = 2
     connect_spacing: float = 5.0
+    #: after retuning on a profile change, audio and S-meter readings received for this long are
+    #: dropped: the server applied the old offset to the new centre until our new offset arrived
+    retune_guard_s: float = 0.25
     #: bad messages (undecodable JSON, FFT rows of a wrong size...) tolerated per connection
     max_bad_frames: int = 20
     #: honour an OpenWebRX+ ``session_timeout`` (s, 0 = none) by ending the capture at it
@@ -156,124 +158,15 @@ class _SegmentEnded(Exception):
     """The connection ended after data had arrived: reconnect, new segment."""
 
 
-# ---- politeness: few sessions per receiver, spaced connections --------------------------------
-class _Gate:
-    """At most ``limit`` sessions to one receiver from this process, connections ``spacing`` s apart."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._used: dict[tuple[str, int], int] = {}
-        self._last: dict[tuple[str, int], float] = {}
-
-    def _try(self, key: tuple[str, int], limit: int, spacing: float) -> float:
-        """0 when a session was taken, else how long to wait at least."""
-        with self._lock:
-            now = time.monotonic()
-            wait = self._last.get(key, -math.inf) + spacing - now
-            if self._used.get(key, 0) >= max(1, limit):
-                return max(wait, 0.05)
-            if wait > 0:
-                return wait
-            self._used[key] = self._used.get(key, 0) + 1
-            self._last[key] = now
-            return 0.0
-
-    def _release(self, key: tuple[str, int]) -> None:
-        with self._lock:
-            self._used[key] -= 1
-            if not self._used[key]:
-                del self._used[key]
-
-    @asynccontextmanager
-    async def hold(self, host: str, port: int, limit: int, spacing: float,
-                   stop: Callable[[], bool]) -> AsyncIterator[bool]:
-        """Yields True holding a session, False when a stop came first."""
-        key = (host, port)
-        while (wait := self._try(key, limit, spacing)) > 0:
-            if stop():
-                yield False
-                return
-            await asyncio.sleep(min(wait, 0.25))
-        try:
-            yield True
-        finally:
-            self._release(key)
-
-
-GATE = _Gate()
-
-
-# ---- accumulation: what arrived, in message order ---------------------------------------------
-class _AudioBuffer:
-    """The audio of the open segment: one array per message with its receipt time."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.chunks: list[ow.I16] = []
-        self.receipts: list[int] = []
-        self.n = 0
-
-    def add(self, samples: ow.I16, receipt_ns: int) -> None:
-        self.chunks.append(samples)
-        self.receipts.append(receipt_ns)
-        self.n += int(samples.size)
-
-    def drop_before(self, t_ns: int) -> None:
-        k = sum(1 for r in self.receipts if r < t_ns)
-        if k:
-            del self.chunks[:k], self.receipts[:k]
-            self.n = sum(int(c.size) for c in self.chunks)
-
-    def segment(self, reason: str, tune: dict[str, Any]) -> AudioSegment:
-        sizes = np.array([c.size for c in self.chunks], dtype=np.int64)
-        samples = np.concatenate(self.chunks).astype(np.int16) if self.chunks else np.zeros(0, np.int16)
-        return AudioSegment(samples=samples, nominal_rate_hz=float(self.rate), message_end=np.cumsum(sizes),
-                            message_receipt_ns=np.array(self.receipts, dtype=np.int64), end_reason=reason, **tune)
-
-
-@dataclass
-class _Rows:
-    """FFT rows and S-meter readings of the whole capture (all connections)."""
-
-    db: list[ow.F32] = field(default_factory=list)
-    receipt: list[int] = field(default_factory=list)
-    center: list[float] = field(default_factory=list)
-    rate: list[float] = field(default_factory=list)
-    size: list[int] = field(default_factory=list)
-    smeter: list[float] = field(default_factory=list)
-    smeter_receipt: list[int] = field(default_factory=list)
-
-    def drop_before(self, t_ns: int, since_row: int, since_smeter: int) -> None:
-        """Drop what arrived before ``t_ns`` among the rows / readings from the given indices on."""
-        k = since_row + sum(1 for r in self.receipt[since_row:] if r < t_ns)
-        for lst in (self.db, self.receipt, self.center, self.rate, self.size):
-            del lst[since_row:k]
-        k = since_smeter + sum(1 for r in self.smeter_receipt[since_smeter:] if r < t_ns)
-        del self.smeter[since_smeter:k], self.smeter_receipt[since_smeter:k]
-
-    def spectrum(self) -> SpectrumRows | None:
-        if not self.db:
-            return None
-        bins = max(self.size)
-        out = np.full((len(self.db), bins), np.nan, dtype=np.float32)
-        for i, row in enumerate(self.db):
-            out[i, : row.size] = row
-        return SpectrumRows(db=out, receipt_ns=np.array(self.receipt, np.int64),
-                            center_freq_hz=np.array(self.center, np.float64),
-                            samp_rate_hz=np.array(self.rate, np.float64), fft_size=np.array(self.size, np.int64))
-
-    def readings(self) -> SmeterReadings | None:
-        if not self.smeter:
-            return None
-        return SmeterReadings(power=np.array(self.smeter, np.float64),
-                              receipt_ns=np.array(self.smeter_receipt, np.int64))
+#: the sessions of this process to each receiver (``max_sessions``, ``connect_spacing``)
+GATE = SessionGate()
 
 
 # ---- the connection --------------------------------------------------------------------------
 class _Connection:
     """One WebSocket to ``/ws/``: handshake, tuning, accumulation, outcome."""
 
-    def __init__(self, rx: OwrxReceiver, cap: Capture, rows: _Rows, clock: _Clock) -> None:
+    def __init__(self, rx: OwrxReceiver, cap: Capture, rows: Rows, clock: _Clock) -> None:
         self.rx, self.opt, self.cap, self.rows, self.clock = rx, rx.options, cap, rows, clock
         self.loop = asyncio.get_running_loop()
         self.done: asyncio.Future[None] = self.loop.create_future()
@@ -292,7 +185,7 @@ class _Connection:
         self.started = False
         self.offset: int | None = None
         self.bandpass: tuple[float, float] | None = None
-        self.audio: _AudioBuffer | None = None
+        self.audio: AudioBuffer | None = None
         self._audio_type = 0
         self._t_open = self.loop.time()
         self._t_handshake = 0.0
@@ -305,6 +198,8 @@ class _Connection:
         self._timer: asyncio.TimerHandle | None = None
         self._session_end: float | None = None
         self._seg_tune: dict[str, Any] = {}
+        self._guard_until = 0
+        self._guarded = 0
 
     # -- lifecycle --
     async def run(self) -> None:
@@ -525,7 +420,7 @@ class _Connection:
             self._tune()
 
     def _m_smeter(self, value: Any) -> None:
-        if self.started and _number(value):
+        if self.started and _number(value) and not self._guarded_now(0):
             self._keep(lambda t: self._add_smeter(float(value), t))
 
     def _add_smeter(self, power: float, receipt_ns: int) -> None:
@@ -630,6 +525,7 @@ class _Connection:
             self._finish()
             return
         self._send_tune(full=False)
+        self._guard_until = time.time_ns() + round(self.opt.retune_guard_s * NS)
 
     def _fft_period_ns(self) -> float:
         t = self._row_times
@@ -661,17 +557,29 @@ class _Connection:
         if kind in (ow.FRAME_AUDIO, ow.FRAME_HD_AUDIO) and self.started:
             comp = str(self.config.values.get("audio_compression", "adpcm"))
             samples = ow.decode_audio(payload, comp, self.decoder)
-            if samples.size:
+            if samples.size and not self._guarded_now(samples.size):
                 self._keep(lambda t: self._add_audio(kind, samples, t))
         elif kind == ow.FRAME_FFT and self.opt.fft:
             self._on_fft(payload)
+
+    def _guarded_now(self, n: int) -> bool:
+        """Whether data arriving now falls in the guard after a retune (``n`` audio samples)."""
+        if not self._guard_until:
+            return False
+        if time.time_ns() < self._guard_until:
+            self._guarded += n
+            return True
+        self.cap.events.append(f"{self._guarded} audio samples received within {self.opt.retune_guard_s:g} s "
+                               "of the retune dropped (possibly at the old offset from the new centre)")
+        self._guard_until = self._guarded = 0
+        return False
 
     def _add_audio(self, kind: int, samples: ow.I16, receipt_ns: int) -> None:
         if self.audio is not None and kind != self._audio_type:
             self._end_segment(f"audio switched to type {kind:#04x}")
         if self.audio is None:
             rate = self.opt.hd_output_rate if kind == ow.FRAME_HD_AUDIO else self.opt.output_rate
-            self.audio = _AudioBuffer(float(rate))
+            self.audio = AudioBuffer(float(rate))
             self._audio_type = kind
             self._seg_tune = self._tune_fields()
         self.audio.add(samples, receipt_ns)
@@ -820,7 +728,7 @@ class OwrxReceiver(StopHooks):
                       opt.gps_utc_offset_s, info=ReceiverInfo(self.host, self.port, audio_rate=opt.output_rate,
                                                               sample_rate=float(opt.output_rate)),
                       kind="audio", protocol="openwebrx", hw="OpenWebRX")
-        rows = _Rows()
+        rows = Rows()
         clock = _Clock(self, duration_s)
         backoff = connect = reconnect = 0
         try:
