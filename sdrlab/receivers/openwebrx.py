@@ -274,7 +274,7 @@ class _Connection:
             self.clock.cut()
             self._finish()
             return
-        self._window_check()
+        self.clock.poll_window(self)
         if self.rx.on_progress is not None and self.started:
             try:
                 self.rx.on_progress(self.cap.n_samples + (self.audio.n if self.audio else 0),
@@ -580,6 +580,7 @@ class _Connection:
         if self.audio is None:
             rate = self.opt.hd_output_rate if kind == ow.FRAME_HD_AUDIO else self.opt.output_rate
             self.audio = AudioBuffer(float(rate))
+            self.info.audio_rate, self.info.sample_rate = int(rate), float(rate)
             self._audio_type = kind
             self._seg_tune = self._tune_fields()
         self.audio.add(samples, receipt_ns)
@@ -606,10 +607,6 @@ class _Connection:
         if self.started:
             self._keep(store)
 
-    # -- the session's window --
-    def _window_check(self) -> None:
-        self.clock.poll_window(self)
-
 
 class _Clock:
     """The capture's span in host receipt time (unix ns), across reconnections.
@@ -628,49 +625,51 @@ class _Clock:
         self._holding = False
         self._hold_rows = 0
         self._hold_smeter = 0
-        self.ended_early = False
 
     def _gps_to_unix(self, gps_ns: int) -> int:
         return gps_ns + timing.GPS_EPOCH_UNIX_S * NS - self.rx.options.gps_utc_offset_s * NS
 
+    def _from_window(self) -> None:
+        w = self.rx.window
+        if self.end is None and w is not None and w.start_ns is not None:
+            self.start = self._gps_to_unix(w.start_ns)
+            self.end = self.start + w.duration_ns
+
     def passed(self, now: int) -> bool:
+        """Whether the capture's end (known once data arrived, or from the window) is past ``now``."""
+        self._from_window()
         return self.end is not None and now >= self.end
 
     def cut(self) -> None:
         """End the capture now (profile moved away, session timeout)."""
         self.end = min(self.end, time.time_ns()) if self.end is not None else time.time_ns()
-        self.ended_early = True
 
     def admit(self, now: int, conn: _Connection) -> bool:
         """Whether data received at ``now`` belongs to the capture (and finishes it when late)."""
-        if self.end is not None:
-            if now >= self.end:
-                conn._finish()
-                return False
-            return self.start is None or now >= self.start
         w = self.rx.window
-        if w is None:
-            self.start, self.end = now, now + self.duration_ns
-            return True
-        if not self._reported:
-            self._reported = True
-            self._holding = True
+        if w is not None and not self._reported:
+            self._reported = self._holding = True
             self._hold_rows, self._hold_smeter = len(conn.rows.db), len(conn.rows.smeter)
             w.arrived(self.rx.station, None)
         self.poll_window(conn)
+        if self.end is None:
+            if w is not None:  # the window's start is not known yet: hold
+                return True
+            self.start, self.end = now, now + self.duration_ns
+        if now >= self.end:
+            conn._finish()
+            return False
         return self.start is None or now >= self.start
 
     def poll_window(self, conn: _Connection) -> None:
-        w = self.rx.window
-        if w is None or self.end is not None or w.start_ns is None:
+        """Once the window's start is known: drop what was held from before it."""
+        self._from_window()
+        if not self._holding or self.start is None or self.end is None:
             return
-        self.start = self._gps_to_unix(w.start_ns)
-        self.end = self.start + w.duration_ns
-        if self._holding:
-            self._holding = False
-            if conn.audio is not None:
-                conn.audio.drop_before(self.start)
-            conn.rows.drop_before(self.start, self._hold_rows, self._hold_smeter)
+        self._holding = False
+        if conn.audio is not None:
+            conn.audio.drop_before(self.start)
+        conn.rows.drop_before(self.start, self._hold_rows, self._hold_smeter)
         if time.time_ns() >= self.end:
             conn.cap.events.append("the session's window ended before this receiver delivered data in it")
             conn._finish()
@@ -745,10 +744,13 @@ class OwrxReceiver(StopHooks):
                 except _Backoff as exc:
                     backoff += 1
                     cap.events.append(f"{exc}, attempt {backoff}")
-                    if backoff > opt.backoff_retries:
+                    delay = opt.backoff(backoff)
+                    late = clock.passed(time.time_ns() + round(delay * NS))
+                    if backoff > opt.backoff_retries or late:
                         cls = ReceiverStalled if exc.silent else ReceiverBusy
-                        raise self._err(cls, f"{exc}; gave up after {backoff} attempts", cap) from None
-                    if not await self._pause(opt.backoff(backoff)):
+                        why = " (the session's window ends before the next)" if late else ""
+                        raise self._err(cls, f"{exc}; gave up after {backoff} attempts{why}", cap) from None
+                    if not await self._pause(delay):
                         break
                 except _ConnectFailed as exc:
                     connect += 1
