@@ -231,6 +231,11 @@ class _Connection:
             if not proto.closing:
                 proto.close(1000)
             self._end_segment(self._reason())
+            d = self.decoder
+            if d.jumps or d.hunted > ow.SYNC_BLOCK + ow.SYNC_SIZE:  # a late join drops up to one block
+                self.cap.events.append(f"audio decoder: {d.syncs} SYNC frames, {d.jumps} with a state jump (the "
+                                       f"server's encoder restarted, or bytes were lost), {d.hunted} bytes "
+                                       "dropped while hunting for SYNC")
             try:  # the server sees the socket go before the next connection (bounded wait)
                 await asyncio.wait_for(asyncio.shield(self._lost), 2.0)
             except asyncio.TimeoutError:
@@ -296,7 +301,11 @@ class _Connection:
         elif not self.tuned and now - self._t_config > opt.modes_timeout:
             self.cap.events.append(f"no modes message within {opt.modes_timeout:g} s of config: the default "
                                    "passband of the protocol reference used")
-            self._tune()
+            try:
+                self._tune()
+            except ReceiverError as exc:
+                self._finish(exc)
+                return
         if now - self._last_msg > opt.read_timeout:
             self._finish(self._lost_exc(f"stalled: no message for {opt.read_timeout:g} s"))
             return
