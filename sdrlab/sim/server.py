@@ -19,8 +19,6 @@ import http
 import logging
 import math
 import re
-import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -33,6 +31,7 @@ from websockets.http11 import Request, Response
 from ..receivers.kiwiwire import encode_msg
 from ..timing import gps_now_ns
 from . import status, uber
+from .loopthread import ThreadedServer, serve_until_signal
 from .scene import Faults, Scene
 from .session import ReceiverHub, Session, SimCore, StreamRecord, Watchdogs
 from .sound import SndSession
@@ -73,7 +72,7 @@ def parse_path(path: str) -> Route | None:
     return None
 
 
-class SimServer:
+class SimServer(ThreadedServer):
     """KiwiSDR receivers of a scene on loopback (see the module docstring).
 
     ``speed`` scales the frame rate (and so stream time) against the wall clock; watchdogs are in
@@ -114,8 +113,6 @@ class SimServer:
         self.ports: dict[str, int] = {}
         self._servers: list[Server] = []
         self._pacer: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
 
     # ---- introspection ----------------------------------------------------------------------
     @property
@@ -212,55 +209,6 @@ class SimServer:
             server.close()
         for server in servers:
             await server.wait_closed()
-
-    # ---- thread mode ---------------------------------------------------------------------------
-    def start_in_thread(self) -> SimServer:
-        """Serve from an event loop of its own in a daemon thread; returns once listening."""
-        ready = threading.Event()
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self.start())
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                errors.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name="sdrlab-sim", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if errors:
-            self._thread.join()
-            self._thread = None
-            raise errors[0]
-        return self
-
-    def stop_thread(self) -> None:
-        thread, loop = self._thread, self._loop
-        if thread is None or loop is None:
-            return
-        try:
-            asyncio.run_coroutine_threadsafe(self.stop(), loop).result(timeout=30)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=30)
-            self._thread = None
-
-    def __enter__(self) -> SimServer:
-        return self.start_in_thread()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_thread()
 
     # ---- HTTP and WebSocket handling ----------------------------------------------------------
     def _process_request(self, hub: ReceiverHub, connection: ServerConnection, request: Request) -> Response | None:
@@ -431,26 +379,8 @@ def run_forever(
     """Serve ``scene`` until SIGINT/SIGTERM, first printing one line per receiver:
     ``<station_id> <host>:<port> <lat> <lon>``."""
 
-    async def main() -> None:
-        server = SimServer(scene, host=host, base_port=base_port, speed=speed)
-        await server.start()
-        loop = asyncio.get_running_loop()
-        done = asyncio.Event()
-        installed: list[signal.Signals] = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, done.set)
-                installed.append(sig)
-            except (NotImplementedError, RuntimeError):  # not the main thread / platform
-                pass
-        try:
-            for rx in scene.receivers:
-                print_fn(f"{rx.id} {host}:{server.ports[rx.id]} {rx.latitude} {rx.longitude}")
-            sys.stdout.flush()
-            await done.wait()
-        finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
-            await server.stop()
+    def lines(server: ThreadedServer) -> list[str]:
+        assert isinstance(server, SimServer)
+        return [f"{rx.id} {host}:{server.ports[rx.id]} {rx.latitude} {rx.longitude}" for rx in scene.receivers]
 
-    asyncio.run(main())
+    serve_until_signal(lambda: SimServer(scene, host=host, base_port=base_port, speed=speed), lines, print_fn)
