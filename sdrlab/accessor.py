@@ -47,15 +47,49 @@ class SdrDatasetAccessor:
     def time(self, station: str | None = None) -> xr.DataArray:
         return model.sample_times(self._ds, station)
 
+    def _iq_only(self) -> xr.Dataset | None:
+        """The session's IQ stations (all of it without audio stations); None: audio stations only."""
+        from .model_audio import iq_part
+
+        ds = self._ds
+        if "audio" not in ds.data_vars:  # no audio stations (their variables exist only then)
+            return ds
+        out: xr.Dataset | None = iq_part(ds)
+        return out
+
     def psd(self, **kw: Any) -> xr.DataArray:
+        """Welch PSD of the IQ stations; a session of audio receivers only: their mean waterfall
+        row (:func:`sdrlab.metrics_spectrum.waterfall_psd`, uncalibrated)."""
         from .metrics import psd
 
-        return psd(self._ds, **kw)
+        ds = self._iq_only()
+        if ds is None:
+            from .metrics_spectrum import waterfall_psd
+
+            return waterfall_psd(self._ds)
+        return psd(ds, **kw)
 
     def spectrogram(self, **kw: Any) -> xr.DataArray:
+        """Spectrogram of the IQ stations; a session of audio receivers only: their waterfall
+        rows (:func:`sdrlab.metrics_spectrum.waterfall_spectrogram`)."""
         from .spectrogram import spectrogram
 
-        return spectrogram(self._ds, **kw)
+        ds = self._iq_only()
+        if ds is None:
+            from .metrics_spectrum import waterfall_spectrogram
+
+            return waterfall_spectrogram(self._ds, **{k: v for k, v in kw.items() if k == "max_rows"})
+        return spectrogram(ds, **kw)
+
+    def waterfall_psd(self) -> xr.DataArray:
+        from .metrics_spectrum import waterfall_psd
+
+        return waterfall_psd(self._ds)
+
+    def waterfall(self, **kw: Any) -> xr.DataArray:
+        from .metrics_spectrum import waterfall_spectrogram
+
+        return waterfall_spectrogram(self._ds, **kw)
 
     def metrics(self, **kw: Any) -> xr.Dataset:
         from .metrics import metrics

@@ -104,13 +104,14 @@ class Session:
             row: dict[str, Any] = {"station": sid, "status": r.status}
             if ds is not None and sid in ds["station"].values:
                 s = ds.sel(station=sid)
+                audio = "kind" in s.coords and str(s["kind"].values) == "audio"
                 row.update(
                     samples=int(s["n_samples"]),
                     sample_rate_hz=float(s["sample_rate"]),
                     start_utc=pd.Timestamp(s["start_time"].values),
                     rssi_dbm=float(s["rssi_dbm"]),
                     seq_gaps=int(s["seq_gaps"]),
-                    segments=int((s["segment_start"] >= 0).sum()),
+                    segments=int((s["audio_segment_start" if audio else "segment_start"] >= 0).sum()),
                 )
                 row.update({k: float(s[k]) for k in TABLE_METRICS if k in s.variables})
                 notes = measurement_notes({k: float(s[k]) for k in NOTE_METRICS if k in s.variables},
@@ -179,7 +180,10 @@ def attach_interval_metrics(ds: xr.Dataset, interval_s: float | None = None) -> 
     if ds.sizes.get("station", 0) == 0 or "iq" not in ds.data_vars:
         return ds
     step = INTERVAL_S if interval_s is None else interval_s
-    m = interval_metrics(ds, step).compute()
+    from .model_audio import iq_part
+
+    # audio stations (a mixed session) have no IQ to measure per interval: NaN rows for them
+    m = interval_metrics(iq_part(ds), step).compute().reindex(station=ds["station"].values)
     for name, v in m.data_vars.items():
         attrs = {"units": v.attrs.get("units", ""), "long_name": f"{LONG_NAMES.get(str(name), name)} per interval"}
         ds[f"interval_{name}"] = (("station", "interval"), v.transpose("station", "interval").values,
@@ -601,6 +605,9 @@ def describe_gaps(cap: Capture) -> str:
     each reconnect with why the segment before it ended and how long the gap was (GPS time), and
     the frames missing inside segments (zero-filled)."""
     parts: list[str] = []
+    if cap.kind == "audio":  # receipt-timed audio: why each segment ended (a profile change, a reconnect)
+        ends = [f"{a.n_samples / (a.rate_hz or 12000.0):.1f} s ({a.end_reason})" for a in cap.audio[:-1]]
+        return f"{len(cap.audio)} audio segment(s): " + "; ".join(ends) if ends else ""
     segs = cap.segments
     for a, b in zip(segs, segs[1:]):
         gap = ""
@@ -721,6 +728,15 @@ def acquire(
     show = settings.progress if progress is None else progress
     sid = new_session_id()
     streaming = write and (duration_s > settings.stream_above_s if stream is None else bool(stream))
+    audio_only = sorted(st.id for st in chosen if st.protocol != "kiwisdr")
+    if streaming and audio_only:
+        # audio receivers (a few tens of kB/s each) are held in memory until the session is stored
+        if stream:
+            raise ConfigError(f"stream=True: streaming to the store is for IQ receivers; {', '.join(audio_only)} "
+                              "(audio receivers) are held in memory: acquire without stream=True")
+        log.info("session of %.0f s held in memory: %s are audio receivers (not streamed)", duration_s,
+                 ", ".join(audio_only))
+        streaming = False
     spec = None
     if streaming:
         spec = begin_stream(store, sid, chosen, frequency_hz, duration_s, settings, options, attrs)

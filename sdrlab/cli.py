@@ -87,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     who = acq.add_mutually_exclusive_group(required=True)
     who.add_argument("--station", action="append", metavar="ID", help="station id (repeatable)")
     who.add_argument("--all", action="store_true", help="every station of the catalogue")
+    who.add_argument("--network", metavar="NAME",
+                     help="every station of one network of the catalogue (e.g. demo7, italy7: simulated, "
+                          "served by `sdrlab sim serve --network NAME`)")
     acq.add_argument("--frequency", type=float, required=True, metavar="HZ")
     acq.add_argument("--duration", type=_duration, required=True, metavar="S",
                      help=f"seconds to capture (at least {MIN_DURATION_S:g})")
@@ -371,7 +374,10 @@ def _cmd_acquire(a: argparse.Namespace) -> int:
     store = _store(out=a.out)
     store.health()  # a bad or unreachable store is named before anything is acquired
     catalog = settings.catalog_obj()
-    ids = catalog.ids if a.all else a.station
+    ids = catalog.ids if a.all else [s.id for s in catalog.network(a.network)] if a.network else a.station
+    if not ids:
+        raise ConfigError(f"no station of network {a.network!r} in the catalogue "
+                          f"(networks: {', '.join(sorted({s.network for s in catalog if s.network}))})")
     with _stop_on_signals() as stop:
         session = acquire(ids, a.frequency, a.duration, catalog=catalog, settings=settings,
                           progress=not a.no_progress and settings.progress, store=store, stop=stop)

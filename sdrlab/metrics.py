@@ -675,6 +675,9 @@ def metrics(
     """
     step = _check_welch(nperseg, noverlap)
     _check_fraction(fraction)
+    if isinstance(ds, xr.Dataset) and "audio" in ds.data_vars:  # audio stations (their variables exist only then)
+        return _with_audio(ds, dict(fs=fs, nperseg=nperseg, noverlap=noverlap, window=window, passband=passband,
+                                    bandwidth_hz=bandwidth_hz, fraction=fraction))
     inp = _Input(ds, fs)
     mode, lo, hi = inp.passband(passband)
     sums, frames = _sums(inp, nperseg=nperseg, step=step, window=window)
@@ -705,12 +708,33 @@ def metrics(
     return out
 
 
+def _with_audio(ds: xr.Dataset, params: dict[str, Any]) -> xr.Dataset:
+    """The metrics of a session with audio stations: theirs from the S-meter and waterfall
+    (:func:`sdrlab.metrics_spectrum.audio_metrics`, computed at once: they are small), the IQ
+    stations' as :func:`metrics` makes them; one row per station in the session's order."""
+    from .metrics_spectrum import audio_metrics
+
+    from .model_audio import iq_part
+
+    order = ds["station"].values
+    audio = audio_metrics(ds)
+    part = iq_part(ds)
+    if part is None:
+        out = audio
+    else:
+        iq = metrics(part, **params)
+        out = iq.reindex(station=order).combine_first(audio.reindex(station=order))
+        out.attrs = {**audio.attrs, **iq.attrs, "audio_stations": audio.attrs["title"]}
+    out = out[[v for v in UNITS if v in out.data_vars]]
+    return out.reindex(station=order)
+
+
 def metrics_table(ds: xr.Dataset, **params: Any) -> pd.DataFrame:
     """A tidy per-station table (one row per station, units in the column names; the same units in
     ``df.attrs['units']``).  ``ds`` is a session (metrics are computed) or a :func:`metrics` result."""
     # a session (it has samples) is always measured with the given parameters, even when it carries
     # the metrics acquisition stored; only a metrics() result is taken as it is
-    m = metrics(ds, **params) if "iq" in ds.data_vars else ds
+    m = metrics(ds, **params) if "iq" in ds.data_vars or "audio" in ds.data_vars else ds
     m = m[[v for v in UNITS if v in m.data_vars]].compute()
     cols = [v for v in UNITS if v in m.data_vars]
     df = m[cols].reset_coords(drop=True).to_dataframe()[cols]

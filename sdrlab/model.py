@@ -33,6 +33,7 @@ import xarray as xr
 
 from ._version import __version__
 from .capture import SAMPLES_PER_FRAME, Capture, session_timing
+from .model_audio import AUDIO_DATATYPE, audio_hw, audio_t0, audio_variables
 from .stations import Station
 from .constants import FULL_SCALE as FULL_SCALE
 
@@ -76,6 +77,8 @@ def new_session_id(now: datetime | None = None) -> str:
 
 
 def _gps_status(capture: Capture) -> str:
+    if capture.kind == "audio":
+        return "none (receipt times only)"
     fits = [s.fit for s in capture.segments]
     if any(f.ok for f in fits):
         return "ok"
@@ -154,11 +157,13 @@ def build_dataset(
     ``frames=False``: without the ``frame_*`` variables (:func:`frame_columns` gives them a station
     at a time; a streamed session reads them lazily, see :meth:`sdrlab.store.Store.open`); the
     captures' frames are still used for ``rssi_dbm``."""
-    caps = [c for c in captures if c.n_samples > 0]
+    caps = [c for c in captures if c.has_data]
     if not caps:
         raise ValueError("no capture with data")
     ns = len(caps)
-    n_max = max(c.n_samples for c in caps)
+    has_iq = any(c.kind == "iq" for c in caps)
+    has_audio = any(c.kind == "audio" for c in caps)
+    n_max = max(sum(s.n_samples for s in c.segments) for c in caps)
     f_max = max(n_frames(c) for c in caps)
     s_max = max(len(c.segments) for c in caps)
 
@@ -177,7 +182,7 @@ def build_dataset(
     per: dict[str, list[Any]] = {k: [] for k in (
         "latitude", "longitude", "altitude", "sample_rate", "start_time", "n_samples", "rssi_dbm",
         "seq_gaps", "time_fit_rms", "gps_status", "receiver_version", "rx_chans", "hw", "name",
-        "status", "position_source", "timing",
+        "status", "position_source", "timing", "kind", "protocol",
     )}
     status_by = {s.station: s for s in statuses}
     for i, c in enumerate(caps):
@@ -221,7 +226,9 @@ def build_dataset(
         per["sample_rate"].append(c.sample_rate)
         first_fit = next((s for s in c.segments if s.fit.ok), None)
         seg0 = c.segments[0] if c.segments else None
-        if seg0 is not None and seg0.fit.ok:
+        if c.kind == "audio":
+            per["start_time"].append(audio_t0(c))
+        elif seg0 is not None and seg0.fit.ok:
             per["start_time"].append(c.utc(seg0.fit.t0_gps_ns))
         elif seg0 is not None and seg0.timing == "receipt" and seg0.receipt_t0_gps_ns >= 0:
             per["start_time"].append(c.utc(seg0.receipt_t0_gps_ns))
@@ -229,21 +236,25 @@ def build_dataset(
             per["start_time"].append(np.datetime64("NaT", "ns"))
         per["timing"].append(c.timing)
         per["n_samples"].append(c.n_samples)
+        per["kind"].append(c.kind)
+        per["protocol"].append(c.protocol)
         per["rssi_dbm"].append(mean_rssi_dbm(c))
         per["seq_gaps"].append(sum(s.missing_frames for s in c.segments))
         per["time_fit_rms"].append(first_fit.fit.residual_rms_s if first_fit else np.nan)
         per["gps_status"].append(_gps_status(c))
         per["receiver_version"].append(info.version if info else "")
         per["rx_chans"].append(info.rx_chans if info else 0)
-        kind = "KiwiSDR" if c.timing != "receipt" else "KiwiSDR-compatible server without GPS timestamps"
-        per["hw"].append(f"{kind} v{info.version} rx_chans={info.rx_chans}" if info else kind)
+        if c.kind == "audio":
+            per["hw"].append(audio_hw(c))
+        else:
+            kind = "KiwiSDR" if c.timing != "receipt" else "KiwiSDR-compatible server without GPS timestamps"
+            per["hw"].append(f"{kind} v{info.version} rx_chans={info.rx_chans}" if info else kind)
         per["name"].append((info.name if info and info.name else (st.name if st else c.station)))
         per["status"].append(status_by[c.station].status if c.station in status_by else "ok")
 
     station_ids = [c.station for c in caps]
     coords: dict[str, Any] = {
         "station": ("station", np.array(station_ids, dtype=object)),
-        "component": ("component", np.array(["I", "Q"], dtype=object)),
         "latitude": ("station", np.array(per["latitude"], float),
                      {"units": "degrees_north", "standard_name": "latitude"}),
         "longitude": ("station", np.array(per["longitude"], float),
@@ -252,14 +263,19 @@ def build_dataset(
                      {"units": "m", "standard_name": "altitude", "positive": "up"}),
         "position_source": ("station", np.array(per["position_source"], dtype=object)),
         "sample_rate": ("station", np.array(per["sample_rate"], float),
-                        {"units": "Hz", "long_name": "measured sample rate (GPS fit)"}),
+                        {"units": "Hz", "long_name": "measured sample rate (GPS fit; audio: from sample "
+                                                     "counts against receipt times)"}),
+        "kind": ("station", np.array(per["kind"], dtype=object),
+                 {"long_name": "what the station's capture holds: iq (complex baseband, variables iq, "
+                               "frame_*, segment_*) or audio (audio, spectrum, smeter_*)"}),
+        "protocol": ("station", np.array(per["protocol"], dtype=object)),
         "start_time": ("station", np.array(per["start_time"], dtype="datetime64[ns]"),
                        {"long_name": "UTC of sample 0 (GPS fit; receipt time where timing is 'receipt')"}),
         "timing": ("station", np.array(per["timing"], dtype=object),
                    {"long_name": "time base: gps (GPS-stamped frames), receipt (host receipt times only), none",
                     "comment": "only gps-timed stations support time-difference analyses such as TDoA"}),
         "n_samples": ("station", np.array(per["n_samples"], np.int64),
-                      {"long_name": "valid samples (the rest is padding)"}),
+                      {"long_name": "valid samples of the main stream, iq or audio (the rest is padding)"}),
         "rssi_dbm": ("station", np.array(per["rssi_dbm"], float),
                      {"units": "dBm", "long_name": "mean S-meter RSSI (receiver calibration)"}),
         "seq_gaps": ("station", np.array(per["seq_gaps"], np.int64),
@@ -274,17 +290,22 @@ def build_dataset(
         "status": ("station", np.array(per["status"], dtype=object)),
     }
     data_vars: dict[str, Any] = {}
-    if with_iq:
-        data_vars["iq"] = (("station", "sample", "component"), iq, IQ_ATTRS)
-    for name, values in fr.items():
-        if frames:
-            data_vars[name] = (("station", "frame"), values, dict(FRAME_ATTRS.get(name, {})))
-    for name, values in sg.items():
-        data_vars[name] = (("station", "segment"), values)
-    data_vars["segment_fs"] = (("station", "segment"), sg["segment_fs"], {"units": "Hz"})
-    data_vars["segment_timing"] = (("station", "segment"), sg["segment_timing"],
-                                   {"long_name": "time base of segment_t0 / segment_fs: gps, receipt or none"})
-    data_vars["segment_fit_rms"] = (("station", "segment"), sg["segment_fit_rms"], {"units": "s"})
+    if has_iq:
+        coords["component"] = ("component", np.array(["I", "Q"], dtype=object))
+        if with_iq:
+            data_vars["iq"] = (("station", "sample", "component"), iq, IQ_ATTRS)
+        for name, values in fr.items():
+            if frames:
+                data_vars[name] = (("station", "frame"), values, dict(FRAME_ATTRS.get(name, {})))
+        for name, values in sg.items():
+            data_vars[name] = (("station", "segment"), values)
+        data_vars["segment_fs"] = (("station", "segment"), sg["segment_fs"], {"units": "Hz"})
+        data_vars["segment_timing"] = (("station", "segment"), sg["segment_timing"],
+                                       {"long_name": "time base of segment_t0 / segment_fs: gps, receipt or none"})
+        data_vars["segment_fit_rms"] = (("station", "segment"), sg["segment_fit_rms"], {"units": "s"})
+    if has_audio:
+        data_vars.update(audio_variables(caps))
+    protocols = sorted(set(per["protocol"]))
 
     c0 = caps[0]
     all_status = {s.station: s.as_dict() for s in statuses} or {c.station: {"status": "ok"} for c in caps}
@@ -293,7 +314,8 @@ def build_dataset(
         "Conventions": "CF-1.10",
         "session_id": session_id,
         "sdrlab_version": __version__,
-        "protocol": "kiwisdr",
+        # the stations' protocol, or several joined by "+" in a session that mixes families
+        "protocol": "+".join(protocols),
         # what the stations' times rest on: gps, receipt, mixed or none (per station: ``timing``)
         "timing": session_timing(per["timing"]),
         "center_frequency_hz": float(c0.frequency_hz),
@@ -303,7 +325,7 @@ def build_dataset(
         "gps_utc_offset_s": int(c0.gps_utc_offset_s),
         "station_status": json.dumps(all_status, sort_keys=True),
         "core:version": SIGMF_VERSION,
-        "core:datatype": DATATYPE,
+        "core:datatype": DATATYPE if has_iq else AUDIO_DATATYPE,
         "core:recorder": f"sdrlab {__version__}",
         K_FREQUENCY: float(c0.frequency_hz),
     }
@@ -343,8 +365,17 @@ def to_complex(ds: xr.Dataset | xr.DataArray) -> xr.DataArray:
 
 
 def sample_times(ds: xr.Dataset, station: str | None = None) -> xr.DataArray:
-    """UTC time of every sample from each segment's GPS fit (NaT where no fit or padding)."""
+    """UTC time of every sample from each segment's GPS fit (NaT where no fit or padding).  Audio
+    stations (kind ``audio``): of every audio sample, from each audio segment's receipt-time
+    estimate and measured rate (dims station, audio_sample); a selection must not mix kinds."""
     ids = [station] if station is not None else list(ds["station"].values)
+    if "kind" in ds.coords:
+        kinds = {str(k) for k in ds["kind"].sel(station=ids).values}
+        if kinds == {"audio"}:
+            return _audio_times(ds, ids, station)
+        if "audio" in kinds:
+            raise ValueError("sample_times: IQ and audio stations have different sample axes; ask for one "
+                             "station, or select the stations of one kind")
     n = ds.sizes["sample"]
     out = np.full((len(ids), n), np.datetime64("NaT", "ns"))
     for i, sid in enumerate(ids):
@@ -361,13 +392,30 @@ def sample_times(ds: xr.Dataset, station: str | None = None) -> xr.DataArray:
     return da.isel(station=0, drop=True) if station is not None else da
 
 
+def _audio_times(ds: xr.Dataset, ids: list[Any], station: str | None) -> xr.DataArray:
+    """Receipt-time UTC of every audio sample: t0 + n / rate per audio segment (NaT for padding)."""
+    n = ds.sizes["audio_sample"]
+    out = np.full((len(ids), n), np.datetime64("NaT", "ns"))
+    for i, sid in enumerate(ids):
+        s = ds.sel(station=sid)
+        for start, length, t0, fs in zip(s["audio_segment_start"].values, s["audio_segment_length"].values,
+                                         s["audio_segment_t0"].values, s["audio_segment_rate"].values):
+            if start < 0 or np.isnat(t0) or not np.isfinite(fs):
+                continue
+            k = np.arange(int(length), dtype=np.float64)
+            out[i, start : start + length] = t0 + np.rint(k * (1e9 / fs)).astype("timedelta64[ns]")
+    da = xr.DataArray(out, dims=("station", "audio_sample"), coords={"station": ids}, name="time",
+                      attrs={"comment": "host receipt time estimate, not signal time"})
+    return da.isel(station=0, drop=True) if station is not None else da
+
+
 def sigmf_attrs(ds: xr.Dataset, station: str) -> dict[str, Any]:
     """The SigMF keys of one station's capture (section 15 of the protocol reference)."""
     s = ds.sel(station=station)
     t0 = s["start_time"].values
     dt = "" if np.isnat(t0) else str(np.datetime_as_string(t0, unit="ns")) + "Z"
     out: dict[str, Any] = {
-        "core:datatype": ds.attrs.get("core:datatype", DATATYPE),
+        "core:datatype": AUDIO_DATATYPE if "kind" in s.coords and str(s["kind"].values) == "audio" else DATATYPE,
         K_SAMPLE_RATE: float(s["sample_rate"]),
         K_FREQUENCY: float(ds.attrs[K_FREQUENCY]),
         K_HW: str(s["hw"].values),
@@ -409,6 +457,8 @@ def encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
     + byte shuffle (lossless, fast on int16); every other variable with zarr's defaults."""
     from zarr.codecs import BloscCodec
 
+    if "iq" not in ds:
+        return {}
     blosc = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=2)
     ns, n = ds.sizes["station"], ds.sizes["sample"]
     enc: dict[str, dict[str, Any]] = {"iq": {
@@ -429,7 +479,7 @@ def stream_encoding(chunk_samples: int) -> dict[str, dict[str, Any]]:
 def for_writing(ds: xr.Dataset) -> xr.Dataset:
     """The dataset with dask-backed IQ rechunked onto the zarr chunk grid (an opened or imported
     session can be written again); numpy-backed data is returned as is."""
-    if ds["iq"].chunks is None:
+    if "iq" not in ds or ds["iq"].chunks is None:
         return ds
     st, sa, _ = iq_chunks(ds.sizes["station"], ds.sizes["sample"])
     return ds.assign(iq=ds["iq"].chunk({"station": st, "sample": sa, "component": 2}))

@@ -59,7 +59,8 @@ def packed_encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
     object, each one-station chunk at an offset the references give), so a chunk is read with one
     ranged GET and no shard-index lookup."""
     enc = {k: dict(v) for k, v in model.encoding(ds).items()}
-    enc["iq"].pop("shards", None)
+    if "iq" in enc:
+        enc["iq"].pop("shards", None)
     return enc
 
 

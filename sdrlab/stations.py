@@ -13,7 +13,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from .errors import CatalogError, quote
 
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
-KNOWN_PROTOCOLS = frozenset({"kiwisdr"})
+KNOWN_PROTOCOLS = frozenset({"kiwisdr", "openwebrx"})
 _FIELDS = {
     "id", "name", "host", "port", "latitude", "longitude", "altitude", "channels", "protocol",
     "network", "password", "notes",

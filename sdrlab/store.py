@@ -358,6 +358,13 @@ class Store:
         (:func:`packing.encode_shell`), then the references are written."""
         enc = packing.packed_encoding(out)
         template = f"s3://{prefix}"
+        if "iq" not in out:  # an audio session: small enough to encode at once, no IQ pack
+            with packing.quiet_consolidation():
+                objects = packing.encode_in_memory(out, enc)
+            refs, aux = packing.pack(objects, template, f"{PACK}.1", inline=packing.INLINE_BYTES)
+            extra = {f"{prefix}/{PACK}.1": aux} if aux else {}
+            self.fs.pipe({f"{prefix}/{REFS}": json.dumps(refs).encode(), **extra})
+            return sorted([REFS] + [k.rsplit("/", 1)[1] for k in extra])
         iq_only = out["iq"].reset_coords(drop=True).to_dataset()
 
         def iq_pack() -> tuple[dict[str, Any], bytes]:

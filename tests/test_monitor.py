@@ -494,7 +494,10 @@ def test_a_continuous_campaign_stops_promptly_keeps_what_arrived_and_resumes_wit
         again.stop_after(1)
         second = again.start().wait(timeout=60)
     print(f"stopped in {stopped_in:.2f} s")
-    assert stopped_in < 4.0, stopped_in
+    # the stop ends the cut session at once and starts no other (a session runs 3 s plus its lead
+    # of 2 s): a bound that tells stopping from waiting out another session, with room for a
+    # loaded machine (4.3 s seen with the CPU shared with another job)
+    assert stopped_in < 8.0, stopped_in
     first, middle, cut = report.sessions
     assert [s.dataset.attrs["campaign_slot"] for s in report.sessions] == [0, 1, 2]
     assert len(first.ok) == 2 and len(middle.ok) == 2

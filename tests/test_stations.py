@@ -40,18 +40,33 @@ def _entry(sid: str, **over: object) -> str:
 
 
 def test_builtin_catalogue_is_demo7_on_loopback() -> None:
-    cat = load_catalog()
-    assert isinstance(cat, Catalog)
+    full = load_catalog()
+    assert isinstance(full, Catalog)
+    cat = full.network("demo7")
     assert len(cat) == 7
-    assert set(cat.ids) == DEMO7_IDS
+    assert {s.id for s in cat} == DEMO7_IDS
     assert all(s.host == "127.0.0.1" for s in cat)
     assert sorted(s.port for s in cat) == list(range(8073, 8080))
-    assert all(s.network == "demo7" for s in cat)
-    assert len(cat.network("demo7")) == 7
     assert all(s.protocol == "kiwisdr" for s in cat)
-    assert all(s.channels >= 1 for s in cat)
-    assert all(-90 <= s.latitude <= 90 and -180 <= s.longitude <= 180 for s in cat)
-    assert not any(s.password for s in cat)
+    assert all(s.channels >= 1 for s in full)
+    assert all(-90 <= s.latitude <= 90 and -180 <= s.longitude <= 180 for s in full)
+    assert not any(s.password for s in full)
+    # the only stations off loopback are the public receivers of the original Italian network
+    assert {s.network for s in full} == {"demo7", "italy7", "italy-owrx"}
+    assert all(s.host == "127.0.0.1" for s in full if s.network != "italy-owrx")
+
+
+def test_builtin_catalogue_has_the_italian_openwebrx_network() -> None:
+    cat = load_catalog()
+    public, sim = cat.network("italy-owrx"), cat.network("italy7")
+    assert len(public) == len(sim) == 7
+    assert all(s.protocol == "openwebrx" for s in public + sim)
+    assert sorted(s.port for s in sim) == list(range(8180, 8187))
+    # the simulated seven sit where the public ones are (the table)
+    for p, s in zip(public, sim):
+        assert (p.latitude, p.longitude, p.altitude) == (s.latitude, s.longitude, s.altitude)
+    giaveno = cat.get("owrx-giaveno")
+    assert (giaveno.host, giaveno.port, giaveno.latitude, giaveno.longitude) == ("sdr1.ik1jns.it", 8076, 45.02, 7.29)
 
 
 def test_builtin_catalogue_lookup() -> None:

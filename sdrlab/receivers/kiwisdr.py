@@ -121,6 +121,11 @@ class KiwiOptions:
         return float(min(base * (2 ** max(attempt - 1, 0)), 8 * base))
 
 
+#: compressed (audio) SND frames tolerated after our IQ setup and before the first IQ frame (an
+#: emulation's default-mode frames still in flight, 50 a second); beyond: the server is sending garbage
+PRE_TUNE_MAX = 1000
+
+
 # ---- outcomes of one connection (internal) ---------------------------------------------------
 class _Redirect(Exception):
     def __init__(self, url: str) -> None:
@@ -423,6 +428,11 @@ class _Connection:
         emulation: kept, timed by receipt), or garbage."""
         flags = msg[3]
         if not self._setup_sent:
+            self._pre_tune += 1
+            return
+        if flags & kw.FLAG_COMPRESSED and not self._frames and not self._headerless and self._pre_tune < PRE_TUNE_MAX:
+            # compressed audio still in flight from before the server applied our IQ mode (an
+            # emulation streaming its default mode: hundreds of frames on a loaded host): not ours
             self._pre_tune += 1
             return
         body = len(msg) - kw.AUDIO_HEADER_SIZE

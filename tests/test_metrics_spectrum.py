@@ -1,0 +1,120 @@
+"""Metrics of audio captures (S-meter + waterfall rows) against a synthetic band of known truth:
+complex white noise of known density and a wide signal (band-limited noise) keyed on in half
+of the rows, through a Hamming FFT averaged as OpenWebRX's server does."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import signal as sps
+
+from sdrlab import model
+from sdrlab.capture import AudioSegment, Capture, SmeterReadings, SpectrumRows
+from sdrlab.metrics import metrics, metrics_table
+from sdrlab.metrics_spectrum import window_sum_sq
+
+FS = 240_000.0
+N = 1024
+AVG = 8
+CENTRE = 145.4e6
+TUNE = 145.5e6  # +100 kHz from the centre
+N0_DB = -100.0  # dBFS/Hz
+SIG_BW = 12_000.0
+SIG_DB = -40.0  # total power of the wide signal, dBFS
+LOW, HIGH = -6000.0, 6000.0
+ROWS = 40
+
+
+def band(rng, n, on):
+    n0 = 10 ** (N0_DB / 10)
+    x = (rng.standard_normal(n) + 1j * rng.standard_normal(n)) * np.sqrt(n0 * FS / 2)
+    if on:
+        s = rng.standard_normal(n) + 1j * rng.standard_normal(n)
+        taps = sps.firwin(801, SIG_BW / 2, fs=FS)
+        s = np.convolve(s, taps, mode="same")
+        s *= np.sqrt(10 ** (SIG_DB / 10) / np.mean(np.abs(s) ** 2))
+        x = x + s * np.exp(2j * np.pi * (TUNE - CENTRE) * np.arange(n) / FS)
+    return x
+
+
+def rows_and_smeter(seed=3):
+    rng = np.random.default_rng(seed)
+    w = 0.54 - 0.46 * np.cos(2 * np.pi * np.arange(N) / (N - 1))
+    db = np.empty((ROWS, N), np.float32)
+    power = np.empty(ROWS)
+    taps = sps.firwin(1201, (HIGH - LOW) / 2 + 160, fs=FS) * np.exp(
+        2j * np.pi * (TUNE - CENTRE) * (np.arange(1201) - 600) / FS)
+    for r in range(ROWS):
+        x = band(rng, AVG * N, on=r % 2 == 1)
+        spec = np.fft.fft(x.reshape(AVG, N) * w, axis=1)
+        db[r] = np.fft.fftshift(10 * np.log10(np.mean(np.abs(spec) ** 2, axis=0)) - 70.0)
+        y = np.convolve(x, taps, mode="valid")
+        power[r] = np.mean(np.abs(y[::5]) ** 2)
+    return db, power
+
+
+def capture():
+    db, power = rows_and_smeter()
+    t = 1_796_000_000 * 10**9 + np.arange(ROWS, dtype=np.int64) * 111_000_000
+    spec = SpectrumRows(db=db, receipt_ns=t, center_freq_hz=np.full(ROWS, CENTRE), samp_rate_hz=np.full(ROWS, FS),
+                        fft_size=np.full(ROWS, N, np.int64))
+    seg = AudioSegment(samples=np.zeros(12000, np.int16), nominal_rate_hz=12000.0,
+                       message_end=np.array([12000]), message_receipt_ns=t[:1], frequency_hz=TUNE, mode="nfm",
+                       low_cut=LOW, high_cut=HIGH, center_freq_hz=CENTRE, samp_rate_hz=FS)
+    return Capture(station="owrx", frequency_hz=TUNE, low_cut=LOW, high_cut=HIGH, requested_s=5.0, kind="audio",
+                   protocol="openwebrx", audio=[seg], spectrum=spec, smeter=SmeterReadings(power=power, receipt_ns=t))
+
+
+def test_window_sum_sq_matches_the_protocol_table():
+    # protocol page 4.5: 10 log10(sum w^2) - 70 = -37.89 dB at N = 4096
+    assert 10 * np.log10(window_sum_sq(4096)) - 70 == pytest.approx(-37.89, abs=0.01)
+
+
+def test_audio_metrics_against_the_known_band():
+    ds = model.build_dataset([capture()], {})
+    m = metrics(ds).sel(station="owrx")
+    n0 = 10 ** (N0_DB / 10)
+    b = HIGH - LOW + 320.0
+    # noise floor: the median bin of the inner span is noise (the signal covers 5 % of the span)
+    assert float(m["noise_floor_dbfs_hz"]) == pytest.approx(N0_DB, abs=0.3)
+    # S-meter: half the readings noise only, half signal + noise
+    total = 0.5 * (n0 * (HIGH - LOW + 320)) + 0.5 * (n0 * (HIGH - LOW + 320) + 10 ** (SIG_DB / 10))
+    assert float(m["total_power_dbfs"]) == pytest.approx(10 * np.log10(total), abs=0.5)
+    s_true = total - n0 * b
+    assert float(m["signal_power_dbfs"]) == pytest.approx(10 * np.log10(s_true), abs=0.5)
+    assert float(m["snr_db"]) == pytest.approx(10 * np.log10(s_true / (n0 * b)), abs=0.5)
+    # occupancy of the wide signal: on in every other row
+    assert float(m["occupancy_fraction"]) == pytest.approx(0.5, abs=0.01)
+    band_true = 0.5 * n0 * (HIGH - LOW) + 0.5 * (n0 * (HIGH - LOW) + 10 ** (SIG_DB / 10))
+    assert float(m["channel_power_fft_dbfs"]) == pytest.approx(10 * np.log10(band_true), abs=1.0)
+    table = metrics_table(ds)
+    assert table.loc["owrx", "snr_db"] == pytest.approx(float(m["snr_db"]))
+
+
+def test_a_mixed_session_gets_both_kinds_of_metrics():
+    from tests.test_model_audio import kiwi_capture
+
+    ds = model.build_dataset([kiwi_capture(), capture()], {})
+    m = metrics(ds).compute()
+    assert m["station"].values.tolist() == ["kiwi", "owrx"]
+    assert np.isfinite(float(m["noise_floor_dbfs_hz"].sel(station="kiwi")))
+    assert np.isnan(float(m["occupancy_fraction"].sel(station="kiwi")))
+    assert float(m["noise_floor_dbfs_hz"].sel(station="owrx")) == pytest.approx(N0_DB, abs=0.3)
+
+
+def test_waterfall_psd_and_spectrogram_of_an_audio_session():
+    ds = model.build_dataset([capture()], {})
+    p = ds.sdr.psd()
+    assert p.dims == ("station", "frequency") and p.sizes["frequency"] == N
+    # the density away from the signal is the known N0; at the tuned frequency the wide signal
+    f = p["frequency"].values
+    quiet = (np.abs(f) > 20_000) & (np.abs(f - (CENTRE - TUNE)) > 2_000)
+    assert 10 * np.log10(float(np.median(p.sel(station="owrx").values[quiet]))) == pytest.approx(N0_DB, abs=0.3)
+    on = 10 * np.log10(float(p.sel(station="owrx").sel(frequency=0.0, method="nearest")))
+    sig_density = 0.5 * 10 ** (SIG_DB / 10) / SIG_BW + 10 ** (N0_DB / 10)
+    assert on == pytest.approx(10 * np.log10(sig_density), abs=1.0)
+    sg = ds.sdr.spectrogram()
+    assert sg.sizes["time"] == ROWS and sg.attrs["row_period_s"] == pytest.approx(0.111)
+    rows_on = 10 * np.log10(sg.sel(station="owrx").sel(frequency=0.0, method="nearest").values)
+    assert (rows_on[1::2] > rows_on[0::2] + 10).all()  # keyed on in every other row
+    assert ds.sdr.plot_psd() is not None and ds.sdr.plot_spectrogram() is not None
