@@ -176,7 +176,7 @@ class _Connection:
         self.info = cap.info or ReceiverInfo(rx.host, rx.port)
         self.config = om.ConfigState()
         self.modes: dict[str, tuple[float, float] | None] | None = None
-        self.decoder = ow.AudioDecoder(sync=True)
+        self.decoder = ow.AudioDecoder(sync=True, resync=True)
         self.version = ""
         self.plus = False
         self.handshaken = False
