@@ -11,12 +11,14 @@ import asyncio
 import pickle
 import threading
 import time
-from typing import Any, Iterator
+from dataclasses import replace
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import pytest
 
 from sdrlab import timing
+from sdrlab.acquire import capture_metrics
 from sdrlab.capture import Capture, Receiver
 from sdrlab.errors import ConfigError, ReceiverBusy, ReceiverCannotTune, ReceiverDown, ReceiverError, ReceiverStalled
 from sdrlab.receivers import KiwiOptions, OwrxOptions, OwrxReceiver, make_receiver
@@ -189,7 +191,7 @@ FAST = OwrxOptions(connect_spacing=0.0, backoff_delay=0.3, backoff_retries=1, co
 def _config(rid: str) -> OwrxConfig:
     plus = rid.startswith("owrx-plus")
     version = "v1.2.121" if rid == "owrx-plus" else "v1.2.2"  # Plus 1.2.2: only its messages tell
-    comp = "none" if rid == "owrx-raw" else "adpcm"
+    comp: Literal["adpcm", "none"] = "none" if rid == "owrx-raw" else "adpcm"
     return OwrxConfig(id=rid, fork="plus" if plus else "upstream", version=version, name=f"Sim {rid}", lat=45.02,
                       lon=7.29, asl=600, profiles=PROFILES, audio_compression=comp, fft_compression=comp)
 
@@ -277,6 +279,11 @@ def test_nfm_capture_matches_the_scene(sim: OwrxSimServer, rid: str, hw: str) ->
     for f in (TONE_HZ, CARRIER_HZ):  # narrow peaks: ADPCM slope overload (protocol page 11.3)
         away &= np.abs(freqs - f) > 10_000
     made = {ow.decode_fft(ow.encode_fft(r), 4096)[0].tobytes(): r for r in truth.fft_rows}
+    # what the data model and metrics make of it (uncalibrated, relative): the scene's levels
+    m, _ = capture_metrics(cap, replace(STATION, id=rid))
+    assert abs(m["noise_floor_dbfs_hz"] - SCENE.noise_dbfs_hz) < 0.5
+    assert abs(m["signal_power_dbfs"] - (-62.0)) < 1.0
+    assert abs(m["channel_power_fft_dbfs"] - 10 * np.log10(truth.truth_power)) < 1.0
     for row in spec.db[-5:]:
         sent_row = made[row.tobytes()]  # KeyError: not a row the server made, decoded exactly
         err = row - sent_row
