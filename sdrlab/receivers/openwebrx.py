@@ -190,6 +190,7 @@ class _Connection:
         self._t_open = self.loop.time()
         self._t_handshake = 0.0
         self._t_config = 0.0
+        self._t_start = 0.0
         self._last_msg = self.loop.time()
         self._fft_drop_until = 0
         self._row_times: list[int] = []
@@ -306,6 +307,10 @@ class _Connection:
             except ReceiverError as exc:
                 self._finish(exc)
                 return
+        elif self.started and not self._data and now - self._t_start > opt.read_timeout and self.rx.window is None:
+            self._finish(ReceiverStalled(f"tuned, but no audio, S-meter reading or FFT row within "
+                                         f"{opt.read_timeout:g} s (a mode the receiver silences?)"))
+            return
         if now - self._last_msg > opt.read_timeout:
             self._finish(self._lost_exc(f"stalled: no message for {opt.read_timeout:g} s"))
             return
@@ -506,6 +511,7 @@ class _Connection:
             self._send(om.dspcontrol(self.offset, squelch_level=None, secondary_mod=None))
         self._send(om.dspcontrol_start())
         self.started = True
+        self._t_start = self.loop.time()
         self._new_audio()
 
     def _tune_fields(self) -> dict[str, Any]:
