@@ -100,6 +100,12 @@ class ReceiverLimitError(ReceiverError):
     """The receiver's per-IP time limit was reached (``ip_limit``)."""
 
 
+class ReceiverCannotTune(ReceiverError, ConfigError):
+    """The receiver cannot serve the request as asked without changing something that is not the
+    client's to change: a frequency outside its current profile (OpenWebRX: a profile change
+    retunes the receiver for every listener), a mode it does not offer."""
+
+
 class ReceiverStalled(ReceiverError):
     """The receiver stopped sending and reconnecting did not help."""
 

@@ -12,8 +12,9 @@ from typing import Any, Callable
 from ..capture import Receiver, ReceiverStatus
 from ..errors import ConfigError
 from ..stations import Station
-from . import kiwistatus
+from . import kiwistatus, owrxstatus
 from .kiwisdr import KiwiOptions, KiwiReceiver
+from .openwebrx import OwrxOptions, OwrxReceiver
 
 #: a client for one station: (station, protocol options or None) -> receiver
 ReceiverFactory = Callable[[Station, Any], Receiver]
@@ -72,4 +73,16 @@ def _kiwi(station: Station, options: KiwiOptions | None) -> KiwiReceiver:
 
 register("kiwisdr", _kiwi, status=kiwistatus.fetch_status)
 
-__all__ = ["KiwiOptions", "KiwiReceiver", "ProtocolEntry", "make_receiver", "probe_status", "protocols", "register"]
+
+def _openwebrx(station: Station, options: Any) -> OwrxReceiver:
+    """``options``: :class:`OwrxOptions`, or None / another protocol's options (a session's
+    common options are KiwiSDR's): then the defaults, NFM with the mode's own passband.  Another
+    protocol's ``low_cut``/``high_cut`` are not taken: a KiwiSDR passband bounds IQ, not a
+    demodulator, and its defaults cannot be told from a choice."""
+    opts = options if isinstance(options, OwrxOptions) else OwrxOptions()
+    return OwrxReceiver(station.id, station.host, station.port, options=opts)
+
+
+register("openwebrx", _openwebrx, status=owrxstatus.fetch_status)
+
+__all__ = ["KiwiOptions", "KiwiReceiver", "OwrxOptions", "OwrxReceiver", "ProtocolEntry", "make_receiver", "probe_status", "protocols", "register"]

@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import random
 import secrets
 import threading
 import time
@@ -52,6 +51,7 @@ from ..errors import (
     ReceiverUnreachable,
 )
 from . import kiwiwire as kw
+from ._hooks import StopHooks, jitter
 from ._ws import OP_BINARY, HandshakeError, WebSocketClient
 from .window import Window
 
@@ -124,12 +124,6 @@ class KiwiOptions:
 #: compressed (audio) SND frames tolerated after our IQ setup and before the first IQ frame (an
 #: emulation's default-mode frames still in flight, 50 a second); beyond: the server is sending garbage
 PRE_TUNE_MAX = 1000
-
-
-def _jitter(seconds: float) -> float:
-    """A retry delay spread over +-25 %: captures that lost their receivers together (an
-    overloaded host, a network blip) must not come back in lockstep and overload it again."""
-    return seconds * random.uniform(0.75, 1.25)
 
 
 # ---- outcomes of one connection (internal) ---------------------------------------------------
@@ -774,7 +768,7 @@ class _Connection:
         return seg
 
 
-class KiwiReceiver:
+class KiwiReceiver(StopHooks):
     """A KiwiSDR at ``host:port`` with ``channels`` receiver channels."""
 
     protocol = "kiwisdr"
@@ -812,27 +806,6 @@ class KiwiReceiver:
         #: the Capture then keeps only a summary of each segment (length, first time fit, end)
         self.sink: Any = None
         self.spill_frames = 24
-
-    def stop_requested(self) -> bool:
-        if self.stopped:
-            return True
-        if self.should_stop is None:
-            return False
-        try:
-            self.stopped = bool(self.should_stop())
-        except Exception:
-            log.debug("should_stop failed", exc_info=True)
-        return self.stopped
-
-    async def _pause(self, seconds: float) -> bool:
-        """Sleep between attempts; False when a stop was requested meanwhile."""
-        end = asyncio.get_running_loop().time() + seconds
-        while not self.stop_requested():
-            left = end - asyncio.get_running_loop().time()
-            if left <= 0:
-                return True
-            await asyncio.sleep(min(left, 0.25))
-        return False
 
     def __repr__(self) -> str:
         return f"KiwiReceiver({self.station!r}, {self.host}:{self.port}, channels={self.channels})"
@@ -891,7 +864,7 @@ class KiwiReceiver:
                         if persist_until is not None else ""
                     raise self._err(ReceiverUnreachable, f"{exc} (gave up after {connect} attempts{since})",
                                     cap) from None
-                delay = _jitter(opt.backoff(opt.connect_delay, connect))
+                delay = jitter(opt.backoff(opt.connect_delay, connect))
                 if connect > opt.connect_retries:
                     delay = min(delay, left)
                 if not await self._pause(delay):
@@ -909,7 +882,7 @@ class KiwiReceiver:
                     ) from None
                 if conn is not None and conn._want is not None:
                     persist_until = loop.time() + conn._want / rate
-                if not await self._pause(_jitter(opt.reconnect_delay)):
+                if not await self._pause(jitter(opt.reconnect_delay)):
                     return cap
             except ReceiverError as exc:
                 raise self._err(type(exc), exc.detail, cap) from None

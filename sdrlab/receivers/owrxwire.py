@@ -215,14 +215,22 @@ class AudioDecoder:
     hunting or in a header give no samples.  ``browser``: decode as the browser does (parity
     tests) instead of the encoder-exact reference.
 
+    ``resync`` (not the browser's behaviour): a SYNC frame that lies whole inside a block's data
+    within one message is taken as an encoder restart mid-block (a DSP rebuilt on the server):
+    decoding switches to the new encoder's state there, instead of decoding its SYNC and what
+    follows with the old state until the block count runs out and then hunting (up to one block
+    of wrong samples and one block dropped).  A false match needs "SYNC" and a valid step index
+    (0..88) among random ADPCM bytes: about once in 2^41 bytes.
+
     Counters for the record: ``syncs`` (SYNC frames applied), ``hunted`` (bytes dropped while
     hunting), ``jumps`` (SYNC frames whose state differed from the decoder's own: the encoder
     restarted or bytes were lost), ``samples``.
     """
 
-    def __init__(self, sync: bool = True, *, browser: bool = False) -> None:
+    def __init__(self, sync: bool = True, *, browser: bool = False, resync: bool = False) -> None:
         self.sync = sync
         self.browser = browser
+        self.resync = resync
         self.reset()
 
     def reset(self) -> None:
@@ -247,6 +255,15 @@ class AudioDecoder:
         self._decoded_any = True
         self.samples += out.size
         return out
+
+    def _restart_in(self, data: bytes, pos: int, take: int) -> int:
+        """``resync``: the bytes of this block to decode before an encoder restart inside it (then
+        the block ends there and the restart's SYNC is read next), else ``take``."""
+        q = _restart_at(data, pos, pos + take)
+        if q < 0:
+            return take
+        self._left = q - pos  # the block ends at the restart: hunt finds its SYNC at once
+        return q - pos
 
     def feed(self, payload: bytes) -> I16:
         """The samples of one message's payload (possibly none)."""
@@ -286,6 +303,8 @@ class AudioDecoder:
                     self._phase, self._left = _DATA, SYNC_BLOCK
             else:
                 take = min(self._left, n - pos)
+                if self.resync:
+                    take = self._restart_in(data, pos, take)
                 parts.append(self._decode(data[pos : pos + take]))
                 pos += take
                 self._left -= take
@@ -294,6 +313,16 @@ class AudioDecoder:
         if not parts:
             return np.zeros(0, np.int16)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _restart_at(data: bytes, pos: int, end: int) -> int:
+    """Where in ``data[pos:end]`` a whole SYNC frame with a valid step index starts, or -1."""
+    q = data.find(SYNC_MAGIC, pos, end)
+    while q >= 0:
+        if q + SYNC_SIZE <= len(data) and 0 <= _SYNC_STATE.unpack_from(data, q + 4)[0] <= MAX_INDEX:
+            return q
+        q = data.find(SYNC_MAGIC, q + 1, end)
+    return -1
 
 
 def decode_audio(payload: bytes, compression: str, decoder: AudioDecoder | None = None) -> I16:

@@ -28,10 +28,10 @@ def test_kiwisdr_station_gets_a_kiwi_client_with_its_settings() -> None:
 
 
 def test_unknown_protocol_is_a_config_error_naming_station_and_protocol() -> None:
-    other = replace(STATION, protocol="openwebrx")
-    with pytest.raises(ConfigError, match=r"a-kiwi: no receiver for protocol 'openwebrx' \(known: .*kiwisdr"):
+    other = replace(STATION, protocol="websdr")
+    with pytest.raises(ConfigError, match=r"a-kiwi: no receiver for protocol 'websdr' \(known: .*kiwisdr"):
         make_receiver(other)
-    with pytest.raises(ConfigError, match="openwebrx"):
+    with pytest.raises(ConfigError, match="websdr"):
         probe_status(other)
 
 
