@@ -100,6 +100,8 @@ class OwrxFaults:
     * ``double_fft``: FFT rows go out two per message (a lagging server).
     * ``send_timeout_s``: a send blocked longer than this closes the connection (real: 10 s);
       ``queue_size``: the FFT/``clients``/``cpuusage`` queue; overflowing it disconnects (real: 100).
+    * ``sndbuf_bytes``: the kernel send buffer of new connections (None: the system's, which on
+      loopback grows to megabytes, so a reader that stops is cut only after minutes).
     """
 
     full: bool = False
@@ -108,3 +110,4 @@ class OwrxFaults:
     double_fft: bool = False
     send_timeout_s: float = 10.0
     queue_size: int = 100
+    sndbuf_bytes: int | None = None

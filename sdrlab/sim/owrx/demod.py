@@ -35,11 +35,16 @@ AGC_DECAY = 0.004
 
 
 def nfm_deemphasis_taps(rate: int) -> F64:
-    """The NFM de-emphasis band-pass at ``rate``: -27 dB at DC, 1 at 300 Hz, 300/f above, 0 above 4 kHz."""
+    """The NFM de-emphasis band-pass at ``rate``: -27 dB at DC, 1 at 300 Hz, 300/f above, 0 above
+    4.2 kHz (the corners scaled down below 10 kHz rates so they stay under Nyquist)."""
     nyq = rate / 2.0
-    f = np.array([0.0, 100.0, 200.0, 300.0, 600.0, 1200.0, 2400.0, 3600.0, min(4200.0, nyq * 0.8), nyq])
+    f = np.array([0.0, 100.0, 200.0, 300.0, 600.0, 1200.0, 2400.0, 3600.0, 4200.0, nyq]) * min(1.0, nyq / 5000.0)
+    f[-1] = nyq
     g = np.array([10 ** (-27 / 20), 0.25, 0.7, 1.0, 0.5, 0.25, 0.125, 300.0 / 3600.0, 0.0, 0.0])
-    return np.asarray(sp_signal.firwin2(255, f, g, fs=rate), dtype=np.float64)
+    taps = sp_signal.firwin2(int(rate / 40) | 1, f, g, fs=rate)
+    hann = np.hanning(taps.size)
+    taps -= (taps.sum() - g[0]) * hann / hann.sum()  # exactly -27 dB at DC
+    return np.asarray(taps, dtype=np.float64)
 
 
 class Demodulator:

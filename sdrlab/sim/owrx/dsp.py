@@ -120,7 +120,10 @@ class SpectrumChain:
         self.noise_mean = band.n0 * samp_rate * self.sum_w2
         self.shape, self.smooth = _noise_statistics(window, self.avg, self.hop)
         self.narrow = min(fft_size, 1 << max(3, math.ceil(math.log2(EMITTER_SPAN_HZ / self.bin_hz))))
-        self.narrow_window = hamming(self.narrow)
+        # the same continuous window sampled at the narrow rate (not a Hamming of `narrow` points,
+        # whose (n - 1) leaks -43 dB into bins 2 away)
+        j = np.arange(self.narrow) * (fft_size / self.narrow)
+        self.narrow_window = 0.54 - 0.46 * np.cos(2.0 * np.pi * j / (fft_size - 1))
         self.narrow_scale = (self.sum_w / float(self.narrow_window.sum())) ** 2
 
     def bin_of(self, freq_hz: float) -> float:
@@ -181,10 +184,12 @@ class SpectrumChain:
 
 
 def bandpass_taps(low_cut: float, high_cut: float, rate: float) -> C128:
-    """A unity-gain complex bandpass low_cut..high_cut (Hz, baseband) with ~320 Hz transitions."""
+    """A unity-gain complex bandpass low_cut..high_cut (Hz, baseband) with ~320 Hz transitions
+    (a passband wider than the channel rate passes everything)."""
     ntaps = int(4.0 * rate / BANDPASS_TRANSITION_HZ) | 1
-    half = (high_cut - low_cut) / 2.0
-    proto = sp_signal.firwin(ntaps, half + BANDPASS_TRANSITION_HZ / 2.0, fs=rate, window="hamming")
+    half = abs(high_cut - low_cut) / 2.0
+    cutoff = min(max(half + BANDPASS_TRANSITION_HZ / 2.0, 1.0), 0.499 * rate)  # a passband past Nyquist: all
+    proto = sp_signal.firwin(ntaps, cutoff, fs=rate, window="hamming")
     n = np.arange(ntaps) - (ntaps - 1) / 2.0
     centre = (high_cut + low_cut) / 2.0
     return np.asarray(proto * np.exp(2j * np.pi * centre * n / rate), dtype=np.complex128)

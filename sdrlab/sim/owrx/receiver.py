@@ -28,6 +28,8 @@ __all__ = ["OwrxTruth", "ProfileChange", "ReceiverHub"]
 logger = logging.getLogger(__name__)
 
 FULL_REASON = "Too many clients"
+#: how long stopping waits for the receiver's tasks, s
+STOP_TIMEOUT_S = 5.0
 BANNED_REASON = "Client address banned"
 
 
@@ -87,10 +89,12 @@ class ReceiverHub:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ---- bookkeeping -------------------------------------------------------------------------
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task of this receiver: kept until done, cancelled and awaited by :meth:`stop`."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     @property
     def users(self) -> int:
@@ -161,7 +165,7 @@ class ReceiverHub:
     def _start_spectrum(self, sdr: SdrState) -> None:
         if sdr.task is not None:
             sdr.task.cancel()
-        sdr.task = asyncio.get_running_loop().create_task(self._spectrum(sdr), name=f"owrx-fft-{self.cfg.id}")
+        sdr.task = self.spawn(self._spectrum(sdr))
 
     def _stop_sdr(self, sdr: SdrState) -> None:
         if sdr.task is not None:
@@ -273,7 +277,10 @@ class ReceiverHub:
             self._stop_sdr(sdr)
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
+            if pending:
+                logger.warning("%s: %d tasks did not stop: %s", self.cfg.id, len(pending), pending)
 
 
 def _copy_truth(t: SessionTruth) -> SessionTruth:

@@ -23,6 +23,7 @@ import asyncio
 import functools
 import http
 import logging
+import socket
 import time
 from typing import Callable, Sequence, TypeVar
 
@@ -36,6 +37,7 @@ from .config import OwrxConfig, OwrxFaults
 from .pages import index_html, metrics_json, metrics_text, status_json
 from .receiver import OwrxTruth, ReceiverHub
 from .session import Session
+from .signals import Emitter
 
 __all__ = ["OwrxSimServer", "run_forever"]
 
@@ -142,6 +144,8 @@ class OwrxSimServer(ThreadedServer):
     # ---- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        emitters = {e for r in self.receivers for p in r.profiles for e in p.band.emitters}
+        await asyncio.to_thread(_prepare, emitters)  # voice tables: not on first use
         try:
             for hub in self._hubs.values():
                 port = self.base_port + hub.index if self.base_port else 0
@@ -162,7 +166,11 @@ class OwrxSimServer(ThreadedServer):
     async def stop(self) -> None:
         for hub in self._hubs.values():
             await hub.stop()
-        await self._close_servers()
+        try:
+            await asyncio.wait_for(self._close_servers(), CLOSE_TIMEOUT_S * 3)
+        except TimeoutError:
+            logger.warning("OpenWebRX simulator: connections still open at stop: %s",
+                           [s for h in self._hubs.values() for s in h.sessions])
         logger.info("OpenWebRX simulator stopped")
 
     async def _close_servers(self) -> None:
@@ -193,6 +201,10 @@ class OwrxSimServer(ThreadedServer):
         addr = ws.remote_address
         self._numbers += 1
         session = Session(hub, ws, self._numbers, str(addr[0]) if addr else "127.0.0.1")
+        if hub.faults.sndbuf_bytes is not None:
+            sock = ws.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, hub.faults.sndbuf_bytes)
         hub.opened(session)
         last_rx = [time.monotonic()]
         pinger = asyncio.get_running_loop().create_task(_pinger(ws, last_rx))
@@ -226,6 +238,11 @@ async def _pinger(ws: ServerConnection, last_rx: list[float]) -> None:
         except ConnectionClosed:
             return
         last_rx[0] = time.monotonic()
+
+
+def _prepare(emitters: set[Emitter]) -> None:
+    for e in emitters:
+        e.prepare()
 
 
 def _page(status: http.HTTPStatus, body: str, content_type: str) -> Response:

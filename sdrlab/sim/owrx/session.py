@@ -33,7 +33,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from ...receivers.owrxmsg import CLIENT_PREFIX, DEFAULT_BANDPASS, SERVER_PREFIX, SQUELCH_OPEN_DB
-from ...receivers.owrxwire import FRAME_AUDIO, FRAME_FFT, AudioEncoder, float_to_int16
+from ...receivers.owrxwire import FRAME_AUDIO, FRAME_FFT, SYNC_MAGIC, SYNC_SIZE, AudioEncoder, float_to_int16
 from .config import OwrxConfig, OwrxFaults, Profile
 from .demod import AUDIO_MODS, Demodulator
 from .dsp import SMETER_DECIMATION, ChannelChain, smeter_schedule
@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 #: cpuusage (and Plus temperature) period, s
 CPU_PERIOD_S = 3.0
 #: how often the channel pump wakes up, s
-PUMP_TICK_S = 0.04
+PUMP_TICK_S = 0.02
 #: audio messages carry between these many bytes (seeded random): SYNC frames end up split
 AUDIO_MESSAGE_BYTES = (40, 1600)
 #: squelch: upstream sends this many blocks of zeros after closing, then nothing (section 5)
@@ -61,6 +61,8 @@ TRUTH_ROWS = 64
 MODES: tuple[tuple[str, str], ...] = (
     ("nfm", "FM"), ("wfm", "WFM"), ("am", "AM"), ("lsb", "LSB"), ("usb", "USB"), ("cw", "CW"),
 )
+#: the output rates upstream's NFM de-emphasis exists for (C ``deemphasis.cpp:57-72``)
+NFM_DEEMPHASIS_RATES = (8000, 11025, 12000, 44100, 48000)
 _MOD = re.compile(r"^[a-z0-9]+$")
 _MOD_PLUS = re.compile(r"^[a-z0-9-]+$")
 _INT_KEYS = ("offset_freq", "secondary_offset_freq", "dmr_filter", "output_rate", "hd_output_rate",
@@ -296,7 +298,7 @@ class Session:
             self.truth.closed = None
             return
         self.receiver = True
-        self.tasks.append(asyncio.create_task(self._queue_sender()))
+        self.tasks.append(self.hub.spawn(self._queue_sender()))
         self.hub.register(self)  # broadcasts ``clients`` through every queue
         await self.send("config", self.global_config())
         await self.send("config", self.sdr_config())
@@ -308,7 +310,7 @@ class Session:
         await self.send("features", {"rtl_sdr": True, "soapy": False})
         await self.send("modes", self.modes())
         await self.send("profiles", self.hub.profiles_message())
-        self.tasks.append(asyncio.create_task(self._cpu_loop()))
+        self.tasks.append(self.hub.spawn(self._cpu_loop()))
 
     async def send_sdr(self, prof: Profile) -> None:
         """The SDR's profile ``config``, its band lists, and FFT rows from then on."""
@@ -401,12 +403,21 @@ class Session:
             return
         rate = int(self.dsp.get("output_rate", 12000))
         dial = prof.center_freq + int(self.dsp["offset_freq"])
-        ch = ChannelChain(prof.band, dial, rate, self.dsp.get("low_cut"), self.dsp.get("high_cut"),
-                          t0=self.hub.sdr_time(self.sdr_id), stream=self.number)
         mod = self.dsp.get("mod")
-        demod = Demodulator(mod, rate) if isinstance(mod, str) and mod in AUDIO_MODS and not self.silenced else None
+        try:
+            ch = ChannelChain(prof.band, dial, rate, self.dsp.get("low_cut"), self.dsp.get("high_cut"),
+                              t0=self.hub.sdr_time(self.sdr_id), stream=self.number)
+            wanted = isinstance(mod, str) and mod in AUDIO_MODS and not self.silenced
+            demod = Demodulator(str(mod), rate) if wanted else None
+        except ValueError as exc:  # e.g. output_rate 0: the real DSP fails too, the connection stays
+            logger.info("%s #%d: channel not started: %s", self.cfg.id, self.number, exc)
+            self._channel_truth(None, None)
+            return
+        if demod is not None and mod == "nfm" and not self.cfg.plus and rate not in NFM_DEEMPHASIS_RATES:
+            logger.info("%s #%d: no NFM de-emphasis at %d Hz: no audio", self.cfg.id, self.number, rate)
+            demod = None  # upstream csdr throws for other rates (section 2.1); Plus uses the nearest
         self._channel_truth(ch, prof)
-        self._pump = asyncio.create_task(self._channel_pump(ch, demod))
+        self._pump = self.hub.spawn(self._channel_pump(ch, demod))
 
     def _channel_truth(self, ch: ChannelChain | None, prof: Profile | None) -> None:
         t, d = self.truth, self.dsp or {}
@@ -480,12 +491,17 @@ class Session:
         return self.encoder.encode(samples)
 
     async def _send_audio(self, data: bytes) -> None:
-        """Arbitrary message boundaries (even ones for uncompressed int16), as the server's pump."""
+        """Arbitrary message boundaries (even ones for uncompressed int16), as the server's pump
+        forwards whatever its buffer holds; a third of the SYNC frames get a boundary inside."""
         pos, lo, hi = 0, *AUDIO_MESSAGE_BYTES
         while pos < len(data):
             size = int(self.rng.integers(lo, hi + 1))
             if self.cfg.audio_compression == "none":
                 size &= ~1
+            else:
+                sync = data.find(SYNC_MAGIC, pos + 1, pos + size)
+                if sync > 0 and self.rng.random() < 1 / 3:
+                    size = sync - pos + int(self.rng.integers(1, SYNC_SIZE))
             chunk = data[pos : pos + size]
             pos += len(chunk)
             self.truth.audio_bytes += len(chunk)

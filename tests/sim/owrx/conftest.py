@@ -1,4 +1,4 @@
-"""One simulator for the module's tests: an upstream and an OpenWebRX+ receiver on loopback."""
+"""One simulator per test module: an upstream, an OpenWebRX+ and an uncompressed receiver on loopback."""
 
 from __future__ import annotations
 
@@ -13,5 +13,7 @@ from .helpers import receiver
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[OwrxSimServer]:
-    with OwrxSimServer([receiver("sim-up"), receiver("sim-plus", fork="plus", version="v1.2.121")]) as server:
+    receivers = [receiver("sim-up"), receiver("sim-plus", fork="plus", version="v1.2.121"),
+                 receiver("sim-raw", audio_compression="none", fft_compression="none")]
+    with OwrxSimServer(receivers) as server:
         yield server

@@ -90,6 +90,26 @@ class Recording:
         return (np.concatenate(parts) if parts else np.zeros(0, np.int16)), counts
 
 
+def burst_counts(counts: list[tuple[float, int]], gap_s: float = 0.004) -> list[tuple[float, int]]:
+    """The (time, cumulative samples) of the last message of each burst (the messages one server
+    pump tick sent together): block boundaries, not a block's middle."""
+    out = []
+    for i, (t, n) in enumerate(counts):
+        if i + 1 == len(counts) or counts[i + 1][0] - t > gap_s:
+            out.append((t, n))
+    return out
+
+
+def align_rows(got: np.ndarray, sent: np.ndarray) -> np.ndarray:
+    """The run of ``sent`` rows that ``got`` (received in order) matches best."""
+    best, best_err = 0, np.inf
+    for k in range(0, len(sent) - len(got) + 1):
+        err = float(np.median(np.abs(got[:, 100:200] - sent[k : k + len(got), 100:200])))
+        if err < best_err:
+            best, best_err = k, err
+    return sent[best : best + len(got)]
+
+
 async def record(url: str, seconds: float, on_profiles: list[str] | None = None, *, handshake: str = HANDSHAKE,
                  until_closed: bool = False) -> Recording:
     """Connect, handshake, send ``on_profiles`` once the ``profiles`` message arrived, record."""
@@ -140,9 +160,15 @@ def http_get(url: str) -> tuple[int, str, dict[str, str]]:
         return e.code, e.read().decode(), dict(e.headers)
 
 
-def raw_upgrade(port: int, key: str = "dGhlIHNhbXBsZSBub25jZQ==", path: str = "/ws/") -> tuple[socket.socket, bytes]:
-    """A plain-socket upgrade: (socket, the exact reply bytes up to the blank line)."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+def raw_upgrade(port: int, key: str = "dGhlIHNhbXBsZSBub25jZQ==", path: str = "/ws/",
+                rcvbuf: int | None = None) -> tuple[socket.socket, bytes]:
+    """A plain-socket upgrade: (socket, the exact reply bytes up to the blank line); ``rcvbuf``:
+    the receive buffer set before connecting (a small TCP window)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(5)
+    s.connect(("127.0.0.1", port))
     s.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
     buf = b""
