@@ -197,7 +197,7 @@ PROFILES = (
 )
 #: one simulated receiver per test that changes or breaks it
 RECEIVERS = ("owrx-a", "owrx-plus", "owrx-profile", "owrx-away", "owrx-full", "owrx-zombie", "owrx-fail",
-             "owrx-restart", "owrx-double", "owrx-raw", "owrx-plus-old")
+             "owrx-restart", "owrx-double", "owrx-raw", "owrx-plus-old", "owrx-two-sdrs")
 FAST = OwrxOptions(connect_spacing=0.0, backoff_delay=0.3, backoff_retries=1, config_timeout=1.0,
                    connect_delay=0.2, reconnect_delay=0.2)
 
@@ -206,8 +206,11 @@ def _config(rid: str) -> OwrxConfig:
     plus = rid.startswith("owrx-plus")
     version = "v1.2.121" if rid == "owrx-plus" else "v1.2.2"  # Plus 1.2.2: only its messages tell
     comp: Literal["adpcm", "none"] = "none" if rid == "owrx-raw" else "adpcm"
+    profiles = PROFILES
+    if rid == "owrx-two-sdrs":  # a second SDR on 2 m, centred elsewhere
+        profiles += (Profile("airspy", "2m", "Airspy", "2m", 145_200_000, RATE, TONE_HZ, band=SCENE),)
     return OwrxConfig(id=rid, fork="plus" if plus else "upstream", version=version, name=f"Sim {rid}", lat=45.02,
-                      lon=7.29, asl=600, profiles=PROFILES, audio_compression=comp, fft_compression=comp)
+                      lon=7.29, asl=600, profiles=profiles, audio_compression=comp, fft_compression=comp)
 
 
 @pytest.fixture(scope="module")
@@ -388,6 +391,18 @@ def test_sdr_failure_gives_receiver_down_keeping_the_audio(sim: OwrxSimServer) -
     part = err.value.partial
     assert len(part.audio) == 1 and 1.0 < part.audio[0].n_samples / 12000 < 2.0
     assert part.spectrum is not None and part.smeter is not None and part.has_data
+
+
+def test_a_failed_sdr_moves_the_capture_to_the_next_one_as_a_new_segment(sim: OwrxSimServer) -> None:
+    th = _later(1.5, lambda: sim.fail_sdr("owrx-two-sdrs", "rtlsdr"))
+    cap = _capture(_rx(sim, "owrx-two-sdrs"), TONE_HZ, 3.5)
+    th.join()
+    assert any('receiver says: SDR device "RTL-SDR" has failed' in e for e in cap.events), cap.events
+    assert len(cap.audio) == 2 and "sdr_id rtlsdr -> airspy" in cap.audio[0].end_reason
+    a, b = cap.audio
+    assert (a.profile, b.profile, b.center_freq_hz, b.frequency_hz) == ("rtlsdr|2m", "airspy|2m", 145.2e6, TONE_HZ)
+    assert _session(sim, "owrx-two-sdrs").offset_freq == 300_000  # retuned on the new SDR
+    assert b.n_samples / 12000 > 1.5 and abs(_tone_hz(b.samples[-12000:].astype(float), 12000.0) - 1000.0) < 2.0
 
 
 def test_an_encoder_restart_mid_block_is_survived(sim: OwrxSimServer) -> None:
