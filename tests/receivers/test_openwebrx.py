@@ -206,7 +206,7 @@ def _config(rid: str) -> OwrxConfig:
     plus = rid.startswith("owrx-plus")
     version = "v1.2.121" if rid == "owrx-plus" else "v1.2.2"  # Plus 1.2.2: only its messages tell
     comp: Literal["adpcm", "none"] = "none" if rid == "owrx-raw" else "adpcm"
-    profiles = PROFILES
+    profiles: tuple[Profile, ...] = PROFILES
     if rid == "owrx-two-sdrs":  # a second SDR on 2 m, centred elsewhere
         profiles += (Profile("airspy", "2m", "Airspy", "2m", 145_200_000, RATE, TONE_HZ, band=SCENE),)
     return OwrxConfig(id=rid, fork="plus" if plus else "upstream", version=version, name=f"Sim {rid}", lat=45.02,
