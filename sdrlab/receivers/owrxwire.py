@@ -215,12 +215,13 @@ class AudioDecoder:
     hunting or in a header give no samples.  ``browser``: decode as the browser does (parity
     tests) instead of the encoder-exact reference.
 
-    ``resync`` (not the browser's behaviour): a SYNC frame that lies whole inside a block's data
-    within one message is taken as an encoder restart mid-block (a DSP rebuilt on the server):
-    decoding switches to the new encoder's state there, instead of decoding its SYNC and what
-    follows with the old state until the block count runs out and then hunting (up to one block
-    of wrong samples and one block dropped).  A false match needs "SYNC" and a valid step index
-    (0..88) among random ADPCM bytes: about once in 2^41 bytes.
+    ``resync`` (not the browser's behaviour): a SYNC frame inside a block's data is taken as an
+    encoder restart mid-block (a DSP rebuilt on the server): decoding switches to the new
+    encoder's state there, instead of decoding its SYNC and what follows with the old state until
+    the block count runs out and then hunting (up to one block of wrong samples and one block
+    dropped).  So that a SYNC frame split across messages is seen too, the last bytes of a message
+    that could begin one (``S``, ``SY``... up to 7 bytes) wait for the next message.  A false match
+    needs "SYNC" and a valid step index (0..88) among random ADPCM bytes: about once in 2^41 bytes.
 
     Counters for the record: ``syncs`` (SYNC frames applied), ``hunted`` (bytes dropped while
     hunting), ``jumps`` (SYNC frames whose state differed from the decoder's own: the encoder
@@ -240,6 +241,7 @@ class AudioDecoder:
         self._header = bytearray()
         self._left = 0
         self._decoded_any = False
+        self._carry = b""
         self.syncs = self.hunted = self.jumps = self.samples = 0
 
     @property
@@ -270,6 +272,8 @@ class AudioDecoder:
         data = bytes(payload)
         if not self.sync:
             return self._decode(data)
+        if self._carry:
+            data, self._carry = self._carry + data, b""
         parts: list[I16] = []
         pos, n = 0, len(data)
         while pos < n:
@@ -305,6 +309,11 @@ class AudioDecoder:
                 take = min(self._left, n - pos)
                 if self.resync:
                     take = self._restart_in(data, pos, take)
+                    if pos + take == n and self._left > take:  # the message ends inside the block
+                        hold = _sync_prefix(data, pos, n)
+                        self._carry = data[n - hold :]
+                        take -= hold
+                        n -= hold
                 parts.append(self._decode(data[pos : pos + take]))
                 pos += take
                 self._left -= take
@@ -323,6 +332,18 @@ def _restart_at(data: bytes, pos: int, end: int) -> int:
             return q
         q = data.find(SYNC_MAGIC, q + 1, end)
     return -1
+
+
+def _sync_prefix(data: bytes, start: int, end: int) -> int:
+    """How many bytes at the end of ``data[start:end]`` (at most 7) could begin a SYNC frame."""
+    for k in range(min(SYNC_SIZE - 1, end - start), 0, -1):
+        tail = data[end - k : end]
+        if not SYNC_MAGIC.startswith(tail[:4]):
+            continue
+        if k >= 6 and not 0 <= _SYNC_STATE.unpack_from(tail + b"\0\0", 4)[0] <= MAX_INDEX:
+            continue
+        return k
+    return 0
 
 
 def decode_audio(payload: bytes, compression: str, decoder: AudioDecoder | None = None) -> I16:

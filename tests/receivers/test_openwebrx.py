@@ -84,14 +84,17 @@ def _reference(stream: bytes) -> np.ndarray:
 
 
 @pytest.mark.parametrize("resync", [False, True])
-def test_an_encoder_restart_mid_block_costs_nothing_with_resync(resync: bool) -> None:
+@pytest.mark.parametrize("inside", [None, 1, 4, 6, 7])  # a message boundary that many bytes into the restart's SYNC
+def test_an_encoder_restart_mid_block_costs_nothing_with_resync(resync: bool, inside: int | None) -> None:
     rng = np.random.default_rng(3)
     audio = (8000 * np.sin(2 * np.pi * 700 * np.arange(12000) / 12000)).astype(np.int16)
     old, new = ow.AudioEncoder().encode(audio[:5000]), ow.AudioEncoder().encode(audio[5000:])  # 2500 B: mid-block
     stream = old + new
-    cuts = sorted({int(c) for c in rng.integers(1, len(stream), 60)} - set(range(len(old) + 1, len(old) + 8)))
+    cuts = {int(c) for c in rng.integers(1, len(stream), 60)} - set(range(len(old) + 1, len(old) + 8))
+    if inside is not None:
+        cuts.add(len(old) + inside)
     dec, out = ow.AudioDecoder(resync=resync), []
-    for a, b in zip([0, *cuts], [*cuts, len(stream)]):
+    for a, b in zip([0, *sorted(cuts)], [*sorted(cuts), len(stream)]):
         out.append(dec.feed(stream[a:b]))
     got = np.concatenate(out)
     want = np.concatenate([_reference(old), _reference(new)])
@@ -99,6 +102,17 @@ def test_an_encoder_restart_mid_block_costs_nothing_with_resync(resync: bool) ->
         assert np.array_equal(got, want) and dec.hunted == 0 and dec.jumps == 1
     else:  # the browser's way: the rest of the old block decoded from the restart's bytes, then a hunt
         assert got.size < want.size and not np.array_equal(got[5000:5100], want[5000:5100]) and dec.hunted > 0
+
+
+def test_resync_holds_back_only_what_could_begin_a_sync_frame() -> None:
+    audio = (3000 * np.sin(np.arange(4000) / 5)).astype(np.int16)
+    stream = ow.AudioEncoder().encode(audio)
+    ref = _reference(stream)
+    for tail in (b"S", b"SY", b"SYNC\x10\x00", b"SYx"):  # ADPCM bytes that may begin a SYNC frame, or not
+        dec = ow.AudioDecoder(resync=True)
+        first = dec.feed(stream[:100] + tail)
+        held = 0 if tail == b"SYx" else len(tail)
+        assert first.size == 2 * (100 - 8 + len(tail) - held) and np.array_equal(first[:184], ref[:184])
 
 
 def test_held_data_before_a_window_start_is_dropped_by_receipt_time() -> None:
@@ -183,7 +197,7 @@ PROFILES = (
 )
 #: one simulated receiver per test that changes or breaks it
 RECEIVERS = ("owrx-a", "owrx-plus", "owrx-profile", "owrx-away", "owrx-full", "owrx-zombie", "owrx-fail",
-             "owrx-restart", "owrx-double", "owrx-raw", "owrx-plus-old")
+             "owrx-restart", "owrx-double", "owrx-raw", "owrx-plus-old", "owrx-two-sdrs")
 FAST = OwrxOptions(connect_spacing=0.0, backoff_delay=0.3, backoff_retries=1, config_timeout=1.0,
                    connect_delay=0.2, reconnect_delay=0.2)
 
@@ -192,8 +206,11 @@ def _config(rid: str) -> OwrxConfig:
     plus = rid.startswith("owrx-plus")
     version = "v1.2.121" if rid == "owrx-plus" else "v1.2.2"  # Plus 1.2.2: only its messages tell
     comp: Literal["adpcm", "none"] = "none" if rid == "owrx-raw" else "adpcm"
+    profiles: tuple[Profile, ...] = PROFILES
+    if rid == "owrx-two-sdrs":  # a second SDR on 2 m, centred elsewhere
+        profiles += (Profile("airspy", "2m", "Airspy", "2m", 145_200_000, RATE, TONE_HZ, band=SCENE),)
     return OwrxConfig(id=rid, fork="plus" if plus else "upstream", version=version, name=f"Sim {rid}", lat=45.02,
-                      lon=7.29, asl=600, profiles=PROFILES, audio_compression=comp, fft_compression=comp)
+                      lon=7.29, asl=600, profiles=profiles, audio_compression=comp, fft_compression=comp)
 
 
 @pytest.fixture(scope="module")
@@ -376,16 +393,27 @@ def test_sdr_failure_gives_receiver_down_keeping_the_audio(sim: OwrxSimServer) -
     assert part.spectrum is not None and part.smeter is not None and part.has_data
 
 
+def test_a_failed_sdr_moves_the_capture_to_the_next_one_as_a_new_segment(sim: OwrxSimServer) -> None:
+    th = _later(1.5, lambda: sim.fail_sdr("owrx-two-sdrs", "rtlsdr"))
+    cap = _capture(_rx(sim, "owrx-two-sdrs"), TONE_HZ, 3.5)
+    th.join()
+    assert any('receiver says: SDR device "RTL-SDR" has failed' in e for e in cap.events), cap.events
+    assert len(cap.audio) == 2 and "sdr_id rtlsdr -> airspy" in cap.audio[0].end_reason
+    a, b = cap.audio
+    assert (a.profile, b.profile, b.center_freq_hz, b.frequency_hz) == ("rtlsdr|2m", "airspy|2m", 145.2e6, TONE_HZ)
+    assert _session(sim, "owrx-two-sdrs").offset_freq == 300_000  # retuned on the new SDR
+    assert b.n_samples / 12000 > 1.5 and abs(_tone_hz(b.samples[-12000:].astype(float), 12000.0) - 1000.0) < 2.0
+
+
 def test_an_encoder_restart_mid_block_is_survived(sim: OwrxSimServer) -> None:
     th = _later(1.5, lambda: sim.restart_encoders("owrx-restart"))
     cap = _capture(_rx(sim, "owrx-restart"), TONE_HZ, 3.0)
     th.join()
-    # decoding follows the new encoder at its SYNC (when that SYNC frame came whole in one message,
-    # as it nearly always does; else the browser's way, up to two blocks lost: 0.35 s)
-    assert len(cap.audio) == 1 and abs(cap.audio[0].n_samples / 12000 - 3.0) < 0.35
+    # decoding follows the new encoder from its SYNC frame (split across messages or not): nothing dropped
+    assert len(cap.audio) == 1 and abs(cap.audio[0].n_samples / 12000 - 3.0) < 0.15
     x = cap.audio[0].samples[-12000:].astype(float)
     assert abs(_tone_hz(x, 12000.0) - 1000.0) < 2.0
-    assert any("1 with a state jump" in e for e in cap.events)
+    assert any("1 with a state jump" in e and " 0 bytes dropped" in e for e in cap.events), cap.events
 
 
 def test_a_stop_request_ends_the_capture_at_once_keeping_what_arrived(sim: OwrxSimServer) -> None:
