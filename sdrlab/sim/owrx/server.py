@@ -120,6 +120,11 @@ class OwrxSimServer(ThreadedServer):
         hub = self._hubs[self._id(receiver)]
         return self._call(lambda: hub.fail_sdr(sdr_id))
 
+    def set_fft_size(self, receiver: int | str, fft_size: int) -> None:
+        """The operator changes ``fft_size``: a ``config`` to every listener, rows of the new size."""
+        hub = self._hubs[self._id(receiver)]
+        self._call(lambda: hub.set_fft_size(fft_size))
+
     def restart_encoders(self, receiver: int | str) -> None:
         """Every started session's audio encoder restarts (state 0, 0, SYNC at once) mid-block."""
         hub = self._hubs[self._id(receiver)]

@@ -202,7 +202,7 @@ class Session:
         c = self.cfg
         d: dict[str, Any] = {
             "waterfall_scheme": "GoogleTurboWaterfall", "waterfall_auto_levels": {"min": 3.0, "max": 10.0},
-            "waterfall_auto_min_range": 50, "fft_size": c.fft_size, "audio_compression": c.audio_compression,
+            "waterfall_auto_min_range": 50, "fft_size": self.hub.fft_size, "audio_compression": c.audio_compression,
             "fft_compression": c.fft_compression, "max_clients": c.max_clients, "tuning_precision": 2,
             "aircraft_tracking_service": "flightaware"}
         if c.plus:
