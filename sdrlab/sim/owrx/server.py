@@ -212,7 +212,7 @@ class OwrxSimServer(ThreadedServer):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, hub.faults.sndbuf_bytes)
         hub.opened(session)
         last_rx = [time.monotonic()]
-        pinger = asyncio.get_running_loop().create_task(_pinger(ws, last_rx))
+        pinger = asyncio.get_running_loop().create_task(_pinger(ws, last_rx, session.faults.ping_after_s))
         try:
             async for message in ws:
                 last_rx[0] = time.monotonic()
@@ -230,11 +230,11 @@ class OwrxSimServer(ThreadedServer):
             hub.closed(session)
 
 
-async def _pinger(ws: ServerConnection, last_rx: list[float]) -> None:
-    """A PING once the client has been silent for PING_AFTER_S (timer reset by each message);
+async def _pinger(ws: ServerConnection, last_rx: list[float], after_s: float = PING_AFTER_S) -> None:
+    """A PING once the client has been silent for ``after_s`` (timer reset by each message);
     a missing PONG is never held against it."""
     while True:
-        wait = last_rx[0] + PING_AFTER_S - time.monotonic()
+        wait = last_rx[0] + after_s - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
             continue
