@@ -100,6 +100,7 @@ class OwrxFaults:
     * ``double_fft``: FFT rows go out two per message (a lagging server).
     * ``send_timeout_s``: a send blocked longer than this closes the connection (real: 10 s);
       ``queue_size``: the FFT/``clients``/``cpuusage`` queue; overflowing it disconnects (real: 100).
+    * ``ping_after_s``: the server PINGs a client silent this long (real: 30 s; tests shorten it).
     * ``sndbuf_bytes``: the kernel send buffer of new connections (None: the system's, which on
       loopback grows to megabytes, so a reader that stops is cut only after minutes).
     """
@@ -111,3 +112,4 @@ class OwrxFaults:
     send_timeout_s: float = 10.0
     queue_size: int = 100
     sndbuf_bytes: int | None = None
+    ping_after_s: float = 30.0

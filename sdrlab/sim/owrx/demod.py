@@ -7,7 +7,9 @@ keeps its state across blocks, and returns audio floats (full scale +-1) at the 
   OpenWebRX is a band-pass (here a linear-phase FIR: -27 dB at DC, unity at 300 Hz, then falling
   6 dB per octave, closed above 4 kHz), then AGC;
 * ``am``: envelope, DC blocker, AGC;
-* ``usb`` / ``lsb`` / ``cw``: the real part of the (already one-sided) channel, AGC.
+* ``usb`` / ``lsb`` / ``cw``: the real part of the (already one-sided) channel, AGC;
+* ``wfm``: discriminator on the 200 kHz IF, 50 us de-emphasis, resampled to ``hd_output_rate``
+  (type 0x04 audio), no AGC (section 11.3).
 
 The AGC holds the audio peaks near :data:`AGC_TARGET`: fast attack, slow decay, gain at most
 :data:`AGC_MAX_GAIN`.  These are this simulator's designs, not csdr's coefficients.
@@ -15,17 +17,23 @@ The AGC holds the audio peaks near :data:`AGC_TARGET`: fast attack, slow decay, 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 from scipy import signal as sp_signal
 
-__all__ = ["AUDIO_MODS", "Demodulator", "nfm_deemphasis_taps"]
+__all__ = ["AUDIO_MODS", "WFM_IF_RATE", "Demodulator", "Resampler", "nfm_deemphasis_taps"]
 
 C128 = npt.NDArray[np.complex128]
 F64 = npt.NDArray[np.float64]
 
 #: modes with an audio demodulator here
-AUDIO_MODS = ("nfm", "am", "usb", "lsb", "cw")
+AUDIO_MODS = ("nfm", "wfm", "am", "usb", "lsb", "cw")
+#: the WFM demodulator's input (the selector's fixed IF, U ``csdr/chain/analog.py``), Hz
+WFM_IF_RATE = 200_000
+#: WFM de-emphasis time constant, s
+WFM_TAU_S = 50e-6
 AGC_TARGET = 0.5
 AGC_MAX_GAIN = 1.0e5
 #: AGC step: gain evaluated per this many samples
@@ -47,13 +55,45 @@ def nfm_deemphasis_taps(rate: int) -> F64:
     return np.asarray(taps, dtype=np.float64)
 
 
-class Demodulator:
-    """One demodulator with its state (see the module docstring)."""
+class Resampler:
+    """A streaming rational resampler ``rate_in`` -> ``rate_out`` (polyphase FIR, state kept)."""
 
-    def __init__(self, mod: str, rate: int) -> None:
+    def __init__(self, rate_in: int, rate_out: int) -> None:
+        g = math.gcd(rate_in, rate_out)
+        self.up, self.down = rate_out // g, rate_in // g
+        cutoff = 0.45 * min(rate_in, rate_out)
+        n = 24 * max(self.up, self.down) + 1
+        self.taps = np.asarray(sp_signal.firwin(n, cutoff, fs=rate_in * self.up) * self.up, dtype=np.float64)
+        hist = -(-len(self.taps) // self.up)  # input samples the filter spans
+        self.hist = -(-hist // self.down) * self.down  # a whole number of output periods
+        self._buf = np.zeros(self.hist)
+        self._pending = np.zeros(0)
+
+    def process(self, x: F64) -> F64:
+        data = np.concatenate([self._pending, x])
+        use = data.size - data.size % self.down
+        self._pending = data[use:]
+        if use == 0:
+            return np.zeros(0)
+        full = np.concatenate([self._buf, data[:use]])
+        self._buf = full[full.size - self.hist :]
+        y = sp_signal.upfirdn(self.taps, full, self.up, self.down)
+        skip = self.hist * self.up // self.down
+        return np.asarray(y[skip : skip + use * self.up // self.down], dtype=np.float64)
+
+
+class Demodulator:
+    """One demodulator with its state (see the module docstring); ``out_rate``: the audio rate
+    (the channel's for all but WFM, whose channel is the 200 kHz IF)."""
+
+    def __init__(self, mod: str, rate: int, out_rate: int | None = None) -> None:
         if mod not in AUDIO_MODS:
             raise ValueError(f"no demodulator for {mod!r}")
         self.mod, self.rate = mod, rate
+        self.out_rate = out_rate or rate
+        self._resampler = Resampler(rate, self.out_rate) if self.out_rate != rate else None
+        self._deemph = math.exp(-1.0 / (WFM_TAU_S * rate))
+        self._deemph_zi = np.zeros(1)
         self._last = 1.0 + 0j  # previous complex sample (FM discriminator)
         self._gain = 1.0
         self._fir = nfm_deemphasis_taps(rate) if mod == "nfm" else None
@@ -63,6 +103,14 @@ class Demodulator:
     def process(self, x: C128) -> F64:
         if x.size == 0:
             return np.zeros(0)
+        if self.mod == "wfm":
+            prev = np.concatenate([[self._last], x[:-1]])
+            self._last = complex(x[-1])
+            y = np.angle(x * np.conj(prev)) / np.pi
+            a = self._deemph
+            y, self._deemph_zi = sp_signal.lfilter([1.0 - a], [1.0, -a], y, zi=self._deemph_zi)
+            out = np.asarray(y, dtype=np.float64)
+            return self._resampler.process(out) if self._resampler is not None else out
         if self.mod == "nfm":
             prev = np.concatenate([[self._last], x[:-1]])
             self._last = complex(x[-1])

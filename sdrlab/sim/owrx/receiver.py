@@ -87,6 +87,7 @@ class ReceiverHub:
         for p in cfg.profiles:
             self.sdrs.setdefault(p.sdr_id, SdrState(p.sdr_id, p))
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.fft_size = cfg.fft_size  # the operator may change it (set_fft_size)
 
     # ---- bookkeeping -------------------------------------------------------------------------
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -175,7 +176,7 @@ class ReceiverHub:
 
     async def _spectrum(self, sdr: SdrState) -> None:
         c, p = self.cfg, sdr.profile
-        chain = SpectrumChain(p.band, p.center_freq, p.samp_rate, c.fft_size, c.fft_fps, c.fft_voverlap,
+        chain = SpectrumChain(p.band, p.center_freq, p.samp_rate, self.fft_size, c.fft_fps, c.fft_voverlap,
                               t0=self.sdr_time(sdr.sdr_id), stream=self.index)
         loop = asyncio.get_running_loop()
         t_base, k = loop.time(), 0
@@ -221,6 +222,18 @@ class ReceiverHub:
         await s.send("bookmarks", [])
         if s.started:
             s.rebuild_channel()
+
+    def set_fft_size(self, fft_size: int) -> None:
+        """The operator changes ``fft_size``: a ``config`` with it to every listener, and the
+        spectrum chains restart with the new size (U ``owrx/fft.py:50``)."""
+        if fft_size <= 0 or fft_size % 2:
+            raise ValueError(f"fft_size must be a positive even number, got {fft_size}")
+        self.fft_size = fft_size
+        for s in self.receivers:
+            self.spawn(s.send("config", {"fft_size": fft_size}))
+        for sdr in self.sdrs.values():
+            if sdr.task is not None:
+                self._start_spectrum(sdr)
 
     def fail_sdr(self, sdr_id: str | None = None) -> str:
         """The SDR's process dies (section 7.5): its listeners move to the first remaining SDR

@@ -120,6 +120,11 @@ class OwrxSimServer(ThreadedServer):
         hub = self._hubs[self._id(receiver)]
         return self._call(lambda: hub.fail_sdr(sdr_id))
 
+    def set_fft_size(self, receiver: int | str, fft_size: int) -> None:
+        """The operator changes ``fft_size``: a ``config`` to every listener, rows of the new size."""
+        hub = self._hubs[self._id(receiver)]
+        self._call(lambda: hub.set_fft_size(fft_size))
+
     def restart_encoders(self, receiver: int | str) -> None:
         """Every started session's audio encoder restarts (state 0, 0, SYNC at once) mid-block."""
         hub = self._hubs[self._id(receiver)]
@@ -207,7 +212,7 @@ class OwrxSimServer(ThreadedServer):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, hub.faults.sndbuf_bytes)
         hub.opened(session)
         last_rx = [time.monotonic()]
-        pinger = asyncio.get_running_loop().create_task(_pinger(ws, last_rx))
+        pinger = asyncio.get_running_loop().create_task(_pinger(ws, last_rx, session.faults.ping_after_s))
         try:
             async for message in ws:
                 last_rx[0] = time.monotonic()
@@ -225,11 +230,11 @@ class OwrxSimServer(ThreadedServer):
             hub.closed(session)
 
 
-async def _pinger(ws: ServerConnection, last_rx: list[float]) -> None:
-    """A PING once the client has been silent for PING_AFTER_S (timer reset by each message);
+async def _pinger(ws: ServerConnection, last_rx: list[float], after_s: float = PING_AFTER_S) -> None:
+    """A PING once the client has been silent for ``after_s`` (timer reset by each message);
     a missing PONG is never held against it."""
     while True:
-        wait = last_rx[0] + PING_AFTER_S - time.monotonic()
+        wait = last_rx[0] + after_s - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
             continue

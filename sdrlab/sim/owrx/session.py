@@ -33,9 +33,9 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from ...receivers.owrxmsg import CLIENT_PREFIX, DEFAULT_BANDPASS, SERVER_PREFIX, SQUELCH_OPEN_DB
-from ...receivers.owrxwire import FRAME_AUDIO, FRAME_FFT, SYNC_MAGIC, SYNC_SIZE, AudioEncoder, float_to_int16
+from ...receivers.owrxwire import FRAME_AUDIO, FRAME_FFT, FRAME_HD_AUDIO, SYNC_MAGIC, SYNC_SIZE, AudioEncoder, float_to_int16
 from .config import OwrxConfig, OwrxFaults, Profile
-from .demod import AUDIO_MODS, Demodulator
+from .demod import AUDIO_MODS, WFM_IF_RATE, Demodulator
 from .dsp import SMETER_DECIMATION, ChannelChain, smeter_schedule
 
 if TYPE_CHECKING:
@@ -133,7 +133,10 @@ class Session:
         if self.closing:
             return
         try:
-            await asyncio.wait_for(self.ws.send(data), self.faults.send_timeout_s)
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+            # arrives as the send completes, and the cancelled pump would then run on
+            async with asyncio.timeout(self.faults.send_timeout_s):
+                await self.ws.send(data)
         except TimeoutError:
             self.abort("send_timeout")
         except ConnectionClosed:
@@ -199,7 +202,7 @@ class Session:
         c = self.cfg
         d: dict[str, Any] = {
             "waterfall_scheme": "GoogleTurboWaterfall", "waterfall_auto_levels": {"min": 3.0, "max": 10.0},
-            "waterfall_auto_min_range": 50, "fft_size": c.fft_size, "audio_compression": c.audio_compression,
+            "waterfall_auto_min_range": 50, "fft_size": self.hub.fft_size, "audio_compression": c.audio_compression,
             "fft_compression": c.fft_compression, "max_clients": c.max_clients, "tuning_precision": 2,
             "aircraft_tracking_service": "flightaware"}
         if c.plus:
@@ -401,14 +404,16 @@ class Session:
         if prof is None or self.dsp is None or "offset_freq" not in self.dsp or self.closing:
             self._channel_truth(None, None)
             return
-        rate = int(self.dsp.get("output_rate", 12000))
-        dial = prof.center_freq + int(self.dsp["offset_freq"])
         mod = self.dsp.get("mod")
+        wfm = mod == "wfm"  # an HD chain: the 200 kHz IF in, hd_output_rate out as type 0x04
+        rate = WFM_IF_RATE if wfm else int(self.dsp.get("output_rate", 12000))
+        out_rate = int(self.dsp.get("hd_output_rate", 48000)) if wfm else rate
+        dial = prof.center_freq + int(self.dsp["offset_freq"])
         try:
             ch = ChannelChain(prof.band, dial, rate, self.dsp.get("low_cut"), self.dsp.get("high_cut"),
                               t0=self.hub.sdr_time(self.sdr_id), stream=self.number)
             wanted = isinstance(mod, str) and mod in AUDIO_MODS and not self.silenced
-            demod = Demodulator(str(mod), rate) if wanted else None
+            demod = Demodulator(str(mod), rate, out_rate) if wanted else None
         except ValueError as exc:  # e.g. output_rate 0: the real DSP fails too, the connection stays
             logger.info("%s #%d: channel not started: %s", self.cfg.id, self.number, exc)
             self._channel_truth(None, None)
@@ -416,17 +421,17 @@ class Session:
         if demod is not None and mod == "nfm" and not self.cfg.plus and rate not in NFM_DEEMPHASIS_RATES:
             logger.info("%s #%d: no NFM de-emphasis at %d Hz: no audio", self.cfg.id, self.number, rate)
             demod = None  # upstream csdr throws for other rates (section 2.1); Plus uses the nearest
-        self._channel_truth(ch, prof)
-        self._pump = self.hub.spawn(self._channel_pump(ch, demod))
+        self._channel_truth(ch, prof, out_rate)
+        self._pump = self.hub.spawn(self._channel_pump(ch, demod, FRAME_HD_AUDIO if wfm else FRAME_AUDIO))
 
-    def _channel_truth(self, ch: ChannelChain | None, prof: Profile | None) -> None:
+    def _channel_truth(self, ch: ChannelChain | None, prof: Profile | None, out_rate: int | None = None) -> None:
         t, d = self.truth, self.dsp or {}
         t.dial_hz = ch.dial if ch is not None else None
         t.offset_freq = d.get("offset_freq")
         mod = d.get("mod")
         t.mod = mod if isinstance(mod, str) else None
         t.low_cut, t.high_cut = d.get("low_cut"), d.get("high_cut")
-        t.output_rate = int(d.get("output_rate", 12000))
+        t.output_rate = out_rate or int(d.get("output_rate", 12000))
         t.truth_power = ch.truth_power() if ch is not None else None
 
     def restart_encoder(self) -> None:
@@ -447,10 +452,11 @@ class Session:
             self._pump = None
 
     # ---- the channel: S-meter and audio ---------------------------------------------------------
-    async def _channel_pump(self, ch: ChannelChain, demod: Demodulator | None) -> None:
+    async def _channel_pump(self, ch: ChannelChain, demod: Demodulator | None, frame: int) -> None:
         block, every = smeter_schedule(ch.rate, self.cfg.plus)
         level = self.dsp.get("squelch_level", SQUELCH_OPEN_DB) if self.dsp else SQUELCH_OPEN_DB
-        threshold = None if level <= SQUELCH_OPEN_DB else 10.0 ** (float(level) / 10.0)
+        squelch = level > SQUELCH_OPEN_DB and (demod is None or demod.mod != "wfm")  # wfm: squelch false
+        threshold = 10.0 ** (float(level) / 10.0) if squelch else None
         hang = SQUELCH_HANG_BLOCKS_PLUS if self.cfg.plus else 0
         closed_for = 0  # blocks since the squelch closed (0: open)
         loop = asyncio.get_running_loop()
@@ -479,7 +485,7 @@ class Session:
                     audio = np.zeros(block)
                 pending += self._encode(float_to_int16(audio))
             if pending:
-                await self._send_audio(bytes(pending))
+                await self._send_audio(bytes(pending), frame)
                 pending.clear()
             if self.closing:
                 return
@@ -490,7 +496,7 @@ class Session:
             return samples.astype("<i2").tobytes()
         return self.encoder.encode(samples)
 
-    async def _send_audio(self, data: bytes) -> None:
+    async def _send_audio(self, data: bytes, frame: int = FRAME_AUDIO) -> None:
         """Arbitrary message boundaries (even ones for uncompressed int16), as the server's pump
         forwards whatever its buffer holds; a third of the SYNC frames get a boundary inside."""
         pos, lo, hi = 0, *AUDIO_MESSAGE_BYTES
@@ -505,7 +511,7 @@ class Session:
             chunk = data[pos : pos + size]
             pos += len(chunk)
             self.truth.audio_bytes += len(chunk)
-            await self.send_now(bytes([FRAME_AUDIO]) + chunk)
+            await self.send_now(bytes([frame]) + chunk)
 
     # ---- periodic and broadcast output ----------------------------------------------------------
     def on_fft(self, payload: bytes, row: np.ndarray) -> None:

@@ -6,7 +6,8 @@ full scale |x| = 1).  Its complex envelope ``envelope(t)`` (relative to its own 
 S-meter and the audio of every listener see one and the same signal.
 
 Modulations: ``carrier`` (unmodulated), ``nfm`` (peak deviation ``deviation_hz``), ``am`` (peak
-modulation index ``depth``), ``usb`` / ``lsb`` (suppressed carrier).  Content: ``tone`` (a sine of
+modulation index ``depth``), ``wfm`` (the same FM, meant with ``deviation_hz`` = 75 kHz),
+``usb`` / ``lsb`` (suppressed carrier).  Content: ``tone`` (a sine of
 ``tone_hz``) or ``voice``: a voice-like programme (harmonics of a wandering pitch of 100-160 Hz
 shaped by moving formants, syllables at ~3.5 Hz and pauses, band-limited to 300-3000 Hz, peak 1)
 that repeats every :data:`LOOP_S` seconds.  The loop is built periodic, so its spectrum is a set of
@@ -36,7 +37,7 @@ _LOOP_N = int(LOOP_RATE * LOOP_S)
 #: audio band of the voice programme, Hz
 VOICE_BAND = (300.0, 3000.0)
 
-Kind = Literal["carrier", "nfm", "am", "usb", "lsb"]
+Kind = Literal["carrier", "nfm", "wfm", "am", "usb", "lsb"]
 
 
 @functools.lru_cache(maxsize=16)
@@ -115,18 +116,22 @@ class Emitter:
     def half_width_hz(self) -> float:
         """Half the occupied bandwidth (Carson for NFM), Hz: where the emitter can matter."""
         audio = self.tone_hz if self.content == "tone" else VOICE_BAND[1]
-        if self.kind == "nfm":
+        if self.fm:
             return self.deviation_hz + audio
         return 0.0 if self.kind == "carrier" else audio
+
+    @property
+    def fm(self) -> bool:
+        return self.kind in ("nfm", "wfm")
 
     @functools.cached_property
     def _norm(self) -> float:
         """Factor that gives the raw envelope unit mean power."""
-        if self.kind in ("carrier", "nfm"):
+        if self.kind == "carrier" or self.fm:
             return 1.0
         if self.content == "tone":
             return 1.0 / math.sqrt(1.0 + self.depth**2 / 2.0) if self.kind == "am" else 1.0
-        table = _voice_table(self.kind, self.seed, self.deviation_hz, self.depth)
+        table = _voice_table(self.kind, self.seed, self.deviation_hz, self.depth)  # am / usb / lsb here
         return 1.0 / math.sqrt(float(np.mean(np.abs(table) ** 2)))
 
     def envelope(self, t: F64) -> C128:
@@ -137,19 +142,19 @@ class Emitter:
             return np.full(t.shape, a, dtype=np.complex128)
         if self.content == "tone":
             w = 2 * np.pi * self.tone_hz * t
-            if self.kind == "nfm":
+            if self.fm:
                 env = np.exp(1j * (self.deviation_hz / self.tone_hz) * np.sin(w))
             elif self.kind == "am":
                 env = 1.0 + self.depth * np.cos(w)
             else:
                 env = np.exp(1j * w if self.kind == "usb" else -1j * w)
             return np.asarray(a * env, dtype=np.complex128)
-        table = _voice_table(self.kind, self.seed, self.deviation_hz, self.depth)
+        table = _voice_table("nfm" if self.fm else self.kind, self.seed, self.deviation_hz, self.depth)
         pos = np.mod(t, LOOP_S) * LOOP_RATE
         i0 = np.floor(pos).astype(np.int64) % _LOOP_N
         i1 = (i0 + 1) % _LOOP_N
         frac = pos - np.floor(pos)
-        if self.kind == "nfm":
+        if self.fm:
             ph = np.asarray(table, dtype=np.float64)
             step = ph[i1] - ph[i0]
             step[i1 == 0] = ph[0] - ph[-1]  # the programme has mean 0: the phase closes on itself
@@ -172,7 +177,7 @@ class Emitter:
             return np.zeros(1), np.full(1, p)
         if self.content == "tone":
             f = self.tone_hz
-            if self.kind == "nfm":
+            if self.fm:
                 beta = self.deviation_hz / f
                 n = np.arange(-int(beta) - 25, int(beta) + 26)
                 return np.asarray(n * f, dtype=np.float64), np.asarray(p * special.jv(n, beta) ** 2, dtype=np.float64)

@@ -1,4 +1,4 @@
-"""One simulator per test module: an upstream, an OpenWebRX+ and an uncompressed receiver on loopback."""
+"""One simulator per test module: an upstream, an OpenWebRX+, an uncompressed and an FM broadcast receiver on loopback."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import pytest
 
 from sdrlab.sim.owrx import OwrxSimServer
 
-from .helpers import receiver
+from .helpers import fm_receiver, receiver
 
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[OwrxSimServer]:
     receivers = [receiver("sim-up"), receiver("sim-plus", fork="plus", version="v1.2.121"),
-                 receiver("sim-raw", audio_compression="none", fft_compression="none")]
+                 receiver("sim-raw", audio_compression="none", fft_compression="none"), fm_receiver()]
     with OwrxSimServer(receivers) as server:
         yield server

@@ -51,6 +51,15 @@ def receiver(rid: str = "sim-a", fork: str = "upstream", version: str = "v1.2.2"
     return OwrxConfig(id=rid, fork=fork, version=version, profiles=profiles, **kw)  # type: ignore[arg-type]
 
 
+FM_CENTER, FM_HZ = 98_000_000, 98_500_000  # a WFM broadcast, 1 kHz tone at 75 kHz deviation
+
+
+def fm_receiver(rid: str = "sim-fm") -> OwrxConfig:
+    fm = Band(-110.0, (Emitter(FM_HZ, -40.0, "wfm", "tone", tone_hz=1000.0, deviation_hz=75_000.0),))
+    return OwrxConfig(id=rid, profiles=(Profile("rtlsdr", "fm", "RTL-SDR", "FM", FM_CENTER, RATE, FM_HZ,
+                                                start_mod="wfm", band=fm),))
+
+
 def dsp(offset: int, mod: str = "nfm", low: int = -4000, high: int = 4000, squelch: float = -150) -> str:
     return json.dumps({"type": "dspcontrol", "params": {"low_cut": low, "high_cut": high, "offset_freq": offset,
                                                        "mod": mod, "squelch_level": squelch, "secondary_mod": False}})

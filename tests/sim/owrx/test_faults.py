@@ -19,7 +19,7 @@ from sdrlab.receivers import owrxwire as W
 from sdrlab.sim.owrx import OwrxFaults, OwrxSimServer, Profile
 
 from .helpers import (CENTER, HANDSHAKE, PROPS, START, TONE_HZ, Recording, _collect, dsp, http_get, masked_text,
-                      raw_upgrade, receiver, record, run_record)
+                      raw_upgrade, read_frame, receiver, record, run_record)
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +193,43 @@ def _masked_long(text: str, mask: bytes = b"\x01\x02\x03\x04") -> bytes:
     data = text.encode()
     body = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
     return bytes([0x81, 0x80 | 126]) + len(data).to_bytes(2, "big") + mask + body
+
+
+def test_fft_size_change(fsim: OwrxSimServer) -> None:
+    async def body() -> Recording:
+        rec = Recording()
+        async with connect(fsim.ws_url("f-plus"), compression=None, max_size=None) as ws:
+            await ws.send(HANDSHAKE)
+            await _collect(ws, rec, 0.6, [], False)
+            await asyncio.to_thread(fsim.set_fft_size, "f-plus", 2048)
+            await _collect(ws, rec, 0.8, [], False)
+        return rec
+
+    rec = asyncio.run(body())
+    try:
+        assert rec.values("config")[-1] == {"fft_size": 2048}
+        t_change = next(t for t, m in rec.json() if m["type"] == "config" and m["value"] == {"fft_size": 2048})
+        sizes = [(t > t_change, len(p)) for t, p in rec.frames(W.FRAME_FFT)]
+        assert {n for late, n in sizes if not late} == {W.fft_frame_bytes(4096)}
+        assert {n for late, n in sizes if late} <= {W.fft_frame_bytes(4096), W.fft_frame_bytes(2048)}
+        assert sizes[-1][1] == W.fft_frame_bytes(2048)
+    finally:
+        fsim.set_fft_size("f-plus", 4096)
+
+
+def test_ping_after_client_silence_and_no_pong_needed(fsim: OwrxSimServer) -> None:
+    fsim.set_faults("f-up", OwrxFaults(ping_after_s=0.6))
+    sock, _ = raw_upgrade(fsim.ports["f-up"])
+    try:
+        sock.sendall(masked_text("SERVER DE CLIENT client=raw type=receiver"))
+        t0, pings, after = time.monotonic(), [], 0
+        while time.monotonic() - t0 < 2.2:
+            b0, masked, payload = read_frame(sock)
+            if b0 == 0x89:  # FIN + PING, never answered
+                pings.append(time.monotonic() - t0)
+            elif pings:
+                after += 1
+        assert len(pings) >= 2 and 0.5 < pings[0] < 1.0  # silence since the handshake line
+        assert after > 0  # not disconnected for the missing PONG: rows keep coming
+    finally:
+        sock.close()

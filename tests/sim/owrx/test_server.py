@@ -157,8 +157,3 @@ def test_unknown_mod_silences_audio_keeps_smeter(sim: OwrxSimServer) -> None:
     assert not late and len(rec.values("smeter")) >= 5 and len(rec.frames(W.FRAME_AUDIO)) < 10
     truth = [s for s in sim.truth("sim-up").sessions if s.started][-1]
     assert truth.dial_hz == CENTER + 100_000  # the rest of the message still applied
-
-
-def test_ping_after_client_silence_is_not_immediate(sim: OwrxSimServer) -> None:
-    from sdrlab.sim.owrx import server as srv_mod
-    assert srv_mod.PING_AFTER_S == 30.0
