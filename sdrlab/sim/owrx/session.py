@@ -26,7 +26,7 @@ import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Coroutine, Protocol
 
 import numpy as np
 from websockets.asyncio.server import ServerConnection
@@ -38,8 +38,24 @@ from .config import OwrxConfig, OwrxFaults, Profile
 from .demod import AUDIO_MODS, WFM_IF_RATE, Demodulator
 from .dsp import SMETER_DECIMATION, ChannelChain, smeter_schedule
 
-if TYPE_CHECKING:
-    from .receiver import ReceiverHub
+
+class Hub(Protocol):
+    """What a session needs of its receiver (:class:`sdrlab.sim.owrx.receiver.ReceiverHub`, which
+    imports this module: typed structurally, so neither module imports the other back)."""
+
+    cfg: OwrxConfig
+    faults: OwrxFaults
+    fft_size: int
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
+    def first_sdr(self) -> str | None: ...
+    def current_profile(self, sdr_id: str) -> Profile | None: ...
+    def sdr_time(self, sdr_id: str) -> float: ...
+    def profiles_message(self) -> list[dict[str, str]]: ...
+    def admission(self, session: Session) -> str | None: ...
+    def register(self, session: Session) -> None: ...
+    def listen_fft(self, session: Session) -> None: ...
+    def select_profile(self, profile_id: str, by: Session | None = None) -> bool: ...
 
 __all__ = ["MODES", "Session", "SessionTruth", "locator"]
 
@@ -107,7 +123,7 @@ class SessionTruth:
 class Session:
     """The protocol of one connection to one simulated receiver (see the module docstring)."""
 
-    def __init__(self, hub: ReceiverHub, ws: ServerConnection, number: int, ip: str) -> None:
+    def __init__(self, hub: Hub, ws: ServerConnection, number: int, ip: str) -> None:
         self.hub, self.ws, self.number, self.ip = hub, ws, number, ip
         self.cfg: OwrxConfig = hub.cfg
         self.faults: OwrxFaults = hub.faults
