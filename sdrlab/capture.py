@@ -314,6 +314,9 @@ class ReceiverStatus:
     gps: str = "unknown"
     hw: str | None = None
     fields: dict[str, str] = field(default_factory=dict)
+    #: where the receiver says it is (WGS84 degrees; metres above sea level), None: not said
+    position: tuple[float, float] | None = None
+    altitude: float | None = None
 
 
 @runtime_checkable

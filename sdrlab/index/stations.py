@@ -54,6 +54,10 @@ def sync_stations(engine: Engine, stations: Iterable[Station], *, probe: StatusP
                             row["channels"] = page.channels
                         if page.bands_hz:
                             row["freq_min_hz"], row["freq_max_hz"] = page.bands_hz
+                        if page.position is not None:  # the receiver's own position wins over the catalogue's
+                            row["latitude"], row["longitude"] = page.position
+                        if page.altitude is not None:
+                            row["altitude"] = page.altitude
                 if st.id in known:
                     c.execute(update(StationRow).where(StationRow.id == st.id).values(**row))
                 else:

@@ -65,7 +65,11 @@ def parse_status_json(text: str) -> ReceiverStatus:
                                       ("lat", gps.get("lat")), ("lon", gps.get("lon")),
                                       ("profiles", len(edges))) if v is not None}
     fork = fork_of(version)
+    lat, lon, asl = gps.get("lat"), gps.get("lon"), rx.get("asl")
+    where = (float(lat), float(lon)) if all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                            for v in (lat, lon)) and abs(lat) <= 90 and abs(lon) <= 180 else None
     return ReceiverStatus(
+        position=where, altitude=float(asl) if isinstance(asl, (int, float)) and not isinstance(asl, bool) else None,
         protocol="openwebrx", name=rx.get("name") or None, antenna=None,
         channels=int(max_clients) if isinstance(max_clients, int) and max_clients > 0 else None,
         bands_hz=(min(e[0] for e in edges), max(e[1] for e in edges)) if edges else None,

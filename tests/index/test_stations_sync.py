@@ -47,3 +47,28 @@ def test_sync_tells_a_server_without_gps_fixes(engine):
         reports = {r["station"]: r for r in sync_stations(engine, demo7_stations(sim.ports), probe=probe_status)}
     assert reports["demo-berlin"]["gps"] == "no fixes" and str(reports["demo-berlin"]["hw"]).startswith("UberSDR")
     assert reports["demo-paris"]["gps"] == "ok" and str(reports["demo-paris"]["hw"]).startswith("KiwiSDR")
+
+
+def test_sync_of_openwebrx_receivers_reads_their_status_json(engine):
+    """The simulated italy7 network: each receiver's /status.json (OpenWebRX's reader, through the
+    registry) gives its name, clients, the span of its profiles and its own position, which wins
+    over a catalogue entry that puts it elsewhere."""
+    from sdrlab.demo import network_stations
+    from sdrlab.sim.owrx.networks import italy7
+    from sdrlab.sim.owrx.server import OwrxSimServer
+
+    configs = italy7()
+    with OwrxSimServer(configs, base_port=0) as sim:
+        stations = network_stations("italy7", sim.ports)
+        stations[0] = replace(stations[0], latitude=0.0, longitude=0.0)  # a wrong catalogue position
+        reports = sync_stations(engine, stations, probe=probe_status)
+    assert all(r["up"] and r["gps"] == "none" and r["hw"].startswith("OpenWebRX") for r in reports)
+    with engine.connect() as c:
+        rows = {r.id: r for r in c.execute(select(StationRow.__table__)).all()}
+    for cfg in configs:
+        row = rows[cfg.id]
+        assert row.protocol == "openwebrx" and row.channels == cfg.max_clients
+        assert (row.latitude, row.longitude, row.altitude) == (cfg.lat, cfg.lon, cfg.asl)
+        spans = [(p.center_freq - p.samp_rate / 2, p.center_freq + p.samp_rate / 2) for p in cfg.profiles]
+        assert row.freq_min_hz == min(a for a, _ in spans) and row.freq_max_hz == max(b for _, b in spans)
+        assert row.freq_min_hz <= 145.5e6 <= row.freq_max_hz
