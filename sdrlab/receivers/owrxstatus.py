@@ -66,8 +66,10 @@ def parse_status_json(text: str) -> ReceiverStatus:
                                       ("profiles", len(edges))) if v is not None}
     fork = fork_of(version)
     lat, lon, asl = gps.get("lat"), gps.get("lon"), rx.get("asl")
-    where = (float(lat), float(lon)) if all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                            for v in (lat, lon)) and abs(lat) <= 90 and abs(lon) <= 180 else None
+    where = None
+    if isinstance(lat, (int, float)) and isinstance(lon, (int, float)) and not isinstance(lat, bool) \
+            and not isinstance(lon, bool) and abs(lat) <= 90 and abs(lon) <= 180:
+        where = (float(lat), float(lon))
     return ReceiverStatus(
         position=where, altitude=float(asl) if isinstance(asl, (int, float)) and not isinstance(asl, bool) else None,
         protocol="openwebrx", name=rx.get("name") or None, antenna=None,
