@@ -103,7 +103,14 @@ def plot_map(
     ax = fig.add_subplot()
     allat = np.r_[lat, [transmitter[0]] if transmitter else []]
     allon = np.r_[lon, [transmitter[1]] if transmitter else []]
-    ax.set_aspect(1.0 / max(math.cos(math.radians(float(np.nanmean(allat)))), 0.1))
+    known = np.isfinite(allat) & np.isfinite(allon)
+    if not known.any():  # no station says where it is: an empty map that says so
+        ax.text(0.5, 0.5, "no station position known", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        ax.set_title(title or "Stations")
+        return fig
+    allat, allon = allat[known], allon[known]
+    ax.set_aspect(1.0 / max(math.cos(math.radians(float(np.mean(allat)))), 0.1))
     if values is not None:
         sc = ax.scatter(lon, lat, c=np.asarray(values, float), cmap="plasma", s=90, edgecolors="k",
                         zorder=3, label="stations")

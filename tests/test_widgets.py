@@ -583,3 +583,23 @@ def test_campaign_panel_starts_plots_each_session_from_the_index_and_stops(tmp_p
     assert len(campaign_sessions(store, "panel-2")) == sum(s.path is not None for s in stopped.sessions) >= 1
     with pytest.raises(ConfigError, match="unknown metric"):
         CampaignPanel(Campaign("panel-3", tuple(two), (DEMO7_TUNE_HZ,), duration_s=1.0), metric="loudness", **kw)
+
+
+def test_the_browser_shows_and_plots_a_session_of_openwebrx_receivers(tmp_path: Path) -> None:
+    """An audio-kind session (S-meter and waterfall of known truth, as an OpenWebRX capture
+    delivers them): the summary lists its metrics and every plot kind draws from its waterfall."""
+    from sdrlab import model
+    from sdrlab.acquire import add_metrics
+    from tests.test_metrics_spectrum import N0_DB, capture
+
+    ds = add_metrics(model.build_dataset([capture()], {}, session_id="20261207T170000Z-a0d1a0"))
+    store = Store(f"file://{tmp_path}/store")
+    store.write(ds)
+    browser = SessionBrowser(store)
+    browser.open("20261207T170000Z-a0d1a0")
+    assert "owrx" in browser.summary.value and "SNR" in browser.summary.value
+    for kind in PLOT_KINDS:
+        fig = browser.plot(kind)
+        assert isinstance(fig, Figure) and fig.axes, kind
+    psd = browser.dataset.sdr.psd()
+    assert 10 * np.log10(float(np.median(psd.values))) == pytest.approx(N0_DB, abs=0.5)
