@@ -468,3 +468,22 @@ def test_uncompressed_audio_and_rows_arrive_exactly(sim: OwrxSimServer) -> None:
 def test_an_early_openwebrx_plus_is_told_by_its_own_messages(sim: OwrxSimServer) -> None:
     cap = _capture(_rx(sim, "owrx-plus-old"), TONE_HZ, 1.0)
     assert cap.hw == "OpenWebRX+ v1.2.2" and cap.info is not None and cap.info.version == "v1.2.2"
+
+
+def test_audio_is_the_reference_decoding_of_the_bytes_the_server_sent(sim: OwrxSimServer) -> None:
+    """End to end over the socket: the capture's audio is, sample for sample, the encoder-exact
+    reference decoding of the ADPCM stream the server sent (its messages split anywhere, SYNC
+    frames included), not an approximation of it."""
+    cap = _capture(_rx(sim, "owrx-a"), TONE_HZ, 3.0)
+    wire = bytes(_session(sim, "owrx-a").audio_wire)
+    assert wire[:4] == ow.SYNC_MAGIC
+    ref = _reference(wire)
+    [seg] = cap.audio
+    got = seg.samples
+    assert got.size > 0.8 * 3.0 * 12000
+    # the capture starts where its window does: find its first samples in the reference stream
+    head = got[:256]
+    starts = [k for k in range(ref.size - head.size) if ref[k] == head[0] and np.array_equal(ref[k:k + head.size], head)]
+    assert starts, "the capture's first samples are not in the reference decoding of what was sent"
+    k = starts[0]
+    np.testing.assert_array_equal(got, ref[k:k + got.size])

@@ -73,6 +73,8 @@ SQUELCH_ZERO_BLOCKS = 5
 SQUELCH_HANG_BLOCKS_PLUS = 2
 #: FFT rows kept per session for the truth
 TRUTH_ROWS = 64
+#: audio payload bytes kept per connection in its truth (about 4 minutes of 12 kHz ADPCM)
+TRUTH_AUDIO_BYTES = 1 << 21
 #: analog modes with their default bandpass (U ``owrx/modes.py:118-137``)
 MODES: tuple[tuple[str, str], ...] = (
     ("nfm", "FM"), ("wfm", "WFM"), ("am", "AM"), ("lsb", "LSB"), ("usb", "USB"), ("cw", "CW"),
@@ -115,6 +117,9 @@ class SessionTruth:
     smeter: list[float] = field(default_factory=list)
     audio_samples: int = 0
     audio_bytes: int = 0
+    #: the audio payload bytes as sent, end to end (the first TRUTH_AUDIO_BYTES): what a client's
+    #: decoding is checked against
+    audio_wire: bytearray = field(default_factory=bytearray)
     fft_rows: deque[np.ndarray] = field(default_factory=lambda: deque(maxlen=TRUTH_ROWS))
     fft_rows_sent: int = 0
     closed: str | None = None  # why the server closed it, or "client"
@@ -527,6 +532,8 @@ class Session:
             chunk = data[pos : pos + size]
             pos += len(chunk)
             self.truth.audio_bytes += len(chunk)
+            if len(self.truth.audio_wire) < TRUTH_AUDIO_BYTES:
+                self.truth.audio_wire += chunk
             await self.send_now(bytes([frame]) + chunk)
 
     # ---- periodic and broadcast output ----------------------------------------------------------
