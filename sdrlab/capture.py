@@ -172,15 +172,24 @@ class AudioSegment:
 
     @property
     def rate_hz(self) -> float:
-        """Audio rate measured from sample counts against receipt times (least squares over the
-        messages; needs >= 2 s), else the nominal rate."""
+        """Audio rate measured from sample counts against receipt times (needs >= 2 s): every
+        message arrives some time after its last sample was made, never before, so the rate is
+        the slope between the most punctual message of the first and of the last fifth of the
+        segment (a least-squares line through every message would follow the server's and the
+        network's bursts; 1.5 % scatter over 4 s is seen); else the nominal rate."""
         n, t = self.message_end, self.message_receipt_ns
         if n.size < 3 or (t[-1] - t[0]) < 2 * 10**9:
             return float(self.nominal_rate_hz)
         tt = (t - t[0]).astype(np.float64) / 1e9
-        slope = np.polyfit(tt, n.astype(np.float64), 1)[0]
-        # receipt jitter makes the fit noisy on short segments: keep it only within 1 % of nominal
-        return float(slope) if abs(slope / self.nominal_rate_hz - 1.0) < 0.01 else float(self.nominal_rate_hz)
+        late = tt - n.astype(np.float64) / self.nominal_rate_hz
+        edge = tt[-1] / 5
+        first, last = np.flatnonzero(tt <= edge), np.flatnonzero(tt >= tt[-1] - edge)
+        a, b = first[np.argmin(late[first])], last[np.argmin(late[last])]
+        if tt[b] <= tt[a]:
+            return float(self.nominal_rate_hz)
+        rate = float((n[b] - n[a]) / (tt[b] - tt[a]))
+        # a receiver whose audio stalled in the middle cannot be measured this way: keep the nominal
+        return rate if abs(rate / self.nominal_rate_hz - 1.0) < 0.01 else float(self.nominal_rate_hz)
 
     @property
     def receipt_t0_ns(self) -> int:
