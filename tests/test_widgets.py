@@ -231,9 +231,12 @@ def test_history_panel_returns_the_acquired_metrics(acquired: SimpleNamespace) -
     assert fig is not None and sorted(line.get_label() for line in fig.axes[0].get_lines()) == sorted(THREE)
     assert_png(panel.plot_output)
     table = parse_table(panel.table.value)
-    (bucket,) = table
+    # one bucket, or two when the stations' starts straddle a minute boundary (each station in one)
+    assert 1 <= len(table) <= 2
     for st in THREE:
-        assert float(table[bucket][st]) == pytest.approx(float(ds["snr_db"].sel(station=st)), abs=0.051)
+        cells = [row[st] for row in table.values() if row.get(st, "").strip() not in ("", "nan", "NaN", "—", "-")]
+        assert len(cells) == 1, (st, table)
+        assert float(cells[0]) == pytest.approx(float(ds["snr_db"].sel(station=st)), abs=0.051)
     # one station, another metric, an explicit date range
     panel.stations.value = ("demo-berlin",)
     panel.metric.value = "noise_floor_dbfs_hz"
