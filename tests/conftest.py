@@ -21,7 +21,8 @@ from sdrlab.stations import Station
 LONGEST_FIRST = (
     "tests/test_lab.py", "tests/test_runs.py", "tests/test_monitor.py", "tests/tdoa/test_matrix.py",
     "tests/notebooks/test_notebooks.py", "tests/test_store.py", "tests/test_recording.py",
-    "tests/test_cli.py", "tests/test_acquire.py", "tests/tdoa/test_tdoa.py",
+    "tests/test_cli.py", "tests/test_acquire.py", "tests/tdoa/test_tdoa.py", "tests/test_italy7.py",
+    "tests/receivers/test_openwebrx.py",
 )
 
 
