@@ -317,6 +317,7 @@ def capture_group(
     session_id: str = "", group: int = 0, progress_topic: str | None = None, stop_event: str | None = None,
     window_topics: tuple[str, str] | None = None, start_wait_s: float = 20.0,
     stream: dict[str, Any] | None = None, window_start_ns: int | None = None,
+    protocol_options: dict[str, Any] | None = None,
 ) -> list[StationResult]:
     """The dask task: capture every station of one group at once, in one event loop (one worker
     thread holds hundreds of streams); never raises for receiver trouble.
@@ -351,7 +352,7 @@ def capture_group(
         writer, recorders = _stream_writers(stations, stream, resume=rerun)
     results = asyncio.run(_capture_group(stations, frequency_hz, duration_s, options, emit, poll,
                                          _window_link(window_topics, group), start_wait_s, t, recorders,
-                                         window_start_ns))
+                                         window_start_ns, protocol_options))
     if writer is not None and recorders is not None:
         _close_stream(writer, recorders, results, float(stream["timeout_s"]) if stream else 60.0)
         if rerun:
@@ -479,6 +480,7 @@ async def _capture_group(
     stations: Sequence[Station], frequency_hz: float, duration_s: float, options: KiwiOptions,
     emit: Callable[[dict[str, Any]], None] | None, poll: Callable[[], bool] | None, link: WindowLink,
     start_wait_s: float, t: float, recorders: dict[str, Any] | None = None, window_start_ns: int | None = None,
+    protocol_options: dict[str, Any] | None = None,
 ) -> list[StationResult]:
     import asyncio
 
@@ -488,7 +490,8 @@ async def _capture_group(
     every = max(_PROGRESS_INTERVAL_S, len(stations) / 200.0)  # the event log carries ~200 events/s
     receivers = []
     for st in stations:
-        rx = make_receiver(st, options)
+        # a station's own protocol's options when given (OwrxOptions for openwebrx), else the session's
+        rx = make_receiver(st, (protocol_options or {}).get(st.protocol, options))
         rx.window = window
         if recorders is not None:
             rx.sink = recorders[st.id]
@@ -670,6 +673,7 @@ def acquire(
     scheduler: str | None = None,
     client: Any = None,
     options: KiwiOptions | None = None,
+    protocol_options: dict[str, Any] | None = None,
     progress: bool | None = None,
     store: Any = None,
     write: bool = True,
@@ -722,6 +726,10 @@ def acquire(
     soon as it is decided, from the acquiring thread.  A continuous campaign (:mod:`sdrlab.monitor`)
     uses both to start each session's window where the previous one's ends.
 
+    ``options`` are the KiwiSDR client's (and the session's time settings); ``protocol_options``
+    maps another protocol to its own, e.g. ``{"openwebrx": OwrxOptions(mode="am")}`` (default:
+    that client's defaults; OpenWebRX: NFM with the mode's passband).
+
     ``finish_attrs`` is called with the session's Dataset (data and metrics in) just before it is
     stored; the attributes it returns are added (never replacing sdrlab's; an error in it is
     logged and costs nothing).
@@ -763,11 +771,11 @@ def acquire(
     t0 = time.perf_counter()
     if client is not None:
         results, start_ns = _run(client, chosen, frequency_hz, duration_s, options, sid, show, on_progress, stop,
-                                 start_wait_s, spec, window_start_ns, on_start)
+                                 start_wait_s, spec, window_start_ns, on_start, protocol_options)
     else:
         with settings.dask_client(scheduler, n_threads=2) as c:
             results, start_ns = _run(c, chosen, frequency_hz, duration_s, options, sid, show, on_progress, stop,
-                                     start_wait_s, spec, window_start_ns, on_start)
+                                     start_wait_s, spec, window_start_ns, on_start, protocol_options)
     t_acq = time.perf_counter() - t0
     ordered = {s.id: results[s.id] for s in chosen}
     _check_window(ordered, start_ns)
@@ -1167,6 +1175,7 @@ def _run(
     options: KiwiOptions, sid: str, show: bool, on_progress: ProgressCallback | None = None,
     stop: threading.Event | None = None, start_wait_s: float = 20.0, stream: dict[str, Any] | None = None,
     window_start_ns: int | None = None, on_start: Callable[[int], None] | None = None,
+    protocol_options: dict[str, Any] | None = None,
 ) -> tuple[dict[str, StationResult], int | None]:
     """Run the group tasks, coordinate the session's start, gather the results: (station ->
     result, the window's start in GPS ns or None when no group reported one).  ``window_start_ns``
@@ -1224,7 +1233,7 @@ def _run(
                 capture_group, members, frequency_hz, duration_s, options, session_id=sid, group=g,
                 progress_topic=topic, stop_event=stop_name, window_topics=(report_topic, start_topic),
                 start_wait_s=start_wait_s, stream=stream, window_start_ns=window_start_ns,
-                key=f"acquire-g{g}-{sid}", pure=False, retries=0,
+                protocol_options=protocol_options, key=f"acquire-g{g}-{sid}", pure=False, retries=0,
                 workers=[addr] if addr else None, allow_other_workers=True,
             ): (g, members)
             for g, (addr, members) in enumerate(groups)

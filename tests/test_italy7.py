@@ -98,3 +98,25 @@ def test_the_report_shows_the_session(italy7_session, tmp_path):
         assert str(sid) in html
     assert "receipt times" in html
     assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', html)) >= 4
+
+
+def test_protocol_options_choose_the_openwebrx_demodulator_in_a_session(tmp_path):
+    """``acquire(protocol_options={"openwebrx": OwrxOptions(mode="am")})``: the OpenWebRX stations
+    of the session listen in AM with AM's passband (the receiver's own modes), recorded per segment."""
+    from sdrlab.acquire import acquire
+    from sdrlab.config import Settings
+    from dataclasses import replace
+
+    from sdrlab.receivers.openwebrx import OwrxOptions
+
+    receivers = italy7()[:2]
+    with OwrxSimServer(receivers, base_port=0) as sim:
+        stations = [replace(s, port=sim.ports[s.id]) for s in load_catalog().network("italy7") if s.id in sim.ports]
+        session = acquire(stations, ITALY7_TUNE_HZ, 3.0, settings=Settings(progress=False), write=False,
+                          protocol_options={"openwebrx": OwrxOptions(mode="am")})
+        modes = {r.id: [s.mod for s in sim.truth(r.id).sessions if s.started] for r in receivers}
+    ds = session.dataset
+    assert set(ds["audio_segment_mode"].values[:, 0]) == {"am"}
+    assert all(m == ["am"] for m in modes.values()), modes
+    assert (ds["audio_segment_low_cut"].values[:, 0] == -4000).all()
+    assert (ds["audio_segment_high_cut"].values[:, 0] == 4000).all()
