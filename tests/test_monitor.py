@@ -498,24 +498,29 @@ def test_a_continuous_campaign_stops_promptly_keeps_what_arrived_and_resumes_wit
     # of 2 s): a bound that tells stopping from waiting out another session, with room for a
     # loaded machine (4.3 s seen with the CPU shared with another job)
     assert stopped_in < 8.0, stopped_in
-    # the next session connects lead_s (2 s) before the third window ends, 1 s into it: stopped
-    # 0.5 s later it normally has no data yet and is no session; on a loaded machine its window
-    # may open before the stop reaches it (7 s to stop seen), and then what it received is kept
-    first, middle, third, *fourth = report.sessions
-    cut = report.sessions[-1]
-    assert len(fourth) <= 1
-    assert [s.dataset.attrs["campaign_slot"] for s in report.sessions] == list(range(len(report.sessions)))
-    assert len(first.ok) == 2 and len(middle.ok) == 2
-    for stopped in (third, *fourth):
-        assert all(r.status == "partial" and "stopped by request" in (r.message or "")
-                   for r in stopped.results.values())
+    # the stop cuts the session running when it arrives (normally the third, 1.5 s into its window);
+    # the next one connects lead_s (2 s) before that window ends and normally has no data yet when
+    # stopped (no session); on a loaded machine the stop may reach the captures late (7 s seen), the
+    # third may complete and the fourth be the one cut: what each received is kept either way
+    stored = report.sessions
+    assert [s.dataset.attrs["campaign_slot"] for s in stored] == list(range(len(stored)))
+
+    def was_cut(s: Any) -> bool:
+        return any("stopped by request" in (r.message or "") for r in s.results.values())
+
+    k = next(i for i, s in enumerate(stored) if was_cut(s))
+    assert 2 <= k <= 3 and len(stored) <= k + 1, [s.status() for s in stored]
+    first, middle = stored[:2]
+    cut = stored[k]
+    assert all(len(s.ok) == 2 for s in stored[:k])
+    assert all(r.status == "partial" for r in cut.results.values())
     listed = store.sessions()
     assert set(listed.index) == {s.session_id for s in report.sessions + second.sessions}  # no empty recording left
     assert "recording" not in set(listed["status"])
     full = store.open(middle.session_id)["n_samples"].values
-    part = store.open(third.session_id)["n_samples"].values
-    assert np.all(full >= 3 * 11_990) and np.all((part > 0.3 * full) & (part < 0.75 * full)), (full, part)
-    for a, b in zip(report.sessions, report.sessions[1:]):
+    part = store.open(cut.session_id)["n_samples"].values
+    assert np.all(full >= 3 * 11_990) and np.all((part > 0) & (part < 0.95 * full)), (full, part)
+    for a, b in zip(stored, stored[1:]):
         at = store.open(b.session_id).attrs
         assert at["continuity"] == "abutting" and at["continuity_previous"] == a.session_id
         assert at["continuity_window_gap_s"] == 0.0
