@@ -144,34 +144,42 @@ def _audio_ids(ds: xr.Dataset) -> list[str]:
     return [str(s) for s, k in zip(ds["station"].values, ds["kind"].values) if k == "audio"]
 
 
-def _row_density(s: xr.Dataset, r: int, offset_db: float, window: str) -> tuple[F64, F64]:
-    """Row ``r`` of a station as (absolute bin frequencies, density FS^2/Hz)."""
-    n = int(s["spectrum_fft_size"].values[r])
-    rate = float(s["spectrum_samp_rate_hz"].values[r])
-    db = s["spectrum"].values[r, :n].astype(np.float64)
+def _scale(ds: xr.Dataset) -> tuple[float, str, float]:
+    """The waterfall's dB offset and window (the ``spectrum`` attrs) and the tuned frequency."""
+    a = ds["spectrum"].attrs
+    return float(a.get("offset_db", -70.0)), str(a.get("window", "hamming")), float(ds.attrs.get("center_frequency_hz", 0.0))
+
+
+def _first_profile_rows(s: xr.Dataset, offset_db: float, window: str) -> tuple[F64, F64, npt.NDArray[np.intp]] | None:
+    """A station's rows taken with its first profile (same centre and FFT size as its first row)
+    as (absolute bin frequencies, densities FS^2/Hz (rows, bins), their row indices); None
+    without rows."""
+    sizes = s["spectrum_fft_size"].values
+    centres = s["spectrum_center_hz"].values
+    valid = np.flatnonzero(sizes > 0)
+    if valid.size == 0:
+        return None
+    first = valid[0]
+    rows = valid[(centres[valid] == centres[first]) & (sizes[valid] == sizes[first])]
+    n = int(sizes[first])
+    rate = float(s["spectrum_samp_rate_hz"].values[first])
+    db = s["spectrum"].values[rows, :n].astype(np.float64)
     dens = 10 ** ((db - offset_db) / 10) / (rate * window_sum_sq(n, window))
-    return row_bin_frequencies(float(s["spectrum_center_hz"].values[r]), rate, n), dens
+    return row_bin_frequencies(float(centres[first]), rate, n), dens, rows
 
 
 def waterfall_psd(ds: xr.Dataset) -> xr.DataArray:
     """The mean waterfall row of each audio station as a power density (station, frequency) in
     FS^2/Hz (uncalibrated), ``frequency`` relative to the session's tuned frequency and
     ``frequency_abs`` absolute (stations whose rows lie on other bins are NaN off theirs)."""
-    offset_db = float(ds["spectrum"].attrs.get("offset_db", -70.0))
-    window = str(ds["spectrum"].attrs.get("window", "hamming"))
-    tuned = float(ds.attrs.get("center_frequency_hz", 0.0))
+    offset_db, window, tuned = _scale(ds)
     parts = []
     for sid in _audio_ids(ds):
-        s = ds.sel(station=sid)
-        rows = np.flatnonzero(s["spectrum_fft_size"].values > 0)
-        if rows.size == 0:
+        got = _first_profile_rows(ds.sel(station=sid), offset_db, window)
+        if got is None:
             continue
-        first = rows[0]
-        same = [r for r in rows if s["spectrum_center_hz"].values[r] == s["spectrum_center_hz"].values[first]
-                and s["spectrum_fft_size"].values[r] == s["spectrum_fft_size"].values[first]]
-        f, _ = _row_density(s, int(first), offset_db, window)
-        mean = np.mean([_row_density(s, int(r), offset_db, window)[1] for r in same], axis=0)
-        parts.append(xr.DataArray(mean[None, :], dims=("station", "frequency_abs"),
+        f, dens, _ = got
+        parts.append(xr.DataArray(dens.mean(axis=0)[None, :], dims=("station", "frequency_abs"),
                                   coords={"station": [sid], "frequency_abs": f}))
     if not parts:
         raise ValueError("no audio station with waterfall rows in this session")
@@ -188,21 +196,16 @@ def waterfall_spectrogram(ds: xr.Dataset, *, max_rows: int = 600) -> xr.DataArra
     ``time`` in seconds since the station's first row on a common grid (row number times the
     stations' median row period, from receipt times: the rows carry no signal time), averaged in
     linear power down to at most ``max_rows`` rows; ``frequency`` relative to the tuned frequency."""
-    offset_db = float(ds["spectrum"].attrs.get("offset_db", -70.0))
-    window = str(ds["spectrum"].attrs.get("window", "hamming"))
-    tuned = float(ds.attrs.get("center_frequency_hz", 0.0))
+    offset_db, window, tuned = _scale(ds)
     found: list[tuple[str, F64, F64]] = []
     periods = []
     for sid in _audio_ids(ds):
         s = ds.sel(station=sid)
-        rows = np.flatnonzero(s["spectrum_fft_size"].values > 0)
-        if rows.size == 0:
+        got = _first_profile_rows(s, offset_db, window)
+        if got is None:
             continue
-        first = rows[0]
-        rows = np.array([r for r in rows if s["spectrum_center_hz"].values[r] == s["spectrum_center_hz"].values[first]
-                         and s["spectrum_fft_size"].values[r] == s["spectrum_fft_size"].values[first]])
-        f, _ = _row_density(s, int(first), offset_db, window)
-        found.append((sid, f, np.array([_row_density(s, int(r), offset_db, window)[1] for r in rows])))
+        f, dens, rows = got
+        found.append((sid, f, dens))
         if rows.size > 1:
             t = s["spectrum_time"].values[rows]
             periods.append(float((t[-1] - t[0]) / np.timedelta64(1, "ns")) / 1e9 / (rows.size - 1))

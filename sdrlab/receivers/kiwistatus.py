@@ -4,12 +4,10 @@ the stations table keeps (registered for ``kiwisdr`` in :mod:`sdrlab.receivers`)
 
 from __future__ import annotations
 
-import time
-import urllib.error
-import urllib.request
 
 from ..capture import ReceiverStatus
 from ..stations import Station
+from ._http import get_page
 
 __all__ = ["fetch_status", "gps_timing", "parse_status"]
 
@@ -60,14 +58,9 @@ def parse_status(text: str) -> ReceiverStatus:
 def fetch_status(station: Station, timeout: float = 5.0) -> tuple[ReceiverStatus | None, float, str | None]:
     """(status or None, latency ms, error) of ``http://host:port/status``."""
     url = f"http://{station.host}:{station.port}/status"
-    t = time.perf_counter()
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (http to a receiver)
-            text = r.read(MAX_STATUS_BYTES).decode("utf-8", errors="replace")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return None, 1e3 * (time.perf_counter() - t), f"{type(exc).__name__}: {reason}"[:300]
-    latency = 1e3 * (time.perf_counter() - t)
+    text, latency, error = get_page(url, timeout, MAX_STATUS_BYTES)
+    if text is None:
+        return None, latency, error
     status = parse_status(text)
     if "status" not in status.fields and "sdr_hw" not in status.fields:
         return None, latency, "not a KiwiSDR /status page"

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import re
-import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 from ..capture import ReceiverStatus
 from ..stations import Station
+from ._http import get_page
 
 __all__ = ["PLUS_TITLE", "UPSTREAM_TITLE", "fetch_status", "fork_of", "parse_status_json"]
 
@@ -82,14 +80,9 @@ def parse_status_json(text: str) -> ReceiverStatus:
 def fetch_status(station: Station, timeout: float = 5.0) -> tuple[ReceiverStatus | None, float, str | None]:
     """(status or None, latency ms, error) of ``http://host:port/status.json``."""
     url = f"http://{station.host}:{station.port}/status.json"
-    t = time.perf_counter()
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (http to a receiver)
-            text = r.read(MAX_STATUS_BYTES).decode("utf-8", errors="replace")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return None, 1e3 * (time.perf_counter() - t), f"{type(exc).__name__}: {reason}"[:300]
-    latency = 1e3 * (time.perf_counter() - t)
+    text, latency, error = get_page(url, timeout, MAX_STATUS_BYTES)
+    if text is None:
+        return None, latency, error
     try:
         return parse_status_json(text), latency, None
     except ValueError as exc:  # json.JSONDecodeError is a ValueError
