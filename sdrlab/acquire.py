@@ -395,6 +395,7 @@ def _stream_writers(stations: Sequence[Station], stream: dict[str, Any],
     session_id, chunk_samples), its background writer and one recorder per station (``resume``:
     each continuing after what the store holds of it)."""
     from .recording import ChunkWriter, StationRecorder, steady_heap
+    from .recording_audio import AudioRecorder
     from .store import Store
 
     steady_heap()
@@ -421,8 +422,12 @@ def _stream_writers(stations: Sequence[Station], stream: dict[str, Any],
                               float(meta.get("interval_s") or 0.0), [iv for iv in ivs if iv["utc"] is not None])
 
     writer = ChunkWriter(put, after=after)
-    recorders = {st.id: StationRecorder(st.id, int(stream["chunk_samples"]), writer.put,
-                                        interval_s=float(stream["interval_s"])) for st in stations}
+    n = int(stream["chunk_samples"])
+    # IQ receivers: fixed-size chunks of samples; audio receivers (OpenWebRX): a piece of
+    # everything that arrived every chunk's worth of seconds
+    recorders = {st.id: StationRecorder(st.id, n, writer.put, interval_s=float(stream["interval_s"]))
+                 if st.protocol == "kiwisdr" else AudioRecorder(st.id, writer.put, piece_s=n / 12000.0)
+                 for st in stations}
     if resume:
         for st_id, (cars, n) in store.stream_runs(sid, list(recorders)).items():
             recorders[st_id].resume(cars, n, WORKER_DIED)
@@ -755,15 +760,6 @@ def acquire(
     show = settings.progress if progress is None else progress
     sid = new_session_id()
     streaming = write and (duration_s > settings.stream_above_s if stream is None else bool(stream))
-    audio_only = sorted(st.id for st in chosen if st.protocol != "kiwisdr")
-    if streaming and audio_only:
-        # audio receivers (a few tens of kB/s each) are held in memory until the session is stored
-        if stream:
-            raise ConfigError(f"stream=True: streaming to the store is for IQ receivers; {', '.join(audio_only)} "
-                              "(audio receivers) are held in memory: acquire without stream=True")
-        log.info("session of %.0f s held in memory: %s are audio receivers (not streamed)", duration_s,
-                 ", ".join(audio_only))
-        streaming = False
     spec = None
     if streaming:
         spec = begin_stream(store, sid, chosen, frequency_hz, duration_s, settings, options, attrs)
@@ -887,8 +883,10 @@ def finalise(store: Any, session_id: str, *, session: Session | None = None, sta
                     for sid in record.get("stations", sorted(have))}
         import numpy as np
 
-        ends = ds["segment_end"].values.astype(object)
-        ds["segment_end"] = (ds["segment_end"].dims, np.where(ends == "recording", STOPPED, ends))
+        for name in ("segment_end", "audio_segment_end"):  # IQ and audio stations' segments
+            if name in ds:
+                ends = ds[name].values.astype(object)
+                ds[name] = (ds[name].dims, np.where(ends == "recording", STOPPED, ends))
     ds.attrs["station_status"] = json.dumps(statuses, sort_keys=True)
     ds = ds.assign_coords(status=("station", [statuses.get(str(s), {}).get("status", "partial")
                                                for s in ds["station"].values]))

@@ -165,10 +165,13 @@ class AudioSegment:
     center_freq_hz: float = float("nan")
     samp_rate_hz: float = float("nan")
     profile: str = ""
+    #: samples of the segment stored elsewhere and not held here (streaming capture: they went to
+    #: the store as they arrived, see :mod:`sdrlab.recording_audio`)
+    streamed: int = 0
 
     @property
     def n_samples(self) -> int:
-        return int(self.samples.shape[0])
+        return int(self.samples.shape[0]) + self.streamed
 
     @property
     def rate_hz(self) -> float:
@@ -341,7 +344,10 @@ class Receiver(Protocol):
     #: the session's common window (:class:`sdrlab.receivers.window.Window`) or None:
     #: ``duration_s`` from the first data
     window: Any
-    #: streaming sink (``piece(capture, segment, first)``, ``end_segment(reason)``) or None
+    #: streaming sink or None: IQ receivers ``piece(capture, segment, first)``, ``end_segment(reason)``
+    #: (:class:`sdrlab.recording.StationRecorder`); audio receivers ``piece(capture, audio part or
+    #: None, first, spectrum rows, S-meter readings)`` every ``sink.piece_s`` seconds
+    #: (:class:`sdrlab.recording_audio.AudioRecorder`)
     sink: Any
     #: polled about twice a second; True ends the capture at once, keeping what arrived
     should_stop: Callable[[], bool] | None

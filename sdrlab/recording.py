@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import timing
+from .recording_audio import assemble_audio, is_audio
 from .capture import (
     GPS_NO_CLOCK,
     SAMPLES_PER_FRAME,
@@ -440,6 +441,8 @@ def assemble(station: str, sidecars: list[dict[str, Any]], chunks: int, *,
     being captured (else: it ended with the process that captured it)."""
     if not sidecars:
         return None
+    if is_audio(sidecars[0]["meta"]):  # an audio receiver's pieces (OpenWebRX)
+        return assemble_audio(station, sidecars, recording=recording)
     last = sidecars[-1]["meta"]
     n = int(last["chunk_samples"])
     stored = min(int(last["stored"]), chunks * n)
@@ -661,6 +664,8 @@ def stored_samples(sidecars: list[dict[str, Any]], chunks: int) -> int:
     if not sidecars:
         return 0
     last = sidecars[-1]["meta"]
+    if is_audio(last):  # audio pieces: no chunk objects, every piece holds its samples
+        return int(last["stored"])
     return min(int(last["stored"]), chunks * int(last["chunk_samples"]))
 
 

@@ -50,6 +50,7 @@ from . import model, packing, recording
 from ._version import __version__
 from .capture import Capture
 from .errors import StorageError, quote
+from .recording_audio import is_audio
 from .redact import mask_url
 
 log = logging.getLogger(__name__)
@@ -616,6 +617,7 @@ class Store:
             have.setdefault(station, set()).add(name)
         wanted: dict[str, list[str]] = {}
         chunks: dict[str, int] = {}
+        counts: dict[str, int] = {}
         for st in stations:
             names = have.get(st, set())
             k = c = 0
@@ -625,12 +627,21 @@ class Store:
                 c += 1
             wanted[st] = [self._path(SESSIONS, session_id, recording.chunk_key(st, i, "npz")) for i in range(min(k, c + 1))]
             chunks[st] = min(c, k)
+            counts[st] = k
         for st in stations:
             keys = wanted[st]
             raw = self.fs.cat(keys) if keys else {}
             if isinstance(raw, bytes):
                 raw = {keys[0]: raw}
             cars = [recording.read_sidecar(raw.pop(key)) for key in keys]  # each read's bytes freed at once
+            if cars and is_audio(cars[0]["meta"]):  # an audio receiver's pieces: no chunk objects beside them
+                rest = [self._path(SESSIONS, session_id, recording.chunk_key(st, i, "npz")) for i in range(1, counts[st])]
+                more = self.fs.cat(rest) if rest else {}
+                if isinstance(more, bytes):
+                    more = {rest[0]: more}
+                cars += [recording.read_sidecar(more.pop(key)) for key in rest]
+                yield st, cars, 0
+                continue
             run, n = min(len(cars), chunks[st]), chunks[st]
             # a last sidecar with no chunk of its own (nothing buffered at the end) belongs to the run;
             # one whose chunk is missing (a crash between the two) does not
@@ -700,16 +711,21 @@ class Store:
         IQ chunks pointing at the stream objects."""
         import dask.array
 
-        ns, n_max = shell.sizes["station"], int(shell["n_samples"].max())
+        ns = shell.sizes["station"]
+        # an audio station's row of the IQ is padding (its n_samples count audio samples)
+        has_iq = [str(k) != "audio" for k in shell["kind"].values] if "kind" in shell.coords else [True] * ns
+        n_max = max([int(v) for v, iq_ in zip(shell["n_samples"].values, has_iq) if iq_], default=0)
         enc = model.stream_encoding(n)
         iq = xr.Variable(("station", "sample", "component"),
                          dask.array.zeros((ns, n_max, 2), dtype=np.int16, chunks=(1, n, 2)), model.IQ_ATTRS)
+
         def plain(v: xr.Variable) -> xr.Variable:  # strings as read back -> object, as first written
             return v.astype(object) if v.dtype.kind in "UT" else v
 
         shell = xr.Dataset({k: plain(v.variable) for k, v in shell.data_vars.items()},
                            {k: plain(v.variable) for k, v in shell.coords.items()}, attrs=shell.attrs)
-        objects = packing.encode_in_memory(shell.assign(iq=iq), enc, compute=False)
+        objects = packing.encode_in_memory(shell.assign(iq=iq) if any(has_iq) else shell,
+                                           enc if any(has_iq) else {}, compute=False)
         lazy = [k for k, v in shell.data_vars.items() if v.chunks is not None]
         if lazy:  # a recording's frame records: their chunks encoded a station at a time
             import dask
@@ -724,6 +740,8 @@ class Store:
                     raise StorageError(f"session {session_id}: {name} encoded differently in two passes")
         refs, aux = packing.pack(objects, f"{self.protocol}://{self._path(SESSIONS, session_id)}", f"{PACK}.1", inline)
         for i, st in enumerate(shell["station"].values):
+            if not has_iq[i]:
+                continue
             for k in range(math.ceil(int(shell["n_samples"].values[i]) / n)):
                 refs["refs"][f"iq/c/{i}/{k}/0"] = ["{{u}}/" + recording.chunk_key(str(st), k, "iq")]
         return refs, aux
@@ -740,7 +758,7 @@ class Store:
             if record.get("layout") != LAYOUT_RECORDING:
                 raise StorageError(f"session {sid} in {self.where} is not recording (already finalised?)")
             n = int(record["chunk_samples"])
-            shell = ds.drop_vars("iq")
+            shell = ds.drop_vars("iq", errors="ignore")
             lazy = [k for k, v in shell.data_vars.items() if v.chunks is not None]  # a recording's frame records
             shell = shell.drop_vars(lazy).compute().assign({k: shell[k].variable for k in lazy})
             shell.attrs["recording_state"] = "final"
@@ -757,9 +775,25 @@ class Store:
                              if isinstance(v, list) and str(v[0]).startswith("{{u}}/" + recording.STREAM)})
             summary["objects"] = sorted([REFS] + [k.rsplit("/", 1)[1] for k in extra] + chunks)
             self._put_atomic(self._commit_key(sid), json.dumps(summary, indent=1).encode())
+            self._drop_audio_pieces(sid, shell)
             return SessionRef(sid, self.session_url(sid), data_version(summary))
 
         return self._do(f"finalising session {sid}", run)
+
+    def _drop_audio_pieces(self, session_id: str, ds: xr.Dataset) -> None:
+        """Once a streamed session is committed, its audio stations' pieces are copies of what
+        the session holds (their audio, rows and readings went into its pack): removed.  A
+        failure leaves them (they are never read again; `sdrlab store delete` takes them)."""
+        if "kind" not in ds.coords:
+            return
+        audio = [str(s) for s, k in zip(ds["station"].values, ds["kind"].values) if str(k) == "audio"]
+        base = self._path(SESSIONS, session_id, recording.STREAM)
+        keys = [k for k in self._keys(base) if k[len(base) + 1:].split("/", 1)[0] in audio]
+        try:
+            if keys:
+                self.fs.rm(keys)
+        except Exception as exc:  # the session is committed: this costs storage, nothing else
+            log.warning("session %s: %d audio piece(s) not removed after finalising: %s", session_id, len(keys), exc)
 
     def _recording_shell(self, session_id: str, summary: dict[str, Any]) -> xr.Dataset:
         """A recording session without its IQ, its frame records lazy (one dask chunk per station,
@@ -770,7 +804,9 @@ class Store:
         light, series, rssi, runs = [], {}, {}, {}
         for st, cars, n in self.iter_stream_runs(session_id, [str(s) for s in summary.get("stations", [])]):
             cap = recording.assemble(st, cars, n, recording=live)
-            if cap is not None:
+            if cap is not None and cap.kind == "audio":  # audio pieces: the capture whole (small)
+                light.append(cap)
+            elif cap is not None:
                 series[st] = recording.intervals(cars, recording.stored_samples(cars, n))
                 rssi[st] = model.mean_rssi_dbm(cap)
                 runs[st] = (len(cars), n, model.n_frames(cap))
@@ -780,8 +816,10 @@ class Store:
             raise StorageError(f"session {session_id} in {self.where} is recording and has no chunk stored yet")
         shell = recording_shell(light, summary, frames=False)
         ids = [str(s) for s in shell["station"].values]
-        shell = shell.assign_coords(rssi_dbm=shell["rssi_dbm"].copy(data=np.array([rssi[s] for s in ids], float)))
-        shell = shell.assign(self._lazy_frames(session_id, ids, runs, live))
+        if runs:  # the IQ stations' RSSI and frame records (an audio station's rows are padding)
+            shell = shell.assign_coords(rssi_dbm=shell["rssi_dbm"].copy(data=np.array(
+                [rssi.get(s, v) for s, v in zip(ids, shell["rssi_dbm"].values)], float)))
+            shell = shell.assign(self._lazy_frames(session_id, ids, runs, live))
         out: xr.Dataset = recording.interval_variables(shell, series, float(summary.get("interval_s") or 10.0))
         return out
 
@@ -797,6 +835,11 @@ class Store:
         f_max = max(r[2] for r in runs.values())
         blocks: dict[str, list[Any]] = {name: [] for name in model.FRAME_DTYPES}
         for st in stations:
+            if st not in runs:  # an audio station: padding
+                for name, dtype in model.FRAME_DTYPES.items():
+                    blocks[name].append(dask.array.full(  # type: ignore[no-untyped-call]
+                        (1, f_max), model.FRAME_FILL[name], dtype=dtype))
+                continue
             cars, n, _ = runs[st]
             token = dask.base.tokenize(self.url, session_id, st, cars, n, live, f_max)
             rows = delayed(self._frame_rows, pure=True)(session_id, st, cars, n, live, f_max,
@@ -835,8 +878,10 @@ class Store:
         recording.release_heap()  # the sidecars and captures it was built from, back to the system
         # the small variables are in memory already: only the IQ goes through zarr (references
         # to the chunk objects), never the frame records (tens of MB for an hour)
+        if "frame_seq" not in shell:  # audio stations only: no IQ
+            return shell
         iq_only = xr.Dataset({"n_samples": shell["n_samples"].reset_coords(drop=True).variable}).assign_coords(
-            station=shell["station"].values)
+            station=shell["station"].values, kind=("station", shell["kind"].values))
         refs, _aux = self._stream_refs(session_id, iq_only, int(summary["chunk_samples"]), inline=1 << 62)
         iq = self._open_packed(session_id, refs=refs)["iq"].variable
         iq.attrs = dict(model.IQ_ATTRS)

@@ -377,6 +377,9 @@ def test_a_frozen_server_ends_in_a_timeout_error_with_the_data_kept(tmp_path):
     ds.attrs["session_id"] = "20261124T100000Z-f00f00"
     srv = SeaweedS3(str(tmp_path / "s3")).start()
     try:
+        # the server up and its bucket made first (a fresh SeaweedFS on a loaded machine can take
+        # longer than the 3 s deadline for its first answers)
+        Store("s3://sdrlab-frozen/lab", srv.storage_options, timeout_s=60.0).health()
         st = Store("s3://sdrlab-frozen/lab", srv.storage_options, timeout_s=3.0)
         st.health()
         assert srv.proc is not None

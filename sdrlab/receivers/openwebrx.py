@@ -32,7 +32,8 @@ Connections to one receiver are spaced ``connect_spacing`` s apart and at most `
 once (OpenWebRX+ scores fast connections from one address as a robot).
 
 Times are the host's receipt times (unix ns), never signal time: OpenWebRX sends no timestamps.
-Not yet: streaming to the store (``sink`` is ignored; everything is kept in memory).
+Streaming (``sink`` set): what arrived goes to the sink every ``sink.piece_s`` seconds and as each
+audio segment ends; the capture then keeps each segment's summary (its ``streamed`` samples).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import math
 import random
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, TypeGuard
 
 import numpy as np
@@ -201,6 +202,10 @@ class _Connection:
         self._seg_tune: dict[str, Any] = {}
         self._guard_until = 0
         self._guarded = 0
+        #: streaming (``rx.sink`` set): what arrived goes to the sink every ``sink.piece_s`` s
+        self._sink = rx.sink
+        self._piece_first = True
+        self._last_spill = self.loop.time()
 
     # -- lifecycle --
     async def run(self) -> None:
@@ -281,9 +286,11 @@ class _Connection:
             self._finish()
             return
         self.clock.poll_window(self)
+        if self._sink is not None and self.clock.settled and now - self._last_spill >= self._sink.piece_s:
+            self._spill()
         if self.rx.on_progress is not None and self.started:
             try:
-                self.rx.on_progress(self.cap.n_samples + (self.audio.n if self.audio else 0),
+                self.rx.on_progress(self.cap.n_samples + (self.audio.n + self.audio.spilled if self.audio else 0),
                                     float(self.opt.output_rate))
             except Exception:  # a display must never cost the capture
                 log.debug("progress callback failed", exc_info=True)
@@ -555,9 +562,30 @@ class _Connection:
 
     def _end_segment(self, reason: str) -> None:
         a = self.audio
-        if a is not None and a.n:
+        if self._sink is not None:
+            self._spill(reason)
+            if a is not None and a.spilled:  # the capture keeps the segment's summary, not its samples
+                self.cap.audio.append(replace(a.segment(reason, self._seg_tune), streamed=a.spilled))
+        elif a is not None and a.n:
             self.cap.audio.append(a.segment(reason, self._seg_tune))
         self.audio = None
+
+    def _spill(self, reason: str = "continues") -> None:
+        """Streaming: hand what arrived since the last hand-over to the sink (the open audio
+        segment's samples as a part of it, ending it unless ``reason`` is ``continues``; the
+        rows and readings once the capture's span is settled)."""
+        assert self._sink is not None
+        self._last_spill = self.loop.time()
+        part = None
+        a = self.audio
+        if a is not None and (a.n or (reason != "continues" and a.spilled)):
+            part = a.take(reason, self._seg_tune)
+        spectrum = smeter = None
+        if self.clock.settled:
+            spectrum, smeter = self.rows.take()
+        self._sink.piece(self.cap, part, self._piece_first if part is not None else False, spectrum, smeter)
+        if part is not None:
+            self._piece_first = reason != "continues"
 
     def _keep(self, store: Callable[[int], Any]) -> None:
         """Keep one message's data (``store(receipt_ns)``) if it lies inside the capture."""
@@ -595,6 +623,7 @@ class _Connection:
         if self.audio is None:
             rate = self.opt.hd_output_rate if kind == ow.FRAME_HD_AUDIO else self.opt.output_rate
             self.audio = AudioBuffer(float(rate))
+            self._piece_first = True
             self.info.audio_rate, self.info.sample_rate = int(rate), float(rate)
             self._audio_type = kind
             self._seg_tune = self._tune_fields()
@@ -649,6 +678,11 @@ class _Clock:
         if self.end is None and w is not None and w.start_ns is not None:
             self.start = self._gps_to_unix(w.start_ns)
             self.end = self.start + w.duration_ns
+
+    @property
+    def settled(self) -> bool:
+        """The capture's span is known and nothing is held for the window: what arrived is kept."""
+        return self.end is not None and not self._holding
 
     def passed(self, now: int) -> bool:
         """Whether the capture's end (known once data arrived, or from the window) is past ``now``."""
@@ -722,7 +756,9 @@ class OwrxReceiver(StopHooks):
         self.stopped = False
         #: the session's common window (:class:`~sdrlab.receivers.window.Window`) or None
         self.window: Any = None
-        #: streaming sink: not used yet by this client (everything is kept in memory)
+        #: streaming sink (:class:`sdrlab.recording_audio.AudioRecorder`): audio, rows and readings
+        #: go to it as they arrive (``piece``), every ``piece_s`` s and as each segment ends; the
+        #: capture then keeps each audio segment's summary (``streamed`` samples), not its data
         self.sink: Any = None
 
     @property
@@ -791,8 +827,13 @@ class OwrxReceiver(StopHooks):
                 if clock.passed(time.time_ns()):
                     break
         finally:
-            cap.spectrum = rows.spectrum()
-            cap.smeter = rows.readings()
+            if self.sink is not None:  # the rows and readings still held go to the sink
+                spectrum, smeter = rows.take()
+                if spectrum is not None or smeter is not None:
+                    self.sink.piece(cap, None, False, spectrum, smeter)
+            else:
+                cap.spectrum = rows.spectrum()
+                cap.smeter = rows.readings()
         if self.stopped and "stopped by request" not in cap.events:
             cap.events.append("stopped by request")
         return cap

@@ -24,6 +24,8 @@ class AudioBuffer:
         self.chunks: list[ow.I16] = []
         self.receipts: list[int] = []
         self.n = 0
+        #: samples already handed to a streaming sink (:meth:`take`)
+        self.spilled = 0
 
     def add(self, samples: ow.I16, receipt_ns: int) -> None:
         self.chunks.append(samples)
@@ -35,6 +37,14 @@ class AudioBuffer:
         if k:
             del self.chunks[:k], self.receipts[:k]
             self.n = sum(int(c.size) for c in self.chunks)
+
+    def take(self, reason: str, tune: dict[str, Any]) -> AudioSegment:
+        """Streaming: the samples held so far as a part of the segment (``reason`` ``continues``
+        while it goes on), and let go of them."""
+        part = self.segment(reason, tune)
+        self.spilled += self.n
+        self.chunks, self.receipts, self.n = [], [], 0
+        return part
 
     def segment(self, reason: str, tune: dict[str, Any]) -> AudioSegment:
         sizes = np.array([c.size for c in self.chunks], dtype=np.int64)
@@ -73,6 +83,13 @@ class Rows:
         return SpectrumRows(db=out, receipt_ns=np.array(self.receipt, np.int64),
                             center_freq_hz=np.array(self.center, np.float64),
                             samp_rate_hz=np.array(self.rate, np.float64), fft_size=np.array(self.size, np.int64))
+
+    def take(self) -> tuple[SpectrumRows | None, SmeterReadings | None]:
+        """Streaming: the rows and readings held so far, and let go of them."""
+        out = self.spectrum(), self.readings()
+        for lst in (self.db, self.receipt, self.center, self.rate, self.size, self.smeter, self.smeter_receipt):
+            lst.clear()
+        return out
 
     def readings(self) -> SmeterReadings | None:
         if not self.smeter:
