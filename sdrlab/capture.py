@@ -15,7 +15,7 @@ from here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Awaitable, Callable, Iterable, Protocol, runtime_checkable
 
 import numpy as np
@@ -91,6 +91,18 @@ class ReceiverInfo:
     antenna: str = ""
     position: tuple[float, float] | None = None
     altitude: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> ReceiverInfo | None:
+        """From its ``dataclasses.asdict`` as stored in JSON (a list for the position; fields
+        an older sdrlab did not have take their defaults, unknown ones are ignored); None for none."""
+        if not d:
+            return None
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        if d.get("position") is not None:
+            d["position"] = tuple(d["position"])
+        return cls(**d)
 
 
 @dataclass

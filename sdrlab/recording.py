@@ -423,15 +423,6 @@ def read_sidecar(data: bytes) -> dict[str, Any]:
     return out
 
 
-def _info(d: dict[str, Any] | None) -> ReceiverInfo | None:
-    if not d:
-        return None
-    d = dict(d)
-    if d.get("position") is not None:
-        d["position"] = tuple(d["position"])
-    return ReceiverInfo(**d)
-
-
 def assemble(station: str, sidecars: list[dict[str, Any]], chunks: int, *,
              recording: bool = False) -> Capture | None:
     """A station's capture from its sidecars 0, 1, ... (read with :func:`read_sidecar`, in
@@ -449,7 +440,7 @@ def assemble(station: str, sidecars: list[dict[str, Any]], chunks: int, *,
     c = last.get("capture") or {}
     cap = Capture(station, float(c.get("frequency_hz", np.nan)), float(c.get("low_cut", np.nan)),
                   float(c.get("high_cut", np.nan)), float(c.get("requested_s", np.nan)),
-                  int(c.get("gps_utc_offset_s", timing.DEFAULT_GPS_UTC_OFFSET_S)), _info(c.get("info")),
+                  int(c.get("gps_utc_offset_s", timing.DEFAULT_GPS_UTC_OFFSET_S)), ReceiverInfo.from_dict(c.get("info")),
                   events=list(c.get("events", [])), bad_frames=int(c.get("bad_frames", 0)))
     cols = {name: np.concatenate([s[name] for s in sidecars]) for name in FRAME_FIELDS}
     keep = cols["frame_sample"] < stored

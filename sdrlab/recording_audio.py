@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from typing import Any, Callable
 
 import numpy as np
@@ -163,16 +163,6 @@ class AudioRecorder:
         self.put(self.station, k, b"", piece_bytes(meta, arrays))
 
 
-def _info(d: dict[str, Any] | None) -> ReceiverInfo | None:
-    if not d:
-        return None
-    d = dict(d)
-    if d.get("position") is not None:
-        d["position"] = tuple(d["position"])
-    known = {f.name for f in fields(ReceiverInfo)}
-    return ReceiverInfo(**{k: v for k, v in d.items() if k in known})
-
-
 def _nan(x: Any) -> float:
     return float("nan") if x is None else float(x)
 
@@ -187,7 +177,7 @@ def assemble_audio(station: str, sidecars: list[dict[str, Any]], *, recording: b
     c = next((s["meta"]["capture"] for s in reversed(sidecars) if s["meta"].get("capture")), None) or {}
     cap = Capture(station, _nan(c.get("frequency_hz")), _nan(c.get("low_cut")), _nan(c.get("high_cut")),
                   _nan(c.get("requested_s")), int(c.get("gps_utc_offset_s", timing.DEFAULT_GPS_UTC_OFFSET_S)),
-                  _info(c.get("info")), events=list(c.get("events", [])), bad_frames=int(c.get("bad_frames", 0)),
+                  ReceiverInfo.from_dict(c.get("info")), events=list(c.get("events", [])), bad_frames=int(c.get("bad_frames", 0)),
                   kind="audio", protocol=str(c.get("protocol", "openwebrx")), hw=str(c.get("hw", "")))
     open_seg: dict[str, Any] | None = None
 
