@@ -650,7 +650,8 @@ def describe_gaps(cap: Capture) -> str:
     return f"{len(segs)} segment(s): " + "; ".join(parts)
 
 
-def _resolve(stations: Iterable[Station | str], catalog: Catalog | None, settings: Settings) -> list[Station]:
+def resolve_stations(stations: Iterable[Station | str], catalog: Catalog | None, settings: Settings) -> list[Station]:
+    """The stations named (ids from the catalogue, Station objects as they are), each once."""
     items = list(stations)
     if not items:
         raise ConfigError("no station given (name stations by id, or use all)")
@@ -740,7 +741,7 @@ def acquire(
     logged and costs nothing).
     """
     settings = settings or Settings.from_env()
-    chosen = _resolve(stations, catalog, settings)
+    chosen = resolve_stations(stations, catalog, settings)
     validate_request(frequency_hz, duration_s, chosen)
     reserved = sorted(set(attrs or {}) & model.RESERVED_ATTRS)
     if reserved:  # checked before anything is acquired, so nothing acquired is ever refused

@@ -98,8 +98,8 @@ class Campaign:
             raise ConfigError(f"campaign {self.id}: no stations")
         if not self.frequencies_hz:
             raise ConfigError(f"campaign {self.id}: no frequencies")
-        for f in self.frequencies_hz:
-            validate_request(f, self.duration_s)
+        for f in self.frequencies_hz:  # within some family's range: each station's is checked by monitor()
+            validate_request(f, self.duration_s, ())
         if self.every_s is not None and not (math.isfinite(self.every_s)
                                              and self.every_s >= self.duration_s * len(self.frequencies_hz)):
             raise ConfigError(f"campaign {self.id}: every_s must be at least duration_s x the number of "
@@ -253,13 +253,24 @@ def monitor(
     complete).  ``gps_now`` (continuous campaigns): the receivers' GPS time in ns, by which the
     next session is connected ``lead_s`` before its window; default the host's clock
     (:func:`sdrlab.timing.gps_now_ns`; a simulator faster than real time: ``sim.clock_ns``)."""
-    from .acquire import acquire
+    from .acquire import acquire, resolve_stations, validate_request
 
     settings = settings or Settings.from_env()
     store = store if store is not None else settings.store_obj()
     index = index if index is not None else settings.engine()
     stop = stop or threading.Event()
     chosen = list(stations) if stations is not None else list(campaign.stations)
+    resolved = resolve_stations(chosen, catalog, settings)  # unknown ids and frequencies a station cannot tune: named now
+    for f in campaign.frequencies_hz:
+        validate_request(f, campaign.duration_s, resolved)
+    if campaign.continuous and any(st.protocol == "openwebrx" for st in resolved):
+        from .receivers.openwebrx import OwrxOptions
+
+        spacing = OwrxOptions().connect_spacing  # one connection per session, and OpenWebRX+ bans fast ones
+        if campaign.duration_s < spacing:
+            raise ConfigError(f"campaign {campaign.id}: continuous sessions of OpenWebRX receivers must last at least "
+                              f"{spacing:g} s (connections to one receiver are spaced that far apart), got "
+                              f"{campaign.duration_s:g} s")
     done, recorded_start = done_slots(store, campaign.id)
     now = clock()
     if campaign.start is not None:
