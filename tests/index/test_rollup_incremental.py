@@ -154,6 +154,19 @@ def test_times_before_the_bucket_origin(engine: Engine) -> None:
         np.testing.assert_allclose(got["value"].to_numpy(float), raw["value"].to_numpy(float), rtol=1e-9)
 
 
+def test_deleting_a_session_in_an_hour_before_the_origin_keeps_the_others(engine: Engine) -> None:
+    # SQLite buckets 09:20 and 09:57 on 2000-01-02 (before the origin) as 10:00: deleting one
+    # session recomputes that bucket from all its rows, the 09:xx ones included
+    t = lambda s: pd.Timestamp(s, tz="UTC")  # noqa: E731
+    bulk_insert_metrics(engine, pd.DataFrame([
+        {"time": t("2000-01-02 09:57:13"), "station_id": "a", "session_id": "s1", "frequency_hz": 1e6, "snr_db": 10.0},
+        {"time": t("2000-01-02 09:20:00"), "station_id": "a", "session_id": "s2", "frequency_hz": 1e6, "snr_db": 20.0}]))
+    delete_session(engine, "s1")
+    _equals_rebuild(engine)
+    got = metric_over_time(engine, "snr_db")
+    assert list(got["n"]) == [1] and list(got["value"]) == [20.0]
+
+
 def test_concurrent_writers_keep_the_rollup_exact(engine: Engine) -> None:
     if engine.dialect.name != "postgresql":
         pytest.skip("SQLite serialises writers on the database lock")
