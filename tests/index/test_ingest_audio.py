@@ -20,8 +20,13 @@ from sdrlab.acquire import add_metrics
 from sdrlab.cli import main
 from sdrlab.index import index_session, metric_over_time
 from sdrlab.index.ingest import rebuild_rollup
-from sdrlab.index.models import ADDED_IN, METRIC_COLUMNS, IntervalMetricRow, MetricHourlyRow, MetricRow
-
+from sdrlab.index.models import (
+    ADDED_IN,
+    METRIC_COLUMNS,
+    IntervalMetricRow,
+    MetricHourlyRow,
+    MetricRow,
+)
 from tests.test_metrics_spectrum import capture as owrx_capture
 from tests.test_model_audio import kiwi_capture
 

@@ -157,10 +157,9 @@ def test_times_before_the_bucket_origin(engine: Engine) -> None:
 def test_deleting_a_session_in_an_hour_before_the_origin_keeps_the_others(engine: Engine) -> None:
     # SQLite buckets 09:20 and 09:57 on 2000-01-02 (before the origin) as 10:00: deleting one
     # session recomputes that bucket from all its rows, the 09:xx ones included
-    t = lambda s: pd.Timestamp(s, tz="UTC")  # noqa: E731
     bulk_insert_metrics(engine, pd.DataFrame([
-        {"time": t("2000-01-02 09:57:13"), "station_id": "a", "session_id": "s1", "frequency_hz": 1e6, "snr_db": 10.0},
-        {"time": t("2000-01-02 09:20:00"), "station_id": "a", "session_id": "s2", "frequency_hz": 1e6, "snr_db": 20.0}]))
+        {"time": pd.Timestamp(t, tz="UTC"), "station_id": "a", "session_id": sid, "frequency_hz": 1e6, "snr_db": snr}
+        for t, sid, snr in (("2000-01-02 09:57:13", "s1", 10.0), ("2000-01-02 09:20:00", "s2", 20.0))]))
     delete_session(engine, "s1")
     _equals_rebuild(engine)
     got = metric_over_time(engine, "snr_db")
