@@ -50,13 +50,12 @@ METRICS: tuple[Metric, ...] = (
     Metric("clipped_fraction", "1", "Clipped", "fraction of valid samples with |I| or |Q| at int16 full scale"),
     Metric("overload_fraction", "1", "ADC overload", "fraction of received frames with the ADC-overflow flag (0x02)"),
     # audio receivers (OpenWebRX): from the waterfall rows, uncalibrated (sdrlab.metrics_spectrum);
-    # not in the index yet (a schema upgrade of the metric and hourly tables)
+    # indexed since schema 5 (NULL for IQ captures)
     Metric("occupancy_fraction", "1", "Occupancy",
            "fraction of waterfall rows whose channel power exceeds the noise in the channel by the threshold",
-           indexed=False, kind="audio"),
-    Metric("channel_power_fft_dbfs", "dBFS", "Channel power (waterfall)",
-           "mean power integrated over the channel's waterfall bins (signal plus noise)", db=True, indexed=False,
            kind="audio"),
+    Metric("channel_power_fft_dbfs", "dBFS", "Channel power (waterfall)",
+           "mean power integrated over the channel's waterfall bins (signal plus noise)", db=True, kind="audio"),
 )
 BY_NAME = {m.name: m for m in METRICS}
 UNITS = {m.name: m.units for m in METRICS}

@@ -8,10 +8,13 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+from sqlalchemy import select
 
 from sdrlab.cli import main
 from sdrlab.index import find_captures, make_engine
+from sdrlab.index.models import MetricRow
 from sdrlab.runs import run_notebook
 from sdrlab.sim.owrx.networks import ITALY7_TUNE_HZ, italy7
 from sdrlab.sim.owrx.server import OwrxSimServer
@@ -71,8 +74,18 @@ def test_seven_openwebrx_receivers_acquired_in_parallel_stored_and_indexed(italy
     # simultaneous: every station's first audio within 1 s of the others' (receipt times)
     t0 = ds["start_time"].values
     assert (t0.max() - t0.min()) / np.timedelta64(1, "s") < 1.0
-    hits = find_captures(make_engine(f"sqlite:///{s['tmp']}/index.db"))
+    engine = make_engine(f"sqlite:///{s['tmp']}/index.db")
+    hits = find_captures(engine)
     assert len(hits) == 7 and np.isfinite(hits["snr_db"].astype(float)).all()
+    # the waterfall's occupancy and channel power are indexed (schema 5) as the session measured them
+    with engine.connect() as c:
+        rows = pd.read_sql(select(MetricRow.station_id, MetricRow.occupancy_fraction, MetricRow.channel_power_fft_dbfs),
+                           c).set_index("station_id")
+    for m in ("occupancy_fraction", "channel_power_fft_dbfs"):
+        want = ds[m].to_series().astype(float)
+        assert np.isfinite(want).all(), m
+        np.testing.assert_allclose(rows.loc[want.index, m].astype(float).to_numpy(), want.to_numpy(), rtol=1e-12,
+                                   err_msg=m)
 
 
 def test_channel_power_and_noise_floor_match_the_simulators_truth(italy7_session):

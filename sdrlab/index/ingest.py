@@ -617,6 +617,10 @@ def _refresh_rollup(execute: Any, dialect: str, keys: pd.DataFrame) -> None:
                 f"where time >= to_timestamp(%(lo)s) and time < to_timestamp(%(hi)s)) c "
                 f"join ({pairs}) k on c.b = k.b and c.station_id = k.s group by c.b, c.station_id", params)
         return
+    # SQLite's buckets of times before the origin are the next hour (integer division truncates
+    # toward zero): a bucket h holds times from h - 1 h on, so the time range starts an hour earlier
+    # (the join on the keys keeps only the keys' rows)
+    lo -= HOUR_S
     execute("create temp table if not exists sdrlab_rollup_keys (b text, s text)", ())
     execute("delete from sdrlab_rollup_keys", ())
     execute("insert into sdrlab_rollup_keys (b, s) values (?, ?)", list(zip([_sqlite_hour(h) for h in hs], ss)))

@@ -22,7 +22,10 @@ from .. import metric_table
 #: 4: the metric tables' primary keys (station_id, time, session_id) instead of (time, station_id,
 #: session_id) plus an index (station_id, time), which they replace (index ingest, issue 13); rebuilt
 #: in place by ``init_db`` on plain PostgreSQL, kept as they are on SQLite and TimescaleDB
-SCHEMA_VERSION = 4
+#: 5: the two metrics of audio receivers (OpenWebRX: occupancy_fraction, channel_power_fft_dbfs) in
+#: capture_metrics, interval_metrics and metric_hourly, added to an existing database by ``init_db``
+#: (NULL in the rows already there, count 0 in the rollup); IQ captures leave them NULL
+SCHEMA_VERSION = 5
 
 #: the primary key of the metric tables (schema 4), and what it was before (schemas 1-3)
 METRIC_KEY = ("station_id", "time", "session_id")
@@ -118,6 +121,9 @@ class MetricRow(Base):
     passband_filled: Mapped[float | None] = mapped_column(Float, nullable=True)
     agc_gain_range_db: Mapped[float | None] = mapped_column(Float, nullable=True)
     agc_gain_changed: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # schema 5: audio receivers only (NULL for IQ captures)
+    occupancy_fraction: Mapped[float | None] = mapped_column(Float, nullable=True)
+    channel_power_fft_dbfs: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     __table_args__ = (PrimaryKeyConstraint(*METRIC_KEY, name="capture_metrics_pkey"),
                       Index("ix_metrics_session", "session_id"))
@@ -152,6 +158,9 @@ class IntervalMetricRow(Base):
     passband_filled: Mapped[float | None] = mapped_column(Float, nullable=True)
     agc_gain_range_db: Mapped[float | None] = mapped_column(Float, nullable=True)
     agc_gain_changed: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # schema 5
+    occupancy_fraction: Mapped[float | None] = mapped_column(Float, nullable=True)
+    channel_power_fft_dbfs: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     __table_args__ = (PrimaryKeyConstraint(*METRIC_KEY, name="interval_metrics_pkey"),
                       Index("ix_interval_session", "session_id"))
@@ -214,21 +223,35 @@ class MetricHourlyRow(Base):
     agc_gain_range_db_n: Mapped[int] = mapped_column(Integer, default=0)
     agc_gain_changed_sum: Mapped[float | None] = mapped_column(Float, nullable=True)
     agc_gain_changed_n: Mapped[int] = mapped_column(Integer, default=0)
+    # schema 5 (channel_power_fft_dbfs: a level in dB, summed in linear power)
+    occupancy_fraction_sum: Mapped[float | None] = mapped_column(Float, nullable=True)
+    occupancy_fraction_n: Mapped[int] = mapped_column(Integer, default=0)
+    channel_power_fft_dbfs_sum: Mapped[float | None] = mapped_column(Float, nullable=True)
+    channel_power_fft_dbfs_n: Mapped[int] = mapped_column(Integer, default=0)
 
 
 #: metric columns: every per-capture metric of sdrlab.metrics.UNITS except the RSSI min/max (the
-#: schema-1 columns first, then those schema 2 added, each group in the order of UNITS).  Flags
-#: (passband_filled, agc_gain_changed: 0/1) average to the fraction of captures flagged.
+#: schema-1 columns first, then those schema 2 added, then those of schema 5, each group in the order
+#: of UNITS).  Flags (passband_filled, agc_gain_changed: 0/1) average to the fraction of captures
+#: flagged; occupancy_fraction averages to the mean fraction of the captures that have it (audio ones).
 METRIC_COLUMNS = (
     "snr_db", "noise_floor_dbfs_hz", "signal_power_dbfs", "total_power_dbfs", "frequency_offset_hz",
     "occupied_bandwidth_hz", "rssi_mean_dbm", "clipped_fraction", "overload_fraction",
     "cn0_dbhz", "noise_bandwidth_hz", "passband_low_hz", "passband_high_hz", "passband_source",
     "passband_filled", "agc_gain_range_db", "agc_gain_changed",
+    "occupancy_fraction", "channel_power_fft_dbfs",
 )
+#: the metric columns each schema version added (an index of an older version lacks them)
+ADDED_IN = {
+    2: ("cn0_dbhz", "noise_bandwidth_hz", "passband_low_hz", "passband_high_hz", "passband_source",
+        "passband_filled", "agc_gain_range_db", "agc_gain_changed"),
+    5: ("occupancy_fraction", "channel_power_fft_dbfs"),
+}
 #: metrics in dB: averaged in linear power over time buckets
 DB_METRICS = metric_table.DB_METRICS
 # the columns are the one metric table's indexed metrics (their order is the schema's)
 assert set(METRIC_COLUMNS) == {m.name for m in metric_table.METRICS if m.indexed}
+assert all(set(cols) <= set(METRIC_COLUMNS) for cols in ADDED_IN.values())
 
 
 class RunRow(Base):

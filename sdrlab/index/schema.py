@@ -1,9 +1,10 @@
 """Schema set-up, chosen by the database URL: SQLite (embedded default), PostgreSQL with
 TimescaleDB when the extension is available, plain PostgreSQL otherwise.  Idempotent: running it
 again changes nothing (``sdrlab db init`` / ``upgrade``).  Upgrades: tables a newer schema adds are
-created, and metric columns it adds to ``capture_metrics`` / ``metric_hourly`` are added in place
-(``ALTER TABLE ... ADD COLUMN``: NULL in the rows already there, count 0 in the rollup, which is
-what rebuilding the rollup from those rows would give).  On plain PostgreSQL the metric tables' primary
+created, and metric columns it adds to ``capture_metrics`` / ``interval_metrics`` / ``metric_hourly``
+are added in place (``ALTER TABLE ... ADD COLUMN``: NULL in the rows already there, count 0 in the
+rollup, which is what rebuilding the rollup from those rows would give; schema 2's metrics, and
+schema 5's two of audio receivers).  On plain PostgreSQL the metric tables' primary
 keys of schemas 1-3 (time, station_id, session_id) are rebuilt as (station_id, time, session_id) and
 their (station_id, time) indexes dropped (schema 4; ``_rekey``); SQLite and TimescaleDB databases
 keep the old keys, which give the same answers."""
@@ -20,7 +21,9 @@ from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect
 
 from ..errors import IndexStoreError
 from ..redact import mask_url
-from .models import METRIC_KEY, OLD_METRIC_KEY, SCHEMA_VERSION, Base, MetricHourlyRow, MetricRow, SchemaVersion
+from .models import (
+    METRIC_KEY, OLD_METRIC_KEY, SCHEMA_VERSION, Base, IntervalMetricRow, MetricHourlyRow, MetricRow, SchemaVersion,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +148,12 @@ def init_db(engine: Engine, *, retention_days: int = 365) -> str:
 def _add_columns(c: Connection) -> list[str]:
     """Add the columns of the metric tables that an existing database lacks (``create_all`` only
     creates missing tables); returns them as ``table.column``.  New metric columns are nullable;
-    the rollup's new counts are NOT NULL DEFAULT 0."""
+    the rollup's new counts are NOT NULL DEFAULT 0.  (interval_metrics, created by schema 3 with
+    every metric then known, gains those of schema 5 here.)"""
     added = []
     insp = inspect(c)
-    for table in (Base.metadata.tables[MetricRow.__tablename__], Base.metadata.tables[MetricHourlyRow.__tablename__]):
+    for row in (MetricRow, IntervalMetricRow, MetricHourlyRow):
+        table = Base.metadata.tables[row.__tablename__]
         have = {col["name"] for col in insp.get_columns(table.name)}
         for col in table.columns:
             if col.name in have:

@@ -154,6 +154,18 @@ def test_times_before_the_bucket_origin(engine: Engine) -> None:
         np.testing.assert_allclose(got["value"].to_numpy(float), raw["value"].to_numpy(float), rtol=1e-9)
 
 
+def test_deleting_a_session_in_an_hour_before_the_origin_keeps_the_others(engine: Engine) -> None:
+    # SQLite buckets 09:20 and 09:57 on 2000-01-02 (before the origin) as 10:00: deleting one
+    # session recomputes that bucket from all its rows, the 09:xx ones included
+    bulk_insert_metrics(engine, pd.DataFrame([
+        {"time": pd.Timestamp(t, tz="UTC"), "station_id": "a", "session_id": sid, "frequency_hz": 1e6, "snr_db": snr}
+        for t, sid, snr in (("2000-01-02 09:57:13", "s1", 10.0), ("2000-01-02 09:20:00", "s2", 20.0))]))
+    delete_session(engine, "s1")
+    _equals_rebuild(engine)
+    got = metric_over_time(engine, "snr_db")
+    assert list(got["n"]) == [1] and list(got["value"]) == [20.0]
+
+
 def test_concurrent_writers_keep_the_rollup_exact(engine: Engine) -> None:
     if engine.dialect.name != "postgresql":
         pytest.skip("SQLite serialises writers on the database lock")

@@ -282,18 +282,26 @@ def test_a_changed_retention_takes_effect(ts_engine):
 
 
 def test_upgrade_adds_metric_columns_to_the_compressed_hypertable(ts_engine):
-    """``sdrlab db upgrade`` of a schema-1 TimescaleDB index: the schema-2 metric columns go into the
-    hypertable, compressed chunks included (their rows read NULL there), and new rows fill them."""
-    new = ("cn0_dbhz", "passband_filled", "agc_gain_changed")
+    """``sdrlab db upgrade`` of a schema-1 TimescaleDB index: the schema-2 metric columns (and
+    schema 5's two of audio receivers) go into the hypertable, compressed chunks included (their
+    rows read NULL there), and new rows fill them; schema 5's also into the interval_metrics
+    hypertable (schema 3 made it with the metrics of then)."""
+    new = ("cn0_dbhz", "passband_filled", "agc_gain_changed", "occupancy_fraction", "channel_power_fft_dbfs")
     with ts_engine.begin() as c:
         for col in new:
             c.execute(text(f"alter table capture_metrics drop column {col}"))
             c.execute(text(f"alter table metric_hourly drop column {col}_sum"))
             c.execute(text(f"alter table metric_hourly drop column {col}_n"))
+        for col in new[3:]:
+            c.execute(text(f"alter table interval_metrics drop column {col}"))
     assert init_db(ts_engine) == "timescaledb"
-    cols = {r["column_name"] for r in _rows(ts_engine, "select column_name from information_schema.columns "
-                                                       "where table_name = 'capture_metrics'")}
-    assert set(new) <= cols
+
+    def columns(table: str) -> set[str]:
+        return {r["column_name"] for r in _rows(ts_engine, "select column_name from information_schema.columns "
+                                                           "where table_name = :t", t=table)}
+
+    assert set(new) <= columns("capture_metrics") and set(new[3:]) <= columns("interval_metrics")
+    assert {f"{c}_{p}" for c in new for p in ("sum", "n")} <= columns("metric_hourly")
     now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
     with ts_engine.begin() as c:
         c.execute(insert(MetricRow), [{"time": now, "station_id": "new", "session_id": "new0", "frequency_hz": 10e6,
@@ -303,3 +311,13 @@ def test_upgrade_adds_metric_columns_to_the_compressed_hypertable(ts_engine):
     assert _scalar(ts_engine, "select cn0_dbhz from capture_metrics where station_id = 'new'") == 60.0
     df = metric_over_time(ts_engine, "passband_filled", bucket_s=3600, stations=["new"])
     assert list(df["value"]) == [1.0] and list(df["n"]) == [1]
+    # the audio metrics: occupancy a plain mean, the waterfall channel power in linear power
+    with ts_engine.begin() as c:
+        c.execute(insert(MetricRow), [
+            {"time": now + timedelta(minutes=5 * k), "station_id": "owrx", "session_id": f"owrx{k}",
+             "frequency_hz": 145.5e6, "occupancy_fraction": occ, "channel_power_fft_dbfs": p}
+            for k, (occ, p) in enumerate(((0.5, -40.0), (1.0, -30.0)))])
+    occ = metric_over_time(ts_engine, "occupancy_fraction", bucket_s=3600, stations=["owrx"])
+    assert list(occ["value"]) == [0.75] and list(occ["n"]) == [2]
+    power = metric_over_time(ts_engine, "channel_power_fft_dbfs", bucket_s=3600, stations=["owrx"])
+    np.testing.assert_allclose(power["value"], 10 * np.log10((1e-4 + 1e-3) / 2), atol=1e-9)  # -32.596, not -35

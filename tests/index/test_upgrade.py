@@ -3,7 +3,9 @@ SQLite and a real PostgreSQL: the columns are added in place, old rows and rollu
 sessions index every metric, and the rollup stays what a rebuild gives.  And on an index made
 before schema 4 (the metric tables keyed (time, station_id, session_id) with an index (station_id,
 time)): PostgreSQL rebuilds the keys as (station_id, time, session_id) and drops the index, safely
-(a table it cannot lock keeps its old key), SQLite keeps them; the answers are the same."""
+(a table it cannot lock keeps its old key), SQLite keeps them; the answers are the same.  And on an
+index made by schema 4 (before the two metrics of audio receivers, schema 5): the columns are added
+to capture_metrics, interval_metrics and the rollup, the rows kept, and audio sessions index them."""
 
 from __future__ import annotations
 
@@ -16,17 +18,20 @@ from sqlalchemy import Column, Engine, Index, MetaData, Table, func, insert, ins
 
 from sdrlab import testing
 from sdrlab.cli import main
+from sdrlab.errors import IndexStoreError
 from sdrlab.index import delete_session, find_captures, index_session, init_db, make_engine, metric_over_time
 from sdrlab.index.ingest import rebuild_rollup
 from sdrlab.index.models import (
-    METRIC_COLUMNS, METRIC_KEY, OLD_METRIC_KEY, SCHEMA_VERSION, Base, IntervalMetricRow, MetricHourlyRow, MetricRow,
-    SchemaVersion,
+    ADDED_IN, METRIC_COLUMNS, METRIC_KEY, OLD_METRIC_KEY, SCHEMA_VERSION, Base, IntervalMetricRow, MetricHourlyRow,
+    MetricRow, SchemaVersion,
 )
 from sdrlab.metrics import UNITS
 
 #: the columns schema 2 added
 NEW = ("cn0_dbhz", "noise_bandwidth_hz", "passband_low_hz", "passband_high_hz", "passband_source",
        "passband_filled", "agc_gain_range_db", "agc_gain_changed")
+#: the columns schema 5 added (the two metrics of audio receivers): no index before it has them
+V5 = ("occupancy_fraction", "channel_power_fft_dbfs")
 
 
 def _session(session_id: str, seed: int) -> Any:
@@ -37,13 +42,19 @@ def _session(session_id: str, seed: int) -> Any:
     return add_metrics(ds)
 
 
+def _drop_metric_columns(c: Any, columns: tuple[str, ...], tables: tuple[str, ...]) -> None:
+    """Drop metric columns (and their rollup sums and counts) an older schema did not have."""
+    for col in columns:
+        for table in tables:
+            c.execute(text(f"alter table {table} drop column {col}"))
+        c.execute(text(f"alter table metric_hourly drop column {col}_sum"))
+        c.execute(text(f"alter table metric_hourly drop column {col}_n"))
+
+
 def _to_schema_1(engine: Engine) -> None:
     """Make a fresh index look like one set up by schema 1: the new columns and table dropped, version 1."""
     with engine.begin() as c:
-        for col in NEW:
-            c.execute(text(f"alter table capture_metrics drop column {col}"))
-            c.execute(text(f"alter table metric_hourly drop column {col}_sum"))
-            c.execute(text(f"alter table metric_hourly drop column {col}_n"))
+        _drop_metric_columns(c, NEW + V5, ("capture_metrics",))  # schemas 2 and 5 (interval_metrics: below)
         c.execute(text("drop table interval_metrics"))  # schema 3
         c.execute(text("delete from sdrlab_schema"))
         c.execute(text("insert into sdrlab_schema (version, backend, applied_at) "
@@ -63,10 +74,10 @@ def _hourly(engine: Engine) -> pd.DataFrame:
 
 def test_every_metric_has_a_column() -> None:
     # every per-capture metric is indexed except the S-meter extremes (the mean stands for them)
-    # and, not yet, the two of audio receivers only (occupancy and waterfall channel power)
-    assert set(METRIC_COLUMNS) == set(UNITS) - {"rssi_min_dbm", "rssi_max_dbm", "occupancy_fraction",
-                                                "channel_power_fft_dbfs"}
-    assert set(NEW) <= set(METRIC_COLUMNS) and SCHEMA_VERSION == 4
+    # (the two of audio receivers only, occupancy and waterfall channel power, since schema 5)
+    assert set(METRIC_COLUMNS) == set(UNITS) - {"rssi_min_dbm", "rssi_max_dbm"}
+    assert ADDED_IN == {2: NEW, 5: V5}
+    assert set(NEW) <= set(METRIC_COLUMNS) and set(V5) <= set(METRIC_COLUMNS) and SCHEMA_VERSION == 5
     # the metric time series (schema 3) has every metric too
     from sdrlab.index.models import IntervalMetricRow
 
@@ -78,7 +89,7 @@ def test_db_upgrade_adds_the_new_metric_columns(engine: Engine, monkeypatch: pyt
     url = engine.url.render_as_string(hide_password=False)
     # an index made by schema 1, holding a session: its rows and the rollup in the schema-1 columns
     _to_schema_1(engine)
-    assert not set(NEW) & _columns(engine, "capture_metrics")
+    assert not (set(NEW) | set(V5)) & _columns(engine, "capture_metrics")
     with engine.begin() as c:
         c.execute(text("insert into sessions (id, center_frequency_hz, parameters, status, store_url, indexed_at) "
                        "values ('20261101T060000Z-aaaaaa', 1e7, '{}', 'ok', 'file:///old', '2026-11-01 06:00:00')"))
@@ -94,8 +105,8 @@ def test_db_upgrade_adds_the_new_metric_columns(engine: Engine, monkeypatch: pyt
     # ... until `sdrlab db upgrade`
     monkeypatch.setenv("SDRLAB_DB", url)
     assert main(["db", "upgrade"]) == 0
-    assert set(NEW) <= _columns(engine, "capture_metrics")
-    assert {f"{c}{s}" for c in NEW for s in ("_sum", "_n")} <= _columns(engine, "metric_hourly")
+    assert set(NEW) | set(V5) <= _columns(engine, "capture_metrics")  # schemas 2 and 5, in one upgrade
+    assert {f"{c}{s}" for c in NEW + V5 for s in ("_sum", "_n")} <= _columns(engine, "metric_hourly")
     assert set(METRIC_COLUMNS) <= _columns(engine, "interval_metrics")  # schema 3: created by the upgrade
     with engine.connect() as c:
         assert c.execute(select(func.max(SchemaVersion.version))).scalar() == SCHEMA_VERSION
@@ -108,6 +119,7 @@ def test_db_upgrade_adds_the_new_metric_columns(engine: Engine, monkeypatch: pyt
     # init found capture rows and an empty rollup (the rows were inserted by hand): it rebuilt it
     hourly = _hourly(engine)
     assert (hourly["snr_db_n"] == 1).all() and (hourly["cn0_dbhz_n"] == 0).all()
+    assert (hourly["occupancy_fraction_n"] == 0).all()
 
     # a new session indexes every metric, and the rollup equals a rebuild from the rows
     new = _session("20261101T070000Z-bbbbbb", seed=2)
@@ -141,7 +153,8 @@ OLD_INDEXES = {"capture_metrics": "ix_metrics_station_time", "interval_metrics":
 def _to_schema_3(engine: Engine) -> None:
     """Make a fresh (empty) index look like one set up by schema 3: the metric tables re-created as
     they were, keyed (time, station_id, session_id) (their first three columns) with an index
-    (station_id, time), version 3."""
+    (station_id, time), version 3.  (With every metric column of today: the keys are what this
+    tests; test_db_upgrade_adds_the_new_metric_columns and ..._from_schema_4 test the columns.)"""
     old = MetaData()
     for table, index in OLD_INDEXES.items():
         now = Base.metadata.tables[table]
@@ -244,3 +257,96 @@ def test_db_upgrade_rekeys_the_metric_tables(engine: Engine, monkeypatch: pytest
     # idempotent
     init_db(engine)
     assert _layout(engine) == after
+
+
+def _to_schema_4(engine: Engine) -> None:
+    """Make an index look like one set up by schema 4: the columns of schema 5 (the two metrics of
+    audio receivers) dropped from the metric tables and the rollup, version 4; the rows kept."""
+    with engine.begin() as c:
+        _drop_metric_columns(c, V5, ("capture_metrics", "interval_metrics"))
+        c.execute(text("delete from sdrlab_schema"))
+        c.execute(text("insert into sdrlab_schema (version, backend, applied_at) "
+                       "values (4, 'old', '2026-12-01 00:00:00')"))
+
+
+def _audio_session(session_id: str) -> Any:
+    """A mixed session: a KiwiSDR IQ station ``kiwi`` and an OpenWebRX audio station ``owrx``
+    (occupancy 0.5: tests/test_metrics_spectrum's band, its wide signal in every other row)."""
+    from tests.index.test_ingest_audio import session
+    from tests.test_metrics_spectrum import capture
+    from tests.test_model_audio import kiwi_capture
+
+    return session(session_id, kiwi_capture(), capture())
+
+
+def test_db_upgrade_from_schema_4_adds_the_audio_metrics(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    kind = engine.dialect.name
+    iq = _session("20261101T060000Z-aaaaaa", seed=21)
+    audio = _audio_session("20261130T005000Z-a0d10a")
+    index_session(engine, iq, "file:///iq")
+    index_session(engine, audio, "file:///audio")
+    _to_schema_4(engine)  # a schema-4 index holding both sessions (the audio one without its two metrics)
+    for table in ("capture_metrics", "interval_metrics"):
+        assert not set(V5) & _columns(engine, table)
+    def read(name: str, order: str) -> pd.DataFrame:  # every column the table has (as a schema-4 reader)
+        with engine.connect() as c:
+            return pd.read_sql(text(f"select * from {name} order by {order}"), c)
+
+    rows_before = read("capture_metrics", "session_id, station_id")
+    hourly_before = read("metric_hourly", "bucket, station_id")
+    with engine.connect() as c:
+        n_intervals = c.execute(select(func.count()).select_from(IntervalMetricRow)).scalar()
+    assert len(rows_before) == 4 and n_intervals == 3  # 2 + 2 captures; one 10 s interval of each GPS-timed station
+    snr_before = metric_over_time(engine, "snr_db")
+    with pytest.raises(IndexStoreError, match="occupancy_fraction"):  # not into a schema-4 index ...
+        index_session(engine, audio, "file:///audio")
+
+    if kind == "postgresql":  # ... a table another transaction holds: the upgrade fails whole, and says why
+        impatient = make_engine(engine.url.render_as_string(hide_password=False), lock_timeout_s=0.3)
+        with engine.connect() as reader:
+            reader.execute(text("select count(*) from capture_metrics"))  # holds its lock until rollback
+            with pytest.raises(IndexStoreError, match="lock timeout"):
+                init_db(impatient)
+            reader.rollback()
+        impatient.dispose()
+        assert not set(V5) & (_columns(engine, "capture_metrics") | _columns(engine, "interval_metrics"))
+
+    # ... until `sdrlab db upgrade`: the columns in every metric table and the rollup
+    monkeypatch.setenv("SDRLAB_DB", engine.url.render_as_string(hide_password=False))
+    assert main(["db", "upgrade"]) == 0
+    for table in ("capture_metrics", "interval_metrics"):
+        assert set(V5) <= _columns(engine, table), table
+    assert {f"{c}{s}" for c in V5 for s in ("_sum", "_n")} <= _columns(engine, "metric_hourly")
+    with engine.connect() as c:
+        assert c.execute(select(func.max(SchemaVersion.version))).scalar() == SCHEMA_VERSION == 5
+        assert c.execute(select(func.count()).select_from(IntervalMetricRow)).scalar() == n_intervals
+    # every row kept, its other metrics as they were, the new ones NULL (unknown, not 0)
+    rows = read("capture_metrics", "session_id, station_id")
+    pd.testing.assert_frame_equal(rows.drop(columns=list(V5)), rows_before)
+    assert rows[list(V5)].isna().all().all()
+    hourly = read("metric_hourly", "bucket, station_id")
+    pd.testing.assert_frame_equal(hourly.drop(columns=[f"{c}{s}" for c in V5 for s in ("_sum", "_n")]), hourly_before)
+    assert (hourly["occupancy_fraction_n"] == 0).all() and hourly["occupancy_fraction_sum"].isna().all()
+    pd.testing.assert_frame_equal(metric_over_time(engine, "snr_db"), snr_before)
+
+    # re-indexing the audio session fills them: the measured values, the IQ stations still NULL
+    assert index_session(engine, audio, "file:///audio") == 2
+    with engine.connect() as c:
+        got = pd.read_sql(select(MetricRow.station_id, MetricRow.session_id, *[MetricRow.__table__.c[m] for m in V5]),
+                          c).set_index(["session_id", "station_id"])
+    owrx = got.loc[("20261130T005000Z-a0d10a", "owrx")]
+    assert owrx["occupancy_fraction"] == float(audio["occupancy_fraction"].sel(station="owrx")) == 0.5
+    assert owrx["channel_power_fft_dbfs"] == pytest.approx(float(audio["channel_power_fft_dbfs"].sel(station="owrx")),
+                                                           rel=1e-15)
+    assert got.drop(index=[("20261130T005000Z-a0d10a", "owrx")]).isna().all().all()
+    occ = metric_over_time(engine, "occupancy_fraction", stations=["owrx"])
+    assert list(occ["value"]) == [0.5] and list(occ["n"]) == [1]
+    incremental = _hourly(engine)
+    with engine.begin() as c:
+        rebuild_rollup(c)
+    pd.testing.assert_frame_equal(incremental, _hourly(engine), check_exact=False, rtol=1e-9)
+
+    # idempotent
+    before = {t: _columns(engine, t) for t in ("capture_metrics", "interval_metrics", "metric_hourly")}
+    init_db(engine)
+    assert {t: _columns(engine, t) for t in before} == before
