@@ -1,6 +1,6 @@
 """``ds.sdr`` / ``da.sdr``: the session's analysis verbs, each handing the object to a plain
-function of :mod:`sdrlab.model`, :mod:`sdrlab.metrics`, :mod:`sdrlab.spectrogram` or
-:mod:`sdrlab.plots` (no logic lives here).
+function of :mod:`sdrlab.model`, :mod:`sdrlab.metrics`, :mod:`sdrlab.spectrogram`,
+:mod:`sdrlab.frequency_offset` or :mod:`sdrlab.plots` (no logic lives here).
 
     ds.sdr.iq()              complex64 (station, sample), full-scale units
     ds.sdr.time()            UTC per sample from the GPS fits
@@ -9,6 +9,8 @@ function of :mod:`sdrlab.model`, :mod:`sdrlab.metrics`, :mod:`sdrlab.spectrogram
     ds.sdr.metrics()         per-station metrics as a Dataset (lazy on dask)
     ds.sdr.passband()        the passband the metrics use per station (recorded, or detected)
     ds.sdr.metrics_table()   the same as a tidy pandas DataFrame
+    ds.sdr.carrier_offset(reference_hz, target_hz)   SSB/CW audio stations: tuning error at a
+                             reference carrier and the target's frequency against it
     ds.sdr.plot_psd() / plot_spectrogram() / plot_map() / plot_metrics()   matplotlib Figures
 """
 
@@ -111,6 +113,13 @@ class SdrDatasetAccessor:
         from .metrics import passband
 
         return passband(self._ds, **kw)
+
+    def carrier_offset(self, reference_hz: float, target_hz: float, **kw: Any) -> xr.Dataset:
+        """Per SSB/CW audio station: the receiver's tuning error at a reference carrier and the
+        target carrier's frequency against it (:func:`sdrlab.frequency_offset.carrier_offset`)."""
+        from .frequency_offset import carrier_offset
+
+        return carrier_offset(self._ds, reference_hz, target_hz, **kw)
 
     def sigmf(self, station: str) -> dict[str, Any]:
         return model.sigmf_attrs(self._ds, station)
