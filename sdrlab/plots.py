@@ -44,8 +44,12 @@ def plot_psd(psd: xr.DataArray, *, absolute: bool = False, title: str | None = N
     ax = fig.add_subplot()
     x_name = "frequency_abs" if absolute and "frequency_abs" in psd.coords else "frequency"
     x = psd[x_name].values / (1e6 if x_name == "frequency_abs" else 1.0)
+    uncal = set(psd.attrs.get("uncalibrated_stations", ()))
     for sid in psd["station"].values:
-        ax.plot(x, _db(psd.sel(station=sid)).values, lw=0.8, label=str(sid))
+        y = _db(psd.sel(station=sid)).values
+        ok = np.isfinite(y) if uncal else np.ones(y.shape, bool)  # mixed: each station on its own bins
+        label = f"{sid} (waterfall, uncalibrated)" if str(sid) in uncal else str(sid)
+        ax.plot(x[ok], y[ok], lw=0.8, label=label)
     ax.set_xlabel("Frequency (MHz)" if x_name == "frequency_abs" else f"Frequency offset{_centre_label(psd.attrs)} (Hz)")
     ax.set_ylabel("PSD (dBFS/Hz)")
     ax.set_title(title or "Power spectral density per station")
@@ -68,11 +72,16 @@ def plot_spectrogram(spec: xr.DataArray, *, ncols: int = 2, dynamic_range_db: fl
     f = spec["frequency"].values
     t = spec["time"].values
     mesh = None
+    uncal = set(spec.attrs.get("uncalibrated_stations", ()))
     for i, sid in enumerate(spec["station"].values):
         ax = axes[i // ncols][i % ncols]
-        mesh = ax.pcolormesh(f, t, db.sel(station=sid).values, shading="nearest", vmin=vmin, vmax=vmax,
+        z = db.sel(station=sid).values
+        cols = np.isfinite(z).any(axis=0) if uncal else np.ones(f.size, bool)  # mixed: the station's own bins
+        if not cols.any():
+            cols[:] = True
+        mesh = ax.pcolormesh(f[cols], t, z[:, cols], shading="nearest", vmin=vmin, vmax=vmax,
                              cmap="viridis", rasterized=True)
-        ax.set_title(str(sid), fontsize="medium")
+        ax.set_title(f"{sid} (waterfall, uncalibrated)" if str(sid) in uncal else str(sid), fontsize="medium")
         ax.set_xlabel("Frequency offset (Hz)")
         ax.set_ylabel("Time since start (s)")
         ax.invert_yaxis()

@@ -168,3 +168,21 @@ def test_the_estimator_on_real_dcf77_recordings() -> None:
         tone = tone_frequency((usb / np.max(np.abs(usb)) * 16000).astype(np.int16), fs, 700, 1300)
         assert tone.freq_hz - 1000.0 == pytest.approx(0.0, abs=0.01), sid
         assert tone.snr_db > 40, sid
+
+
+def test_a_mixed_session_psd_shows_the_simulators_noise_density(offsets) -> None:
+    """(ds.sdr.psd on a mixed session, with the simulator's truth) a KiwiSDR IQ station beside a
+    simulated OpenWebRX one: the audio station's waterfall density away from the carriers is
+    the simulator's noise density within 1 dB; the IQ station is on its own Welch bins."""
+    from tests.test_model_audio import kiwi_capture
+
+    caps, truth = offsets
+    ds = model.build_dataset([kiwi_capture(), caps["rx-exact-usb"]], {})
+    p = ds.sdr.psd()
+    assert p["psd_source"].values.tolist() == ["welch", "waterfall"]
+    ow = p.sel(station="rx-exact-usb").dropna("frequency")
+    f = ow["frequency_abs"].values
+    quiet = (np.abs(f - REFERENCE_HZ) > 20_000) & (np.abs(f - CENTRE) > 20_000)
+    n0 = 10 * np.log10(float(np.median(ow.values[quiet])))
+    assert n0 == pytest.approx(truth["rx-exact"].noise_dbfs_hz["rtlsdr"], abs=1.0)
+    assert p.sel(station="kiwi").dropna("frequency").sizes["frequency"] == 8192
