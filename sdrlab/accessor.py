@@ -1,14 +1,17 @@
 """``ds.sdr`` / ``da.sdr``: the session's analysis verbs, each handing the object to a plain
-function of :mod:`sdrlab.model`, :mod:`sdrlab.metrics`, :mod:`sdrlab.spectrogram` or
-:mod:`sdrlab.plots` (no logic lives here).
+function of :mod:`sdrlab.model`, :mod:`sdrlab.metrics`, :mod:`sdrlab.spectrogram`,
+:mod:`sdrlab.frequency_offset` or :mod:`sdrlab.plots` (no logic lives here).
 
     ds.sdr.iq()              complex64 (station, sample), full-scale units
     ds.sdr.time()            UTC per sample from the GPS fits
-    ds.sdr.psd()             Welch PSD (station, frequency), FS^2/Hz
-    ds.sdr.spectrogram()     (station, time, frequency), FS^2/Hz
+    ds.sdr.psd()             Welch PSD (station, frequency), FS^2/Hz (audio stations: their
+                             waterfall; a mixed session: both kinds on the union of their bins)
+    ds.sdr.spectrogram()     (station, time, frequency), FS^2/Hz (likewise)
     ds.sdr.metrics()         per-station metrics as a Dataset (lazy on dask)
     ds.sdr.passband()        the passband the metrics use per station (recorded, or detected)
     ds.sdr.metrics_table()   the same as a tidy pandas DataFrame
+    ds.sdr.carrier_offset(reference_hz, target_hz)   SSB/CW audio stations: tuning error at a
+                             reference carrier and the target's frequency against it
     ds.sdr.plot_psd() / plot_spectrogram() / plot_map() / plot_metrics()   matplotlib Figures
 """
 
@@ -57,11 +60,21 @@ class SdrDatasetAccessor:
         out: xr.Dataset | None = iq_part(ds)
         return out
 
+    def _mixed(self) -> bool:
+        """Both IQ and audio stations in the session."""
+        ds = self._ds
+        return "audio" in ds.data_vars and "kind" in ds.coords and len(set(ds["kind"].values.tolist())) > 1
+
     def psd(self, **kw: Any) -> xr.DataArray:
         """Welch PSD of the IQ stations; a session of audio receivers only: their mean waterfall
-        row (:func:`sdrlab.metrics_spectrum.waterfall_psd`, uncalibrated)."""
+        row (:func:`sdrlab.metrics_spectrum.waterfall_psd`, uncalibrated); a mixed session:
+        every station on the union of their bins (:func:`sdrlab.metrics_spectrum.mixed_psd`)."""
         from .metrics import psd
 
+        if self._mixed():
+            from .metrics_spectrum import mixed_psd
+
+            return mixed_psd(self._ds, **kw)
         ds = self._iq_only()
         if ds is None:
             from .metrics_spectrum import waterfall_psd
@@ -71,9 +84,15 @@ class SdrDatasetAccessor:
 
     def spectrogram(self, **kw: Any) -> xr.DataArray:
         """Spectrogram of the IQ stations; a session of audio receivers only: their waterfall
-        rows (:func:`sdrlab.metrics_spectrum.waterfall_spectrogram`)."""
+        rows (:func:`sdrlab.metrics_spectrum.waterfall_spectrogram`); a mixed session: every
+        station on one time grid and the union of their bins
+        (:func:`sdrlab.metrics_spectrum.mixed_spectrogram`)."""
         from .spectrogram import spectrogram
 
+        if self._mixed():
+            from .metrics_spectrum import mixed_spectrogram
+
+            return mixed_spectrogram(self._ds, **kw)
         ds = self._iq_only()
         if ds is None:
             from .metrics_spectrum import waterfall_spectrogram
@@ -111,6 +130,13 @@ class SdrDatasetAccessor:
         from .metrics import passband
 
         return passband(self._ds, **kw)
+
+    def carrier_offset(self, reference_hz: float, target_hz: float, **kw: Any) -> xr.Dataset:
+        """Per SSB/CW audio station: the receiver's tuning error at a reference carrier and the
+        target carrier's frequency against it (:func:`sdrlab.frequency_offset.carrier_offset`)."""
+        from .frequency_offset import carrier_offset
+
+        return carrier_offset(self._ds, reference_hz, target_hz, **kw)
 
     def sigmf(self, station: str) -> dict[str, Any]:
         return model.sigmf_attrs(self._ds, station)

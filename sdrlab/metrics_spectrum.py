@@ -31,7 +31,8 @@ import xarray as xr
 
 from .metric_table import LONG_NAMES, UNITS
 
-__all__ = ["AUDIO_METRICS", "audio_metrics", "row_bin_frequencies", "waterfall_psd", "waterfall_spectrogram", "window_sum_sq"]
+__all__ = ["AUDIO_METRICS", "MIXED_COMMENT", "audio_metrics", "mixed_psd", "mixed_spectrogram", "row_bin_frequencies",
+           "waterfall_psd", "waterfall_spectrogram", "window_sum_sq"]
 
 F64 = npt.NDArray[np.float64]
 
@@ -224,4 +225,131 @@ def waterfall_spectrogram(ds: xr.Dataset, *, max_rows: int = 600) -> xr.DataArra
     out = xr.concat(parts, dim="station", join="outer")
     out.attrs = {"units": "FS^2/Hz", "long_name": "waterfall rows (receiver's FFT, uncalibrated, receipt times)",
                  "center_frequency_hz": tuned, "source": "waterfall", "row_period_s": period}
+    return out
+
+
+# ---- mixed sessions: IQ stations from their samples, audio stations from their waterfall --------
+#: what a mixed session's PSD says about its two kinds of density
+MIXED_COMMENT = ("IQ stations (psd_source 'welch'): Welch PSD of their samples, re the receiver's IQ full scale; "
+                 "audio stations ('waterfall'): the receiver's own FFT rows converted to a density with "
+                 "section 4.5 of the protocol page, re its ADC full scale times an unknown gain: uncalibrated, "
+                 "their absolute level is not comparable with the IQ stations'.  Each station is NaN off its "
+                 "own bins (resolution_hz apart)")
+
+
+def _kinds(ds: xr.Dataset) -> tuple[list[str], list[str]]:
+    kinds = ds["kind"].values if "kind" in ds.coords else np.array(["iq"] * ds.sizes["station"])
+    ids = [str(s) for s in ds["station"].values]
+    return [s for s, k in zip(ids, kinds) if k != "audio"], [s for s, k in zip(ids, kinds) if k == "audio"]
+
+
+def _label(da: xr.DataArray, source: str, resolution: npt.ArrayLike) -> xr.DataArray:
+    out = da.reset_coords(drop=True)  # per-kind coordinates (sample_rate, n_segments, frequency_abs...)
+    return out.assign_coords(psd_source=("station", [source] * out.sizes["station"]),
+                             resolution_hz=("station", np.asarray(resolution, np.float64)))
+
+
+def _join(parts: list[xr.DataArray], ds: xr.Dataset, iq_attrs: dict[str, Any], audio: list[str],
+          long_name: str) -> xr.DataArray:
+    out = xr.concat(parts, dim="station", join="outer", coords="different", compat="equals")
+    out = out.sel(station=[str(s) for s in ds["station"].values if str(s) in out["station"].values])
+    tuned = float(ds.attrs.get("center_frequency_hz", np.nan))
+    if np.isfinite(tuned):
+        out = out.assign_coords(frequency_abs=("frequency", tuned + out["frequency"].values,
+                                               {"units": "Hz", "long_name": "absolute frequency"}))
+    out["frequency"].attrs = {"units": "Hz", "long_name": "offset from tuned frequency"}
+    out.name = "psd" if "time" not in out.dims else "spectrogram"
+    out.attrs = {k: v for k, v in iq_attrs.items() if k in ("window", "nperseg", "noverlap", "averaged_segments")}
+    out.attrs.update({"units": "FS^2/Hz", "long_name": long_name, "center_frequency_hz": tuned, "source": "mixed",
+                      "uncalibrated_stations": list(audio), "comment": MIXED_COMMENT})
+    return out
+
+
+def mixed_psd(ds: xr.Dataset, **kw: Any) -> xr.DataArray:
+    """The PSD of every station of a session mixing IQ and audio stations, as one DataArray
+    (station, frequency) in FS^2/Hz over the union of the stations' bins (``frequency`` relative
+    to the tuned frequency, ``frequency_abs`` absolute): IQ stations by Welch on their samples
+    (:func:`sdrlab.metrics.psd`, ``kw`` go to it), audio stations their mean waterfall row
+    (:func:`waterfall_psd`); each station NaN off its own bins.  Station coordinates
+    ``psd_source`` ("welch" / "waterfall") and ``resolution_hz``; the audio stations are
+    uncalibrated (attribute ``uncalibrated_stations``, see :data:`MIXED_COMMENT`)."""
+    from .welch import psd
+    from .model_audio import iq_part
+
+    iq_ids, audio = _kinds(ds)
+    if not iq_ids or not audio:
+        raise ValueError("mixed_psd needs a session with both IQ and audio stations")
+    p_iq = psd(iq_part(ds), **kw)
+    nperseg = int(p_iq.attrs.get("nperseg", p_iq.sizes["frequency"]))
+    parts = [_label(p_iq, "welch", p_iq["sample_rate"].values / nperseg)]
+    try:
+        p_wf = waterfall_psd(ds)
+    except ValueError:  # audio stations without waterfall rows: only the IQ ones have a PSD
+        p_wf = None
+    if p_wf is not None:
+        res = [_resolution(ds.sel(station=str(s))) for s in p_wf["station"].values]
+        parts.append(_label(p_wf, "waterfall", res))
+    return _join(parts, ds, dict(p_iq.attrs), [str(s) for s in (p_wf["station"].values if p_wf is not None else [])],
+                 "power spectral density (IQ: Welch; audio: the receiver's waterfall, uncalibrated)")
+
+
+def _resolution(s: xr.Dataset) -> float:
+    sizes = s["spectrum_fft_size"].values
+    first = np.flatnonzero(sizes > 0)
+    return float(s["spectrum_samp_rate_hz"].values[first[0]] / sizes[first[0]]) if first.size else float("nan")
+
+
+def _rebin_time(da: xr.DataArray, period: float) -> xr.DataArray:
+    """Rows (station, time, frequency) averaged in linear power into ``period``-long bins of
+    ``time`` (bin start times, s)."""
+    t = np.asarray(da["time"].values, np.float64)
+    b = np.floor(t / period + 1e-9).astype(np.int64)
+    nb = int(b.max()) + 1 if b.size else 0
+    v = np.moveaxis(np.asarray(da.values, np.float64), 1, 0)  # (time, station, frequency)
+    total = np.zeros((nb, *v.shape[1:]))
+    count = np.zeros((nb, *v.shape[1:]))
+    ok = np.isfinite(v)
+    np.add.at(total, b, np.where(ok, v, 0.0))
+    np.add.at(count, b, ok)
+    mean = np.moveaxis(np.where(count > 0, total / np.maximum(count, 1), np.nan), 0, 1)
+    return xr.DataArray(mean, dims=da.dims, coords={"station": da["station"].values, "time": np.arange(nb) * period,
+                                                    "frequency": da["frequency"].values}, attrs=da.attrs)
+
+
+def mixed_spectrogram(ds: xr.Dataset, *, max_rows: int = 600, **kw: Any) -> xr.DataArray:
+    """The spectrogram of every station of a mixed session (station, time, frequency) in
+    FS^2/Hz: IQ stations from their samples (:func:`sdrlab.spectrogram.spectrogram`, ``kw`` go
+    to it), audio stations from their waterfall rows (:func:`waterfall_spectrogram`), both
+    averaged in linear power onto one time grid (``time``: seconds since each station's start,
+    bins of the coarser of the two row periods; IQ times are GPS sample times, audio ones receipt
+    times) and the union of their frequency bins, each station NaN off its own bins; coordinates
+    and attributes as :func:`mixed_psd`."""
+    from .model_audio import iq_part
+    from .spectrogram import spectrogram
+
+    iq_ids, audio = _kinds(ds)
+    if not iq_ids or not audio:
+        raise ValueError("mixed_spectrogram needs a session with both IQ and audio stations")
+    s_iq = spectrogram(iq_part(ds), max_rows=max_rows, **kw)
+    t_iq = s_iq["time"].values
+    period = float(t_iq[1] - t_iq[0]) if t_iq.size > 1 else 0.0
+    parts = []
+    try:
+        s_wf: xr.DataArray | None = waterfall_spectrogram(ds, max_rows=max_rows)
+    except ValueError:
+        s_wf = None
+    if s_wf is not None:
+        t_wf = s_wf["time"].values
+        period = max(period, float(t_wf[1] - t_wf[0]) if t_wf.size > 1 else float(s_wf.attrs["row_period_s"]))
+    period = period if period > 0 else 1.0
+    nperseg = int(s_iq.attrs.get("nperseg", s_iq.sizes["frequency"]))
+    rate = np.asarray(ds["sample_rate"].sel(station=[str(s) for s in s_iq["station"].values]).values, np.float64)
+    parts.append(_label(_rebin_time(s_iq, period), "welch", rate / nperseg))
+    if s_wf is not None:
+        res = [_resolution(ds.sel(station=str(s))) for s in s_wf["station"].values]
+        parts.append(_label(_rebin_time(s_wf, period), "waterfall", res))
+    out = _join(parts, ds, dict(s_iq.attrs), [str(s) for s in (s_wf["station"].values if s_wf is not None else [])],
+                "spectrogram (IQ: from samples; audio: the receiver's waterfall, uncalibrated)")
+    out["time"].attrs = {"units": "s", "long_name": "time since the station's start (bin start)"}
+    out.attrs["row_period_s"] = period
     return out

@@ -87,6 +87,7 @@ def _segments(rows: Sequence[list[AudioSegment]]) -> dict[str, Any]:
         "audio_segment_length": np.zeros((ns, s_max), np.int64),
         "audio_segment_t0": np.full((ns, s_max), NAT),
         "audio_segment_rate": np.full((ns, s_max), np.nan),
+        "audio_segment_nominal_rate": np.full((ns, s_max), np.nan),
         "audio_segment_end": np.full((ns, s_max), "", dtype=object),
         "audio_segment_frequency_hz": np.full((ns, s_max), np.nan),
         "audio_segment_mode": np.full((ns, s_max), "", dtype=object),
@@ -108,6 +109,7 @@ def _segments(rows: Sequence[list[AudioSegment]]) -> dict[str, Any]:
             seg["audio_segment_length"][i, j] = n
             seg["audio_segment_t0"][i, j] = np.datetime64(t0, "ns") if t0 >= 0 else NAT
             seg["audio_segment_rate"][i, j] = a.rate_hz
+            seg["audio_segment_nominal_rate"][i, j] = a.nominal_rate_hz
             seg["audio_segment_end"][i, j] = a.end_reason
             seg["audio_segment_frequency_hz"][i, j] = a.frequency_hz
             seg["audio_segment_mode"][i, j] = a.mode
@@ -135,6 +137,9 @@ def _segments(rows: Sequence[list[AudioSegment]]) -> dict[str, Any]:
     attrs = {"audio_segment_t0": {"long_name": "receipt-time estimate of the segment's first sample (UTC)",
                                   "comment": "earliest arrival: server and network latency not removed"},
              "audio_segment_rate": {"units": "Hz", "long_name": "audio rate measured from sample counts"},
+             "audio_segment_nominal_rate": {"units": "Hz", "long_name": "audio rate the client asked for",
+                                            "comment": "the rate in the SDR's own clock (audio clock = SDR "
+                                                       "clock): the scale its tuning is in"},
              "audio_segment_frequency_hz": {"units": "Hz"}, "audio_segment_low_cut": {"units": "Hz"},
              "audio_segment_high_cut": {"units": "Hz"}, "audio_segment_center_hz": {"units": "Hz"},
              "audio_segment_samp_rate_hz": {"units": "Hz"}}

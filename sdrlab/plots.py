@@ -44,8 +44,12 @@ def plot_psd(psd: xr.DataArray, *, absolute: bool = False, title: str | None = N
     ax = fig.add_subplot()
     x_name = "frequency_abs" if absolute and "frequency_abs" in psd.coords else "frequency"
     x = psd[x_name].values / (1e6 if x_name == "frequency_abs" else 1.0)
+    uncal = set(psd.attrs.get("uncalibrated_stations", ()))
     for sid in psd["station"].values:
-        ax.plot(x, _db(psd.sel(station=sid)).values, lw=0.8, label=str(sid))
+        y = _db(psd.sel(station=sid)).values
+        ok = np.isfinite(y) if uncal else np.ones(y.shape, bool)  # mixed: each station on its own bins
+        label = f"{sid} (waterfall, uncalibrated)" if str(sid) in uncal else str(sid)
+        ax.plot(x[ok], y[ok], lw=0.8, label=label)
     ax.set_xlabel("Frequency (MHz)" if x_name == "frequency_abs" else f"Frequency offset{_centre_label(psd.attrs)} (Hz)")
     ax.set_ylabel("PSD (dBFS/Hz)")
     ax.set_title(title or "Power spectral density per station")
@@ -56,30 +60,41 @@ def plot_psd(psd: xr.DataArray, *, absolute: bool = False, title: str | None = N
 
 def plot_spectrogram(spec: xr.DataArray, *, ncols: int = 2, dynamic_range_db: float = 60.0,
                      title: str | None = None) -> Figure:
-    """A waterfall per station (time down, frequency across), one shared colour scale in dBFS/Hz."""
+    """A waterfall per station (time down, frequency across), one shared colour scale in dBFS/Hz
+    (a mixed session's, whose audio stations are uncalibrated: one scale per kind)."""
     n = spec.sizes["station"]
     ncols = max(1, min(ncols, n))
     nrows = math.ceil(n / ncols)
     fig = Figure(figsize=(4.8 * ncols, 3.2 * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     db = _db(spec)
-    vmax = float(np.nanmax(db.values)) if np.isfinite(db.values).any() else 0.0
-    vmin = vmax - dynamic_range_db
     f = spec["frequency"].values
     t = spec["time"].values
-    mesh = None
-    for i, sid in enumerate(spec["station"].values):
+    uncal = set(spec.attrs.get("uncalibrated_stations", ()))
+    ids = [str(x) for x in spec["station"].values]
+    kinds = {k: [sid for sid in ids if (sid in uncal) == k] for k in (False, True)}
+    meshes: dict[bool, Any] = {}
+    for i, sid in enumerate(ids):
         ax = axes[i // ncols][i % ncols]
-        mesh = ax.pcolormesh(f, t, db.sel(station=sid).values, shading="nearest", vmin=vmin, vmax=vmax,
-                             cmap="viridis", rasterized=True)
-        ax.set_title(str(sid), fontsize="medium")
+        z = db.sel(station=sid).values
+        cols = np.isfinite(z).any(axis=0) if uncal else np.ones(f.size, bool)  # mixed: the station's own bins
+        if not cols.any():
+            cols[:] = True
+        same = db.sel(station=kinds[sid in uncal]).values
+        vmax = float(np.nanmax(same)) if np.isfinite(same).any() else 0.0
+        meshes[sid in uncal] = ax.pcolormesh(f[cols], t, z[:, cols], shading="nearest", vmin=vmax - dynamic_range_db,
+                                             vmax=vmax, cmap="viridis", rasterized=True)
+        ax.set_title(f"{sid} (waterfall, uncalibrated)" if str(sid) in uncal else str(sid), fontsize="medium")
         ax.set_xlabel("Frequency offset (Hz)")
         ax.set_ylabel("Time since start (s)")
         ax.invert_yaxis()
     for j in range(n, nrows * ncols):
         axes[j // ncols][j % ncols].set_visible(False)
-    if mesh is not None:
-        fig.colorbar(mesh, ax=axes, label="PSD (dBFS/Hz)", shrink=0.9)
+    for k, mesh in meshes.items():
+        label = "waterfall (dB re ADC FS/Hz, uncal.)" if k and len(meshes) > 1 \
+            else "PSD (dBFS/Hz)"
+        fig.colorbar(mesh, ax=[axes[i // ncols][i % ncols] for i, sid in enumerate(ids) if (sid in uncal) == k],
+                     label=label, shrink=0.9)
     fig.suptitle(title or "Spectrogram (waterfall) per station")
     return fig
 

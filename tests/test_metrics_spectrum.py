@@ -164,3 +164,47 @@ def replace_station(cap, name):
     from dataclasses import replace
 
     return replace(cap, station=name)
+
+
+def test_a_mixed_session_psd_and_spectrogram_give_every_station():
+    """A KiwiSDR (IQ) and an OpenWebRX (waterfall) station in one session: ``ds.sdr.psd()`` gives
+    both on the union of their bins, the IQ station exactly its Welch PSD, the audio station the
+    known band's noise density; the spectrogram puts both on one time grid, the keyed signal
+    still on in every other waterfall row; the plots draw each station on its own bins."""
+    from sdrlab.metrics import psd
+    from sdrlab.model_audio import iq_part
+    from sdrlab.spectrogram import spectrogram
+    from tests.test_model_audio import kiwi_capture
+
+    ds = model.build_dataset([kiwi_capture(), capture()], {})
+    p = ds.sdr.psd()
+    assert p["station"].values.tolist() == ["kiwi", "owrx"]
+    assert p["psd_source"].values.tolist() == ["welch", "waterfall"]
+    assert p.attrs["uncalibrated_stations"] == ["owrx"] and p.attrs["units"] == "FS^2/Hz"
+    kiwi = p.sel(station="kiwi").dropna("frequency")
+    own = psd(iq_part(ds)).sel(station="kiwi")
+    np.testing.assert_allclose(kiwi.values, own.values, rtol=1e-12)
+    np.testing.assert_allclose(kiwi["frequency"].values, own["frequency"].values)
+    owrx = p.sel(station="owrx").dropna("frequency")
+    assert owrx.sizes["frequency"] == N and float(p["resolution_hz"].sel(station="owrx")) == FS / N
+    f = owrx["frequency"].values
+    quiet = (np.abs(f) > 20_000) & (np.abs(f - (CENTRE - TUNE)) > 2_000)
+    assert 10 * np.log10(float(np.median(owrx.values[quiet]))) == pytest.approx(N0_DB, abs=0.3)
+    np.testing.assert_allclose(p["frequency_abs"].values, TUNE + p["frequency"].values)
+
+    sg = ds.sdr.spectrogram()
+    assert sg["station"].values.tolist() == ["kiwi", "owrx"] and sg.attrs["row_period_s"] == pytest.approx(0.111)
+    rows_on = 10 * np.log10(sg.sel(station="owrx").dropna("frequency", how="all").sel(frequency=0.0,
+                                                                                       method="nearest").values)
+    assert rows_on.size == ROWS and (rows_on[1::2] > rows_on[0::2] + 10).all()
+    k_sg = sg.sel(station="kiwi").dropna("frequency", how="all").dropna("time", how="all")
+    k_own = spectrogram(iq_part(ds)).sel(station="kiwi")
+    assert k_sg.sizes["frequency"] == k_own.sizes["frequency"]
+    # the IQ rows averaged into the coarser time bins keep their level
+    assert 10 * np.log10(float(k_sg.mean())) == pytest.approx(10 * np.log10(float(k_own.mean())), abs=0.2)
+
+    fig = ds.sdr.plot_psd()
+    lines = fig.axes[0].get_lines()
+    assert [len(ln.get_xdata()) for ln in lines] == [2048, N]  # plot_psd's nperseg 2048; the waterfall's bins
+    assert np.isfinite(lines[1].get_ydata()).all() and "uncalibrated" in lines[1].get_label()
+    assert ds.sdr.plot_spectrogram() is not None

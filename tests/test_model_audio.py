@@ -78,6 +78,7 @@ def test_audio_only_session():
     assert s["audio_segment_start"].values.tolist() == [0, 100 * 2002]
     assert s["audio_segment_center_hz"].values.tolist() == [145.0e6, 145.2e6]
     assert float(s["audio_segment_rate"][0]) == pytest.approx(12000.3, rel=1e-4)
+    assert s["audio_segment_nominal_rate"].values.tolist() == [12000.0, 12000.0]  # what the client asked for
     # the second segment's messages continue on the station's audio axis
     assert int(s["audio_message_end"][100]) == 100 * 2002 + 2002
     assert (s["audio"].values[:2002] == audio_capture().audio[0].samples[:2002]).all()

@@ -42,7 +42,13 @@ class OwrxConfig:
     """A simulated receiver: ``id`` (a slug: ports and truth are keyed by it), fork
     (``upstream`` = jketterl OpenWebRX, ``plus`` = OpenWebRX+), version string as the handshake
     sends it, identity, FFT settings, compression, ``max_clients`` (Plus also
-    ``max_clients_per_ip``) and the profiles (the first of each SDR is active at start)."""
+    ``max_clients_per_ip``) and the profiles (the first of each SDR is active at start).
+
+    ``ppm``: the frequency error of the receiver's SDRs, parts per million (an RTL-SDR without a
+    TCXO: tens of ppm).  Its crystal runs ``1 + ppm 1e-6`` fast and clocks both the tuner's local
+    oscillator and the ADC, so every frequency the receiver reports is the true one divided by
+    that factor (a carrier at f shows at ``f / (1 + ppm 1e-6)``: -2.9 kHz at 145 MHz for +20 ppm)
+    and its audio and FFT rows come that much faster in wall time.  0: an exact clock."""
 
     id: str = "owrx-sim"
     fork: Literal["upstream", "plus"] = "upstream"
@@ -62,6 +68,7 @@ class OwrxConfig:
     fft_compression: Literal["adpcm", "none"] = "adpcm"
     profiles: tuple[Profile, ...] = ()
     seed: int = 0
+    ppm: float = 0.0
 
     def __post_init__(self) -> None:
         if not _SLUG.match(self.id):
@@ -70,6 +77,13 @@ class OwrxConfig:
             raise ValueError(f"receiver {self.id}: at least one profile")
         if len({p.id for p in self.profiles}) != len(self.profiles):
             raise ValueError(f"receiver {self.id}: duplicate profile ids")
+        if not abs(self.ppm) < 1000.0:
+            raise ValueError(f"receiver {self.id}: ppm must be within +-1000, got {self.ppm}")
+
+    @property
+    def clock(self) -> float:
+        """The SDR clock's rate re an exact one: ``1 + ppm 1e-6``."""
+        return 1.0 + self.ppm * 1e-6
 
     @property
     def plus(self) -> bool:

@@ -26,7 +26,7 @@ dB values dBFS.  The band is white complex Gaussian noise of density ``noise_dbf
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -63,6 +63,15 @@ class Band:
     def n0(self) -> float:
         """Noise density, FS^2/Hz (linear)."""
         return float(10.0 ** (self.noise_dbfs_hz / 10.0))
+
+    def as_seen(self, clock: float) -> Band:
+        """The band as an SDR whose clock runs ``clock`` times fast reports it (its local
+        oscillator and ADC share the crystal): every emitter at ``freq_hz / clock``.  The
+        modulation's own rates (a tone's 1 kHz, scaled by the same ppm: millihertz) and the
+        noise density per reported Hz are left as they are."""
+        if clock == 1.0:
+            return self
+        return replace(self, emitters=tuple(replace(e, freq_hz=e.freq_hz / clock) for e in self.emitters))
 
 
 def hamming(n: int) -> F64:

@@ -58,6 +58,13 @@ class OwrxTruth:
     users: int
     arrivals: int
     fft_rows_made: dict[str, int] = field(default_factory=dict)
+    #: the SDRs' frequency error, ppm (:class:`~sdrlab.sim.owrx.config.OwrxConfig`); ``bands``
+    #: hold the true frequencies, :meth:`apparent_hz` where the receiver shows them
+    ppm: float = 0.0
+
+    def apparent_hz(self, freq_hz: float) -> float:
+        """Where this receiver shows a signal whose true frequency is ``freq_hz``."""
+        return freq_hz / (1.0 + self.ppm * 1e-6)
 
 
 @dataclass
@@ -176,12 +183,12 @@ class ReceiverHub:
 
     async def _spectrum(self, sdr: SdrState) -> None:
         c, p = self.cfg, sdr.profile
-        chain = SpectrumChain(p.band, p.center_freq, p.samp_rate, self.fft_size, c.fft_fps, c.fft_voverlap,
+        chain = SpectrumChain(p.band.as_seen(c.clock), p.center_freq, p.samp_rate, self.fft_size, c.fft_fps, c.fft_voverlap,
                               t0=self.sdr_time(sdr.sdr_id), stream=self.index)
         loop = asyncio.get_running_loop()
         t_base, k = loop.time(), 0
         while True:
-            await asyncio.sleep(max(0.0, t_base + (k + 1) * chain.period - loop.time()))
+            await asyncio.sleep(max(0.0, t_base + (k + 1) * chain.period / c.clock - loop.time()))
             row = chain.row(k)
             payload = encode_fft(row) if c.fft_compression == "adpcm" else row.astype("<f4").tobytes()
             sdr.rows += 1
@@ -276,7 +283,7 @@ class ReceiverHub:
             profile_changes=tuple(self.changes),
             sessions=tuple(_copy_truth(t) for t in self.all_truth),
             users=self.users, arrivals=self.arrivals,
-            fft_rows_made={k: v.rows for k, v in self.sdrs.items()},
+            fft_rows_made={k: v.rows for k, v in self.sdrs.items()}, ppm=self.cfg.ppm,
         )
 
     async def stop(self) -> None:

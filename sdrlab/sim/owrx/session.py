@@ -431,7 +431,7 @@ class Session:
         out_rate = int(self.dsp.get("hd_output_rate", 48000)) if wfm else rate
         dial = prof.center_freq + int(self.dsp["offset_freq"])
         try:
-            ch = ChannelChain(prof.band, dial, rate, self.dsp.get("low_cut"), self.dsp.get("high_cut"),
+            ch = ChannelChain(prof.band.as_seen(self.cfg.clock), dial, rate, self.dsp.get("low_cut"), self.dsp.get("high_cut"),
                               t0=self.hub.sdr_time(self.sdr_id), stream=self.number)
             wanted = isinstance(mod, str) and mod in AUDIO_MODS and not self.silenced
             demod = Demodulator(str(mod), rate, out_rate) if wanted else None
@@ -485,7 +485,7 @@ class Session:
         pending = bytearray()
         while True:
             await asyncio.sleep(PUMP_TICK_S)
-            due = int((loop.time() - t_start) * ch.rate) // block - done
+            due = int((loop.time() - t_start) * ch.rate * self.cfg.clock) // block - done
             for _ in range(max(0, due)):
                 y = ch.next(block)
                 power = float(np.mean(np.abs(y[::SMETER_DECIMATION]) ** 2))

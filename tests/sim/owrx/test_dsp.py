@@ -43,3 +43,33 @@ def test_nfm_deemphasis_is_a_band_pass() -> None:
     at = {x: h[np.argmin(np.abs(f - x))] for x in (0, 300, 3000, 5000)}
     assert at[0] == pytest.approx(-27.0, abs=0.1) and at[300] == pytest.approx(0.0, abs=1.0)
     assert at[3000] == pytest.approx(-20.0, abs=1.0) and at[5000] < -40
+
+
+def test_a_fast_sdr_clock_shows_every_carrier_lower() -> None:
+    """An SDR whose crystal runs 20 ppm fast shows a carrier at f / (1 + 20e-6): its waterfall
+    peak moves 2.9 kHz down at 145 MHz and a USB channel's tone with it (to well under 0.1 Hz);
+    noise and the emitter's level are untouched."""
+    from sdrlab.frequency_offset import tone_frequency
+    from sdrlab.sim.owrx.config import OwrxConfig, Profile
+    from sdrlab.sim.owrx.demod import Demodulator
+
+    f = 145_012_500.0
+    band = Band(-120.0, (Emitter(f, -60.0),))
+    cfg = OwrxConfig(id="fast", ppm=20.0, profiles=(Profile("rtl", "2m", "RTL", "2m", 145_000_000, 2_400_000, 145_000_000,
+                                                            band=band),))
+    seen = band.as_seen(cfg.clock)
+    assert seen.emitters[0].freq_hz == pytest.approx(f / (1 + 20e-6), abs=1e-6)
+    assert seen.emitters[0].freq_hz - f == pytest.approx(-2900.19, abs=0.01)
+    assert seen.n0 == band.n0 and seen.emitters[0].power == band.emitters[0].power
+    assert band.as_seen(1.0) is band
+    chain = SpectrumChain(seen, 145_000_000, 2_400_000)
+    lin = np.mean(10 ** (np.array([chain.row(k) for k in range(8)]) / 10), axis=0)
+    assert int(np.argmax(lin)) == round(chain.bin_of(seen.emitters[0].freq_hz))
+    assert int(np.argmax(lin)) != round(chain.bin_of(f))
+    dial = 145_008_500
+    ch, demod = ChannelChain(seen, dial, 12000, 300, 3000), Demodulator("usb", 12000)
+    audio = np.concatenate([demod.process(ch.next(1024)) for _ in range(120)])
+    tone = tone_frequency(audio[2048:], 12000, 300, 3000)
+    assert tone.freq_hz == pytest.approx(f / (1 + 20e-6) - dial, abs=0.05)
+    with pytest.raises(ValueError, match="ppm"):
+        OwrxConfig(id="bad", ppm=5000.0, profiles=cfg.profiles)
