@@ -54,7 +54,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("occupancy_fraction", "1", "Occupancy",
            "fraction of waterfall rows whose channel power exceeds the noise in the channel by the threshold",
            kind="audio"),
-    Metric("channel_power_fft_dbfs", "dBFS", "Channel power (waterfall)",
+    Metric("channel_power_fft_dbfs", "dBFS", "Waterfall power",
            "mean power integrated over the channel's waterfall bins (signal plus noise)", db=True, kind="audio"),
 )
 BY_NAME = {m.name: m for m in METRICS}
