@@ -332,3 +332,16 @@ def test_sigkill_of_the_acquiring_process_keeps_every_stored_piece(tmp_path, mon
     np.testing.assert_array_equal(final["audio"].values, ds["audio"].values)
     assert set(final["audio_segment_end"].values[:, 0]) == {acquire_mod.STOPPED}
     assert len(find_captures(make_engine(f"sqlite:///{tmp_path}/index.db"))) == 3
+
+
+def test_a_long_session_of_audio_receivers_is_warned_about_the_memory_its_storing_needs():
+    """Finalising holds every audio station whole (benchmarks/memory.py --network italy7: ~340 kB
+    per station-second): acquire() says so before an hour of seven of them starts."""
+    from sdrlab.acquire import AUDIO_FINALISE_WARN_BYTES, audio_finalise_bytes
+    from sdrlab.stations import Station
+
+    seven = load_catalog().network("italy7")
+    assert audio_finalise_bytes(seven, 3600.0) == pytest.approx(7 * 3600 * 340e3)
+    assert audio_finalise_bytes(seven, 3600.0) > AUDIO_FINALISE_WARN_BYTES > audio_finalise_bytes(seven, 60.0)
+    kiwis = [Station(f"k{i}", "KiwiSDR", "127.0.0.1", 8073, 0.0, 0.0) for i in range(7)]
+    assert audio_finalise_bytes(kiwis, 3600.0) == 0.0  # IQ stations stream in chunks referenced in place
