@@ -650,19 +650,6 @@ def describe_gaps(cap: Capture) -> str:
     return f"{len(segs)} segment(s): " + "; ".join(parts)
 
 
-#: what storing an audio receiver's session holds per second of it, about twice the audio and a
-#: 4,096-bin waterfall (benchmarks/memory.py --network italy7: +140 MB per minute of seven stations)
-AUDIO_FINALISE_BYTES_PER_S = 340e3
-#: above this, acquire() warns that storing the session's audio stations will need that much memory
-AUDIO_FINALISE_WARN_BYTES = 1e9
-
-
-def audio_finalise_bytes(stations: Sequence[Station], duration_s: float) -> float:
-    """About how much memory storing a session of ``stations`` for ``duration_s`` needs for its audio
-    receivers (OpenWebRX): they are held whole when the session is finalised, streamed or not."""
-    return sum(st.protocol != "kiwisdr" for st in stations) * float(duration_s) * AUDIO_FINALISE_BYTES_PER_S
-
-
 def resolve_stations(stations: Iterable[Station | str], catalog: Catalog | None, settings: Settings) -> list[Station]:
     """The stations named (ids from the catalogue, Station objects as they are), each once."""
     items = list(stations)
@@ -774,11 +761,6 @@ def acquire(
     show = settings.progress if progress is None else progress
     sid = new_session_id()
     streaming = write and (duration_s > settings.stream_above_s if stream is None else bool(stream))
-    need = audio_finalise_bytes(chosen, duration_s)
-    if need > AUDIO_FINALISE_WARN_BYTES:
-        log.warning("%d audio receiver(s) for %.0f s: the session is held whole to be stored (~%.1f GB at the end; "
-                    "benchmarks/memory.py --network italy7): shorter sessions are safer",
-                    sum(st.protocol != "kiwisdr" for st in chosen), duration_s, need / 1e9)
     spec = None
     if streaming:
         spec = begin_stream(store, sid, chosen, frequency_hz, duration_s, settings, options, attrs)

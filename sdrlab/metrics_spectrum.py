@@ -55,6 +55,10 @@ def row_bin_frequencies(center_hz: float, samp_rate_hz: float, fft_size: int) ->
     return np.asarray(center_hz - samp_rate_hz / 2 + np.arange(fft_size) * (samp_rate_hz / fft_size), np.float64)
 
 
+#: waterfall rows measured at a time (4 MB at 4,096 bins): memory does not grow with a session's length
+ROW_BLOCK = 256
+
+
 def _db(x: float) -> float:
     return float(10 * np.log10(x)) if x > 0 and np.isfinite(x) else float("nan")
 
@@ -76,13 +80,16 @@ def _station(s: xr.Dataset, *, offset_db: float, window: str, transition_hz: flo
     rows = np.flatnonzero(sizes > 0)
     if rows.size == 0:
         return out
-    db = s["spectrum"].values
     centre, rate = s["spectrum_center_hz"].values, s["spectrum_samp_rate_hz"].values
     n0_rows = np.full(rows.size, np.nan)
     band_rows = np.full(rows.size, np.nan)
+    db = None
     for j, r in enumerate(rows):
+        if j % ROW_BLOCK == 0:  # rows a block at a time: a streamed session's are read from the store
+            db = s["spectrum"].isel(spectrum_row=rows[j:j + ROW_BLOCK]).values
+        assert db is not None
         n = int(sizes[r])
-        lin = 10 ** ((db[r, :n].astype(np.float64) - offset_db) / 10) / window_sum_sq(n, window)  # FS^2 per bin * N
+        lin = 10 ** ((db[j % ROW_BLOCK, :n].astype(np.float64) - offset_db) / 10) / window_sum_sq(n, window)  # FS^2 per bin * N
         edge = int(round(n * edge_fraction))
         n0_rows[j] = float(np.median(lin[edge: n - edge])) / rate[r]
         f = row_bin_frequencies(float(centre[r]), float(rate[r]), n)

@@ -153,7 +153,8 @@ def build_dataset(
     frames: bool = True,
 ) -> xr.Dataset:
     """One Dataset from the captures that hold data (station order as given).  ``with_iq=False``:
-    everything but the ``iq`` variable (a streamed session's samples stay where they are stored).
+    everything but the sample arrays ``iq``, ``audio`` and ``spectrum`` (a streamed session's
+    samples stay where they are stored).
     ``frames=False``: without the ``frame_*`` variables (:func:`frame_columns` gives them a station
     at a time; a streamed session reads them lazily, see :meth:`sdrlab.store.Store.open`); the
     captures' frames are still used for ``rssi_dbm``."""
@@ -304,7 +305,7 @@ def build_dataset(
                                        {"long_name": "time base of segment_t0 / segment_fs: gps, receipt or none"})
         data_vars["segment_fit_rms"] = (("station", "segment"), sg["segment_fit_rms"], {"units": "s"})
     if has_audio:
-        data_vars.update(audio_variables(caps))
+        data_vars.update(audio_variables(caps, data=with_iq))  # with_iq=False: no sample arrays of either kind
     protocols = sorted(set(per["protocol"]))
 
     c0 = caps[0]

@@ -76,12 +76,12 @@ def audio_hw(capture: Capture) -> str:
     return capture.hw or capture.protocol
 
 
-def _segments(rows: Sequence[list[AudioSegment]]) -> dict[str, Any]:
+def _segments(rows: Sequence[list[AudioSegment]], data: bool = True) -> dict[str, Any]:
     ns = len(rows)
     s_max = max((len(r) for r in rows), default=0)
     n_max = max((sum(a.n_samples for a in r) for r in rows), default=0)
     m_max = max((sum(int(a.message_end.size) for a in r) for r in rows), default=0)
-    audio = np.zeros((ns, n_max), np.int16)
+    audio = np.zeros((ns, n_max if data else 0), np.int16)
     seg: dict[str, np.ndarray[Any, Any]] = {
         "audio_segment_start": np.full((ns, s_max), -1, np.int64),
         "audio_segment_length": np.zeros((ns, s_max), np.int64),
@@ -103,7 +103,8 @@ def _segments(rows: Sequence[list[AudioSegment]]) -> dict[str, Any]:
         pos = m = 0
         for j, a in enumerate(segs):
             n = a.n_samples
-            audio[i, pos: pos + n] = a.samples
+            if data:
+                audio[i, pos: pos + n] = a.samples
             t0 = a.receipt_t0_ns
             seg["audio_segment_start"][i, j] = pos
             seg["audio_segment_length"][i, j] = n
@@ -124,10 +125,6 @@ def _segments(rows: Sequence[list[AudioSegment]]) -> dict[str, Any]:
             pos += n
             m += k
     out: dict[str, Any] = {
-        "audio": (("station", "audio_sample"), audio,
-                  {"long_name": "demodulated audio", "units": "1", "full_scale": 32768,
-                   "comment": "int16 as decoded (lossless after the receiver's lossy codec); "
-                              "samples past each station's audio_segment end are padding"}),
         "audio_message_end": (("station", "audio_message"), msg_end,
                               {"long_name": "audio sample index (exclusive) up to which the message had arrived"}),
         "audio_message_time": (("station", "audio_message"), msg_t,
@@ -145,15 +142,27 @@ def _segments(rows: Sequence[list[AudioSegment]]) -> dict[str, Any]:
              "audio_segment_samp_rate_hz": {"units": "Hz"}}
     for name, values in seg.items():
         out[name] = (("station", "audio_segment"), values, attrs.get(name, {}))
+    if data:
+        out["audio"] = (("station", "audio_sample"), audio, AUDIO_ATTRS)
     return out
 
 
-def _spectrum(caps: Sequence[Capture]) -> dict[str, Any]:
+#: the attributes of the ``audio`` variable
+AUDIO_ATTRS = {"long_name": "demodulated audio", "units": "1", "full_scale": 32768,
+               "comment": "int16 as decoded (lossless after the receiver's lossy codec); "
+                          "samples past each station's audio_segment end are padding"}
+#: the attributes of the ``spectrum`` variable
+SPECTRUM_ATTRS = {"long_name": "waterfall rows as the receiver computed them", "units": "dB",
+                  "comment": "uncalibrated; bin k at spectrum_center_hz - spectrum_samp_rate_hz/2 "
+                             "+ k * spectrum_samp_rate_hz / spectrum_fft_size; NaN = padding"}
+
+
+def _spectrum(caps: Sequence[Capture], data: bool = True) -> dict[str, Any]:
     ns = len(caps)
     rows = [c.spectrum for c in caps]
     r_max = max((s.n_rows for s in rows if s is not None), default=0)
     b_max = max((int(s.db.shape[1]) for s in rows if s is not None and s.n_rows), default=0)
-    db = np.full((ns, r_max, b_max), np.nan, np.float32)
+    db = np.full((ns, r_max, b_max) if data else (0, 0, 0), np.nan, np.float32)
     t = np.full((ns, r_max), NAT)
     centre = np.full((ns, r_max), np.nan)
     rate = np.full((ns, r_max), np.nan)
@@ -162,22 +171,22 @@ def _spectrum(caps: Sequence[Capture]) -> dict[str, Any]:
         if s is None or not s.n_rows:
             continue
         k, b = s.db.shape
-        db[i, :k, :b] = s.db
+        if data:
+            db[i, :k, :b] = s.db
         t[i, :k] = unix_ns_to_utc(s.receipt_ns)
         centre[i, :k] = s.center_freq_hz
         rate[i, :k] = s.samp_rate_hz
         size[i, :k] = s.fft_size
-    return {
-        "spectrum": (("station", "spectrum_row", "spectrum_bin"), db,
-                     {"long_name": "waterfall rows as the receiver computed them", "units": "dB",
-                      "comment": "uncalibrated; bin k at spectrum_center_hz - spectrum_samp_rate_hz/2 "
-                                 "+ k * spectrum_samp_rate_hz / spectrum_fft_size; NaN = padding"}),
+    out: dict[str, Any] = {
         "spectrum_time": (("station", "spectrum_row"), t,
                           {"long_name": "host receipt time of the row (UTC)", "comment": "receipt time, not signal time"}),
         "spectrum_center_hz": (("station", "spectrum_row"), centre, {"units": "Hz"}),
         "spectrum_samp_rate_hz": (("station", "spectrum_row"), rate, {"units": "Hz"}),
         "spectrum_fft_size": (("station", "spectrum_row"), size, {"long_name": "bins in the row (0 = padding)"}),
     }
+    if data:
+        out["spectrum"] = (("station", "spectrum_row", "spectrum_bin"), db, SPECTRUM_ATTRS)
+    return out
 
 
 def _smeter(caps: Sequence[Capture]) -> dict[str, Any]:
@@ -201,11 +210,12 @@ def _smeter(caps: Sequence[Capture]) -> dict[str, Any]:
     }
 
 
-def audio_variables(caps: Sequence[Capture]) -> dict[str, Any]:
+def audio_variables(caps: Sequence[Capture], data: bool = True) -> dict[str, Any]:
     """The audio-kind data variables for the session's stations (one row per capture, in order;
-    captures of kind ``iq`` get padding rows)."""
+    captures of kind ``iq`` get padding rows).  ``data=False``: without ``audio`` and ``spectrum``
+    (a streamed session's, read lazily from its pieces: the captures hold only their sizes)."""
     rows = [c.audio if c.kind == "audio" else [] for c in caps]
-    out = _segments(rows)
-    out.update(_spectrum(caps))
+    out = _segments(rows, data)
+    out.update(_spectrum(caps, data))
     out.update(_smeter(caps))
     return out

@@ -28,7 +28,8 @@ import numpy.typing as npt
 from . import timing
 from .capture import AudioSegment, Capture, ReceiverInfo, SmeterReadings, SpectrumRows
 
-__all__ = ["AUDIO_KIND", "AudioRecorder", "TUNE_FIELDS", "assemble_audio", "is_audio", "piece_bytes"]
+__all__ = ["AUDIO_KIND", "AudioRecorder", "TUNE_FIELDS", "assemble_audio", "is_audio", "lighten", "piece_bytes", "piece_data",
+           "piece_sizes"]
 
 #: ``meta["kind"]`` of an audio piece
 AUDIO_KIND = "audio"
@@ -167,11 +168,50 @@ def _nan(x: Any) -> float:
     return float("nan") if x is None else float(x)
 
 
-def assemble_audio(station: str, sidecars: list[dict[str, Any]], *, recording: bool = False) -> Capture | None:
+def lighten(sidecar: dict[str, Any]) -> dict[str, Any]:
+    """A piece as read, without its audio samples and row values (their sizes kept): what
+    :func:`assemble_audio` with ``light`` and :func:`piece_sizes` need."""
+    db = sidecar["row_db"]
+    sidecar["n_audio"] = int(sidecar["audio"].size)
+    sidecar["row_width"] = int(db.shape[1]) if db.ndim == 2 and db.shape[0] else 0
+    sidecar["audio"] = np.zeros(0, np.int16)
+    sidecar["row_db"] = np.zeros((db.shape[0], 0), np.float32)
+    return sidecar
+
+
+def _n_audio(car: dict[str, Any]) -> int:
+    return int(car.get("n_audio", car["audio"].size))
+
+
+def piece_sizes(sidecars: list[dict[str, Any]]) -> list[tuple[int, int, int]]:
+    """Per piece: its audio samples, waterfall rows and their widest row (bins).  A station's
+    audio (and rows) are its pieces' end to end, in order: piece k's lie after those of 0 .. k-1."""
+    out = []
+    for c in sidecars:
+        db = c["row_db"]
+        width = int(c.get("row_width", db.shape[1] if db.ndim == 2 and db.shape[0] else 0))
+        out.append((_n_audio(c), int(db.shape[0]), width))
+    return out
+
+
+def piece_data(sidecar: dict[str, Any], bins: int) -> dict[str, npt.NDArray[Any]]:
+    """A piece's audio (1, n) and rows (1, rows, ``bins``: NaN-padded) as rows of the session's
+    ``audio`` and ``spectrum`` variables."""
+    db = sidecar["row_db"]
+    rows = np.full((1, db.shape[0], bins), np.nan, np.float32)
+    if db.shape[0]:
+        rows[0, :, : db.shape[1]] = db
+    return {"audio": np.asarray(sidecar["audio"], np.int16)[None, :], "spectrum": rows}
+
+
+def assemble_audio(station: str, sidecars: list[dict[str, Any]], *, recording: bool = False,
+                   light: bool = False) -> Capture | None:
     """A station's audio capture from its pieces 0, 1, ... (read with
     :func:`sdrlab.recording.read_sidecar`, in order): its audio segments whole (samples, message
     ends and receipt times joined), rows and readings.  An open last segment is still being
-    captured (``recording``) or ended with its process.  None when nothing was stored."""
+    captured (``recording``) or ended with its process.  None when nothing was stored.
+    ``light``: without the audio samples and the rows' values (each segment's ``streamed``
+    samples, rows of no bins): what a session needs to read them lazily (:func:`piece_data`)."""
     if not sidecars:
         return None
     c = next((s["meta"]["capture"] for s in reversed(sidecars) if s["meta"].get("capture")), None) or {}
@@ -190,10 +230,12 @@ def assemble_audio(station: str, sidecars: list[dict[str, Any]], *, recording: b
         ends, offset = [], 0
         for p in parts:
             ends.append(p["message_end"] + offset)
-            offset += int(p["audio"].size)
+            offset += _n_audio(p)
         m = s["meta"]
+        n = sum(_n_audio(p) for p in parts)
         cap.audio.append(AudioSegment(
-            samples=np.concatenate([p["audio"] for p in parts]).astype(np.int16),
+            samples=np.zeros(0, np.int16) if light else np.concatenate([p["audio"] for p in parts]).astype(np.int16),
+            streamed=n if light else 0,
             nominal_rate_hz=float(m["nominal_rate_hz"]), message_end=np.concatenate(ends).astype(np.int64),
             message_receipt_ns=np.concatenate([p["message_receipt_ns"] for p in parts]).astype(np.int64),
             end_reason=reason, frequency_hz=_nan(m.get("frequency_hz")), mode=str(m.get("mode", "")),
@@ -219,11 +261,11 @@ def assemble_audio(station: str, sidecars: list[dict[str, Any]], *, recording: b
             if a["end"] != "continues":
                 close(str(a["end"]))
         for k in rows:
-            if car[k].size:
-                rows[k].append(car[k])
+            if car[k].shape[0]:
+                rows[k].append(car[k][:, :0] if light and k == "row_db" else car[k])  # light: sizes only
     close("recording" if recording else STOPPED)
     if rows["row_db"]:
-        width = max(r.shape[1] for r in rows["row_db"])
+        width = max(r.shape[1] for r in rows["row_db"])  # 0 when light
         db = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1])), constant_values=np.nan)
                              for r in rows["row_db"]]).astype(np.float32)
         cap.spectrum = SpectrumRows(db=db, receipt_ns=np.concatenate(rows["row_receipt_ns"]),

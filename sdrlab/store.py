@@ -50,7 +50,7 @@ from . import model, packing, recording
 from ._version import __version__
 from .capture import Capture
 from .errors import StorageError, quote
-from .recording_audio import is_audio
+from .recording_audio import assemble_audio, is_audio, lighten, piece_data, piece_sizes
 from .redact import mask_url
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,11 @@ STAGE_IN_MEMORY_BYTES = 512 * 1024 * 1024
 #: the packed layout's objects under a session's prefix, and its name in the commit record
 PACK = "pack"
 REFS = "refs.json"
+#: a streamed session's audio stations' samples and waterfall rows: a zarr group beside it, written
+#: chunk by chunk from their pieces when it is finalised and referenced from its references
+AUDIO_ZARR = "audio.zarr"
+#: that group's chunks: 20 s of 12 kHz audio (480 kB), 64 waterfall rows (1 MB at 4,096 bins)
+AUDIO_CHUNKS = {"audio": {"station": 1, "audio_sample": 240_000}, "spectrum": {"station": 1, "spectrum_row": 64}}
 LAYOUT_PACKED = "packed"
 #: a session still being captured (or whose capture stopped before it was finalised): its commit
 #: record says so, its data are the stream objects of :mod:`sdrlab.recording`
@@ -605,7 +610,8 @@ class Store:
         chunk objects that run holds (one LIST, then each station's sidecars read concurrently)."""
         return {st: (cars, n) for st, cars, n in self.iter_stream_runs(session_id, stations)}
 
-    def iter_stream_runs(self, session_id: str, stations: list[str]) -> Iterator[tuple[str, list[dict[str, Any]], int]]:
+    def iter_stream_runs(self, session_id: str, stations: list[str],
+                         light: bool = False) -> Iterator[tuple[str, list[dict[str, Any]], int]]:
         """:meth:`stream_runs` one station at a time: an hour of seven stations is ~1,300
         sidecars, and holding all of them read and decoded at once was most of what finalising
         added to a long capture's peak memory."""
@@ -635,11 +641,15 @@ class Store:
                 raw = {keys[0]: raw}
             cars = [recording.read_sidecar(raw.pop(key)) for key in keys]  # each read's bytes freed at once
             if cars and is_audio(cars[0]["meta"]):  # an audio receiver's pieces: no chunk objects beside them
+                # ``light``: each piece read on its own and its samples let go at once (sizes kept)
                 rest = [self._path(SESSIONS, session_id, recording.chunk_key(st, i, "npz")) for i in range(1, counts[st])]
-                more = self.fs.cat(rest) if rest else {}
-                if isinstance(more, bytes):
-                    more = {rest[0]: more}
-                cars += [recording.read_sidecar(more.pop(key)) for key in rest]
+                if light:
+                    cars = [lighten(c) for c in cars] + [lighten(recording.read_sidecar(self.fs.cat(key))) for key in rest]
+                else:
+                    more = self.fs.cat(rest) if rest else {}
+                    if isinstance(more, bytes):
+                        more = {rest[0]: more}
+                    cars += [recording.read_sidecar(more.pop(key)) for key in rest]
                 yield st, cars, 0
                 continue
             run, n = min(len(cars), chunks[st]), chunks[st]
@@ -724,9 +734,16 @@ class Store:
 
         shell = xr.Dataset({k: plain(v.variable) for k, v in shell.data_vars.items()},
                            {k: plain(v.variable) for k, v in shell.coords.items()}, attrs=shell.attrs)
-        objects = packing.encode_in_memory(shell.assign(iq=iq) if any(has_iq) else shell,
-                                           enc if any(has_iq) else {}, compute=False)
-        lazy = [k for k, v in shell.data_vars.items() if v.chunks is not None]
+        # the audio stations' samples and rows (read from their pieces): on a regular chunk grid,
+        # written chunk by chunk beside the session and referenced there (below)
+        big = {k: c for k, c in AUDIO_CHUNKS.items() if k in shell.data_vars and shell[k].chunks is not None}
+        enc = {k: dict(v) for k, v in enc.items()} if any(has_iq) else {}
+        for name, c in big.items():
+            chunks = {d: min(c.get(str(d), shell.sizes[d]), max(1, shell.sizes[d])) for d in shell[name].dims}
+            shell[name] = shell[name].chunk(chunks)
+            enc[name] = {"chunks": tuple(chunks[d] for d in shell[name].dims)}
+        objects = packing.encode_in_memory(shell.assign(iq=iq) if any(has_iq) else shell, enc, compute=False)
+        lazy = [k for k, v in shell.data_vars.items() if v.chunks is not None and k not in big]
         if lazy:  # a recording's frame records: their chunks encoded a station at a time
             import dask
 
@@ -738,13 +755,42 @@ class Store:
                     objects[key] = rows.pop(key)
                 elif name in lazy and not packing.same_array(objects[key], rows[key]):
                     raise StorageError(f"session {session_id}: {name} encoded differently in two passes")
+        written = self._write_audio(session_id, shell, big, enc) if big else {}
+        for key, meta in written.items():
+            if key.endswith("zarr.json") and not packing.same_array(objects[key], meta):
+                raise StorageError(f"session {session_id}: {key} encoded differently in two passes")
         refs, aux = packing.pack(objects, f"{self.protocol}://{self._path(SESSIONS, session_id)}", f"{PACK}.1", inline)
+        for key in written:
+            if not key.endswith("zarr.json"):
+                refs["refs"][key] = ["{{u}}/" + f"{AUDIO_ZARR}/{key}"]
         for i, st in enumerate(shell["station"].values):
             if not has_iq[i]:
                 continue
             for k in range(math.ceil(int(shell["n_samples"].values[i]) / n)):
                 refs["refs"][f"iq/c/{i}/{k}/0"] = ["{{u}}/" + recording.chunk_key(str(st), k, "iq")]
         return refs, aux
+
+    def _write_audio(self, session_id: str, shell: xr.Dataset, big: dict[str, Any],
+                     enc: dict[str, Any]) -> dict[str, bytes]:
+        """Write the audio stations' ``audio`` and ``spectrum`` (dask: read from their pieces) as
+        a zarr group beside the session (``audio.zarr``), one chunk in memory at a time (dask's
+        synchronous scheduler); returns its keys (relative to the group) with each array's
+        metadata (the chunks: b"")."""
+        import dask
+
+        part = xr.Dataset({k: shell[k].variable for k in big}, attrs={})
+        url = self._path(SESSIONS, session_id, AUDIO_ZARR)
+        url = url if self.protocol == "file" else f"s3://{url}"
+        with dask.config.set(scheduler="synchronous"), packing.quiet_consolidation():
+            part.to_zarr(url, mode="w", zarr_format=model.ZARR_FORMAT, consolidated=False,
+                         encoding={k: enc[k] for k in big}, storage_options=self._zarr_options())
+        base = self._path(SESSIONS, session_id, AUDIO_ZARR)
+        out: dict[str, bytes] = {}
+        for key in self._keys(base):
+            rel = key[len(base) + 1:]
+            if rel.split("/", 1)[0] in big:
+                out[rel] = self.fs.cat(key) if rel.endswith("zarr.json") else b""
+        return out
 
     def finish_recording(self, ds: xr.Dataset) -> SessionRef:
         """Commit a streamed session: ``ds`` is the session as opened while recording, with its
@@ -772,7 +818,8 @@ class Store:
             summary["layout"] = LAYOUT_PACKED
             summary["streamed"] = {"chunk_samples": n}
             chunks = sorted({v[0].split("/", 1)[1] for v in refs["refs"].values()
-                             if isinstance(v, list) and str(v[0]).startswith("{{u}}/" + recording.STREAM)})
+                             if isinstance(v, list) and str(v[0]).startswith(("{{u}}/" + recording.STREAM,
+                                                                              "{{u}}/" + AUDIO_ZARR))})
             summary["objects"] = sorted([REFS] + [k.rsplit("/", 1)[1] for k in extra] + chunks)
             self._put_atomic(self._commit_key(sid), json.dumps(summary, indent=1).encode())
             self._drop_audio_pieces(sid, shell)
@@ -802,11 +849,17 @@ class Store:
         the session.  Everything else is assembled here, one station at a time."""
         live = summary.get("layout") == LAYOUT_RECORDING
         light, series, rssi, runs = [], {}, {}, {}
-        for st, cars, n in self.iter_stream_runs(session_id, [str(s) for s in summary.get("stations", [])]):
+        pieces: dict[str, list[tuple[int, int, int]]] = {}
+        for st, cars, n in self.iter_stream_runs(session_id, [str(s) for s in summary.get("stations", [])], light=True):
+            if cars and is_audio(cars[0]["meta"]):  # audio pieces: sizes, messages, rows' metadata, readings
+                cap = assemble_audio(st, cars, recording=live, light=True)
+                if cap is not None:
+                    light.append(cap)
+                    pieces[st] = piece_sizes(cars)
+                del cars, cap
+                continue
             cap = recording.assemble(st, cars, n, recording=live)
-            if cap is not None and cap.kind == "audio":  # audio pieces: the capture whole (small)
-                light.append(cap)
-            elif cap is not None:
+            if cap is not None:
                 series[st] = recording.intervals(cars, recording.stored_samples(cars, n))
                 rssi[st] = model.mean_rssi_dbm(cap)
                 runs[st] = (len(cars), n, model.n_frames(cap))
@@ -820,8 +873,58 @@ class Store:
             shell = shell.assign_coords(rssi_dbm=shell["rssi_dbm"].copy(data=np.array(
                 [rssi.get(s, v) for s, v in zip(ids, shell["rssi_dbm"].values)], float)))
             shell = shell.assign(self._lazy_frames(session_id, ids, runs, live))
+        if pieces:  # the audio stations' samples and rows, read from their pieces when computed
+            shell = shell.assign(self._lazy_audio(session_id, ids, pieces))
         out: xr.Dataset = recording.interval_variables(shell, series, float(summary.get("interval_s") or 10.0))
         return out
+
+    def _lazy_audio(self, session_id: str, stations: list[str],
+                    pieces: dict[str, list[tuple[int, int, int]]]) -> dict[str, xr.Variable]:
+        """The ``audio`` and ``spectrum`` variables of a recording session's audio stations as dask
+        arrays with one chunk per piece (``pieces``: station -> each piece's audio samples, rows,
+        bins), read when computed: finalising an hour holds a piece at a time, not the hour.  Other
+        stations' rows (and each station's past its end) are padding."""
+        import dask.array
+        import dask.base
+        from dask.delayed import delayed
+
+        n_max = max(sum(p[0] for p in ps) for ps in pieces.values())
+        r_max = max(sum(p[1] for p in ps) for ps in pieces.values())
+        bins = max([p[2] for ps in pieces.values() for p in ps] + [0])
+        audio, spectrum = [], []
+        for st in stations:
+            arow: list[Any] = []
+            srow: list[Any] = []
+            for k, (n, r, _b) in enumerate(pieces.get(st, [])):
+                if not (n or r):
+                    continue
+                token = dask.base.tokenize(self.url, session_id, st, k, bins)
+                got = delayed(self._piece_data, pure=True)(session_id, st, k, bins, dask_key_name=f"piece-{st}-{k}-{token}")
+                if n:
+                    arow.append(dask.array.from_delayed(got["audio"], (1, n), dtype=np.int16,  # type: ignore[no-untyped-call]
+                                                        name=f"audio-{st}-{k}-{token}"))
+                if r:
+                    srow.append(dask.array.from_delayed(got["spectrum"], (1, r, bins), dtype=np.float32,  # type: ignore[no-untyped-call]
+                                                        name=f"spectrum-{st}-{k}-{token}"))
+            n = sum(a.shape[1] for a in arow)
+            r = sum(a.shape[1] for a in srow)
+            if n < n_max:
+                arow.append(dask.array.zeros((1, n_max - n), dtype=np.int16))
+            if r < r_max:
+                srow.append(dask.array.full((1, r_max - r, bins), np.nan, dtype=np.float32))  # type: ignore[no-untyped-call]
+            audio.append(dask.array.concatenate(arow, axis=1))  # type: ignore[no-untyped-call]
+            spectrum.append(dask.array.concatenate(srow, axis=1))  # type: ignore[no-untyped-call]
+        from .model_audio import AUDIO_ATTRS, SPECTRUM_ATTRS
+
+        return {"audio": xr.Variable(("station", "audio_sample"), dask.array.concatenate(audio, axis=0),  # type: ignore[no-untyped-call]
+                                     dict(AUDIO_ATTRS)),
+                "spectrum": xr.Variable(("station", "spectrum_row", "spectrum_bin"),
+                                        dask.array.concatenate(spectrum, axis=0), dict(SPECTRUM_ATTRS))}  # type: ignore[no-untyped-call]
+
+    def _piece_data(self, session_id: str, station: str, k: int, bins: int) -> dict[str, npt.NDArray[Any]]:
+        key = self._path(SESSIONS, session_id, recording.chunk_key(station, k, "npz"))
+        raw = self._do(f"reading piece {k} of {station} in session {session_id}", lambda: self.fs.cat(key))
+        return piece_data(recording.read_sidecar(raw), bins)
 
     def _lazy_frames(self, session_id: str, stations: list[str], runs: dict[str, tuple[int, int, int]],
                      live: bool) -> dict[str, xr.Variable]:
