@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import xarray as xr
 import pytest
 
 from sdrlab import model, recording, timing
@@ -26,6 +27,7 @@ from sdrlab.demo import demo7_stations
 from sdrlab.errors import StorageError
 from sdrlab.sim.networks import DEMO7_TUNE_HZ, demo7
 from sdrlab.store import Store
+from tests.support.watch import watching_recording
 
 SETTINGS = Settings(progress=False, chunk_s=2.0, stream_above_s=0.0)
 FRAME = 512
@@ -183,35 +185,21 @@ def test_a_streaming_acquisition_grows_in_the_s3_store_and_is_indexed(s3_server,
     store = Store(f"s3://{bucket}/lab", s3_server.storage_options)
     index = make_engine(f"sqlite:///{tmp_path}/index.db")
     scene = demo7(seed=12)
-    seen: list[tuple[str, int]] = []
     rows: list[int] = []
-    done = threading.Event()
 
-    def watch() -> None:
-        while not done.is_set():
-            try:
-                listed = store.sessions()
-                if len(listed) and listed["status"].iloc[-1] == "recording":
-                    ds = store.open(listed.index[-1])
-                    seen.append((ds.attrs["recording_state"], int(ds["n_samples"].min())))
-                    with index.connect() as c:  # the metric time series is indexed as chunks commit
-                        rows.append(c.exec_driver_sql("SELECT count(*) FROM interval_metrics").scalar())
-            except Exception as exc:  # no chunk yet
-                seen.append(("error", str(exc)))  # type: ignore[arg-type]
-            time.sleep(0.3)
+    def look(ds: xr.Dataset) -> tuple[str, int]:
+        with index.connect() as c:  # the metric time series is indexed as chunks commit
+            rows.append(c.exec_driver_sql("SELECT count(*) FROM interval_metrics").scalar())
+        return ds.attrs["recording_state"], int(ds["n_samples"].min())
 
-    watcher = threading.Thread(target=watch, daemon=True)
     with SimServer(scene, base_port=0, speed=10) as sim:
-        watcher.start()
-        try:
+        with watching_recording(store, look) as watched:
             session = acquire(demo7_stations(sim.ports), DEMO7_TUNE_HZ, 24.0, settings=SETTINGS, store=store,
                               index=index)
-        finally:
-            done.set()
-            watcher.join()
+    seen = watched.seen
     assert session.store_error is None and session.index_error is None
     growing = [n for state, n in seen if state == "recording"]
-    assert len(growing) >= 3 and growing[-1] > growing[0] > 0, seen
+    assert len(growing) >= 3 and growing[-1] > growing[0] > 0, (seen, watched.errors[-3:])
     ds = store.open(session.session_id)
     # whole chunks, never a torn one (but a station's last, once it has ended)
     assert all(n % recording.chunk_samples(2.0) == 0 or n in ds["n_samples"].values for n in growing), seen

@@ -11,7 +11,6 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -29,6 +28,7 @@ from sdrlab.sim.owrx.networks import ITALY7_TUNE_HZ, italy7
 from sdrlab.sim.owrx.server import OwrxSimServer
 from sdrlab.stations import load_catalog
 from sdrlab.store import Store
+from tests.support.watch import watching_recording
 
 SETTINGS = Settings(progress=False, chunk_s=1.0, stream_above_s=0.0)
 TUNE = dict(frequency_hz=145.5e6, mode="nfm", low_cut=-4000.0, high_cut=4000.0, center_freq_hz=145.0e6,
@@ -198,32 +198,15 @@ def test_openwebrx_receivers_stream_into_the_s3_store_sample_exact(s3_server, bu
 
     store = Store(f"s3://{bucket}/lab", s3_server.storage_options)
     index = make_engine(f"sqlite:///{tmp_path}/index.db")
-    seen: list[int] = []
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.is_set():
-            try:
-                listed = store.sessions()
-                if len(listed) and listed["status"].iloc[-1] == "recording":
-                    seen.append(int(store.open(listed.index[-1])["n_samples"].min()))
-            except Exception:  # no piece yet
-                pass
-            time.sleep(0.3)
-
     receivers = italy7()[:3]
-    watcher = threading.Thread(target=watch, daemon=True)
     with OwrxSimServer(receivers, base_port=0) as sim:
-        watcher.start()
-        try:
+        with watching_recording(store, lambda ds: int(ds["n_samples"].min())) as watched:
             session = acquire(_italy(sim), ITALY7_TUNE_HZ, 8.0, settings=SETTINGS, store=store, index=index,
                               stream=True)
-        finally:
-            done.set()
-            watcher.join()
         truth = {r.id: sim.truth(r.id) for r in receivers}
     assert session.store_error is None and session.index_error is None
     assert sorted(session.ok) == sorted(r.id for r in receivers), session.status().to_dict("index")
+    seen = watched.seen
     assert len(seen) >= 3 and seen[-1] > seen[0] > 0, seen  # it grew in the store while it ran
     ds = store.open(session.session_id)
     assert ds.attrs["recording_state"] == "final" and set(ds["kind"].values) == {"audio"} and "iq" not in ds
