@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -41,6 +42,9 @@ def cpu_s() -> float:
 SERVER = r"""
 import json, os, sys, signal, threading
 os.sched_setaffinity(0, {%(cpu)d})
+if %(uvloop)r:
+    import asyncio, uvloop
+    asyncio.new_event_loop = uvloop.new_event_loop
 from dataclasses import replace
 from sdrlab.sim.networks import demo7
 from sdrlab.sim.scene import Scene, SimReceiver
@@ -173,6 +177,14 @@ async def run_baseline(endpoints: list[tuple[str, int]], duration: float) -> Res
                   int(sum(r[1] for r in ok)), float(np.median(lags)), float(np.max(lags)))
 
 
+def _loop_factory(loop: str) -> Any:
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None
+
+
 def endpoints_for(ports: dict[str, int], n: int) -> list[tuple[str, int]]:
     plist = list(ports.values())
     return [("127.0.0.1", plist[i // CHANS]) for i in range(n)]
@@ -184,19 +196,27 @@ def main() -> int:
     ap.add_argument("--baseline-streams", type=int, default=150)
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    ap.add_argument("--loop", choices=("asyncio", "uvloop", "both"), default="uvloop",
+                    help="the client's event loop: uvloop, as acquire() runs it (both: the same streams on each, asyncio first)")
+    ap.add_argument("--sim-loop", choices=("asyncio", "uvloop"), default="asyncio",
+                    help="the simulator's event loop")
     a = ap.parse_args()
     n_rx = -(-max(a.streams, a.baseline_streams) // CHANS)
     os.sched_setaffinity(0, {0})
-    sim = subprocess.Popen([sys.executable, "-c", SERVER % {"cpu": 1, "chans": CHANS, "n_rx": n_rx}],
+    sim = subprocess.Popen([sys.executable, "-c", SERVER % {"cpu": 1, "chans": CHANS, "n_rx": n_rx,
+                                                       "uvloop": a.sim_loop == "uvloop"}],
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         ports = json.loads(sim.stdout.readline())  # type: ignore[union-attr]
-        print(f"simulator: {len(ports)} receivers x {CHANS} channels on CPU 1; client on CPU 0; "
+        print(f"simulator ({a.sim_loop}): {len(ports)} receivers x {CHANS} channels on CPU 1; client on CPU 0; "
               f"{a.duration:g} s real-rate streams")
         base = asyncio.run(run_baseline(endpoints_for(ports, a.baseline_streams), a.duration))
         print(base.line())
-        ours = asyncio.run(run_sdrlab(endpoints_for(ports, a.streams), a.duration))
-        print(ours.line())
+        for loop in (("asyncio", "uvloop") if a.loop == "both" else (a.loop,)):
+            with asyncio.Runner(loop_factory=_loop_factory(loop)) as runner:
+                ours = runner.run(run_sdrlab(endpoints_for(ports, a.streams), a.duration))
+            ours.name = "sdrlab" if loop == "asyncio" else "sdrlab+uv"
+            print(ours.line())
     finally:
         sim.stdin.close()  # type: ignore[union-attr]
         sim.wait(30)

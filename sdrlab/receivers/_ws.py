@@ -14,7 +14,7 @@ import base64
 import hashlib
 import os
 import struct
-from typing import Callable
+from typing import Callable, cast
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -73,8 +73,8 @@ class WebSocketClient(asyncio.Protocol):
 
     # ---- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # asyncio's or uvloop's TCP transport (uvloop's does not subclass asyncio.Transport)
+        self._transport = cast(asyncio.Transport, transport)
         host = f"[{self._host}]" if ":" in self._host else self._host
         req = (
             f"GET {self._path} HTTP/1.1\r\n"
@@ -85,7 +85,7 @@ class WebSocketClient(asyncio.Protocol):
             "Sec-WebSocket-Version: 13\r\n"
             f"User-Agent: {self._ua}\r\n\r\n"
         )
-        transport.write(req.encode("latin-1"))
+        self._transport.write(req.encode("latin-1"))
 
     def data_received(self, data: bytes) -> None:
         self._buf += data

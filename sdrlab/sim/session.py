@@ -114,6 +114,10 @@ class SimCore:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     #: (GPS ns, time.monotonic()) at which the receivers' clock was read from the host's
     clock_anchor: tuple[int, float] = (0, 0.0)
+    #: with ``loop_frames``: the looped frames as sent, shared by every stream of a receiver at the
+    #: same tuning, passband, AGC and sample format (a load test's thousands of streams would
+    #: otherwise each synthesise their own first frames, as a burst at their start)
+    loop_cache: dict[tuple[Any, ...], dict[int, tuple[bytes, int, bool]]] = field(default_factory=dict)
 
     def clock_ns(self) -> int:
         """The receivers' GPS clock now: the host's at speed 1; at speed s it runs s times

@@ -21,7 +21,8 @@ import math
 import random
 import struct
 import time
-from typing import TYPE_CHECKING
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -130,6 +131,8 @@ class SndSession(Session):
         self.source: FrameSource | None = None
         self.record: StreamRecord | None = None
         self._cache: dict[int, tuple[bytes, int, bool]] = {}
+        self._cache_key: tuple[Any, ...] | None = None
+        self._twin = replace(self.rx, id="")  # what the looped frames depend on (not the id)
         self._rand = random.Random(hash((core.scene.seed, hub.index, stream_seed)))
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -172,7 +175,7 @@ class SndSession(Session):
                 self.agc = AgcSettings.from_command(vals)
                 if self.source is not None:
                     self.source.set_agc(self.agc)
-                    self._cache.clear()
+                    self._cache_key = None
                 if self.record is not None:
                     self.record.agc = self.agc
         elif cmd.startswith("SET AR OK"):
@@ -190,7 +193,7 @@ class SndSession(Session):
         elif cmd == "SET little-endian":
             if not self.little_endian:
                 self.little_endian = True
-                self._cache.clear()
+                self._cache_key = None
                 if self.record is not None:
                     self.record.little_endian = True
         elif cmd == "SET reinit":
@@ -220,7 +223,7 @@ class SndSession(Session):
                 self.pending_flags |= FLAG_NEW_FREQ
             if self.mode != mode or len(vals) == 5:
                 if self.stereo != (mode in STEREO_MODES):
-                    self._cache.clear()
+                    self._cache_key = None
                 self.mode = mode
                 self.pending_flags |= FLAG_NEW_FREQ
                 self.activity_s = self.k * self.frame_s
@@ -262,7 +265,7 @@ class SndSession(Session):
         self.close_fault = faults.close_after_s is not None and hub.take("close_given", faults.close_times)
         self.stall_fault = faults.stall_after_s is not None and hub.take("stall_given", faults.stall_times)
         self.source = self._new_source()
-        self._cache.clear()
+        self._cache_key = None
         self.record = StreamRecord(
             receiver_id=rx.id,
             ts=self.ts,
@@ -292,7 +295,7 @@ class SndSession(Session):
 
     def _retune(self) -> None:
         self.source = self._new_source()
-        self._cache.clear()
+        self._cache_key = None
         if self.record is not None:
             self.record.retunes.append(
                 (self.k, (self.freq_khz or 0.0) * 1000.0, self.low_cut, self.high_cut, self.mode or "")
@@ -365,6 +368,13 @@ class SndSession(Session):
         assert src is not None
         loop = self.core.loop_frames
         if loop:
+            # the frames of this tuning, whichever stream made them; receivers that differ only by
+            # their id (a load test's replicas of one receiver) share them too
+            shared = (self._twin, self.freq_khz, self.low_cut, self.high_cut, self.stereo,
+                      self.little_endian, self.agc)
+            if shared != self._cache_key:
+                self._cache_key = shared
+                self._cache = self.core.loop_cache.setdefault(shared, {})
             key = k % loop
             hit = self._cache.get(key)
             if hit is None:
