@@ -352,7 +352,8 @@ def capture_group(
         # streaming and re-run (its worker died): each station continues after what it stored,
         # as a new segment, to the end of the session's window; never from scratch
         writer, recorders = _stream_writers(stations, stream, resume=rerun)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # why uvloop: README "2,000 streams, and uvloop"
+    # uvloop: less CPU per stream and less lag than asyncio's loop (README "2,000 streams, and uvloop")
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         results = runner.run(_capture_group(stations, frequency_hz, duration_s, options, emit, poll,
                                             _window_link(window_topics, group), start_wait_s, t, recorders,
                                             window_start_ns, protocol_options))
