@@ -176,7 +176,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="sdrlab-continuous-"))
     trace, simlog = work / "sim-trace.jsonl", work / "sim.log"
-    script = (SERVER % {"cpu": 1, "chans": CHANS, "n_rx": n_rx}).replace(
+    script = (SERVER % {"cpu": 1, "chans": CHANS, "n_rx": n_rx, "uvloop": False}).replace(
         "sys.stdin.read()", SIM_WATCH % {"log": str(simlog), "trace": str(trace)} + "\nsys.stdin.read()"
     ).replace("sim.stop_thread()", "_watching.cancel()\nsim.stop_thread()")
     sim = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -196,8 +196,9 @@ def main() -> int:
     ap.add_argument("--baseline-streams", type=int, default=150)
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
-    ap.add_argument("--loop", choices=("asyncio", "uvloop", "both"), default="uvloop",
-                    help="the client's event loop: uvloop, as acquire() runs it (both: the same streams on each, asyncio first)")
+    ap.add_argument("--loop", choices=("asyncio", "uvloop", "both"), default="asyncio",
+                    help="the client's event loop: asyncio's, as acquire() runs it, or uvloop (pip install uvloop); "
+                         "both: the same streams on each, asyncio first")
     ap.add_argument("--sim-loop", choices=("asyncio", "uvloop"), default="asyncio",
                     help="the simulator's event loop")
     a = ap.parse_args()

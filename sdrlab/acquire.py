@@ -334,8 +334,6 @@ def capture_group(
     """
     import asyncio
 
-    import uvloop
-
     t = time.perf_counter()
     rerun = bool(session_id) and _started_before(f"sdrlab-started-{session_id}-g{group}")
     if rerun and stream is None:
@@ -352,11 +350,11 @@ def capture_group(
         # streaming and re-run (its worker died): each station continues after what it stored,
         # as a new segment, to the end of the session's window; never from scratch
         writer, recorders = _stream_writers(stations, stream, resume=rerun)
-    # uvloop: less CPU per stream and less lag than asyncio's loop (README "2,000 streams, and uvloop")
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        results = runner.run(_capture_group(stations, frequency_hz, duration_s, options, emit, poll,
-                                            _window_link(window_topics, group), start_wait_s, t, recorders,
-                                            window_start_ns, protocol_options))
+    # asyncio's own loop, not uvloop: it reads the sockets before it runs the timers that fell due, so
+    # an overloaded client never takes its own lateness for a receiver's stall (README "2,000 streams")
+    results = asyncio.run(_capture_group(stations, frequency_hz, duration_s, options, emit, poll,
+                                         _window_link(window_topics, group), start_wait_s, t, recorders,
+                                         window_start_ns, protocol_options))
     if writer is not None and recorders is not None:
         _close_stream(writer, recorders, results, float(stream["timeout_s"]) if stream else 60.0)
         if rerun:
