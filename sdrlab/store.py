@@ -68,6 +68,9 @@ REFS = "refs.json"
 AUDIO_ZARR = "audio.zarr"
 #: that group's chunks: 20 s of 12 kHz audio (480 kB), 64 waterfall rows (1 MB at 4,096 bins)
 AUDIO_CHUNKS = {"audio": {"station": 1, "audio_sample": 240_000}, "spectrum": {"station": 1, "spectrum_row": 64}}
+#: guards every store's last pieces read (:meth:`Store._piece_data`)
+_PIECES_LOCK = threading.Lock()
+
 LAYOUT_PACKED = "packed"
 #: a session still being captured (or whose capture stopped before it was finalised): its commit
 #: record says so, its data are the stream objects of :mod:`sdrlab.recording`
@@ -214,6 +217,8 @@ class Store:
         self._fs: Any = None
         self._async_fs: Any = None
         self._bucket_ok = False
+        # the audio pieces last read by :meth:`_piece_data` while ``audio.zarr`` is written (else None)
+        self._pieces: dict[tuple[str, str, int, int], dict[str, npt.NDArray[Any]]] | None = None
 
     def __repr__(self) -> str:
         return f"Store({self.where})"
@@ -773,17 +778,41 @@ class Store:
     def _write_audio(self, session_id: str, shell: xr.Dataset, big: dict[str, Any],
                      enc: dict[str, Any]) -> dict[str, bytes]:
         """Write the audio stations' ``audio`` and ``spectrum`` (dask: read from their pieces) as
-        a zarr group beside the session (``audio.zarr``), one chunk in memory at a time (dask's
-        synchronous scheduler); returns its keys (relative to the group) with each array's
-        metadata (the chunks: b"")."""
-        import dask
+        a zarr group beside the session (``audio.zarr``), one chunk at a time: each chunk is
+        computed on its own (the graph culled to it: the pieces it overlaps, the last two read
+        kept for the next chunk) and written.  Computing the whole rechunk graph at once, even
+        with dask's synchronous scheduler, held the split parts of many pieces waiting for their
+        chunks (``benchmarks/memory.py --network italy7``: ~7 MB more per minute of seven
+        stations).  Returns its keys (relative to the group) with each array's metadata (the
+        chunks: b"")."""
+        import dask.local
+        import zarr
+        from dask.optimization import cull
 
         part = xr.Dataset({k: shell[k].variable for k in big}, attrs={})
         url = self._path(SESSIONS, session_id, AUDIO_ZARR)
         url = url if self.protocol == "file" else f"s3://{url}"
-        with dask.config.set(scheduler="synchronous"), packing.quiet_consolidation():
+        with packing.quiet_consolidation():  # the group and its arrays' metadata; the chunks below
             part.to_zarr(url, mode="w", zarr_format=model.ZARR_FORMAT, consolidated=False,
-                         encoding={k: enc[k] for k in big}, storage_options=self._zarr_options())
+                         encoding={k: enc[k] for k in big}, storage_options=self._zarr_options(), compute=False)
+        group = zarr.open_group(url, mode="r+", zarr_format=model.ZARR_FORMAT, storage_options=self._zarr_options())
+        with _PIECES_LOCK:
+            self._pieces = {}
+        try:
+            for name in big:
+                data = part[name].data
+                target = group[name]
+                assert isinstance(target, zarr.Array)
+                dsk = dict(data.__dask_graph__())
+                starts = [np.cumsum((0,) + c) for c in data.chunks]
+                for idx in np.ndindex(*data.numblocks):  # in order: a station's chunks one after another
+                    block_key = (data.name, *idx)
+                    block = dask.local.get_sync(cull(dsk, [block_key])[0], block_key)  # type: ignore[no-untyped-call]
+                    target[tuple(slice(int(s[i]), int(s[i + 1])) for s, i in zip(starts, idx))] = block
+                    del block
+        finally:
+            with _PIECES_LOCK:
+                self._pieces = None
         base = self._path(SESSIONS, session_id, AUDIO_ZARR)
         out: dict[str, bytes] = {}
         for key in self._keys(base):
@@ -922,9 +951,24 @@ class Store:
                                         dask.array.concatenate(spectrum, axis=0), dict(SPECTRUM_ATTRS))}  # type: ignore[no-untyped-call]
 
     def _piece_data(self, session_id: str, station: str, k: int, bins: int) -> dict[str, npt.NDArray[Any]]:
+        """A piece's audio and rows (:func:`piece_data`); while ``audio.zarr`` is written the last
+        two read are kept: a chunk overlapping the pieces k and k + 1 is followed by one
+        overlapping k + 1 (a piece is 20 s of audio and ~180 rows: 3 chunks of 64)."""
+        ident = (session_id, station, k, bins)
+        with _PIECES_LOCK:
+            got = self._pieces.get(ident) if self._pieces is not None else None
+        if got is not None:
+            return got
         key = self._path(SESSIONS, session_id, recording.chunk_key(station, k, "npz"))
         raw = self._do(f"reading piece {k} of {station} in session {session_id}", lambda: self.fs.cat(key))
-        return piece_data(recording.read_sidecar(raw), bins)
+        got = piece_data(recording.read_sidecar(raw), bins)
+        with _PIECES_LOCK:
+            if self._pieces is None:
+                return got
+            self._pieces[ident] = got
+            while len(self._pieces) > 2:
+                del self._pieces[next(iter(self._pieces))]
+        return got
 
     def _lazy_frames(self, session_id: str, stations: list[str], runs: dict[str, tuple[int, int, int]],
                      live: bool) -> dict[str, xr.Variable]:
