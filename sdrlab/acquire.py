@@ -351,7 +351,8 @@ def capture_group(
         # as a new segment, to the end of the session's window; never from scratch
         writer, recorders = _stream_writers(stations, stream, resume=rerun)
     # asyncio's own loop, not uvloop: it reads the sockets before it runs the timers that fell due, so
-    # an overloaded client never takes its own lateness for a receiver's stall (README "2,000 streams")
+    # an overloaded client is less likely to take its own lateness for a receiver's stall (README
+    # "2,000 streams, and uvloop")
     results = asyncio.run(_capture_group(stations, frequency_hz, duration_s, options, emit, poll,
                                          _window_link(window_topics, group), start_wait_s, t, recorders,
                                          window_start_ns, protocol_options))

@@ -175,7 +175,6 @@ class SndSession(Session):
                 self.agc = AgcSettings.from_command(vals)
                 if self.source is not None:
                     self.source.set_agc(self.agc)
-                    self._cache_key = None
                 if self.record is not None:
                     self.record.agc = self.agc
         elif cmd.startswith("SET AR OK"):
@@ -193,7 +192,6 @@ class SndSession(Session):
         elif cmd == "SET little-endian":
             if not self.little_endian:
                 self.little_endian = True
-                self._cache_key = None
                 if self.record is not None:
                     self.record.little_endian = True
         elif cmd == "SET reinit":
@@ -222,8 +220,6 @@ class SndSession(Session):
                 mode = "am"
                 self.pending_flags |= FLAG_NEW_FREQ
             if self.mode != mode or len(vals) == 5:
-                if self.stereo != (mode in STEREO_MODES):
-                    self._cache_key = None
                 self.mode = mode
                 self.pending_flags |= FLAG_NEW_FREQ
                 self.activity_s = self.k * self.frame_s
@@ -265,7 +261,6 @@ class SndSession(Session):
         self.close_fault = faults.close_after_s is not None and hub.take("close_given", faults.close_times)
         self.stall_fault = faults.stall_after_s is not None and hub.take("stall_given", faults.stall_times)
         self.source = self._new_source()
-        self._cache_key = None
         self.record = StreamRecord(
             receiver_id=rx.id,
             ts=self.ts,
@@ -295,7 +290,6 @@ class SndSession(Session):
 
     def _retune(self) -> None:
         self.source = self._new_source()
-        self._cache_key = None
         if self.record is not None:
             self.record.retunes.append(
                 (self.k, (self.freq_khz or 0.0) * 1000.0, self.low_cut, self.high_cut, self.mode or "")
